@@ -1,0 +1,250 @@
+//! `backfill`: every event of `[start, end)` from PostHog into the webhook, resumable from a
+//! checkpoint after any interruption, with a summary that accounts for every event read.
+
+use crate::batcher::Limits;
+use crate::checkpoint::{self, JobId, State, Store};
+use crate::cli::BackfillArgs;
+use crate::config::{self, Retries};
+use crate::error::{EXIT_OK, EXIT_REJECTED, usage};
+use crate::event::format_ts;
+use crate::pipeline;
+use crate::posthog::{Connection, PostHog};
+use crate::progress::{Progress, Stats, human_duration, thousands};
+use crate::ratelimit::Budget;
+use crate::secret::WebhookUrl;
+use crate::sink::{DeadLetter, Sink};
+use crate::source::query::QuerySource;
+use crate::source::{Cursor, Filters, Range};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Published Query API limits: 240 requests a minute, 2,400 an hour.
+pub const QUERY_API_BUDGET: (u32, u32) = (240, 2400);
+
+pub struct BackfillConfig {
+    pub connection: Connection,
+    pub webhook: WebhookUrl,
+    pub range: Range,
+    pub filters: Filters,
+    pub page_size: usize,
+    pub limits: Limits,
+    pub checkpoint: Option<PathBuf>,
+    pub restart: bool,
+    pub dead_letter: Option<PathBuf>,
+    pub retries: Retries,
+}
+
+impl BackfillConfig {
+    pub fn from_args(args: &BackfillArgs) -> anyhow::Result<Self> {
+        if args.start >= args.end {
+            return Err(usage(format!(
+                "--start ({}) must be before --end ({}); --end is exclusive, e.g. --start 2024-01-01 --end 2024-02-01 for January",
+                format_ts(&args.start),
+                format_ts(&args.end)
+            )));
+        }
+        let webhook = config::webhook(&args.webhook)?;
+        Ok(BackfillConfig {
+            connection: config::connection(&args.connection)?,
+            webhook: webhook.url,
+            range: Range {
+                start: args.start,
+                end: args.end,
+            },
+            filters: Filters {
+                include: names(&args.events),
+                exclude: names(&args.exclude_events),
+            },
+            page_size: args.page_size as usize,
+            limits: webhook.limits,
+            checkpoint: args.checkpoint.clone(),
+            restart: args.restart,
+            dead_letter: webhook.dead_letter,
+            retries: config::retries(&args.retry, QUERY_API_BUDGET),
+        })
+    }
+
+    /// What makes two runs the same job. No secret: the webhook appears as a fingerprint.
+    pub fn job_id(&self) -> JobId {
+        [
+            ("command", "backfill".to_string()),
+            ("source", "query".to_string()),
+            ("host", self.connection.host.as_str().to_string()),
+            ("project", self.connection.project.clone()),
+            ("start", format_ts(&self.range.start)),
+            ("end", format_ts(&self.range.end)),
+            ("events", self.filters.include.join(",")),
+            ("exclude_events", self.filters.exclude.join(",")),
+            ("webhook", self.webhook.fingerprint()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// Sorted, de-duplicated, non-empty names: the order of `--event` flags does not change the job.
+fn names(list: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// How a run ended, for the exit code and the closing line.
+pub struct Report {
+    pub exit: u8,
+    pub summary: String,
+}
+
+pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+    let job = cfg.job_id();
+    let path = cfg
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| checkpoint::default_path("backfill", &job));
+    let store = Store::open(&path)?;
+    if cfg.restart {
+        store.remove()?;
+    }
+    let mut state: State<Cursor> = match store.load()? {
+        Some(state) => {
+            checkpoint::check_job(&path, &state.job, &job)?;
+            state
+        }
+        None => State::new(job),
+    };
+    if state.complete {
+        return Ok(Report {
+            exit: EXIT_OK,
+            summary: format!(
+                "backfill already complete: {} events posted ({} dead-lettered) over {} run(s); nothing to do. Pass --restart to export the range again. Checkpoint: {}",
+                thousands(state.counters.posted),
+                thousands(state.counters.dead_lettered),
+                state.counters.runs,
+                path.display()
+            ),
+        });
+    }
+    match &state.position {
+        Some(pos) => progress.info(&format!(
+            "resuming from {} ({} events posted before); checkpoint {}",
+            format_ts(&pos.timestamp()),
+            thousands(state.counters.posted),
+            path.display()
+        )),
+        None => progress.info(&format!(
+            "exporting {} → {} of project {} to {}; checkpoint {}",
+            format_ts(&cfg.range.start),
+            format_ts(&cfg.range.end),
+            cfg.connection.project,
+            cfg.webhook.redacted(),
+            path.display()
+        )),
+    }
+    state.counters.runs += 1;
+
+    let http = crate::http::client(cfg.retries.http_timeout)?;
+    let client = Arc::new(PostHog::new(
+        http.clone(),
+        cfg.connection.clone(),
+        Budget::new(cfg.retries.per_minute, cfg.retries.per_hour),
+        cfg.retries.policy.clone(),
+        progress.clone(),
+    ));
+    let source = QuerySource {
+        client,
+        range: cfg.range,
+        filters: cfg.filters.clone(),
+        page_size: cfg.page_size,
+    };
+    let dead_letter = cfg
+        .dead_letter
+        .as_deref()
+        .map(DeadLetter::open)
+        .transpose()?;
+    let sink = Sink::new(
+        http,
+        cfg.webhook.clone(),
+        cfg.retries.policy.clone(),
+        dead_letter,
+        progress.clone(),
+    );
+
+    let from = state.position.clone();
+    let ticker = progress.start();
+    let result = pipeline::run(
+        move |tx| async move { source.run(from, tx).await },
+        cfg.limits,
+        &sink,
+        |pos, done| {
+            state.position = Some(pos.clone());
+            state.counters.posted += done.posted as u64;
+            state.counters.dead_lettered += done.dead_lettered as u64;
+            state.counters.batches += u64::from(done.posted + done.dead_lettered > 0);
+            store.save(&mut state)
+        },
+    )
+    .await;
+    ticker.abort();
+    progress.tick();
+    result?;
+
+    let s = &progress.stats;
+    let (read, dups) = (Stats::get(&s.read), Stats::get(&s.duplicates_dropped));
+    let (posted, dead) = (Stats::get(&s.posted), Stats::get(&s.dead_lettered));
+    if read - dups != posted + dead {
+        anyhow::bail!(
+            "event count mismatch: read {read} ({dups} duplicate rows dropped) but posted {posted} and dead-lettered {dead}; the checkpoint was not marked complete. This is a bug: please report it"
+        );
+    }
+    state.complete = true;
+    state.position = Some(Cursor::Before {
+        timestamp: cfg.range.end,
+    });
+    store.save(&mut state)?;
+
+    let secs = progress.elapsed().as_secs_f64();
+    let mut summary = format!(
+        "backfill complete: {} → {}, project {}\n  read     {} events in {} PostHog requests{}\n  posted   {} events in {} batches, {} webhook requests\n  retries  {}, waited {}\n  took     {} ({} events/s); {} events posted over {} run(s); checkpoint {}",
+        format_ts(&cfg.range.start),
+        format_ts(&cfg.range.end),
+        cfg.connection.project,
+        thousands(read),
+        thousands(Stats::get(&s.source_requests)),
+        if dups > 0 {
+            format!(" ({} duplicate rows dropped)", thousands(dups))
+        } else {
+            String::new()
+        },
+        thousands(posted),
+        thousands(Stats::get(&s.batches)),
+        thousands(Stats::get(&s.sink_requests)),
+        Stats::get(&s.retries),
+        human_duration(std::time::Duration::from_millis(Stats::get(&s.waited_ms))),
+        human_duration(progress.elapsed()),
+        thousands((posted as f64 / secs.max(0.001)) as u64),
+        thousands(state.counters.posted),
+        state.counters.runs,
+        path.display(),
+    );
+    let exit = if dead > 0 {
+        let file = cfg
+            .dead_letter
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        summary.push_str(&format!(
+            "\n  dead-lettered {} events the webhook rejected, in {file} (exit 3)",
+            thousands(dead)
+        ));
+        EXIT_REJECTED
+    } else {
+        EXIT_OK
+    };
+    Ok(Report { exit, summary })
+}

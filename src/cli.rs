@@ -1,0 +1,257 @@
+//! The command line (clap derive). Option names are part of the interface: see README.md and
+//! docs/. Values are parsed and checked here, at the edge, with errors that show an example.
+
+use crate::progress::{LogFormat, ProgressMode};
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "posthog-patterns",
+    version,
+    about = "Move PostHog events into a Patterns webhook (or any webhook that takes JSON arrays).",
+    after_help = "Docs: README.md and docs/ in the source tree. Exit codes: 0 ok, 1 failure, 2 usage, 3 finished with rejected events, 75 temporary failure (lock held, retries exhausted), 130 interrupted."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Export every event of a time range into the webhook, resumably.
+    #[command(
+        after_help = "Example:\n  export POSTHOG_API_KEY=phx_...\n  posthog-patterns backfill --host https://us.posthog.com --project 12345 \\\n    --webhook-url https://api.patterns.app/api/app/webhooks/wh... \\\n    --start 2024-01-01 --end 2024-02-01\n\nRun the same command again after an interruption: it resumes from the checkpoint."
+    )]
+    Backfill(BackfillArgs),
+    /// Run a real backfill against built-in stand-ins for PostHog and a webhook, on loopback,
+    /// and check that every event arrived exactly once.
+    #[command(
+        after_help = "Example:\n  posthog-patterns demo\n  posthog-patterns demo --events 100000 --progress never"
+    )]
+    Demo(DemoArgs),
+}
+
+/// Where to read from.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectionArgs {
+    /// PostHog app host (not the ingestion host *.i.posthog.com).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "POSTHOG_HOST",
+        default_value = "https://us.posthog.com"
+    )]
+    pub host: String,
+    /// PostHog project id (the number in the project's URL).
+    #[arg(long, value_name = "ID", env = "POSTHOG_PROJECT_ID")]
+    pub project: Option<String>,
+    /// File holding the personal API key (query:read scope). Without it the key is read from
+    /// the environment variable POSTHOG_API_KEY.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+}
+
+/// Where to post and how.
+#[derive(Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// Webhook to POST batches to; the URL is treated as a secret and never printed.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PATTERNS_WEBHOOK_URL",
+        hide_env_values = true
+    )]
+    pub webhook_url: Option<String>,
+    /// Events per POST.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch_size: u64,
+    /// Largest request body, e.g. 1MiB, 512KiB or 200000; a single larger event is sent alone.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_batch_bytes: u64,
+    /// Append events the webhook rejects (4xx) to this NDJSON file and go on (exit 3 at the end).
+    #[arg(long, value_name = "PATH")]
+    pub dead_letter: Option<PathBuf>,
+}
+
+/// Retries, timeouts and the request budget.
+#[derive(Args, Debug, Clone)]
+pub struct RetryArgs {
+    /// Retries of one request after 5xx answers, timeouts or connection errors.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_retries: u32,
+    /// Longest single wait a server may ask for (429 Retry-After) before the run stops (exit 75).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub max_wait: std::time::Duration,
+    /// Timeout of one HTTP request.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub http_timeout: std::time::Duration,
+    /// PostHog requests allowed per minute (0: no limit). Default: the published limit of the
+    /// API in use (240 for the Query API). Lower it when other tools share the key.
+    #[arg(long, value_name = "N")]
+    pub max_requests_per_minute: Option<u32>,
+    /// PostHog requests allowed per hour (0: no limit). Default: 2400 for the Query API.
+    #[arg(long, value_name = "N")]
+    pub max_requests_per_hour: Option<u32>,
+}
+
+/// What the run shows.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Print only errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Progress bars: auto (when stderr is a terminal), always, or never (plain log lines).
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// More detail in the log (each retry, each window change).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log line format.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
+    #[arg(long, value_name = "DATE", value_parser = parse_time)]
+    pub start: DateTime<Utc>,
+    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
+    #[arg(long, value_name = "DATE", value_parser = parse_time)]
+    pub end: DateTime<Utc>,
+    /// Export only these event names (repeatable, or a comma-separated list).
+    #[arg(long = "event", value_name = "NAME", value_delimiter = ',')]
+    pub events: Vec<String>,
+    /// Leave out these event names (repeatable, or a comma-separated list).
+    #[arg(long = "exclude-event", value_name = "NAME", value_delimiter = ',')]
+    pub exclude_events: Vec<String>,
+    /// Rows per PostHog query page (at most 50000, PostHog's cap).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
+    pub page_size: u64,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+    /// State file to resume from (default: derived from the job, under
+    /// $XDG_STATE_HOME/posthog-patterns or ~/.local/state/posthog-patterns).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Discard the checkpoint and start the job from the beginning.
+    #[arg(long)]
+    pub restart: bool,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Synthetic events in the PostHog stand-in.
+    #[arg(long, value_name = "N", default_value_t = 40_000)]
+    pub events: usize,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `YYYY-MM-DD` (midnight UTC) or RFC 3339.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            "expected a date like 2024-01-31 or an RFC 3339 time like 2024-01-31T12:00:00Z"
+                .to_string()
+        })
+}
+
+/// `1MiB`, `512KiB`, `1MB`, `200000`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a size like 1MiB, 512KiB or 200000, got {text:?}"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1024,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?}; use B, KB, KiB, MB or MiB"
+            ));
+        }
+    };
+    match n.checked_mul(mult) {
+        Some(v) if v >= 64 => Ok(v),
+        _ => Err(format!("{text:?} is out of range: at least 64 bytes")),
+    }
+}
+
+/// `90s`, `15m`, `2h`, `7d`, `500ms`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like 90s, 15m, 2h or 7d, got {text:?}"))?;
+    let secs = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => {
+            return Err(format!(
+                "unknown duration unit {unit:?}; use ms, s, m, h or d (e.g. 15m)"
+            ));
+        }
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_times_parse_to_utc() {
+        assert_eq!(
+            parse_time("2024-01-31").unwrap().to_rfc3339(),
+            "2024-01-31T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time("2024-01-31T12:00:00+02:00")
+                .unwrap()
+                .to_rfc3339(),
+            "2024-01-31T10:00:00+00:00"
+        );
+        assert!(parse_time("31/01/2024").unwrap_err().contains("2024-01-31"));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("512KiB").unwrap(), 512 * 1024);
+        assert_eq!(parse_bytes("200000").unwrap(), 200_000);
+        assert!(parse_bytes("12").is_err());
+        assert!(parse_bytes("1GiB").is_err());
+        assert_eq!(parse_duration("15m").unwrap().as_secs(), 900);
+        assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

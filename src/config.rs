@@ -1,0 +1,86 @@
+//! Turns command-line arguments into checked settings shared by every command: the PostHog
+//! connection, the webhook and batching, retries and the request budget.
+
+use crate::batcher::Limits;
+use crate::cli::{ConnectionArgs, RetryArgs, WebhookArgs};
+use crate::error::usage;
+use crate::posthog::Connection;
+use crate::retry::RetryPolicy;
+use crate::secret::{Secret, WebhookUrl};
+use anyhow::Context;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub fn connection(args: &ConnectionArgs) -> anyhow::Result<Connection> {
+    let host = Connection::parse_host(&args.host).map_err(usage)?;
+    let project = args.project.as_deref().ok_or_else(|| {
+        usage("no PostHog project: pass --project ID or set POSTHOG_PROJECT_ID (the number in your project's URL)")
+    })?;
+    let project = Connection::check_project(project).map_err(usage)?;
+    let key = match &args.api_key_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the API key file {}", path.display()))
+            .map_err(|e| usage(format!("{e:#}")))?,
+        None => std::env::var("POSTHOG_API_KEY").unwrap_or_default(),
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(usage(
+            "no PostHog API key: set POSTHOG_API_KEY or pass --api-key-file PATH (a personal API key, phx_..., with the query:read scope)",
+        ));
+    }
+    if key.starts_with("phc_") {
+        return Err(usage(
+            "the PostHog key is a project token (phc_...), which cannot read events; create a personal API key (phx_...) with the query:read scope",
+        ));
+    }
+    Ok(Connection {
+        host,
+        project,
+        api_key: Secret::new(key),
+    })
+}
+
+/// The checked webhook settings.
+pub struct Webhook {
+    pub url: WebhookUrl,
+    pub limits: Limits,
+    pub dead_letter: Option<PathBuf>,
+}
+
+pub fn webhook(args: &WebhookArgs) -> anyhow::Result<Webhook> {
+    let text = args
+        .webhook_url
+        .as_deref()
+        .ok_or_else(|| usage("no webhook: pass --webhook-url URL or set PATTERNS_WEBHOOK_URL"))?;
+    Ok(Webhook {
+        url: WebhookUrl::parse(text).map_err(usage)?,
+        limits: Limits {
+            max_events: args.batch_size as usize,
+            max_bytes: args.max_batch_bytes as usize,
+        },
+        dead_letter: args.dead_letter.clone(),
+    })
+}
+
+/// Retry policy, per-request timeout and the request budget (per minute, per hour).
+pub struct Retries {
+    pub policy: RetryPolicy,
+    pub http_timeout: Duration,
+    pub per_minute: u32,
+    pub per_hour: u32,
+}
+
+/// `default_budget` is the published limit of the API in use, (per minute, per hour).
+pub fn retries(args: &RetryArgs, default_budget: (u32, u32)) -> Retries {
+    Retries {
+        policy: RetryPolicy {
+            max_retries: args.max_retries,
+            max_wait: args.max_wait,
+            ..RetryPolicy::default()
+        },
+        http_timeout: args.http_timeout,
+        per_minute: args.max_requests_per_minute.unwrap_or(default_budget.0),
+        per_hour: args.max_requests_per_hour.unwrap_or(default_budget.1),
+    }
+}

@@ -1,0 +1,56 @@
+//! The ways a run can end other than "failed" (exit 1), each with its documented exit code.
+//! See docs/exit-codes.md; the numbers are part of the interface.
+
+use std::path::PathBuf;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_REJECTED: u8 = 3;
+pub const EXIT_TEMPFAIL: u8 = 75;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Errors whose exit code is not the generic 1. Anything else that ends a run exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum Stop {
+    /// The command line or configuration is wrong; nothing was read or sent.
+    #[error("{0}")]
+    Usage(String),
+    /// Another run holds the state lock (exit 75: try again later).
+    #[error(
+        "another posthog-patterns run holds the lock on {}; it is still running, so this one stops (exit 75). Try again when it has finished.",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+    /// A service kept failing (retries exhausted, rate-limit wait too long). Exit 75:
+    /// running the same command later resumes from the checkpoint.
+    #[error("{0}")]
+    Temporary(String),
+    /// Ctrl-C or SIGTERM.
+    #[error(
+        "interrupted; the checkpoint holds every acknowledged batch, so running the same command again resumes"
+    )]
+    Interrupted,
+}
+
+impl Stop {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Stop::Usage(_) => EXIT_USAGE,
+            Stop::Locked { .. } | Stop::Temporary(_) => EXIT_TEMPFAIL,
+            Stop::Interrupted => EXIT_INTERRUPTED,
+        }
+    }
+}
+
+/// The exit code for an error that ended a run: a [`Stop`] anywhere in its chain decides,
+/// otherwise 1.
+pub fn exit_code_of(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Stop>())
+        .map_or(EXIT_FAILURE, Stop::exit_code)
+}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Stop::Usage(msg.into()).into()
+}

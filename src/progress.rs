@@ -1,0 +1,368 @@
+//! What the user sees while a run goes on: indicatif bars when stderr is a terminal, a plain
+//! log line every few seconds otherwise (cron), nothing but errors with `--quiet`.
+//! All log output goes through here so that it never tears the bars. Nothing goes to stdout.
+
+use chrono::{SecondsFormat, Utc};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// How progress is shown (`--progress`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Log line format (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl Level {
+    fn name(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warning",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+/// Counters every stage adds to; read by the display and by the summary.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub read: AtomicU64,
+    pub duplicates_dropped: AtomicU64,
+    pub filtered: AtomicU64,
+    pub posted: AtomicU64,
+    pub batches: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub source_requests: AtomicU64,
+    pub sink_requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub waited_ms: AtomicU64,
+    /// Share of the work done, in 1/10000.
+    pub done_ratio: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+}
+
+enum Display {
+    Quiet,
+    Lines {
+        every: Duration,
+    },
+    Bars {
+        multi: MultiProgress,
+        work: ProgressBar,
+        counts: ProgressBar,
+    },
+}
+
+pub struct Options {
+    pub mode: ProgressMode,
+    pub quiet: bool,
+    pub verbose: u8,
+    pub log_format: LogFormat,
+    /// The most verbose level shown when not `-v` (sync shows only warnings by default).
+    pub default_level: Level,
+}
+
+pub struct Progress {
+    pub stats: Stats,
+    display: Display,
+    level: Level,
+    format: LogFormat,
+    started: Instant,
+    /// What the work position means right now, e.g. the current time window.
+    status: Mutex<String>,
+    /// A wait in progress (rate limit, retry back-off) and when it ends.
+    waiting: Mutex<Option<(String, Instant)>>,
+    last_line: Mutex<Instant>,
+}
+
+impl Progress {
+    pub fn new(opts: &Options) -> Self {
+        let level = if opts.quiet {
+            Level::Error
+        } else if opts.verbose > 0 {
+            Level::Debug
+        } else {
+            opts.default_level
+        };
+        let bars = match opts.mode {
+            ProgressMode::Never => false,
+            ProgressMode::Always => true,
+            ProgressMode::Auto => std::io::stderr().is_terminal(),
+        } && !opts.quiet
+            && opts.log_format == LogFormat::Text;
+        let display = if bars {
+            let target = if opts.mode == ProgressMode::Always {
+                ProgressDrawTarget::term_like_with_hz(Box::new(console::Term::stderr()), 10)
+            } else {
+                ProgressDrawTarget::stderr_with_hz(10)
+            };
+            let multi = MultiProgress::with_draw_target(target);
+            let work = multi.add(ProgressBar::new(10_000));
+            work.set_style(
+                ProgressStyle::with_template("{bar:32} {percent:>3}%  eta {eta:<5} {msg}")
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            let counts = multi.add(ProgressBar::new_spinner());
+            counts.set_style(
+                ProgressStyle::with_template("{spinner} {msg}").expect("static template"),
+            );
+            Display::Bars {
+                multi,
+                work,
+                counts,
+            }
+        } else if level >= Level::Info {
+            Display::Lines {
+                every: Duration::from_secs(5),
+            }
+        } else {
+            Display::Quiet
+        };
+        Progress {
+            stats: Stats::default(),
+            display,
+            level,
+            format: opts.log_format,
+            started: Instant::now(),
+            status: Mutex::new(String::new()),
+            waiting: Mutex::new(None),
+            last_line: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// A display for tests and embedding: logs errors only.
+    pub fn silent() -> Self {
+        Progress::new(&Options {
+            mode: ProgressMode::Never,
+            quiet: true,
+            verbose: 0,
+            log_format: LogFormat::Text,
+            default_level: Level::Error,
+        })
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn log(&self, level: Level, msg: &str) {
+        if level > self.level {
+            return;
+        }
+        let line = match self.format {
+            LogFormat::Json => serde_json::json!({
+                "ts": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+                "level": level.name(),
+                "msg": msg,
+            })
+            .to_string(),
+            LogFormat::Text => match &self.display {
+                Display::Bars { .. } => format!("{}: {msg}", level.name()),
+                _ => format!(
+                    "{} {}: {msg}",
+                    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+                    level.name()
+                ),
+            },
+        };
+        match &self.display {
+            Display::Bars { multi, .. } => {
+                let _ = multi.println(line);
+            }
+            _ => eprintln!("{line}"),
+        }
+    }
+
+    pub fn error(&self, msg: &str) {
+        self.log(Level::Error, msg)
+    }
+    pub fn warn(&self, msg: &str) {
+        self.log(Level::Warn, msg)
+    }
+    pub fn info(&self, msg: &str) {
+        self.log(Level::Info, msg)
+    }
+    pub fn debug(&self, msg: &str) {
+        self.log(Level::Debug, msg)
+    }
+
+    pub fn set_status(&self, status: String) {
+        *self.status.lock().unwrap() = status;
+    }
+
+    /// Sets how much of the work is done, as a fraction 0..=1.
+    pub fn set_done(&self, fraction: f64) {
+        let v = (fraction.clamp(0.0, 1.0) * 10_000.0) as u64;
+        self.stats.done_ratio.store(v, Relaxed);
+    }
+
+    /// Sleeps for `wait`, showing why on the bar and, when it is long, in the log.
+    pub async fn wait(&self, why: &str, wait: Duration) {
+        if wait >= Duration::from_secs(3) {
+            self.warn(&format!("{why}: waiting {}", human_duration(wait)));
+        } else if !wait.is_zero() {
+            self.debug(&format!("{why}: waiting {}", human_duration(wait)));
+        }
+        *self.waiting.lock().unwrap() = Some((why.to_string(), Instant::now() + wait));
+        tokio::time::sleep(wait).await;
+        *self.waiting.lock().unwrap() = None;
+        Stats::add(&self.stats.waited_ms, wait.as_millis() as u64);
+    }
+
+    /// One line describing the counters, used by the bars and the periodic log line.
+    pub fn counts_line(&self) -> String {
+        let s = &self.stats;
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let read = Stats::get(&s.read);
+        let posted = Stats::get(&s.posted);
+        let mut line = format!(
+            "read {} ({}/s) · posted {} ({}/s) in {} batches · requests {} · retries {}",
+            thousands(read),
+            thousands((read as f64 / secs) as u64),
+            thousands(posted),
+            thousands((posted as f64 / secs) as u64),
+            thousands(Stats::get(&s.batches)),
+            thousands(Stats::get(&s.source_requests) + Stats::get(&s.sink_requests)),
+            Stats::get(&s.retries),
+        );
+        let dead = Stats::get(&s.dead_lettered);
+        if dead > 0 {
+            line.push_str(&format!(" · dead-lettered {}", thousands(dead)));
+        }
+        if let Some((why, until)) = &*self.waiting.lock().unwrap() {
+            let left = until.saturating_duration_since(Instant::now());
+            line.push_str(&format!(" · waiting {} ({why})", human_duration(left)));
+        }
+        line
+    }
+
+    /// Refreshes the display; call a few times a second.
+    pub fn tick(&self) {
+        let done = Stats::get(&self.stats.done_ratio);
+        match &self.display {
+            Display::Quiet => {}
+            Display::Bars { work, counts, .. } => {
+                work.set_position(done);
+                work.set_message(self.status.lock().unwrap().clone());
+                counts.set_message(self.counts_line());
+                counts.tick();
+            }
+            Display::Lines { every } => {
+                let mut last = self.last_line.lock().unwrap();
+                if last.elapsed() >= *every {
+                    *last = Instant::now();
+                    drop(last);
+                    let status = self.status.lock().unwrap().clone();
+                    self.info(&format!(
+                        "progress {:.1}% {status} · {}",
+                        done as f64 / 100.0,
+                        self.counts_line()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Starts refreshing the display in the background until [`Progress::finish`].
+    pub fn start(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                every.tick().await;
+                me.tick();
+            }
+        })
+    }
+
+    /// Removes the bars (before the summary is printed).
+    pub fn finish(&self) {
+        if let Display::Bars { work, counts, .. } = &self.display {
+            work.finish_and_clear();
+            counts.finish_and_clear();
+        }
+    }
+
+    /// Prints the closing summary (to stderr), unless quiet.
+    pub fn summary(&self, level: Level, text: &str) {
+        self.finish();
+        if level <= self.level {
+            match self.format {
+                LogFormat::Json => self.log(level, text),
+                LogFormat::Text => eprintln!("{text}"),
+            }
+        }
+    }
+}
+
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 3600 {
+        format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
+    } else if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human_duration(Duration::from_secs(2202)), "36m42s");
+        assert_eq!(human_duration(Duration::from_secs(7260)), "2h01m");
+    }
+}

@@ -1,0 +1,201 @@
+//! The webhook sink: POSTs a batch as one JSON array and reports when the webhook has
+//! acknowledged it (any 2xx). Retries 408, 429, 5xx (not 501) and transport errors; splits a
+//! batch answered with 413; sets rejected events aside in the dead-letter file or stops.
+
+use crate::batcher::body;
+use crate::http::{self, Reply};
+use crate::progress::{Progress, Stats};
+use crate::retry::{Attempt, RetryPolicy, retry};
+use crate::secret::WebhookUrl;
+use anyhow::Context;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    #[error("the webhook at {host} answered HTTP {status}: {excerpt}")]
+    Status {
+        host: String,
+        status: u16,
+        excerpt: String,
+    },
+    #[error("cannot reach the webhook at {host}: {message}")]
+    Transport { host: String, message: String },
+}
+
+/// What became of a batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub posted: usize,
+    pub dead_lettered: usize,
+}
+
+enum Outcome {
+    Accepted,
+    TooLarge,
+    Rejected(Reply),
+}
+
+/// Rejected events, one NDJSON line each: `{"status":..,"response":"..","event":{..}}`.
+pub struct DeadLetter {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl DeadLetter {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open the dead-letter file {}", path.display()))?;
+        Ok(DeadLetter {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Appends and syncs the events, so that they are safe before the checkpoint moves on.
+    fn write(&self, events: &[String], status: u16, response: &str) -> anyhow::Result<()> {
+        let response = serde_json::to_string(response).expect("strings serialize");
+        let mut text = String::new();
+        for e in events {
+            text.push_str(&format!(
+                "{{\"status\":{status},\"response\":{response},\"event\":{e}}}\n"
+            ));
+        }
+        let mut file = self.file.lock().unwrap();
+        file.write_all(text.as_bytes())
+            .and_then(|_| file.sync_data())
+            .with_context(|| format!("cannot write the dead-letter file {}", self.path.display()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+pub struct Sink {
+    http: reqwest::Client,
+    url: WebhookUrl,
+    retry: RetryPolicy,
+    dead_letter: Option<DeadLetter>,
+    progress: Arc<Progress>,
+}
+
+impl Sink {
+    pub fn new(
+        http: reqwest::Client,
+        url: WebhookUrl,
+        retry: RetryPolicy,
+        dead_letter: Option<DeadLetter>,
+        progress: Arc<Progress>,
+    ) -> Self {
+        Sink {
+            http,
+            url,
+            retry,
+            dead_letter,
+            progress,
+        }
+    }
+
+    /// Delivers one batch: returns once every event is acknowledged or dead-lettered.
+    /// A 413 splits the batch in halves (in order); a rejection without `--dead-letter` is an error.
+    pub async fn deliver(&self, events: &[String]) -> anyhow::Result<Delivered> {
+        let mut done = Delivered::default();
+        let mut todo = vec![0..events.len()];
+        while let Some(part) = todo.pop() {
+            let slice = &events[part.clone()];
+            match self.post(slice).await? {
+                Outcome::Accepted => done.posted += slice.len(),
+                Outcome::TooLarge if slice.len() > 1 => {
+                    let mid = part.start + slice.len() / 2;
+                    self.progress.debug(&format!(
+                        "webhook answered 413 for {} events; splitting the batch",
+                        slice.len()
+                    ));
+                    todo.push(mid..part.end);
+                    todo.push(part.start..mid);
+                }
+                Outcome::TooLarge => {
+                    let reply = Reply {
+                        status: 413,
+                        headers: Default::default(),
+                        body: "a single event is larger than the webhook accepts".into(),
+                    };
+                    done.dead_lettered += self.reject(slice, &reply)?;
+                }
+                Outcome::Rejected(reply) => done.dead_lettered += self.reject(slice, &reply)?,
+            }
+        }
+        Stats::add(&self.progress.stats.posted, done.posted as u64);
+        Stats::add(
+            &self.progress.stats.dead_lettered,
+            done.dead_lettered as u64,
+        );
+        Stats::add(&self.progress.stats.batches, 1);
+        Ok(done)
+    }
+
+    fn reject(&self, events: &[String], reply: &Reply) -> anyhow::Result<usize> {
+        let excerpt = reply.excerpt();
+        match &self.dead_letter {
+            Some(dl) => {
+                dl.write(events, reply.status, &excerpt)?;
+                self.progress.warn(&format!(
+                    "the webhook rejected {} events (HTTP {}: {excerpt}); appended them to {}",
+                    events.len(),
+                    reply.status,
+                    dl.path().display()
+                ));
+                Ok(events.len())
+            }
+            None => anyhow::bail!(
+                "the webhook at {} rejected a batch of {} events (HTTP {}: {excerpt}); nothing after it was sent. Fix the cause and run again to resume, or pass --dead-letter PATH to set rejected batches aside and go on",
+                self.url.redacted(),
+                events.len(),
+                reply.status
+            ),
+        }
+    }
+
+    async fn post(&self, events: &[String]) -> anyhow::Result<Outcome> {
+        let body = bytes::Bytes::from(body(events));
+        let host = self.url.redacted();
+        let out = retry(&self.retry, &self.progress, "webhook", || async {
+            Stats::add(&self.progress.stats.sink_requests, 1);
+            let req = self
+                .http
+                .post(self.url.url().clone())
+                .header("content-type", "application/json")
+                .body(body.clone());
+            match http::send(req).await {
+                Ok(reply) => match reply.status {
+                    200..=299 => Attempt::Done(Outcome::Accepted),
+                    413 => Attempt::Done(Outcome::TooLarge),
+                    408 | 429 | 500 | 502..=599 => Attempt::Retry {
+                        after: reply.retry_after(),
+                        error: PostError::Status {
+                            host: host.clone(),
+                            status: reply.status,
+                            excerpt: reply.excerpt(),
+                        },
+                    },
+                    _ => Attempt::Done(Outcome::Rejected(reply)),
+                },
+                Err(message) => Attempt::Retry {
+                    error: PostError::Transport {
+                        host: host.clone(),
+                        message,
+                    },
+                    after: None,
+                },
+            }
+        })
+        .await;
+        out.map_err(|e| e.into_error("posting to the webhook"))
+    }
+}

@@ -1,0 +1,201 @@
+//! The webhook stand-in: takes JSON arrays (or one object) like Patterns' "ingest only"
+//! webhook, remembers every event it was given, and misbehaves on demand: size limits (413),
+//! rejections (400), faults by request number, latency, and stalling so that a test can kill
+//! a client while batches are in flight.
+
+use super::{Fault, Faults, Server, serve};
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Default)]
+pub struct WebhookConfig {
+    /// The secret path, e.g. `/api/app/webhooks/wh-...`; other paths get 404.
+    pub path: String,
+    /// Bodies larger than this get 413.
+    pub max_body_bytes: Option<usize>,
+    /// Batches holding an event whose text contains this get 400 (nothing of them is kept).
+    pub reject_containing: Option<String>,
+    /// Delay before each answer.
+    pub latency: Duration,
+    /// After this many accepted batches, further requests are kept (recorded) but never
+    /// answered until [`WebhookStandIn::release`].
+    pub stall_after: Option<usize>,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub config: WebhookConfig,
+    /// Every event received in an accepted request, in arrival order, as sent.
+    pub events: Vec<String>,
+    /// Events received in requests that were then stalled (the client never heard back).
+    pub stalled_events: Vec<String>,
+    pub requests: usize,
+    pub accepted_batches: usize,
+    pub statuses: Vec<u16>,
+    pub(crate) faults: Faults,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    released: tokio::sync::Notify,
+}
+
+pub struct WebhookStandIn {
+    pub server: Server,
+    shared: Arc<Shared>,
+}
+
+pub const SECRET_PATH: &str = "/api/app/webhooks/wh-standin-secret-token-5f1e";
+
+impl WebhookStandIn {
+    pub fn start(mut config: WebhookConfig) -> Self {
+        if config.path.is_empty() {
+            config.path = SECRET_PATH.into();
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                config,
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+            released: tokio::sync::Notify::new(),
+        });
+        let s = shared.clone();
+        let router = Router::new().fallback(move |uri: Uri, body: Bytes| {
+            let s = s.clone();
+            async move { handle(&s, uri, body).await }
+        });
+        WebhookStandIn {
+            server: serve(router),
+            shared,
+        }
+    }
+
+    /// The full URL, secret path included.
+    pub fn url(&self) -> String {
+        let path = self.shared.state.lock().unwrap().config.path.clone();
+        format!("http://{}{path}", self.server.addr)
+    }
+
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.shared.state.lock().unwrap())
+    }
+
+    pub fn fault_at(&self, n: usize, fault: Fault) {
+        self.with_state(|s| s.faults.at.insert(n, fault));
+    }
+
+    pub fn fault_next(&self, fault: Fault) {
+        self.with_state(|s| s.faults.next.push_back(fault));
+    }
+
+    /// The uuid of every event received, in arrival order.
+    pub fn uuids(&self) -> Vec<String> {
+        self.with_state(|s| s.events.iter().map(|e| uuid_of(e)).collect())
+    }
+
+    /// Blocks until `cond` holds or `timeout` passes; returns whether it holds.
+    pub fn wait_until(&self, timeout: Duration, cond: impl Fn(&State) -> bool) -> bool {
+        let guard = self.shared.state.lock().unwrap();
+        let (guard, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(guard, timeout, |s| !cond(s))
+            .unwrap();
+        cond(&guard)
+    }
+
+    /// Stops stalling: stalled requests are answered 503 (their client is usually gone).
+    pub fn release(&self) {
+        self.with_state(|s| s.config.stall_after = None);
+        self.shared.released.notify_waiters();
+    }
+}
+
+pub fn uuid_of(event_json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(event_json)
+        .ok()
+        .and_then(|v| v.get("uuid").and_then(|u| u.as_str()).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn handle(shared: &Shared, uri: Uri, body: Bytes) -> Response {
+    enum Next {
+        Answer(Response),
+        Stall,
+        Accept(Duration),
+    }
+    let next = {
+        let mut s = shared.state.lock().unwrap();
+        let n = s.requests;
+        s.requests += 1;
+        if uri.path() != s.config.path {
+            Next::Answer((StatusCode::NOT_FOUND, "no such webhook").into_response())
+        } else if let Some(fault) = s.faults.take(n) {
+            Next::Answer(fault.response())
+        } else if s.config.max_body_bytes.is_some_and(|max| body.len() > max) {
+            Next::Answer((StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response())
+        } else {
+            match parse(&body) {
+                Err(e) => Next::Answer(
+                    (StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")).into_response(),
+                ),
+                Ok(events) if events.is_empty() => {
+                    Next::Answer((StatusCode::BAD_REQUEST, "empty array").into_response())
+                }
+                Ok(events) => {
+                    let reject = s.config.reject_containing.clone();
+                    if reject.is_some_and(|r| events.iter().any(|e| e.contains(&r))) {
+                        Next::Answer(
+                            (StatusCode::BAD_REQUEST, "record rejected by schema").into_response(),
+                        )
+                    } else if s
+                        .config
+                        .stall_after
+                        .is_some_and(|k| s.accepted_batches >= k)
+                    {
+                        s.stalled_events.extend(events);
+                        Next::Stall
+                    } else {
+                        s.events.extend(events);
+                        s.accepted_batches += 1;
+                        Next::Accept(s.config.latency)
+                    }
+                }
+            }
+        }
+    };
+    shared.changed.notify_all();
+    let response = match next {
+        Next::Answer(r) => r,
+        Next::Stall => {
+            shared.released.notified().await;
+            (StatusCode::SERVICE_UNAVAILABLE, "released").into_response()
+        }
+        Next::Accept(latency) => {
+            tokio::time::sleep(latency).await;
+            StatusCode::OK.into_response()
+        }
+    };
+    let status = response.status().as_u16();
+    shared.state.lock().unwrap().statuses.push(status);
+    shared.changed.notify_all();
+    response
+}
+
+/// A JSON array of objects, or one object; each element as its exact text.
+fn parse(body: &[u8]) -> Result<Vec<String>, String> {
+    let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
+    if text.trim_start().starts_with('{') {
+        let one: &RawValue = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        return Ok(vec![one.get().to_string()]);
+    }
+    let many: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Ok(many.into_iter().map(|v| v.get().to_string()).collect())
+}
