@@ -24,7 +24,7 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  export POSTHOG_API_KEY=phx_...\n  posthog-patterns backfill --host https://us.posthog.com --project 12345 \\\n    --webhook-url https://api.patterns.app/api/app/webhooks/wh... \\\n    --start 2024-01-01 --end 2024-02-01\n\nRun the same command again after an interruption: it resumes from the checkpoint."
     )]
-    Backfill(BackfillArgs),
+    Backfill(Box<BackfillArgs>),
     /// Run a real backfill against built-in stand-ins for PostHog and a webhook, on loopback,
     /// and check that every event arrived exactly once.
     #[command(

@@ -106,7 +106,9 @@ impl Sink {
     /// A 413 splits the batch in halves (in order); a rejection without `--dead-letter` is an error.
     pub async fn deliver(&self, events: &[String]) -> anyhow::Result<Delivered> {
         let mut done = Delivered::default();
-        let mut todo = vec![0..events.len()];
+        // Parts still to post, last first; a 413 replaces a part by its two halves.
+        let mut todo = Vec::new();
+        todo.push(0..events.len());
         while let Some(part) = todo.pop() {
             let slice = &events[part.clone()];
             match self.post(slice).await? {

@@ -1,0 +1,474 @@
+//! `backfill` end to end: the real binary against the PostHog and webhook stand-ins.
+
+mod common;
+
+use common::*;
+use posthog_patterns::standin::data::tied_events;
+use posthog_patterns::standin::{Fault, PostHogConfig, WebhookConfig};
+use std::time::Duration;
+
+#[test]
+fn delivers_every_event_exactly_once_across_ties_at_page_boundaries() {
+    let mut ev = events(3_000, 1);
+    // 1,200 events in one microsecond: more than two pages of 500.
+    ev.extend(tied_events(1_200, t("2024-03-02T10:00:00.000001Z"), 2));
+    let env = Env::new(ev, WebhookConfig::default());
+    let run = env.run(&backfill_args(&[
+        "--page-size",
+        "500",
+        "--batch-size",
+        "300",
+    ]));
+    run.assert_code(0);
+    let n = env.assert_exactly_once(in_range);
+    assert_eq!(
+        n,
+        3_000 + 1_200 + 2,
+        "the two in-range edge events are included"
+    );
+    assert!(run.stderr.contains("backfill complete"), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "backfill writes nothing to stdout");
+
+    // Every query followed PostHog's rules: UTC modifier, no OFFSET, bound values.
+    let log = env.posthog.log();
+    assert!(log.len() > 8, "paged: {} requests", log.len());
+    for req in &log {
+        let sql = req.sql.as_deref().unwrap();
+        assert!(!sql.to_uppercase().contains("OFFSET"), "{sql}");
+        assert_eq!(
+            req.modifiers.as_ref().unwrap()["convertToProjectTimezone"],
+            false
+        );
+        assert!(!sql.contains("2024-"), "constants travel in values: {sql}");
+    }
+}
+
+#[test]
+fn event_filters_go_into_the_query_and_select_exactly_those_events() {
+    let env = Env::new(events(2_000, 3), WebhookConfig::default());
+    env.run(&backfill_args(&[
+        "--event",
+        "signup,purchase",
+        "--event",
+        "$pageview",
+        "--exclude-event",
+        "purchase",
+    ]))
+    .assert_code(0);
+    let n =
+        env.assert_exactly_once(|e| in_range(e) && (e.event == "signup" || e.event == "$pageview"));
+    assert!(n > 300, "{n}");
+    let sql = env.posthog.log()[0].sql.clone().unwrap();
+    assert!(sql.contains("event IN ("), "{sql}");
+    assert!(sql.contains("event NOT IN ("), "{sql}");
+}
+
+#[test]
+fn posted_events_keep_properties_byte_for_byte_and_have_the_documented_shape() {
+    let env = Env::new(events(200, 4), WebhookConfig::default());
+    env.run(&backfill_args(&[])).assert_code(0);
+    let stored: std::collections::HashMap<String, _> = env
+        .posthog
+        .events()
+        .into_iter()
+        .map(|e| (e.uuid.clone(), e))
+        .collect();
+    let received = env.webhook.with_state(|s| s.events.clone());
+    assert!(received.len() > 200);
+    for text in &received {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        let e = &stored[v["uuid"].as_str().unwrap()];
+        let fields = [
+            "uuid",
+            "event",
+            "distinct_id",
+            "timestamp",
+            "created_at",
+            "properties",
+            "elements_chain",
+            "team_id",
+        ];
+        assert_eq!(v.as_object().unwrap().len(), fields.len(), "{text}");
+        let at: Vec<usize> = fields
+            .iter()
+            .map(|f| text.find(&format!("\"{f}\":")).unwrap())
+            .collect();
+        assert!(
+            at.windows(2).all(|w| w[0] < w[1]),
+            "fields in the documented order: {text}"
+        );
+        // The properties text PostHog stored appears verbatim in what was posted.
+        assert!(
+            text.contains(&format!("\"properties\":{}", e.properties)),
+            "{text}"
+        );
+        assert_eq!(
+            v["timestamp"],
+            e.timestamp.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+        );
+        assert_eq!(v["team_id"], 4242);
+        assert!(v["properties"].is_object());
+    }
+}
+
+#[test]
+fn resume_after_kill_loses_nothing_and_duplicates_at_most_the_in_flight_batch() {
+    let env = Env::new(
+        events(5_000, 5),
+        WebhookConfig {
+            stall_after: Some(6),
+            ..WebhookConfig::default()
+        },
+    );
+    let args = backfill_args(&["--page-size", "700", "--batch-size", "250"]);
+    let mut child = env.spawn(&args);
+    assert!(
+        env.webhook
+            .wait_until(Duration::from_secs(60), |s| !s.stalled_events.is_empty()),
+        "the seventh batch reaches the webhook"
+    );
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    env.webhook.release();
+    let in_flight = env.webhook.with_state(|s| s.stalled_events.len());
+    let before = env.webhook.with_state(|s| s.events.len());
+    assert_eq!(before, 6 * 250);
+
+    let run = env.run(&args);
+    run.assert_code(0);
+    assert!(run.stderr.contains("resuming from"), "{}", run.stderr);
+    // The stalled batch was received but never acknowledged: it is sent again, once.
+    let all = env.webhook.with_state(|s| {
+        let mut v = s.events.clone();
+        v.extend(s.stalled_events.clone());
+        v
+    });
+    let mut counts = std::collections::HashMap::new();
+    for e in &all {
+        *counts
+            .entry(posthog_patterns::standin::webhook::uuid_of(e))
+            .or_insert(0) += 1;
+    }
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    assert_eq!(
+        duplicates, in_flight,
+        "only the in-flight batch arrives twice"
+    );
+    assert!(in_flight <= 250);
+    env.assert_exactly_once(in_range); // acknowledged deliveries: each event once
+    assert!(run.stderr.contains("over 2 run(s)"), "{}", run.stderr);
+}
+
+#[test]
+fn a_finished_backfill_run_again_says_it_is_complete_and_reads_nothing() {
+    let env = Env::new(events(300, 6), WebhookConfig::default());
+    env.run(&backfill_args(&[])).assert_code(0);
+    let requests = env.posthog.log().len();
+    let again = env.run(&backfill_args(&[]));
+    again.assert_code(0);
+    assert!(
+        again.stderr.contains("already complete"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(env.posthog.log().len(), requests);
+    // --restart exports the range again.
+    env.run(&backfill_args(&["--restart"])).assert_code(0);
+    assert!(env.received().values().all(|n| *n == 2));
+}
+
+#[test]
+fn webhook_413_splits_the_batch_until_it_fits() {
+    let env = Env::new(
+        events(1_500, 7),
+        WebhookConfig {
+            max_body_bytes: Some(40_000),
+            ..WebhookConfig::default()
+        },
+    );
+    let run = env.run(&backfill_args(&[
+        "--batch-size",
+        "1000",
+        "--max-batch-bytes",
+        "10MiB",
+    ]));
+    run.assert_code(0);
+    env.assert_exactly_once(in_range);
+    let statuses = env.webhook.with_state(|s| s.statuses.clone());
+    assert!(statuses.contains(&413), "the first batches were too large");
+}
+
+#[test]
+fn rejected_batches_go_to_the_dead_letter_file_and_the_run_exits_3() {
+    let ev = events(1_000, 8);
+    let poison = ev[300].uuid.clone();
+    let env = Env::new(
+        ev,
+        WebhookConfig {
+            reject_containing: Some(poison),
+            ..WebhookConfig::default()
+        },
+    );
+    let dead = env.path("dead.ndjson");
+    let run = env.run(&backfill_args(&[
+        "--batch-size",
+        "100",
+        "--dead-letter",
+        dead.to_str().unwrap(),
+    ]));
+    run.assert_code(3);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    assert_eq!(lines.len(), 100, "the one rejected batch");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["status"] == 400 && l["event"]["uuid"].is_string())
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("dead-lettered {}", lines.len())),
+        "{}",
+        run.stderr
+    );
+    // Together, webhook and dead letters hold every event once.
+    let posted = env.received();
+    let expected: Vec<_> = env.posthog.events().into_iter().filter(in_range).collect();
+    assert_eq!(posted.len() + lines.len(), expected.len());
+}
+
+#[test]
+fn a_rejection_without_dead_letter_stops_with_a_clear_error_and_keeps_the_checkpoint() {
+    let mut ev = events(1_000, 9);
+    ev.sort_by_key(|e| e.timestamp);
+    let poison = ev[500].uuid.clone();
+    let env = Env::new(
+        ev,
+        WebhookConfig {
+            reject_containing: Some(poison),
+            ..WebhookConfig::default()
+        },
+    );
+    let run = env.run(&backfill_args(&["--batch-size", "100"]));
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("rejected a batch of 100 events (HTTP 400"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--dead-letter"), "{}", run.stderr);
+    // Fix the webhook, run again: it resumes and completes without loss.
+    env.webhook
+        .with_state(|s| s.config.reject_containing = None);
+    let again = env.run(&backfill_args(&["--batch-size", "100"]));
+    again.assert_code(0);
+    assert!(again.stderr.contains("resuming from"), "{}", again.stderr);
+    env.assert_exactly_once(in_range);
+}
+
+#[test]
+fn a_second_run_on_the_same_state_exits_75_at_once() {
+    let env = Env::new(
+        events(2_000, 10),
+        WebhookConfig {
+            stall_after: Some(1),
+            ..WebhookConfig::default()
+        },
+    );
+    let args = backfill_args(&["--batch-size", "100"]);
+    let mut first = env.spawn(&args);
+    assert!(
+        env.webhook
+            .wait_until(Duration::from_secs(60), |s| !s.stalled_events.is_empty())
+    );
+    let second = env.run(&args);
+    second.assert_code(75);
+    assert!(
+        second
+            .stderr
+            .contains("another posthog-patterns run holds the lock"),
+        "{}",
+        second.stderr
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    env.webhook.release();
+}
+
+#[test]
+fn bad_dates_are_usage_errors_with_an_example() {
+    let env = Env::new(vec![], WebhookConfig::default());
+    let run = env.run(&["backfill", "--start", "01/03/2024", "--end", "2024-03-08"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("2024-01-31"), "{}", run.stderr);
+    let run = env.run(&["backfill", "--start", "2024-03-08", "--end", "2024-03-01"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("must be before --end"),
+        "{}",
+        run.stderr
+    );
+    assert!(env.posthog.log().is_empty());
+}
+
+#[test]
+fn a_checkpoint_from_another_job_is_refused() {
+    let env = Env::new(events(100, 11), WebhookConfig::default());
+    let cp = env.path("job.json");
+    let cp = cp.to_str().unwrap();
+    env.run(&backfill_args(&["--checkpoint", cp]))
+        .assert_code(0);
+    let run = env.run(&[
+        "backfill",
+        "--start",
+        "2024-03-02",
+        "--end",
+        "2024-03-08",
+        "--checkpoint",
+        cp,
+    ]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("belongs to a different job"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("start: checkpoint has 2024-03-01"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_an_error_and_nothing_is_sent() {
+    let env = Env::new(events(100, 12), WebhookConfig::default());
+    let cp = env.path("bad.json");
+    std::fs::write(&cp, "{\"version\": 1, \"job\": {").unwrap();
+    let run = env.run(&backfill_args(&["--checkpoint", cp.to_str().unwrap()]));
+    run.assert_code(1);
+    assert!(run.stderr.contains("is corrupt"), "{}", run.stderr);
+    assert!(env.posthog.log().is_empty() && env.received().is_empty());
+}
+
+#[test]
+fn slow_queries_narrow_the_window_and_every_event_still_arrives() {
+    let env = Env::with(
+        PostHogConfig {
+            max_scan_rows: 400,
+            ..PostHogConfig::default()
+        },
+        events(4_000, 13),
+        WebhookConfig::default(),
+    );
+    env.run(&backfill_args(&["--page-size", "300"]))
+        .assert_code(0);
+    env.assert_exactly_once(in_range);
+    let timeouts = env.posthog.log().iter().filter(|r| r.status == 504).count();
+    assert!(timeouts > 0, "windows were narrowed after 504s");
+}
+
+#[test]
+fn throttling_is_waited_out_with_and_without_retry_after() {
+    for header in [true, false] {
+        let env = Env::with(
+            PostHogConfig {
+                rate_limit: Some((3, Duration::from_secs(1))),
+                retry_after_header: header,
+                ..PostHogConfig::default()
+            },
+            events(1_500, 14),
+            WebhookConfig::default(),
+        );
+        let run = env.run(&backfill_args(&["--page-size", "200", "-v"]));
+        run.assert_code(0);
+        env.assert_exactly_once(in_range);
+        assert!(env.posthog.log().iter().any(|r| r.status == 429));
+        assert!(run.stderr.contains("HTTP 429"), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn transient_failures_are_retried_on_both_sides() {
+    let env = Env::new(events(1_000, 15), WebhookConfig::default());
+    env.posthog.fault_at(0, Fault::status(503));
+    env.posthog.fault_at(2, Fault::html(502));
+    env.webhook.fault_at(0, Fault::status(500));
+    env.webhook.fault_at(2, Fault::status(408));
+    env.webhook.fault_at(3, Fault::throttled(0, true));
+    let run = env.run(&backfill_args(&[
+        "--page-size",
+        "300",
+        "--batch-size",
+        "200",
+    ]));
+    run.assert_code(0);
+    env.assert_exactly_once(in_range);
+    assert!(run.stderr.contains("retries  5"), "{}", run.stderr);
+}
+
+#[test]
+fn a_webhook_that_keeps_failing_ends_the_run_with_exit_75() {
+    let env = Env::new(events(100, 16), WebhookConfig::default());
+    for _ in 0..10 {
+        env.webhook.fault_next(Fault::status(503));
+    }
+    let run = env.run(&backfill_args(&["--max-retries", "2"]));
+    run.assert_code(75);
+    assert!(
+        run.stderr.contains("still failing after 2 retries"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn sigterm_stops_the_run_with_exit_130_and_it_resumes() {
+    let env = Env::new(
+        events(1_000, 17),
+        WebhookConfig {
+            stall_after: Some(2),
+            ..WebhookConfig::default()
+        },
+    );
+    let args = backfill_args(&["--batch-size", "100"]);
+    let child = env.spawn(&args);
+    assert!(
+        env.webhook
+            .wait_until(Duration::from_secs(60), |s| !s.stalled_events.is_empty())
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = finish(child.wait_with_output().unwrap());
+    out.assert_code(130);
+    assert!(out.stderr.contains("interrupted"), "{}", out.stderr);
+    env.webhook.release();
+    env.run(&args).assert_code(0);
+    let seen = env.received();
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "the stalled batch was never acknowledged, so only sent once more"
+    );
+    env.assert_exactly_once(in_range);
+}
+
+#[test]
+fn the_demo_delivers_every_event_exactly_once() {
+    let run = finish(
+        std::process::Command::new(BIN)
+            .args(["demo", "--events", "8000", "--progress", "never"])
+            .env("POSTHOG_PATTERNS_STATE_DIR", std::env::temp_dir())
+            .output()
+            .unwrap(),
+    );
+    run.assert_code(0);
+    assert!(run.stderr.contains("demo check passed"), "{}", run.stderr);
+}

@@ -1,0 +1,169 @@
+//! Shared helpers for the integration tests: the real binary, run against the library's
+//! in-process stand-ins, in a temporary directory.
+#![allow(dead_code)]
+
+use chrono::{DateTime, Utc};
+use posthog_patterns::standin::{
+    PostHogConfig, PostHogStandIn, StoredEvent, WebhookConfig, WebhookStandIn,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_posthog-patterns");
+
+pub fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub posthog: PostHogStandIn,
+    pub webhook: WebhookStandIn,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Env {
+    pub fn new(events: Vec<StoredEvent>, webhook: WebhookConfig) -> Env {
+        Env::with(PostHogConfig::default(), events, webhook)
+    }
+
+    pub fn with(config: PostHogConfig, events: Vec<StoredEvent>, webhook: WebhookConfig) -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            posthog: PostHogStandIn::start(config, events),
+            webhook: WebhookStandIn::start(webhook),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The binary with connection settings in the environment (as a user would set them)
+    /// and state kept in the temporary directory.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("POSTHOG_PATTERNS_STATE_DIR", self.path("state"))
+            .env("POSTHOG_HOST", self.posthog.url())
+            .env("POSTHOG_PROJECT_ID", self.posthog.config().project_id)
+            .env("POSTHOG_API_KEY", self.posthog.config().api_key)
+            .env("PATTERNS_WEBHOOK_URL", self.webhook.url())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        finish(self.command(args).output().unwrap())
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Counts of each uuid the webhook received.
+    pub fn received(&self) -> HashMap<String, usize> {
+        let mut seen = HashMap::new();
+        for uuid in self.webhook.uuids() {
+            *seen.entry(uuid).or_insert(0) += 1;
+        }
+        seen
+    }
+
+    /// Asserts that exactly the events selected by `keep` arrived, each exactly once;
+    /// returns how many that is.
+    #[track_caller]
+    pub fn assert_exactly_once(&self, keep: impl Fn(&StoredEvent) -> bool) -> usize {
+        let expected: HashMap<String, ()> = self
+            .posthog
+            .events()
+            .into_iter()
+            .filter(|e| keep(e))
+            .map(|e| (e.uuid, ()))
+            .collect();
+        let seen = self.received();
+        let missing = expected.keys().filter(|u| !seen.contains_key(*u)).count();
+        let twice = seen.values().filter(|n| **n > 1).count();
+        let stray = seen.keys().filter(|u| !expected.contains_key(*u)).count();
+        assert_eq!(
+            (missing, twice, stray),
+            (0, 0, 0),
+            "missing, duplicated, unexpected (expected {} events)",
+            expected.len()
+        );
+        expected.len()
+    }
+
+    /// Every file under the temporary directory, as text (checkpoints, dead letters, ...).
+    pub fn all_files_text(&self) -> String {
+        fn walk(dir: &std::path::Path, out: &mut String) {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        let mut out = String::new();
+        walk(self.dir.path(), &mut out);
+        out
+    }
+}
+
+pub fn finish(out: Output) -> Run {
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, code, "exit code; stderr:\n{}", self.stderr);
+        self
+    }
+}
+
+pub const RANGE_START: &str = "2024-03-01T00:00:00Z";
+pub const RANGE_END: &str = "2024-03-08T00:00:00Z";
+
+pub fn in_range(e: &StoredEvent) -> bool {
+    e.timestamp >= t(RANGE_START) && e.timestamp < t(RANGE_END)
+}
+
+/// Synthetic events over the standard range plus edge cases.
+pub fn events(n: usize, seed: u64) -> Vec<StoredEvent> {
+    posthog_patterns::standin::synthetic_events(n, t(RANGE_START), t(RANGE_END), seed)
+}
+
+/// `backfill` over the standard range, with extra arguments.
+pub fn backfill_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "backfill",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "--progress",
+        "never",
+    ];
+    v.extend_from_slice(extra);
+    v
+}

@@ -1,0 +1,204 @@
+//! The stand-ins behave like the real services of ../shared/posthog-api.md. If they did not,
+//! the other tests would prove nothing, so their rules are tested here directly.
+
+mod common;
+
+use common::t;
+use posthog_patterns::standin::data::tied_events;
+use posthog_patterns::standin::{
+    PostHogConfig, PostHogStandIn, WebhookConfig, WebhookStandIn, synthetic_events,
+};
+use serde_json::{Value, json};
+
+async fn query(ph: &PostHogStandIn, sql: &str, values: Value, utc: bool) -> (u16, Value) {
+    let cfg = ph.config();
+    let mut body = json!({"query": {"kind": "HogQLQuery", "query": sql, "values": values}, "refresh": "force_blocking"});
+    if utc {
+        body["query"]["modifiers"] = json!({"convertToProjectTimezone": false});
+    }
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/api/projects/{}/query/",
+            ph.url(),
+            cfg.project_id
+        ))
+        .bearer_auth(cfg.api_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+const WINDOW: &str = "SELECT uuid, timestamp FROM events WHERE timestamp >= toDateTime64({start}, 6, 'UTC') AND timestamp < toDateTime64({end}, 6, 'UTC') ORDER BY timestamp, uuid";
+
+fn window() -> Value {
+    json!({"start": "2024-03-01 00:00:00.000000", "end": "2024-03-08 00:00:00.000000"})
+}
+
+#[tokio::test]
+async fn limit_is_capped_at_50000_and_defaults_to_100_with_has_more() {
+    let ph = PostHogStandIn::start(
+        PostHogConfig::default(),
+        tied_events(50_100, t("2024-03-02T00:00:00Z"), 1),
+    );
+    let (status, body) = query(&ph, &format!("{WINDOW} LIMIT 60000"), window(), true).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["results"].as_array().unwrap().len(), 50_000);
+    assert!(body.get("hasMore").is_none(), "hasMore only without LIMIT");
+    let (_, body) = query(&ph, WINDOW, window(), true).await;
+    assert_eq!(body["results"].as_array().unwrap().len(), 100);
+    assert_eq!(body["hasMore"], true);
+}
+
+#[tokio::test]
+async fn offset_is_refused() {
+    let ph = PostHogStandIn::start(
+        PostHogConfig::default(),
+        synthetic_events(10, t("2024-03-01T00:00:00Z"), t("2024-03-08T00:00:00Z"), 1),
+    );
+    let (status, body) = query(&ph, &format!("{WINDOW} LIMIT 10 OFFSET 10"), window(), true).await;
+    assert_eq!(status, 400);
+    assert!(body["detail"].as_str().unwrap().contains("OFFSET"));
+}
+
+#[tokio::test]
+async fn ties_come_back_in_clickhouse_uuid_order_not_string_order() {
+    let ph = PostHogStandIn::start(
+        PostHogConfig::default(),
+        tied_events(300, t("2024-03-02T00:00:00Z"), 2),
+    );
+    let (_, body) = query(&ph, &format!("{WINDOW} LIMIT 1000"), window(), true).await;
+    let uuids: Vec<String> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = uuids.clone();
+    sorted.sort();
+    assert_ne!(uuids, sorted, "string order differs from the server's");
+}
+
+#[tokio::test]
+async fn without_the_utc_modifier_times_are_in_the_project_time_zone() {
+    let start = t("2024-03-01T00:00:00Z");
+    let ev = synthetic_events(50, start, t("2024-03-08T00:00:00Z"), 3);
+    let ph = PostHogStandIn::start(PostHogConfig::default(), ev);
+    let (_, utc) = query(&ph, &format!("{WINDOW} LIMIT 1000"), window(), true).await;
+    let (_, local) = query(&ph, &format!("{WINDOW} LIMIT 1000"), window(), false).await;
+    let first_utc = utc["results"][0][1].as_str().unwrap().to_string();
+    let first_local = local["results"][0][1].as_str().unwrap().to_string();
+    assert!(first_utc.ends_with('Z'), "{first_utc}");
+    assert!(first_local.ends_with("+05:00"), "{first_local}");
+    // The bounds are shifted too: a different set of rows falls in the window.
+    assert_ne!(
+        utc["results"].as_array().unwrap().len(),
+        local["results"].as_array().unwrap().len()
+    );
+}
+
+#[tokio::test]
+async fn whole_second_timestamps_have_no_fraction() {
+    let ph = PostHogStandIn::start(
+        PostHogConfig::default(),
+        tied_events(1, t("2024-03-02T00:00:00Z"), 4),
+    );
+    let (_, body) = query(&ph, &format!("{WINDOW} LIMIT 10"), window(), true).await;
+    assert_eq!(body["results"][0][1], "2024-03-02T00:00:00Z");
+}
+
+#[tokio::test]
+async fn a_window_holding_too_many_rows_times_out_with_504() {
+    let ph = PostHogStandIn::start(
+        PostHogConfig {
+            max_scan_rows: 100,
+            ..PostHogConfig::default()
+        },
+        tied_events(101, t("2024-03-02T00:00:00Z"), 5),
+    );
+    let (status, _) = query(&ph, &format!("{WINDOW} LIMIT 10"), window(), true).await;
+    assert_eq!(status, 504);
+}
+
+#[tokio::test]
+async fn throttling_answers_429_with_or_without_retry_after() {
+    for header in [true, false] {
+        let ph = PostHogStandIn::start(
+            PostHogConfig {
+                rate_limit: Some((1, std::time::Duration::from_secs(60))),
+                retry_after_header: header,
+                ..PostHogConfig::default()
+            },
+            vec![],
+        );
+        assert_eq!(query(&ph, WINDOW, window(), true).await.0, 200);
+        let cfg = ph.config();
+        let resp = reqwest::Client::new()
+            .post(format!(
+                "{}/api/projects/{}/query/",
+                ph.url(),
+                cfg.project_id
+            ))
+            .bearer_auth(cfg.api_key)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 429);
+        assert_eq!(resp.headers().contains_key("retry-after"), header);
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Expected available in")
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_sql_is_a_400_like_a_hogql_error() {
+    let ph = PostHogStandIn::start(PostHogConfig::default(), vec![]);
+    let (status, _) = query(
+        &ph,
+        "SELECT uuid FROM events WHERE 1 = 1 ORDER BY timestamp, uuid",
+        json!({}),
+        true,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, body) = query(
+        &ph,
+        &format!("{WINDOW} LIMIT 1"),
+        json!({"start": "2024-03-01 00:00:00"}),
+        true,
+    )
+    .await;
+    assert_eq!(status, 400, "missing placeholder value");
+    assert!(body["detail"].as_str().unwrap().contains("{end}"));
+}
+
+#[tokio::test]
+async fn the_webhook_takes_arrays_or_one_object_and_refuses_empty_arrays() {
+    let wh = WebhookStandIn::start(WebhookConfig::default());
+    let post = |body: &'static str| {
+        let url = wh.url();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post(r#"[{"uuid":"a"},{"uuid":"b"}]"#).await, 200);
+    assert_eq!(post(r#"{"uuid":"c"}"#).await, 200);
+    assert_eq!(post("[]").await, 400);
+    assert_eq!(post("not json").await, 400);
+    assert_eq!(wh.uuids(), ["a", "b", "c"]);
+}
