@@ -28,6 +28,7 @@ pub struct BackfillConfig {
     pub filters: Filters,
     pub page_size: usize,
     pub limits: Limits,
+    pub concurrency: usize,
     pub checkpoint: Option<PathBuf>,
     pub restart: bool,
     pub dead_letter: Option<PathBuf>,
@@ -57,6 +58,7 @@ impl BackfillConfig {
             },
             page_size: args.page_size as usize,
             limits: webhook.limits,
+            concurrency: webhook.concurrency,
             checkpoint: args.checkpoint.clone(),
             restart: args.restart,
             dead_letter: webhook.dead_letter,
@@ -180,6 +182,7 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
     let result = pipeline::run(
         move |tx| async move { source.run(from, tx).await },
         cfg.limits,
+        cfg.concurrency,
         &sink,
         |pos, done| {
             state.position = Some(pos.clone());

@@ -70,6 +70,10 @@ pub struct WebhookArgs {
     /// Largest request body, e.g. 1MiB, 512KiB or 200000; a single larger event is sent alone.
     #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_batch_bytes: u64,
+    /// Batches posted at once. Batches may then arrive out of order, and after a crash up to
+    /// this many batches can arrive twice; 1 keeps strict order.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub concurrency: u64,
     /// Append events the webhook rejects (4xx) to this NDJSON file and go on (exit 3 at the end).
     #[arg(long, value_name = "PATH")]
     pub dead_letter: Option<PathBuf>,

@@ -46,6 +46,7 @@ pub struct Webhook {
     pub url: WebhookUrl,
     pub limits: Limits,
     pub dead_letter: Option<PathBuf>,
+    pub concurrency: usize,
 }
 
 pub fn webhook(args: &WebhookArgs) -> anyhow::Result<Webhook> {
@@ -60,6 +61,7 @@ pub fn webhook(args: &WebhookArgs) -> anyhow::Result<Webhook> {
             max_bytes: args.max_batch_bytes as usize,
         },
         dead_letter: args.dead_letter.clone(),
+        concurrency: args.concurrency as usize,
     })
 }
 

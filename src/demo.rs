@@ -70,6 +70,7 @@ pub async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Result<Re
             max_events: 1_000,
             max_bytes: 1 << 20,
         },
+        concurrency: 4,
         checkpoint: Some(state.path().join("demo.json")),
         restart: false,
         dead_letter: None,

@@ -1,22 +1,31 @@
 //! Wires the stages together: source -> batcher -> sink -> checkpoint. The source runs as its
-//! own task ahead of the sink, through a bounded queue, so reading overlaps posting while
-//! memory stays bounded. The checkpoint only ever moves to the end of an acknowledged batch.
+//! own task ahead of the sink, through a bounded queue, and up to `concurrency` batches are
+//! posted at once, so neither PostHog's nor the webhook's latency stalls the other while
+//! memory stays bounded. The checkpoint only moves, in order, to the end of a batch that was
+//! acknowledged together with every batch before it.
 
-use crate::batcher::{Batcher, Limits};
+use crate::batcher::{Batch, Batcher, Limits};
 use crate::sink::{Delivered, Sink};
 use crate::source::Item;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use std::future::Future;
 use tokio::sync::mpsc;
 
 /// Pages (or chunks) the source may run ahead of the sink.
 pub const QUEUE_DEPTH: usize = 4;
 
-/// Runs `source` (which sends to the queue) and delivers what it sends. `commit` is called in
-/// order with the position after each acknowledged batch, or after a stretch with no events.
-/// A source error still lets what it already sent be delivered and committed first.
+type Posting<'a, P> = BoxFuture<'a, (P, anyhow::Result<Delivered>)>;
+
+/// Runs `source` (which sends to the queue) and delivers what it sends, with at most
+/// `concurrency` batches in flight. `commit` is called in source order with the position after
+/// each acknowledged batch, or after a stretch with no events. A source error still lets what
+/// it already sent be delivered and committed first.
 pub async fn run<P, S, Fut>(
     source: S,
     limits: Limits,
+    concurrency: usize,
     sink: &Sink,
     mut commit: impl FnMut(&P, Delivered) -> anyhow::Result<()>,
 ) -> anyhow::Result<()>
@@ -27,28 +36,44 @@ where
 {
     let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
     let reader = tokio::spawn(source(tx));
+    let concurrency = concurrency.max(1);
     let mut batcher = Batcher::new(limits);
+    let mut in_flight: FuturesOrdered<Posting<'_, P>> = FuturesOrdered::new();
+    let post = |batch: Batch<P>| -> Posting<'_, P> {
+        Box::pin(async move {
+            let done = sink.deliver(&batch.events).await;
+            (batch.end, done)
+        })
+    };
     let delivered: anyhow::Result<()> = async {
-        while let Some(chunk) = rx.recv().await {
-            for item in chunk {
-                let ready = match item {
-                    Item::Record { json, pos } => batcher.push(json, pos),
-                    Item::Mark(pos) => {
-                        if let Some(pos) = batcher.advance(pos) {
-                            commit(&pos, Delivered::default())?;
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                Some((end, done)) = in_flight.next(), if !in_flight.is_empty() => commit(&end, done?)?,
+                chunk = rx.recv(), if open && in_flight.len() < concurrency => {
+                    let Some(chunk) = chunk else {
+                        open = false;
+                        in_flight.extend(batcher.flush().map(post));
+                        continue;
+                    };
+                    for item in chunk {
+                        let next: Option<Posting<'_, P>> = match item {
+                            Item::Record { json, pos } => batcher.push(json, pos).map(post),
+                            // A position with no open batch to carry it is committed in turn.
+                            Item::Mark(pos) => batcher
+                                .advance(pos)
+                                .map(|pos| -> Posting<'_, P> { Box::pin(async { (pos, Ok(Delivered::default())) }) }),
+                        };
+                        if let Some(next) = next {
+                            while in_flight.len() >= concurrency {
+                                let (end, done) = in_flight.next().await.expect("not empty");
+                                commit(&end, done?)?;
+                            }
+                            in_flight.push_back(next);
                         }
-                        None
                     }
-                };
-                if let Some(batch) = ready {
-                    let done = sink.deliver(&batch.events).await?;
-                    commit(&batch.end, done)?;
                 }
             }
-        }
-        if let Some(batch) = batcher.flush() {
-            let done = sink.deliver(&batch.events).await?;
-            commit(&batch.end, done)?;
         }
         Ok(())
     }

@@ -87,6 +87,17 @@ impl Env {
     /// returns how many that is.
     #[track_caller]
     pub fn assert_exactly_once(&self, keep: impl Fn(&StoredEvent) -> bool) -> usize {
+        self.assert_delivered(keep, 0)
+    }
+
+    /// Asserts that every event selected by `keep` arrived, nothing else did, and at most
+    /// `max_duplicates` deliveries were repeats; returns how many events that is.
+    #[track_caller]
+    pub fn assert_delivered(
+        &self,
+        keep: impl Fn(&StoredEvent) -> bool,
+        max_duplicates: usize,
+    ) -> usize {
         let expected: HashMap<String, ()> = self
             .posthog
             .events()
@@ -96,13 +107,17 @@ impl Env {
             .collect();
         let seen = self.received();
         let missing = expected.keys().filter(|u| !seen.contains_key(*u)).count();
-        let twice = seen.values().filter(|n| **n > 1).count();
         let stray = seen.keys().filter(|u| !expected.contains_key(*u)).count();
+        let repeats: usize = seen.values().map(|n| n - 1).sum();
         assert_eq!(
-            (missing, twice, stray),
-            (0, 0, 0),
-            "missing, duplicated, unexpected (expected {} events)",
+            (missing, stray),
+            (0, 0),
+            "missing, unexpected (expected {} events)",
             expected.len()
+        );
+        assert!(
+            repeats <= max_duplicates,
+            "{repeats} repeated deliveries, at most {max_duplicates} allowed"
         );
         expected.len()
     }
