@@ -24,17 +24,18 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let scenarios: [(&str, usize, u64); 3] = [
-        ("200k events, webhook answers at once", 200_000, 0),
-        ("200k events, webhook takes 20 ms", 200_000, 20),
-        ("1M events, webhook answers at once", 1_000_000, 0),
+    let scenarios: [(&str, usize, u64, &str); 4] = [
+        ("200k events, webhook answers at once", 200_000, 0, "4"),
+        ("200k events, webhook takes 20 ms", 200_000, 20, "4"),
+        ("same, --concurrency 1", 200_000, 20, "1"),
+        ("1M events, webhook answers at once", 1_000_000, 0, "4"),
     ];
     println!("posthog-patterns benchmark: median of {runs} runs, page 10000, batch 1000");
     println!(
         "{:<40} {:>12} {:>14} {:>10} {:>10}",
         "scenario", "events/s", "peak RSS MiB", "PH reqs", "WH reqs"
     );
-    for (name, n, latency_ms) in scenarios {
+    for (name, n, latency_ms, concurrency) in scenarios {
         let start = "2024-01-01T00:00:00Z".parse().unwrap();
         let end = "2024-01-31T00:00:00Z".parse().unwrap();
         let events = synthetic_events(n, start, end, 42);
@@ -44,7 +45,7 @@ fn main() {
             .map(|e| e.uuid.clone())
             .collect();
         let mut samples: Vec<Sample> = (0..runs)
-            .map(|_| run_once(&events, &expected, latency_ms))
+            .map(|_| run_once(&events, &expected, latency_ms, concurrency))
             .collect();
         let median = |f: &dyn Fn(&Sample) -> f64, samples: &mut Vec<Sample>| {
             samples.sort_by(|a, b| f(a).total_cmp(&f(b)));
@@ -63,6 +64,7 @@ fn run_once(
     events: &[posthog_patterns::standin::StoredEvent],
     expected: &HashSet<String>,
     latency_ms: u64,
+    concurrency: &str,
 ) -> Sample {
     let posthog = PostHogStandIn::start(PostHogConfig::default(), events.to_vec());
     let webhook = WebhookStandIn::start(WebhookConfig {
@@ -80,6 +82,8 @@ fn run_once(
             "--end",
             "2024-01-31",
             "--quiet",
+            "--concurrency",
+            concurrency,
         ])
         .args([
             "--max-requests-per-minute",
