@@ -193,7 +193,7 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
         },
     )
     .await;
-    ticker.abort();
+    drop(ticker);
     progress.tick();
     result?;
 

@@ -101,6 +101,16 @@ pub struct Progress {
     /// A wait in progress (rate limit, retry back-off) and when it ends.
     waiting: Mutex<Option<(String, Instant)>>,
     last_line: Mutex<Instant>,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+/// Refreshes the display until dropped.
+pub struct Ticker(tokio::task::JoinHandle<()>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Progress {
@@ -156,6 +166,7 @@ impl Progress {
             status: Mutex::new(String::new()),
             waiting: Mutex::new(None),
             last_line: Mutex::new(Instant::now()),
+            finished: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -227,8 +238,8 @@ impl Progress {
 
     /// Sleeps for `wait`, showing why on the bar and, when it is long, in the log.
     pub async fn wait(&self, why: &str, wait: Duration) {
-        if wait >= Duration::from_secs(3) {
-            self.warn(&format!("{why}: waiting {}", human_duration(wait)));
+        if wait >= Duration::from_secs(5) {
+            self.info(&format!("{why}: waiting {}", human_duration(wait)));
         } else if !wait.is_zero() {
             self.debug(&format!("{why}: waiting {}", human_duration(wait)));
         }
@@ -267,6 +278,9 @@ impl Progress {
 
     /// Refreshes the display; call a few times a second.
     pub fn tick(&self) {
+        if self.finished.load(Relaxed) {
+            return;
+        }
         let done = Stats::get(&self.stats.done_ratio);
         match &self.display {
             Display::Quiet => {}
@@ -292,23 +306,30 @@ impl Progress {
         }
     }
 
-    /// Starts refreshing the display in the background until [`Progress::finish`].
-    pub fn start(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// Starts refreshing the display in the background, until the [`Ticker`] is dropped.
+    pub fn start(self: &std::sync::Arc<Self>) -> Ticker {
         let me = self.clone();
-        tokio::spawn(async move {
+        Ticker(tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(200));
             loop {
                 every.tick().await;
                 me.tick();
             }
-        })
+        }))
     }
 
-    /// Removes the bars (before the summary is printed).
+    /// Removes the bars for good (before the summary or an error is printed).
     pub fn finish(&self) {
-        if let Display::Bars { work, counts, .. } = &self.display {
+        self.finished.store(true, Relaxed);
+        if let Display::Bars {
+            multi,
+            work,
+            counts,
+        } = &self.display
+        {
             work.finish_and_clear();
             counts.finish_and_clear();
+            let _ = multi.clear();
         }
     }
 
