@@ -10,19 +10,17 @@ use crate::event::format_ts;
 use crate::pipeline;
 use crate::posthog::{Connection, PostHog};
 use crate::progress::{Progress, Stats, human_duration, thousands};
-use crate::ratelimit::Budget;
 use crate::secret::WebhookUrl;
 use crate::sink::{DeadLetter, Sink};
+use crate::source::events_api::EventsApiSource;
 use crate::source::query::QuerySource;
-use crate::source::{Cursor, Filters, Range};
+use crate::source::{self, Cursor, Filters, Range, SourceKind};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Published Query API limits: 240 requests a minute, 2,400 an hour.
-pub const QUERY_API_BUDGET: (u32, u32) = (240, 2400);
-
 pub struct BackfillConfig {
     pub connection: Connection,
+    pub source: SourceKind,
     pub webhook: WebhookUrl,
     pub range: Range,
     pub filters: Filters,
@@ -47,6 +45,7 @@ impl BackfillConfig {
         let webhook = config::webhook(&args.webhook)?;
         Ok(BackfillConfig {
             connection: config::connection(&args.connection)?,
+            source: args.connection.source,
             webhook: webhook.url,
             range: Range {
                 start: args.start,
@@ -62,15 +61,15 @@ impl BackfillConfig {
             checkpoint: args.checkpoint.clone(),
             restart: args.restart,
             dead_letter: webhook.dead_letter,
-            retries: config::retries(&args.retry, QUERY_API_BUDGET),
+            retries: config::retries(&args.retry),
         })
     }
 
-    /// What makes two runs the same job. No secret: the webhook appears as a fingerprint.
+    /// What makes two runs the same job, apart from the API read (which `auto` only knows
+    /// once it has asked PostHog). No secret: the webhook appears as a fingerprint.
     pub fn job_id(&self) -> JobId {
         [
             ("command", "backfill".to_string()),
-            ("source", "query".to_string()),
             ("host", self.connection.host.as_str().to_string()),
             ("project", self.connection.project.clone()),
             ("start", format_ts(&self.range.start)),
@@ -104,16 +103,44 @@ pub struct Report {
 }
 
 pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let job = cfg.job_id();
+    let mut job = cfg.job_id();
     let path = cfg
         .checkpoint
         .clone()
         .unwrap_or_else(|| checkpoint::default_path("backfill", &job));
     let store = Store::open(&path)?;
+
     if cfg.restart {
         store.remove()?;
     }
-    let mut state: State<Cursor> = match store.load()? {
+    let stored: Option<State<Cursor>> = store.load()?;
+
+    let http = crate::http::client(cfg.retries.http_timeout)?;
+    let connect = |source| {
+        Arc::new(PostHog::new(
+            http.clone(),
+            cfg.connection.clone(),
+            cfg.retries.budget(source),
+            cfg.retries.policy.clone(),
+            progress.clone(),
+        ))
+    };
+    // `auto` resumes a job with the API it started with; otherwise it asks PostHog.
+    let started_with = stored
+        .as_ref()
+        .and_then(|s| s.job.get("source"))
+        .and_then(|name| {
+            [SourceKind::Query, SourceKind::Events]
+                .into_iter()
+                .find(|k| k.name() == name)
+        });
+    let source = match (cfg.source, started_with) {
+        (SourceKind::Auto, Some(kind)) => kind,
+        (kind, _) => source::resolve(kind, &connect(kind)).await?,
+    };
+    // Part of the job: a checkpoint of one API is refused by the other, with a message.
+    job.insert("source".into(), source.name().into());
+    let mut state = match stored {
         Some(state) => {
             checkpoint::check_job(&path, &state.job, &job)?;
             state
@@ -140,37 +167,25 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
             path.display()
         )),
         None => progress.info(&format!(
-            "exporting {} → {} of project {} to {}; checkpoint {}",
+            "exporting {} → {} of project {} ({} API) to {}; checkpoint {}",
             format_ts(&cfg.range.start),
             format_ts(&cfg.range.end),
             cfg.connection.project,
+            source.name(),
             cfg.webhook.redacted(),
             path.display()
         )),
     }
     state.counters.runs += 1;
 
-    let http = crate::http::client(cfg.retries.http_timeout)?;
-    let client = Arc::new(PostHog::new(
-        http.clone(),
-        cfg.connection.clone(),
-        Budget::new(cfg.retries.per_minute, cfg.retries.per_hour),
-        cfg.retries.policy.clone(),
-        progress.clone(),
-    ));
-    let source = QuerySource {
-        client,
-        range: cfg.range,
-        filters: cfg.filters.clone(),
-        page_size: cfg.page_size,
-    };
+    let client = connect(source);
     let dead_letter = cfg
         .dead_letter
         .as_deref()
         .map(DeadLetter::open)
         .transpose()?;
     let sink = Sink::new(
-        http,
+        http.clone(),
         cfg.webhook.clone(),
         cfg.retries.policy.clone(),
         dead_letter,
@@ -179,8 +194,30 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
 
     let from = state.position.clone();
     let ticker = progress.start();
+    let (range, filters, page_size) = (cfg.range, cfg.filters.clone(), cfg.page_size);
     let result = pipeline::run(
-        move |tx| async move { source.run(from, tx).await },
+        move |tx| async move {
+            match source {
+                SourceKind::Events => {
+                    let reader = EventsApiSource {
+                        client,
+                        range,
+                        filters,
+                        page_size,
+                    };
+                    reader.run(from, tx).await
+                }
+                SourceKind::Query | SourceKind::Auto => {
+                    let reader = QuerySource {
+                        client,
+                        range,
+                        filters,
+                        page_size,
+                    };
+                    reader.run(from, tx).await
+                }
+            }
+        },
         cfg.limits,
         cfg.concurrency,
         &sink,
@@ -200,9 +237,10 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
     let s = &progress.stats;
     let (read, dups) = (Stats::get(&s.read), Stats::get(&s.duplicates_dropped));
     let (posted, dead) = (Stats::get(&s.posted), Stats::get(&s.dead_lettered));
-    if read - dups != posted + dead {
+    let filtered = Stats::get(&s.filtered);
+    if read != dups + filtered + posted + dead {
         anyhow::bail!(
-            "event count mismatch: read {read} ({dups} duplicate rows dropped) but posted {posted} and dead-lettered {dead}; the checkpoint was not marked complete. This is a bug: please report it"
+            "event count mismatch: read {read} ({dups} duplicate rows dropped, {filtered} filtered out) but posted {posted} and dead-lettered {dead}; the checkpoint was not marked complete. This is a bug: please report it"
         );
     }
     state.complete = true;
@@ -219,10 +257,15 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
         cfg.connection.project,
         thousands(read),
         thousands(Stats::get(&s.source_requests)),
-        if dups > 0 {
-            format!(" ({} duplicate rows dropped)", thousands(dups))
-        } else {
-            String::new()
+        match (dups, filtered) {
+            (0, 0) => String::new(),
+            (d, 0) => format!(" ({} duplicate rows dropped)", thousands(d)),
+            (0, f) => format!(" ({} filtered out)", thousands(f)),
+            (d, f) => format!(
+                " ({} duplicate rows dropped, {} filtered out)",
+                thousands(d),
+                thousands(f)
+            ),
         },
         thousands(posted),
         thousands(Stats::get(&s.batches)),

@@ -2,6 +2,7 @@
 //! docs/. Values are parsed and checked here, at the edge, with errors that show an example.
 
 use crate::progress::{LogFormat, ProgressMode};
+use crate::source::SourceKind;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -51,6 +52,10 @@ pub struct ConnectionArgs {
     /// the environment variable POSTHOG_API_KEY.
     #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<PathBuf>,
+    /// PostHog API to read: query (HogQL), events (legacy Events API), or auto (query, and
+    /// events when the instance has no Query API).
+    #[arg(long, value_name = "API", value_enum, default_value_t = SourceKind::Auto)]
+    pub source: SourceKind,
 }
 
 /// Where to post and how.
@@ -92,10 +97,11 @@ pub struct RetryArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub http_timeout: std::time::Duration,
     /// PostHog requests allowed per minute (0: no limit). Default: the published limit of the
-    /// API in use (240 for the Query API). Lower it when other tools share the key.
+    /// API in use (240 for both APIs). Lower it when other tools share the key.
     #[arg(long, value_name = "N")]
     pub max_requests_per_minute: Option<u32>,
-    /// PostHog requests allowed per hour (0: no limit). Default: 2400 for the Query API.
+    /// PostHog requests allowed per hour (0: no limit). Default: 2400 for the Query API, 1200
+    /// for the Events API.
     #[arg(long, value_name = "N")]
     pub max_requests_per_hour: Option<u32>,
 }
@@ -133,7 +139,8 @@ pub struct BackfillArgs {
     /// Leave out these event names (repeatable, or a comma-separated list).
     #[arg(long = "exclude-event", value_name = "NAME", value_delimiter = ',')]
     pub exclude_events: Vec<String>,
-    /// Rows per PostHog query page (at most 50000, PostHog's cap).
+    /// Rows per PostHog query page (at most 50000, the Query API's cap; the Events API caps
+    /// pages at 1000 by itself).
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
     pub page_size: u64,
     #[command(flatten)]

@@ -5,8 +5,10 @@ use crate::batcher::Limits;
 use crate::cli::{ConnectionArgs, RetryArgs, WebhookArgs};
 use crate::error::usage;
 use crate::posthog::Connection;
+use crate::ratelimit::Budget;
 use crate::retry::RetryPolicy;
 use crate::secret::{Secret, WebhookUrl};
+use crate::source::SourceKind;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,16 +67,35 @@ pub fn webhook(args: &WebhookArgs) -> anyhow::Result<Webhook> {
     })
 }
 
-/// Retry policy, per-request timeout and the request budget (per minute, per hour).
+/// Retry policy, per-request timeout and the request budget.
 pub struct Retries {
     pub policy: RetryPolicy,
     pub http_timeout: Duration,
-    pub per_minute: u32,
-    pub per_hour: u32,
+    /// Requests per minute and per hour set by the user; `None`: the API's published limit.
+    pub per_minute: Option<u32>,
+    pub per_hour: Option<u32>,
 }
 
-/// `default_budget` is the published limit of the API in use, (per minute, per hour).
-pub fn retries(args: &RetryArgs, default_budget: (u32, u32)) -> Retries {
+impl Retries {
+    /// The request budget for the API in use: the user's numbers, else its published limits.
+    pub fn budget(&self, source: SourceKind) -> Budget {
+        let (minute, hour) = match source {
+            SourceKind::Events => EVENTS_API_LIMITS,
+            SourceKind::Query | SourceKind::Auto => QUERY_API_LIMITS,
+        };
+        Budget::new(
+            self.per_minute.unwrap_or(minute),
+            self.per_hour.unwrap_or(hour),
+        )
+    }
+}
+
+/// Published limits for personal API keys (../shared/posthog-api.md, "Rate limits"):
+/// requests per minute and per hour.
+pub const QUERY_API_LIMITS: (u32, u32) = (240, 2400);
+pub const EVENTS_API_LIMITS: (u32, u32) = (240, 1200);
+
+pub fn retries(args: &RetryArgs) -> Retries {
     Retries {
         policy: RetryPolicy {
             max_retries: args.max_retries,
@@ -82,7 +103,7 @@ pub fn retries(args: &RetryArgs, default_budget: (u32, u32)) -> Retries {
             ..RetryPolicy::default()
         },
         http_timeout: args.http_timeout,
-        per_minute: args.max_requests_per_minute.unwrap_or(default_budget.0),
-        per_hour: args.max_requests_per_hour.unwrap_or(default_budget.1),
+        per_minute: args.max_requests_per_minute,
+        per_hour: args.max_requests_per_hour,
     }
 }

@@ -11,7 +11,7 @@ use crate::posthog::Connection;
 use crate::progress::{Progress, thousands};
 use crate::retry::RetryPolicy;
 use crate::secret::{Secret, WebhookUrl};
-use crate::source::{Filters, Range};
+use crate::source::{Filters, Range, SourceKind};
 use crate::standin::{Fault, PostHogConfig, PostHogStandIn, WebhookConfig, WebhookStandIn, data};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
@@ -62,6 +62,7 @@ pub async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Result<Re
             project: ph.project_id.clone(),
             api_key: Secret::new(ph.api_key.clone()),
         },
+        source: SourceKind::Auto,
         webhook: WebhookUrl::parse(&webhook.url()).map_err(anyhow::Error::msg)?,
         range: Range { start, end },
         filters: Filters::default(),
@@ -77,8 +78,8 @@ pub async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Result<Re
         retries: Retries {
             policy: RetryPolicy::default(),
             http_timeout: std::time::Duration::from_secs(30),
-            per_minute: backfill::QUERY_API_BUDGET.0,
-            per_hour: backfill::QUERY_API_BUDGET.1,
+            per_minute: None,
+            per_hour: None,
         },
     };
     let report = backfill::run(&cfg, progress).await?;

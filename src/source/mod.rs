@@ -1,10 +1,13 @@
-//! Reading events out of PostHog, in `(timestamp, uuid)` order, as a stream of posted-event
-//! JSON records, each with the position to resume after it. `query` uses the HogQL Query API.
+//! Reading events out of PostHog, in timestamp order, as a stream of posted-event JSON
+//! records, each with the position to resume after it. `query` uses the HogQL Query API (the
+//! default); `events_api` the legacy Events API that some self-hosted instances only have.
 
+pub mod events_api;
 pub mod query;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::sync::{Arc, Mutex};
 
 /// The half-open time range `[start, end)` to export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,24 +34,147 @@ pub struct Filters {
     pub exclude: Vec<String>,
 }
 
+/// Which PostHog API events are read from (`--source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// The Query API, falling back to the Events API when the instance has no Query API.
+    Auto,
+    /// The HogQL Query API (`/query/`).
+    Query,
+    /// The legacy Events API (`/events/`).
+    Events,
+}
+
+impl SourceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Auto => "auto",
+            SourceKind::Query => "query",
+            SourceKind::Events => "events",
+        }
+    }
+}
+
+/// Decides which API to read from: `auto` asks the Query API a trivial question and falls back
+/// to the Events API, saying so once, when the instance has no Query API (404 on `/query/`).
+pub async fn resolve(
+    kind: SourceKind,
+    client: &crate::posthog::PostHog,
+) -> anyhow::Result<SourceKind> {
+    use crate::posthog::ApiError;
+    use crate::retry::GaveUp;
+    if kind != SourceKind::Auto {
+        return Ok(kind);
+    }
+    let probe = serde_json::json!({
+        "query": {"kind": "HogQLQuery", "query": "SELECT 1"},
+        "refresh": "force_blocking",
+        "name": "posthog-patterns probe",
+    });
+    match client.post("query/", &probe).await {
+        Ok(_) => Ok(SourceKind::Query),
+        Err(GaveUp::Fatal(ApiError::NotFound { .. })) => {
+            client.progress().info(
+                "this PostHog has no Query API (404 on /query/); reading from the legacy Events API instead",
+            );
+            Ok(SourceKind::Events)
+        }
+        Err(e) => Err(e.into_error("asking PostHog's Query API")),
+    }
+}
+
 /// How far an export has got. Everything before the position has been handed on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Cursor {
     /// Every event with `timestamp < timestamp` is done.
     Before { timestamp: DateTime<Utc> },
-    /// Every event up to and including `(timestamp, uuid)` in PostHog's order is done.
+    /// Query API: every event up to and including `(timestamp, uuid)` in PostHog's order is done.
     After {
         timestamp: DateTime<Utc>,
         uuid: String,
+    },
+    /// Events API (which orders by timestamp only): every event before `timestamp`, and those
+    /// at `timestamp` with these uuids, are done.
+    Seen {
+        timestamp: DateTime<Utc>,
+        uuids: TieSet,
     },
 }
 
 impl Cursor {
     pub fn timestamp(&self) -> DateTime<Utc> {
         match self {
-            Cursor::Before { timestamp } | Cursor::After { timestamp, .. } => *timestamp,
+            Cursor::Before { timestamp }
+            | Cursor::After { timestamp, .. }
+            | Cursor::Seen { timestamp, .. } => *timestamp,
         }
+    }
+}
+
+/// The uuids delivered so far at one timestamp. Cheap to clone for every record: records share
+/// one growing list and each remembers how much of it was delivered with it.
+#[derive(Clone, Default)]
+pub struct TieSet {
+    list: Arc<Mutex<Vec<String>>>,
+    len: usize,
+}
+
+impl TieSet {
+    /// Adds a uuid; the returned set ends with it.
+    pub fn push(&mut self, uuid: String) -> TieSet {
+        let mut list = self.list.lock().unwrap();
+        list.truncate(self.len);
+        list.push(uuid);
+        self.len = list.len();
+        self.clone()
+    }
+
+    pub fn uuids(&self) -> Vec<String> {
+        self.list.lock().unwrap()[..self.len].to_vec()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl From<Vec<String>> for TieSet {
+    fn from(v: Vec<String>) -> Self {
+        TieSet {
+            len: v.len(),
+            list: Arc::new(Mutex::new(v)),
+        }
+    }
+}
+
+impl PartialEq for TieSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.uuids() == other.uuids()
+    }
+}
+
+impl Eq for TieSet {}
+
+impl std::fmt::Debug for TieSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.uuids()).finish()
+    }
+}
+
+impl Serialize for TieSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.uuids().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TieSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(d).map(TieSet::from)
     }
 }
 
@@ -59,4 +185,28 @@ pub enum Item<P> {
     Record { json: String, pos: P },
     /// No event is left before this position (e.g. an empty window ended).
     Mark(P),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tie_set_remembers_its_own_prefix_and_round_trips() {
+        let mut tie = TieSet::default();
+        let a = tie.push("a".into());
+        let b = tie.push("b".into());
+        assert_eq!(a.uuids(), ["a"]);
+        assert_eq!(b.uuids(), ["a", "b"]);
+        let cursor = Cursor::Seen {
+            timestamp: "2024-01-01T00:00:00Z".parse().unwrap(),
+            uuids: b,
+        };
+        let text = serde_json::to_string(&cursor).unwrap();
+        assert!(
+            text.contains(r#""kind":"seen""#) && text.contains(r#""uuids":["a","b"]"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Cursor>(&text).unwrap(), cursor);
+    }
 }

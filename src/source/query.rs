@@ -55,9 +55,15 @@ impl QuerySource {
     ) -> anyhow::Result<()> {
         let progress = self.client.progress().clone();
         let team = crate::event::team_id(self.client.project());
-        let mut pos = from.unwrap_or(Cursor::Before {
-            timestamp: self.range.start,
-        });
+        let mut pos = match from {
+            None => Cursor::Before {
+                timestamp: self.range.start,
+            },
+            Some(Cursor::Seen { .. }) => {
+                bail!("this checkpoint was written by the Events API source; use --source events")
+            }
+            Some(pos) => pos,
+        };
         let mut width = INITIAL_WIDTH;
         let mut window_end: Option<DateTime<Utc>> = None;
         let (mut window_pages, mut window_rows) = (0u32, 0usize);

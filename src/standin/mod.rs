@@ -4,6 +4,7 @@
 //! reach a real host.
 
 pub mod data;
+mod events_api;
 pub mod posthog;
 pub mod webhook;
 

@@ -30,6 +30,10 @@ pub struct PostHogConfig {
     pub rate_limit: Option<(usize, Duration)>,
     /// Whether throttle answers carry `Retry-After` (older PostHog versions do not).
     pub retry_after_header: bool,
+    /// Whether `/query/` exists (old self-hosted instances have only the Events API).
+    pub query_api: bool,
+    /// The Events API's server-side sleep for every request with an `offset` (1 s in PostHog).
+    pub offset_delay: Duration,
 }
 
 impl Default for PostHogConfig {
@@ -42,6 +46,8 @@ impl Default for PostHogConfig {
             max_scan_rows: 200_000,
             rate_limit: None,
             retry_after_header: true,
+            query_api: true,
+            offset_delay: Duration::from_secs(1),
         }
     }
 }
@@ -171,13 +177,24 @@ async fn handle(
             tokio::time::sleep(fault.delay).await;
             fault.response()
         }
-        None => answer(state, &method, &path, &headers, parsed),
+        None => {
+            let answer = answer(
+                state,
+                &method,
+                &path,
+                uri.query().unwrap_or(""),
+                &headers,
+                parsed,
+            );
+            tokio::time::sleep(answer.1).await;
+            answer.0
+        }
     };
     state.lock().unwrap().log.last_mut().expect("logged").status = response.status().as_u16();
     response
 }
 
-fn error(status: u16, kind: &str, detail: &str) -> Response {
+pub(crate) fn error(status: u16, kind: &str, detail: &str) -> Response {
     let status = StatusCode::from_u16(status).expect("valid status");
     (
         status,
@@ -186,62 +203,70 @@ fn error(status: u16, kind: &str, detail: &str) -> Response {
         .into_response()
 }
 
+/// The answer, and how long the server sleeps before giving it.
 fn answer(
     state: &Mutex<State>,
     method: &Method,
     path: &str,
+    query: &str,
     headers: &HeaderMap,
     body: Option<Value>,
-) -> Response {
+) -> (Response, Duration) {
     let mut s = state.lock().unwrap();
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    let now = |r: Response| (r, Duration::ZERO);
     if auth == s.config.key_without_scope {
-        return error(
+        return now(error(
             403,
             "permission_denied",
             "API key missing required scope 'query:read'",
-        );
+        ));
     }
     if auth != s.config.api_key {
-        return error(
+        return now(error(
             401,
             "authentication_error",
             "Personal API key found in request Authorization header is invalid.",
-        );
+        ));
     }
     if let Some((limit, window)) = s.config.rate_limit {
-        let now = Instant::now();
+        let at = Instant::now();
         while s
             .recent
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
+            .is_some_and(|t| at.duration_since(*t) >= window)
         {
             s.recent.pop_front();
         }
         if s.recent.len() >= limit {
             let wait = window
-                .saturating_sub(now.duration_since(s.recent[0]))
+                .saturating_sub(at.duration_since(s.recent[0]))
                 .as_secs()
                 .max(1);
-            return Fault::throttled(wait, s.config.retry_after_header).response();
+            return now(Fault::throttled(wait, s.config.retry_after_header).response());
         }
-        s.recent.push_back(now);
+        s.recent.push_back(at);
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method.as_str(), parts.as_slice()) {
         ("POST", ["api", "projects" | "environments", id, "query"])
-            if *id == s.config.project_id =>
+            if *id == s.config.project_id && s.config.query_api =>
         {
-            match body {
+            now(match body {
                 Some(body) => run_query(&s, &body),
                 None => error(400, "validation_error", "JSON parse error"),
-            }
+            })
         }
-        _ => error(404, "invalid_request", "Not found."),
+        ("GET", ["api", "projects" | "environments", id, "events"])
+            if *id == s.config.project_id =>
+        {
+            super::events_api::list(s.config.offset_delay, &s.events, path, query)
+        }
+        _ => now(error(404, "invalid_request", "Not found.")),
     }
 }
 
@@ -293,6 +318,11 @@ fn evaluate(s: &State, body: &Value) -> Result<Value, Fail> {
     let tz = FixedOffset::east_opt(s.config.tz_offset_hours * 3600).expect("valid offset");
     let zone = if utc { None } else { Some(tz) };
     let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if sql == "SELECT 1" {
+        return Ok(
+            json!({"results": [[1]], "columns": ["1"], "types": ["UInt8"], "is_cached": false}),
+        );
+    }
     let query = parse(&sql, &values, zone)?;
 
     // Rows the window makes ClickHouse read; too many and the 10 s limit is hit.

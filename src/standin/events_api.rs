@@ -1,0 +1,185 @@
+//! The stand-in's legacy Events API (`GET /api/projects/{id}/events/`) with PostHog's real
+//! behaviour (../shared/posthog-api.md): strict `after`/`before`, the last 24 hours when
+//! `after` is missing, `limit` 100 by default and silently capped at 1,000, a 1 s sleep for any
+//! `offset` and 400 past 50,000, at most 366 days between the bounds, newest first unless
+//! `orderBy=["timestamp"]`, and in newest-first order the short probe windows whose `next` can
+//! be null while older events remain. `next` copies the parameters and moves the bound to the
+//! last row's timestamp, so ties at the boundary are skipped by whoever follows it.
+
+use super::data::StoredEvent;
+use super::posthog::error;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+pub const LIMIT_CAP: usize = 1_000;
+pub const MAX_OFFSET: usize = 50_000;
+
+#[derive(Serialize)]
+struct Out<'a> {
+    id: &'a str,
+    distinct_id: &'a str,
+    properties: Box<RawValue>,
+    event: &'a str,
+    timestamp: String,
+    person: Option<()>,
+    elements: [(); 0],
+    elements_chain: &'a str,
+}
+
+#[derive(Serialize)]
+struct Page<'a> {
+    next: Option<String>,
+    results: Vec<Out<'a>>,
+}
+
+/// `2021-04-29T05:51:15.844000+00:00`, as the Events API writes timestamps.
+fn format(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+}
+
+fn parse(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Answers one request; the duration is the server-side sleep before the answer.
+pub(crate) fn list(
+    offset_delay: std::time::Duration,
+    events: &[StoredEvent],
+    path: &str,
+    query: &str,
+) -> (Response, std::time::Duration) {
+    match page(events, path, query) {
+        Ok((body, offset_used)) => (
+            ([("content-type", "application/json")], body).into_response(),
+            if offset_used {
+                offset_delay
+            } else {
+                std::time::Duration::ZERO
+            },
+        ),
+        Err(r) => (r, std::time::Duration::ZERO),
+    }
+}
+
+fn page(events: &[StoredEvent], path: &str, query: &str) -> Result<(String, bool), Response> {
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let time = |k: &str| -> Result<Option<DateTime<Utc>>, Response> {
+        get(k)
+            .map(|v| {
+                parse(v).ok_or_else(|| {
+                    error(
+                        400,
+                        "validation_error",
+                        &format!("{k}: invalid datetime {v:?}"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let before = time("before")?;
+    // Without `after`, PostHog Cloud returns only the last 24 hours.
+    let after =
+        time("after")?.unwrap_or_else(|| before.unwrap_or_else(Utc::now) - Duration::hours(24));
+    if let Some(before) = before
+        && before - after > Duration::days(366)
+    {
+        return Err(error(500, "server_error", "A server error occurred."));
+    }
+    let limit = get("limit")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(100)
+        .min(LIMIT_CAP);
+    let offset = get("offset")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(error(
+            400,
+            "validation_error",
+            "offset must be at most 50000; use after/before to page",
+        ));
+    }
+    let oldest_first = get("orderBy") == Some("[\"timestamp\"]");
+    let event = get("event");
+
+    // Strict bounds: after < timestamp < before.
+    let lo = events.partition_point(|e| e.timestamp <= after);
+    let hi = before.map_or(events.len(), |b| {
+        events.partition_point(|e| e.timestamp < b)
+    });
+    let keep = |e: &&StoredEvent| event.is_none_or(|name| e.event == name);
+    let in_window: Vec<&StoredEvent> = events[lo..hi.max(lo)].iter().filter(keep).collect();
+
+    let (rows, next_bound): (Vec<&StoredEvent>, bool) = if oldest_first {
+        let rows: Vec<_> = in_window.iter().skip(offset).take(limit).copied().collect();
+        let full = rows.len() == limit;
+        (rows, full)
+    } else {
+        // Newest first: probe short windows ending at `before`; a probe holding at least half a
+        // page is answered on its own, `next` included (PostHog's behaviour, and its trap).
+        let end = before.unwrap_or_else(Utc::now);
+        let mut chosen: Vec<&StoredEvent> = in_window.clone();
+        for probe in [
+            Duration::seconds(60),
+            Duration::hours(1),
+            Duration::hours(24),
+        ] {
+            let in_probe: Vec<&StoredEvent> = in_window
+                .iter()
+                .filter(|e| e.timestamp > end - probe)
+                .copied()
+                .collect();
+            if in_probe.len() >= limit / 2 {
+                chosen = in_probe;
+                break;
+            }
+        }
+        let rows: Vec<_> = chosen
+            .iter()
+            .rev()
+            .skip(offset)
+            .take(limit)
+            .copied()
+            .collect();
+        let full = rows.len() == limit && chosen.len() > offset + limit;
+        (rows, full)
+    };
+
+    let next = match rows.last() {
+        Some(last) if next_bound => {
+            let moved = if oldest_first { "after" } else { "before" };
+            let mut ser = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &params {
+                if k != moved {
+                    ser.append_pair(k, v);
+                }
+            }
+            ser.append_pair(moved, &format(last.timestamp));
+            Some(format!("{path}?{}", ser.finish()))
+        }
+        _ => None,
+    };
+    let results = rows
+        .iter()
+        .map(|e| Out {
+            id: &e.uuid,
+            distinct_id: &e.distinct_id,
+            properties: RawValue::from_string(e.properties.clone())
+                .expect("stored properties are JSON"),
+            event: &e.event,
+            timestamp: format(e.timestamp),
+            person: None,
+            elements: [],
+            elements_chain: &e.elements_chain,
+        })
+        .collect();
+    let body = serde_json::to_string(&Page { next, results }).expect("serializes");
+    Ok((body, offset > 0))
+}
