@@ -202,3 +202,134 @@ async fn the_webhook_takes_arrays_or_one_object_and_refuses_empty_arrays() {
     assert_eq!(post("not json").await, 400);
     assert_eq!(wh.uuids(), ["a", "b", "c"]);
 }
+
+async fn events_api(ph: &PostHogStandIn, query: &str) -> (u16, Value) {
+    let cfg = ph.config();
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "{}/api/projects/{}/events/?{query}",
+            ph.url(),
+            cfg.project_id
+        ))
+        .bearer_auth(cfg.api_key)
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn events_api_bounds_are_strict_and_limit_is_capped_at_1000() {
+    let at = t("2024-03-02T00:00:00Z");
+    let ph = PostHogStandIn::start(PostHogConfig::default(), tied_events(1_200, at, 41));
+    let q = "after=2024-03-01T23:59:59.999999Z&before=2024-03-02T00:00:00.000001Z&limit=5000&orderBy=%5B%22timestamp%22%5D";
+    let (status, body) = events_api(&ph, q).await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&body).len(), 1_000, "silently capped");
+    assert!(
+        body["results"][0]["timestamp"]
+            .as_str()
+            .unwrap()
+            .ends_with("+00:00")
+    );
+    assert!(body["results"][0]["properties"].is_object());
+    // Strict: `after` equal to the timestamp excludes it; so does `before`.
+    let (_, body) = events_api(
+        &ph,
+        "after=2024-03-02T00:00:00Z&before=2024-03-03T00:00:00Z&orderBy=%5B%22timestamp%22%5D",
+    )
+    .await;
+    assert!(ids(&body).is_empty());
+    let (_, body) = events_api(
+        &ph,
+        "after=2024-03-01T00:00:00Z&before=2024-03-02T00:00:00Z&orderBy=%5B%22timestamp%22%5D",
+    )
+    .await;
+    assert!(ids(&body).is_empty());
+    // Default limit 100; `next` moves `after` to the last timestamp, skipping the other ties.
+    let (_, body) = events_api(
+        &ph,
+        "after=2024-03-01T00:00:00Z&before=2024-03-03T00:00:00Z&orderBy=%5B%22timestamp%22%5D",
+    )
+    .await;
+    assert_eq!(ids(&body).len(), 100);
+    let next = body["next"].as_str().unwrap();
+    let (_, after_next) = events_api(&ph, next.split_once('?').unwrap().1).await;
+    assert!(
+        ids(&after_next).is_empty(),
+        "the 1,100 other ties are lost to whoever follows next"
+    );
+}
+
+#[tokio::test]
+async fn events_api_newest_first_can_say_next_null_while_older_events_remain() {
+    let mut ev = synthetic_events(
+        200,
+        t("2024-03-01T00:00:00Z"),
+        t("2024-03-02T00:00:00Z"),
+        42,
+    );
+    // 60 events in the last minute before `before`: more than half a page of 100.
+    ev.extend(synthetic_events(
+        60,
+        t("2024-03-07T23:59:10Z"),
+        t("2024-03-07T23:59:50Z"),
+        43,
+    ));
+    let ph = PostHogStandIn::start(PostHogConfig::default(), ev);
+    let (_, body) = events_api(
+        &ph,
+        "after=2024-02-01T00:00:00Z&before=2024-03-08T00:00:00Z",
+    )
+    .await;
+    let n = ids(&body).len();
+    assert!((60..100).contains(&n), "only the probe's events: {n}");
+    assert!(
+        body["next"].is_null(),
+        "premature end: 200 older events remain"
+    );
+}
+
+#[tokio::test]
+async fn events_api_offset_rules_window_limit_and_default_range() {
+    let ph = PostHogStandIn::start(
+        PostHogConfig {
+            offset_delay: std::time::Duration::from_millis(300),
+            ..PostHogConfig::default()
+        },
+        synthetic_events(10, t("2024-03-01T00:00:00Z"), t("2024-03-08T00:00:00Z"), 44),
+    );
+    let started = std::time::Instant::now();
+    let (status, _) = events_api(
+        &ph,
+        "after=2024-03-01T00:00:00Z&offset=5&orderBy=%5B%22timestamp%22%5D",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(300),
+        "offset requests sleep"
+    );
+    let (status, _) = events_api(&ph, "after=2024-03-01T00:00:00Z&offset=50001").await;
+    assert_eq!(status, 400);
+    let (status, _) = events_api(
+        &ph,
+        "after=2023-01-01T00:00:00Z&before=2024-03-08T00:00:00Z",
+    )
+    .await;
+    assert_eq!(status, 500, "more than 366 days");
+    let (_, body) = events_api(&ph, "").await;
+    assert!(ids(&body).is_empty(), "no `after`: only the last 24 hours");
+}

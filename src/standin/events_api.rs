@@ -61,26 +61,24 @@ pub(crate) fn list(
                 std::time::Duration::ZERO
             },
         ),
-        Err(r) => (r, std::time::Duration::ZERO),
+        Err((status, detail)) => (
+            error(status, "validation_error", &detail),
+            std::time::Duration::ZERO,
+        ),
     }
 }
 
-fn page(events: &[StoredEvent], path: &str, query: &str) -> Result<(String, bool), Response> {
+/// An error status and PostHog's `detail` for it.
+type Fail = (u16, String);
+
+fn page(events: &[StoredEvent], path: &str, query: &str) -> Result<(String, bool), Fail> {
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let time = |k: &str| -> Result<Option<DateTime<Utc>>, Response> {
+    let time = |k: &str| -> Result<Option<DateTime<Utc>>, Fail> {
         get(k)
-            .map(|v| {
-                parse(v).ok_or_else(|| {
-                    error(
-                        400,
-                        "validation_error",
-                        &format!("{k}: invalid datetime {v:?}"),
-                    )
-                })
-            })
+            .map(|v| parse(v).ok_or_else(|| (400, format!("{k}: invalid datetime {v:?}"))))
             .transpose()
     };
     let before = time("before")?;
@@ -90,7 +88,7 @@ fn page(events: &[StoredEvent], path: &str, query: &str) -> Result<(String, bool
     if let Some(before) = before
         && before - after > Duration::days(366)
     {
-        return Err(error(500, "server_error", "A server error occurred."));
+        return Err((500, "A server error occurred.".into()));
     }
     let limit = get("limit")
         .and_then(|v| v.parse::<usize>().ok())
@@ -100,10 +98,9 @@ fn page(events: &[StoredEvent], path: &str, query: &str) -> Result<(String, bool
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0);
     if offset > MAX_OFFSET {
-        return Err(error(
+        return Err((
             400,
-            "validation_error",
-            "offset must be at most 50000; use after/before to page",
+            "offset must be at most 50000; use after/before to page".into(),
         ));
     }
     let oldest_first = get("orderBy") == Some("[\"timestamp\"]");
