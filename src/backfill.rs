@@ -7,14 +7,13 @@ use crate::cli::BackfillArgs;
 use crate::config::{self, Retries};
 use crate::error::{EXIT_OK, EXIT_REJECTED, usage};
 use crate::event::format_ts;
+use crate::job::{self, Connect};
 use crate::pipeline;
-use crate::posthog::{Connection, PostHog};
-use crate::progress::{Progress, Stats, human_duration, thousands};
+use crate::posthog::Connection;
+use crate::progress::{Progress, Stats, thousands};
 use crate::secret::WebhookUrl;
 use crate::sink::{DeadLetter, Sink};
-use crate::source::events_api::EventsApiSource;
-use crate::source::query::QuerySource;
-use crate::source::{self, Cursor, Filters, Range, SourceKind};
+use crate::source::{Cursor, Filters, Range, Reader, SourceKind};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -115,29 +114,15 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
     }
     let stored: Option<State<Cursor>> = store.load()?;
 
-    let http = crate::http::client(cfg.retries.http_timeout)?;
-    let connect = |source| {
-        Arc::new(PostHog::new(
-            http.clone(),
-            cfg.connection.clone(),
-            cfg.retries.budget(source),
-            cfg.retries.policy.clone(),
-            progress.clone(),
-        ))
+    let connect = Connect {
+        http: crate::http::client(cfg.retries.http_timeout)?,
+        connection: &cfg.connection,
+        retries: &cfg.retries,
+        progress,
     };
-    // `auto` resumes a job with the API it started with; otherwise it asks PostHog.
-    let started_with = stored
-        .as_ref()
-        .and_then(|s| s.job.get("source"))
-        .and_then(|name| {
-            [SourceKind::Query, SourceKind::Events]
-                .into_iter()
-                .find(|k| k.name() == name)
-        });
-    let source = match (cfg.source, started_with) {
-        (SourceKind::Auto, Some(kind)) => kind,
-        (kind, _) => source::resolve(kind, &connect(kind)).await?,
-    };
+    let source = connect
+        .choose(cfg.source, stored.as_ref().map(|s| &s.job))
+        .await?;
     // Part of the job: a checkpoint of one API is refused by the other, with a message.
     job.insert("source".into(), source.name().into());
     let mut state = match stored {
@@ -178,46 +163,31 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
     }
     state.counters.runs += 1;
 
-    let client = connect(source);
     let dead_letter = cfg
         .dead_letter
         .as_deref()
         .map(DeadLetter::open)
         .transpose()?;
     let sink = Sink::new(
-        http.clone(),
+        connect.http.clone(),
         cfg.webhook.clone(),
         cfg.retries.policy.clone(),
         dead_letter,
         progress.clone(),
     );
+    let reader = Reader {
+        kind: source,
+        client: connect.client(source),
+        range: cfg.range,
+        filters: cfg.filters.clone(),
+        page_size: cfg.page_size,
+        ingested: None,
+    };
 
     let from = state.position.clone();
     let ticker = progress.start();
-    let (range, filters, page_size) = (cfg.range, cfg.filters.clone(), cfg.page_size);
     let result = pipeline::run(
-        move |tx| async move {
-            match source {
-                SourceKind::Events => {
-                    let reader = EventsApiSource {
-                        client,
-                        range,
-                        filters,
-                        page_size,
-                    };
-                    reader.run(from, tx).await
-                }
-                SourceKind::Query | SourceKind::Auto => {
-                    let reader = QuerySource {
-                        client,
-                        range,
-                        filters,
-                        page_size,
-                    };
-                    reader.run(from, tx).await
-                }
-            }
-        },
+        move |tx| reader.run(from, tx),
         cfg.limits,
         cfg.concurrency,
         &sink,
@@ -234,60 +204,31 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
     progress.tick();
     result?;
 
-    let s = &progress.stats;
-    let (read, dups) = (Stats::get(&s.read), Stats::get(&s.duplicates_dropped));
-    let (posted, dead) = (Stats::get(&s.posted), Stats::get(&s.dead_lettered));
-    let filtered = Stats::get(&s.filtered);
-    if read != dups + filtered + posted + dead {
-        anyhow::bail!(
-            "event count mismatch: read {read} ({dups} duplicate rows dropped, {filtered} filtered out) but posted {posted} and dead-lettered {dead}; the checkpoint was not marked complete. This is a bug: please report it"
-        );
-    }
+    job::check_counts(progress)?;
     state.complete = true;
     state.position = Some(Cursor::Before {
         timestamp: cfg.range.end,
     });
     store.save(&mut state)?;
 
-    let secs = progress.elapsed().as_secs_f64();
     let mut summary = format!(
-        "backfill complete: {} → {}, project {}\n  read     {} events in {} PostHog requests{}\n  posted   {} events in {} batches, {} webhook requests\n  retries  {}, waited {}\n  took     {} ({} events/s); {} events posted over {} run(s); checkpoint {}",
+        "backfill complete: {} → {}, project {}\n{}\n  in all   {} events posted over {} run(s); checkpoint {}",
         format_ts(&cfg.range.start),
         format_ts(&cfg.range.end),
         cfg.connection.project,
-        thousands(read),
-        thousands(Stats::get(&s.source_requests)),
-        match (dups, filtered) {
-            (0, 0) => String::new(),
-            (d, 0) => format!(" ({} duplicate rows dropped)", thousands(d)),
-            (0, f) => format!(" ({} filtered out)", thousands(f)),
-            (d, f) => format!(
-                " ({} duplicate rows dropped, {} filtered out)",
-                thousands(d),
-                thousands(f)
-            ),
-        },
-        thousands(posted),
-        thousands(Stats::get(&s.batches)),
-        thousands(Stats::get(&s.sink_requests)),
-        Stats::get(&s.retries),
-        human_duration(std::time::Duration::from_millis(Stats::get(&s.waited_ms))),
-        human_duration(progress.elapsed()),
-        thousands((posted as f64 / secs.max(0.001)) as u64),
+        job::figures(progress, "posted"),
         thousands(state.counters.posted),
         state.counters.runs,
         path.display(),
     );
+    let dead = Stats::get(&progress.stats.dead_lettered);
     let exit = if dead > 0 {
         let file = cfg
             .dead_letter
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        summary.push_str(&format!(
-            "\n  dead-lettered {} events the webhook rejected, in {file} (exit 3)",
-            thousands(dead)
-        ));
+        summary.push_str(&format!("\n  rejected events are in {file} (exit 3)"));
         EXIT_REJECTED
     } else {
         EXIT_OK

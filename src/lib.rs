@@ -12,6 +12,7 @@ pub mod demo;
 pub mod error;
 pub mod event;
 pub mod http;
+pub mod job;
 pub mod pipeline;
 pub mod posthog;
 pub mod progress;

@@ -5,7 +5,7 @@
 //! acknowledged together with every batch before it.
 
 use crate::batcher::{Batch, Batcher, Limits};
-use crate::sink::{Delivered, Sink};
+use crate::sink::{Deliver, Delivered};
 use crate::source::Item;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -26,7 +26,7 @@ pub async fn run<P, S, Fut>(
     source: S,
     limits: Limits,
     concurrency: usize,
-    sink: &Sink,
+    sink: &dyn Deliver,
     mut commit: impl FnMut(&P, Delivered) -> anyhow::Result<()>,
 ) -> anyhow::Result<()>
 where

@@ -32,6 +32,24 @@ pub struct Delivered {
     pub dead_lettered: usize,
 }
 
+/// Where batches go: the webhook, or a file for `export`. `deliver` returns once the batch is
+/// safe (acknowledged, written and synced, or dead-lettered).
+pub trait Deliver: Sync {
+    fn deliver<'a>(
+        &'a self,
+        events: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<Delivered>>;
+}
+
+impl Deliver for Sink {
+    fn deliver<'a>(
+        &'a self,
+        events: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<Delivered>> {
+        Box::pin(Sink::deliver(self, events))
+    }
+}
+
 enum Outcome {
     Accepted,
     TooLarge,

@@ -83,6 +83,58 @@ pub async fn resolve(
     }
 }
 
+/// Everything needed to read: which API, from where, what.
+pub struct Reader {
+    pub kind: SourceKind,
+    pub client: Arc<crate::posthog::PostHog>,
+    pub range: Range,
+    pub filters: Filters,
+    pub page_size: usize,
+    /// Query API only: keep events whose `created_at` is in `(after, until]` (for `sync`).
+    pub ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl Reader {
+    /// Sends every event after `from` to `tx`, in order (see the sources' own docs).
+    pub async fn run(
+        self,
+        from: Option<Cursor>,
+        tx: tokio::sync::mpsc::Sender<Vec<Item<Cursor>>>,
+    ) -> anyhow::Result<()> {
+        let Reader {
+            kind,
+            client,
+            range,
+            filters,
+            page_size,
+            ingested,
+        } = self;
+        match kind {
+            SourceKind::Events => {
+                events_api::EventsApiSource {
+                    client,
+                    range,
+                    filters,
+                    page_size,
+                }
+                .run(from, tx)
+                .await
+            }
+            SourceKind::Query | SourceKind::Auto => {
+                query::QuerySource {
+                    client,
+                    range,
+                    filters,
+                    page_size,
+                    ingested,
+                }
+                .run(from, tx)
+                .await
+            }
+        }
+    }
+}
+
 /// How far an export has got. Everything before the position has been handed on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

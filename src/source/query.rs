@@ -43,6 +43,8 @@ pub struct QuerySource {
     pub range: Range,
     pub filters: Filters,
     pub page_size: usize,
+    /// Keep only events whose `created_at` is in `(after, until]` (the `sync` watermark).
+    pub ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 impl QuerySource {
@@ -195,7 +197,7 @@ impl QuerySource {
     }
 
     async fn page(&self, pos: &Cursor, end: DateTime<Utc>) -> Result<Vec<Row>, GaveUp<ApiError>> {
-        let (sql, values) = build_query(pos, end, &self.filters, self.page_size);
+        let (sql, values) = build_query(pos, end, &self.filters, self.ingested, self.page_size);
         let body = json!({
             "query": {
                 "kind": "HogQLQuery",
@@ -239,6 +241,7 @@ pub fn build_query(
     pos: &Cursor,
     end: DateTime<Utc>,
     filters: &Filters,
+    ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
     limit: usize,
 ) -> (String, Map<String, Value>) {
     let mut values = Map::new();
@@ -255,6 +258,12 @@ pub fn build_query(
             "(timestamp > toDateTime64({ts}, 6, 'UTC') OR (timestamp = toDateTime64({ts}, 6, 'UTC') AND uuid > toUUID({uuid})))"
                 .to_string(),
         );
+    }
+    if let Some((after, until)) = ingested {
+        values.insert("created_after".into(), format_ts_value(&after).into());
+        values.insert("created_until".into(), format_ts_value(&until).into());
+        conds.push("created_at > toDateTime64({created_after}, 6, 'UTC')".to_string());
+        conds.push("created_at <= toDateTime64({created_until}, 6, 'UTC')".to_string());
     }
     for (list, prefix, op) in [
         (&filters.include, "event", "IN"),
@@ -303,7 +312,13 @@ mod tests {
         let pos = Cursor::Before {
             timestamp: t("2024-01-01T00:00:00Z"),
         };
-        let (sql, values) = build_query(&pos, t("2024-01-02T00:00:00Z"), &Filters::default(), 100);
+        let (sql, values) = build_query(
+            &pos,
+            t("2024-01-02T00:00:00Z"),
+            &Filters::default(),
+            None,
+            100,
+        );
         assert!(!sql.contains("{ts}"));
         assert!(!sql.to_uppercase().contains("OFFSET"));
         assert!(sql.ends_with("ORDER BY timestamp, uuid LIMIT 100"));
@@ -321,7 +336,7 @@ mod tests {
             include: vec!["sign'up".into(), "$pageview".into()],
             exclude: vec!["x".into()],
         };
-        let (sql, values) = build_query(&pos, t("2024-01-02T00:00:00Z"), &filters, 10);
+        let (sql, values) = build_query(&pos, t("2024-01-02T00:00:00Z"), &filters, None, 10);
         assert!(!sql.contains("sign'up"), "{sql}");
         assert!(sql.contains("event IN ({event_0}, {event_1})"));
         assert!(sql.contains("event NOT IN ({exclude_0})"));
