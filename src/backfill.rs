@@ -5,7 +5,7 @@ use crate::batcher::Limits;
 use crate::checkpoint::{self, JobId, State, Store};
 use crate::cli::BackfillArgs;
 use crate::config::{self, Retries};
-use crate::error::{EXIT_OK, EXIT_REJECTED, usage};
+use crate::error::{EXIT_OK, EXIT_REJECTED};
 use crate::event::format_ts;
 use crate::job::{self, Connect};
 use crate::pipeline;
@@ -34,26 +34,14 @@ pub struct BackfillConfig {
 
 impl BackfillConfig {
     pub fn from_args(args: &BackfillArgs) -> anyhow::Result<Self> {
-        if args.start >= args.end {
-            return Err(usage(format!(
-                "--start ({}) must be before --end ({}); --end is exclusive, e.g. --start 2024-01-01 --end 2024-02-01 for January",
-                format_ts(&args.start),
-                format_ts(&args.end)
-            )));
-        }
+        let range = config::range(args.start, args.end)?;
         let webhook = config::webhook(&args.webhook)?;
         Ok(BackfillConfig {
             connection: config::connection(&args.connection)?,
             source: args.connection.source,
             webhook: webhook.url,
-            range: Range {
-                start: args.start,
-                end: args.end,
-            },
-            filters: Filters {
-                include: names(&args.events),
-                exclude: names(&args.exclude_events),
-            },
+            range,
+            filters: config::filters(&args.filters),
             page_size: args.page_size as usize,
             limits: webhook.limits,
             concurrency: webhook.concurrency,
@@ -81,18 +69,6 @@ impl BackfillConfig {
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
-}
-
-/// Sorted, de-duplicated, non-empty names: the order of `--event` flags does not change the job.
-fn names(list: &[String]) -> Vec<String> {
-    let mut v: Vec<String> = list
-        .iter()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    v.sort();
-    v.dedup();
-    v
 }
 
 /// How a run ended, for the exit code and the closing line.

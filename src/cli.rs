@@ -15,6 +15,14 @@ use std::path::PathBuf;
     after_help = "Docs: README.md and docs/ in the source tree. Exit codes: 0 ok, 1 failure, 2 usage, 3 finished with rejected events, 75 temporary failure (lock held, retries exhausted), 130 interrupted."
 )]
 pub struct Cli {
+    /// TOML file with settings for any command (flags and environment variables win).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "POSTHOG_PATTERNS_CONFIG"
+    )]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -26,6 +34,38 @@ pub enum Command {
         after_help = "Example:\n  export POSTHOG_API_KEY=phx_...\n  posthog-patterns backfill --host https://us.posthog.com --project 12345 \\\n    --webhook-url https://api.patterns.app/api/app/webhooks/wh... \\\n    --start 2024-01-01 --end 2024-02-01\n\nRun the same command again after an interruption: it resumes from the checkpoint."
     )]
     Backfill(Box<BackfillArgs>),
+    /// Export what PostHog ingested since the last run (for cron), then stop.
+    #[command(
+        after_help = "Example (crontab):\n  */15 * * * * posthog-patterns sync --config /etc/posthog-patterns.toml\n\nThe first run needs --start; later runs continue from the state file. Silent on success unless -v."
+    )]
+    Sync(Box<SyncArgs>),
+    /// Export events of a time range as NDJSON, to stdout or a file (.gz: gzip).
+    #[command(
+        after_help = "Examples:\n  posthog-patterns export --start 2024-01-01 --end 2024-02-01 > events.ndjson\n  posthog-patterns export --start 2024-01-01 --end 2024-02-01 --output jan.ndjson.gz\n  posthog-patterns export ... | jq -c 'select(.event == \"signup\")' | posthog-patterns send"
+    )]
+    Export(Box<ExportArgs>),
+    /// Post NDJSON (stdin or files, .gz too) to the webhook in batches.
+    #[command(
+        after_help = "Examples:\n  posthog-patterns send events.ndjson more.ndjson.gz\n  jq -c '.[]' dump.json | posthog-patterns send --webhook-url https://..."
+    )]
+    Send(Box<SendArgs>),
+    /// Check a configuration: show the resolved settings (secrets redacted) and what a run
+    /// would read, without reading or sending anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  posthog-patterns completions bash > /etc/bash_completion.d/posthog-patterns"
+    )]
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(
+        after_help = "Example:\n  posthog-patterns man > /usr/local/share/man/man1/posthog-patterns.1"
+    )]
+    Man,
     /// Run a real backfill against built-in stand-ins for PostHog and a webhook, on loopback,
     /// and check that every event arrived exactly once.
     #[command(
@@ -129,16 +169,12 @@ pub struct BackfillArgs {
     pub connection: ConnectionArgs,
     /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
-    pub start: DateTime<Utc>,
+    pub start: Option<DateTime<Utc>>,
     /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
-    pub end: DateTime<Utc>,
-    /// Export only these event names (repeatable, or a comma-separated list).
-    #[arg(long = "event", value_name = "NAME", value_delimiter = ',')]
-    pub events: Vec<String>,
-    /// Leave out these event names (repeatable, or a comma-separated list).
-    #[arg(long = "exclude-event", value_name = "NAME", value_delimiter = ',')]
-    pub exclude_events: Vec<String>,
+    pub end: Option<DateTime<Utc>>,
+    #[command(flatten)]
+    pub filters: FilterArgs,
     /// Rows per PostHog query page (at most 50000, the Query API's cap; the Events API caps
     /// pages at 1000 by itself).
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
@@ -156,6 +192,134 @@ pub struct BackfillArgs {
     pub retry: RetryArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate the settings of a command and show them resolved, e.g.
+    /// `posthog-patterns config check --config /etc/posthog-patterns.toml sync`.
+    Check {
+        #[command(subcommand)]
+        command: CheckedCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CheckedCommand {
+    Backfill(Box<BackfillArgs>),
+    Sync(Box<SyncArgs>),
+    Export(Box<ExportArgs>),
+    Send(Box<SendArgs>),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Where the first run starts (event time): YYYY-MM-DD or RFC 3339. Later runs ignore it.
+    #[arg(long, value_name = "DATE", value_parser = parse_time)]
+    pub start: Option<DateTime<Utc>>,
+    /// How far back in event time to look for events ingested late (Query API).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub lookback: std::time::Duration,
+    /// Room left for PostHog's own ingestion delay: a run exports what was ingested up to
+    /// this long ago.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub lag: std::time::Duration,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Rows per PostHog query page (at most 50000).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
+    pub page_size: u64,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+    /// State file (default: derived from the job, under the state directory).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Forget the state and start over from --start.
+    #[arg(long)]
+    pub restart: bool,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
+    #[arg(long, value_name = "DATE", value_parser = parse_time)]
+    pub start: Option<DateTime<Utc>>,
+    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
+    #[arg(long, value_name = "DATE", value_parser = parse_time)]
+    pub end: Option<DateTime<Utc>>,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Rows per PostHog query page (at most 50000).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
+    pub page_size: u64,
+    /// Write to this file instead of stdout (a .gz name writes gzip). Resumable.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// State file for --output (default: derived from the job).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Discard the checkpoint and overwrite --output.
+    #[arg(long)]
+    pub restart: bool,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    #[command(flatten)]
+    pub display: OutputArgs,
+}
+
+/// What to do with a line that is not a JSON object (`--on-invalid`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnInvalid {
+    /// Stop with an error naming the file and line, after posting everything before it.
+    Stop,
+    /// Set it aside in the dead-letter file (or just count it) and go on; exit 3 at the end.
+    Skip,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SendArgs {
+    /// NDJSON files to send (.gz files too); none, or -, reads stdin.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// What to do with a line that is not a JSON object.
+    #[arg(long, value_name = "WHAT", value_enum, default_value_t = OnInvalid::Stop)]
+    pub on_invalid: OnInvalid,
+    /// Longest line accepted; a longer one is an error, not an out-of-memory.
+    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_line_bytes: u64,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+    /// State file when sending files (default: derived from the job).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Discard the checkpoint and send the files from the beginning.
+    #[arg(long)]
+    pub restart: bool,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Event-name filters.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Only these event names (repeatable, or a comma-separated list).
+    #[arg(long = "event", value_name = "NAME", value_delimiter = ',')]
+    pub events: Vec<String>,
+    /// Leave out these event names (repeatable, or a comma-separated list).
+    #[arg(long = "exclude-event", value_name = "NAME", value_delimiter = ',')]
+    pub exclude_events: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -2,14 +2,17 @@
 //! connection, the webhook and batching, retries and the request budget.
 
 use crate::batcher::Limits;
-use crate::cli::{ConnectionArgs, RetryArgs, WebhookArgs};
+use crate::cli::{ConnectionArgs, FilterArgs, RetryArgs, WebhookArgs};
 use crate::error::usage;
+use crate::event::format_ts;
 use crate::posthog::Connection;
 use crate::ratelimit::Budget;
 use crate::retry::RetryPolicy;
 use crate::secret::{Secret, WebhookUrl};
 use crate::source::SourceKind;
+use crate::source::{Filters, Range};
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -105,5 +108,40 @@ pub fn retries(args: &RetryArgs) -> Retries {
         http_timeout: args.http_timeout,
         per_minute: args.max_requests_per_minute,
         per_hour: args.max_requests_per_hour,
+    }
+}
+
+/// `[start, end)` from the flags (or the config file); both required, start before end.
+pub fn range(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> anyhow::Result<Range> {
+    let (Some(start), Some(end)) = (start, end) else {
+        return Err(usage(
+            "--start and --end are required (or `start` and `end` in the --config file), e.g. --start 2024-01-01 --end 2024-02-01",
+        ));
+    };
+    if start >= end {
+        return Err(usage(format!(
+            "--start ({}) must be before --end ({}); --end is exclusive, e.g. --start 2024-01-01 --end 2024-02-01 for January",
+            format_ts(&start),
+            format_ts(&end)
+        )));
+    }
+    Ok(Range { start, end })
+}
+
+/// Sorted, de-duplicated, non-empty names: the order of `--event` flags does not change a job.
+pub fn filters(args: &FilterArgs) -> Filters {
+    let names = |list: &[String]| {
+        let mut v: Vec<String> = list
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    Filters {
+        include: names(&args.events),
+        exclude: names(&args.exclude_events),
     }
 }

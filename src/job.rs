@@ -56,10 +56,14 @@ pub fn check_counts(progress: &Progress) -> anyhow::Result<()> {
         Stats::get(&s.duplicates_dropped),
         Stats::get(&s.filtered),
     );
-    let (posted, dead) = (Stats::get(&s.posted), Stats::get(&s.dead_lettered));
-    if read != dups + filtered + posted + dead {
+    let (posted, dead, skipped) = (
+        Stats::get(&s.posted),
+        Stats::get(&s.dead_lettered),
+        Stats::get(&s.skipped),
+    );
+    if read != dups + filtered + skipped + posted + dead {
         anyhow::bail!(
-            "event count mismatch: read {read} ({dups} duplicate rows dropped, {filtered} filtered out) but delivered {posted} and dead-lettered {dead}; the checkpoint was not marked complete. This is a bug: please report it"
+            "event count mismatch: read {read} ({dups} duplicate rows dropped, {filtered} filtered out, {skipped} invalid skipped) but delivered {posted} and dead-lettered {dead}; the checkpoint was not marked complete. This is a bug: please report it"
         );
     }
     Ok(())

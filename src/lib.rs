@@ -5,32 +5,82 @@
 
 pub mod backfill;
 pub mod batcher;
+pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod demo;
 pub mod error;
 pub mod event;
+pub mod export;
 pub mod http;
 pub mod job;
+pub mod ndjson;
 pub mod pipeline;
 pub mod posthog;
 pub mod progress;
 pub mod ratelimit;
 pub mod retry;
 pub mod secret;
+pub mod send;
 pub mod sink;
 pub mod source;
 pub mod standin;
+pub mod sync;
 
-use cli::{Cli, Command, OutputArgs};
+use clap::CommandFactory;
+use cli::{CheckedCommand, Cli, Command, ConfigCommand, OutputArgs};
+use config_file::ConfigFile;
 use error::Stop;
 use progress::{Level, Options, Progress};
 use std::future::Future;
 use std::sync::Arc;
 
-/// Runs a parsed command line; returns the exit code, or the error that ended the run.
-pub fn run(cli: Cli) -> anyhow::Result<u8> {
+/// Runs a parsed command line (`matches` tells which values the user gave, so that a
+/// `--config` file fills in only the rest); returns the exit code, or the error that ended it.
+pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<u8> {
+    let file = cli.config.as_deref().map(ConfigFile::load).transpose()?;
+    let sub = matches.subcommand().map(|(_, m)| m);
+    if let (Some(file), Some(m)) = (&file, sub) {
+        match &mut cli.command {
+            Command::Backfill(a) => file.backfill(m, a)?,
+            Command::Sync(a) => file.sync(m, a)?,
+            Command::Export(a) => file.export(m, a)?,
+            Command::Send(a) => file.send(m, a)?,
+            Command::Config(ConfigCommand::Check { command }) => {
+                let m = m
+                    .subcommand()
+                    .and_then(|(_, m)| m.subcommand())
+                    .map(|(_, m)| m)
+                    .expect("a checked command");
+                match command {
+                    CheckedCommand::Backfill(a) => file.backfill(m, a)?,
+                    CheckedCommand::Sync(a) => file.sync(m, a)?,
+                    CheckedCommand::Export(a) => file.export(m, a)?,
+                    CheckedCommand::Send(a) => file.send(m, a)?,
+                }
+            }
+            _ => {}
+        }
+    }
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "posthog-patterns",
+                &mut std::io::stdout(),
+            );
+            return Ok(error::EXIT_OK);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(error::EXIT_OK);
+        }
+        Command::Config(ConfigCommand::Check { command }) => return check::run(&command),
+        _ => {}
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -44,9 +94,28 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     interruptible(backfill::run(&cfg, &progress)).await,
                 )
             }
+            Command::Sync(args) => {
+                let cfg = sync::SyncConfig::from_args(&args)?;
+                // Cron: silent on success unless -v.
+                let progress = progress(&args.output, Level::Warn);
+                finish(&progress, interruptible(sync::run(&cfg, &progress)).await)
+            }
+            Command::Export(args) => {
+                let cfg = export::ExportConfig::from_args(&args)?;
+                let progress = progress(&args.display, Level::Info);
+                finish(&progress, interruptible(export::run(&cfg, &progress)).await)
+            }
+            Command::Send(args) => {
+                let cfg = send::SendConfig::from_args(&args)?;
+                let progress = progress(&args.output, Level::Info);
+                finish(&progress, interruptible(send::run(&cfg, &progress)).await)
+            }
             Command::Demo(args) => {
                 let progress = progress(&args.output, Level::Info);
                 finish(&progress, interruptible(demo::run(&args, &progress)).await)
+            }
+            Command::Completions { .. } | Command::Man | Command::Config(_) => {
+                unreachable!("handled above")
             }
         }
     })
@@ -65,7 +134,9 @@ fn progress(args: &OutputArgs, default_level: Level) -> Arc<Progress> {
 fn finish(progress: &Progress, result: anyhow::Result<backfill::Report>) -> anyhow::Result<u8> {
     progress.finish();
     let report = result?;
-    progress.summary(Level::Info, &report.summary);
+    if !report.summary.is_empty() {
+        progress.summary(Level::Info, &report.summary);
+    }
     Ok(report.exit)
 }
 

@@ -49,6 +49,8 @@ pub struct Stats {
     pub read: AtomicU64,
     pub duplicates_dropped: AtomicU64,
     pub filtered: AtomicU64,
+    /// Input lines set aside because they are not JSON objects (`send --on-invalid skip`).
+    pub skipped: AtomicU64,
     pub posted: AtomicU64,
     pub batches: AtomicU64,
     pub dead_lettered: AtomicU64,

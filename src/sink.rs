@@ -90,6 +90,22 @@ impl DeadLetter {
             .with_context(|| format!("cannot write the dead-letter file {}", self.path.display()))
     }
 
+    /// Sets aside an input line that is not a JSON object (`send --on-invalid skip`).
+    pub fn write_invalid(
+        &self,
+        input: &str,
+        line: u64,
+        error: &str,
+        text: &str,
+    ) -> anyhow::Result<()> {
+        let record =
+            serde_json::json!({"input": input, "line": line, "error": error, "text": text});
+        let mut file = self.file.lock().unwrap();
+        writeln!(file, "{record}")
+            .and_then(|_| file.sync_data())
+            .with_context(|| format!("cannot write the dead-letter file {}", self.path.display()))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -338,11 +338,8 @@ fn evaluate(s: &State, body: &Value) -> Result<Value, Fail> {
             format!("Query exceeded the maximum execution time (scanned {scanned} rows)"),
         ));
     }
-    let cap = query.limit.unwrap_or(100).min(50_000);
-    let mut rows = Vec::new();
-    let mut has_more = false;
-    for e in &s.events[first..last.max(first)] {
-        if query.lo.is_some_and(|lo| e.timestamp < lo)
+    let keep = |e: &StoredEvent| {
+        !(query.lo.is_some_and(|lo| e.timestamp < lo)
             || query.after.is_some_and(|a| e.order_key() <= (a.0, a.1))
             || query
                 .include
@@ -350,8 +347,22 @@ fn evaluate(s: &State, body: &Value) -> Result<Value, Fail> {
                 .is_some_and(|names| !names.contains(&e.event))
             || query.exclude.contains(&e.event)
             || query.created_after.is_some_and(|t| e.created_at <= t)
-            || query.created_until.is_some_and(|t| e.created_at > t)
-        {
+            || query.created_until.is_some_and(|t| e.created_at > t))
+    };
+    if query.columns == ["count()"] {
+        let n = s.events[first..last.max(first)]
+            .iter()
+            .filter(|e| keep(e))
+            .count();
+        return Ok(
+            json!({"results": [[n]], "columns": ["count()"], "types": ["UInt64"], "is_cached": false}),
+        );
+    }
+    let cap = query.limit.unwrap_or(100).min(50_000);
+    let mut rows = Vec::new();
+    let mut has_more = false;
+    for e in &s.events[first..last.max(first)] {
+        if !keep(e) {
             continue;
         }
         if rows.len() == cap {
@@ -430,9 +441,10 @@ fn parse(
         .split_once(" FROM events")
         .ok_or_else(|| bad("stand-in: expected FROM events"))?;
     let columns: Vec<String> = cols.split(',').map(|c| c.trim().to_string()).collect();
+    let count = columns == ["count()"];
     if let Some(c) = columns
         .iter()
-        .find(|c| !KNOWN_COLUMNS.contains(&c.as_str()))
+        .find(|c| !count && !KNOWN_COLUMNS.contains(&c.as_str()))
     {
         return Err(bad(format!("Unable to resolve field: {c}")));
     }
@@ -447,9 +459,11 @@ fn parse(
         ),
         None => (rest, None),
     };
-    let where_clause = rest
-        .strip_suffix(" ORDER BY timestamp, uuid")
-        .ok_or_else(|| bad("stand-in: expected ORDER BY timestamp, uuid"))?;
+    let where_clause = match rest.strip_suffix(" ORDER BY timestamp, uuid") {
+        Some(w) => w,
+        None if count => rest,
+        None => return Err(bad("stand-in: expected ORDER BY timestamp, uuid")),
+    };
     let mut q = Query {
         columns,
         lo: None,

@@ -1,0 +1,233 @@
+//! `export`: the events of a time range as NDJSON, one posted-event object per line, to stdout
+//! or a file (`.gz`: gzip). Writing to a file is resumable: the checkpoint records how many
+//! bytes of the file are complete, and a resumed run cuts anything after them.
+
+use crate::backfill::Report;
+use crate::batcher::Limits;
+use crate::checkpoint::{self, JobId, State, Store};
+use crate::cli::ExportArgs;
+use crate::config::{self, Retries};
+use crate::error::{EXIT_OK, usage};
+use crate::event::format_ts;
+use crate::job::{self, Connect};
+use crate::ndjson::{NdjsonWriter, OutputClosed};
+use crate::pipeline;
+use crate::posthog::Connection;
+use crate::progress::{Progress, thousands};
+use crate::source::{Cursor, Filters, Range, Reader, SourceKind};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Lines written (and synced) at a time: the checkpoint granularity of a file export.
+const LIMITS: Limits = Limits {
+    max_events: 5_000,
+    max_bytes: 8 << 20,
+};
+
+pub struct ExportConfig {
+    pub connection: Connection,
+    pub source: SourceKind,
+    pub range: Range,
+    pub filters: Filters,
+    pub page_size: usize,
+    pub output: Option<PathBuf>,
+    pub checkpoint: Option<PathBuf>,
+    pub restart: bool,
+    pub retries: Retries,
+}
+
+impl ExportConfig {
+    pub fn from_args(args: &ExportArgs) -> anyhow::Result<Self> {
+        if args.output.is_none() && args.checkpoint.is_some() {
+            return Err(usage(
+                "--checkpoint needs --output FILE: an export to stdout cannot be resumed",
+            ));
+        }
+        Ok(ExportConfig {
+            connection: config::connection(&args.connection)?,
+            source: args.connection.source,
+            range: config::range(args.start, args.end)?,
+            filters: config::filters(&args.filters),
+            page_size: args.page_size as usize,
+            output: args.output.clone(),
+            checkpoint: args.checkpoint.clone(),
+            restart: args.restart,
+            retries: config::retries(&args.retry),
+        })
+    }
+
+    fn job_id(&self, output: &std::path::Path) -> JobId {
+        [
+            ("command", "export".to_string()),
+            ("host", self.connection.host.as_str().to_string()),
+            ("project", self.connection.project.clone()),
+            ("start", format_ts(&self.range.start)),
+            ("end", format_ts(&self.range.end)),
+            ("events", self.filters.include.join(",")),
+            ("exclude_events", self.filters.exclude.join(",")),
+            ("output", output.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// Where a file export stands: the read position and the bytes of the file that are complete.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExportPosition {
+    pub cursor: Cursor,
+    pub bytes: u64,
+}
+
+pub async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+    let connect = Connect {
+        http: crate::http::client(cfg.retries.http_timeout)?,
+        connection: &cfg.connection,
+        retries: &cfg.retries,
+        progress,
+    };
+    let Some(output) = &cfg.output else {
+        let source = connect.choose(cfg.source, None).await?;
+        let writer = NdjsonWriter::stdout(progress.clone());
+        return match read_into(
+            cfg,
+            &connect,
+            source,
+            None,
+            &writer,
+            progress,
+            |_, _| Ok(()),
+        )
+        .await
+        {
+            Err(e) if e.chain().any(|c| c.is::<OutputClosed>()) => Ok(Report {
+                exit: EXIT_OK,
+                summary: String::new(),
+            }),
+            Err(e) => Err(e),
+            Ok(()) => Ok(Report {
+                exit: EXIT_OK,
+                summary: format!(
+                    "export complete: {} → {} to stdout\n{}",
+                    format_ts(&cfg.range.start),
+                    format_ts(&cfg.range.end),
+                    job::figures(progress, "written")
+                ),
+            }),
+        };
+    };
+
+    let output = std::path::absolute(output).unwrap_or_else(|_| output.clone());
+    let mut job = cfg.job_id(&output);
+    let path = cfg
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| checkpoint::default_path("export", &job));
+    let store = Store::open(&path)?;
+    if cfg.restart {
+        store.remove()?;
+    }
+    let stored: Option<State<ExportPosition>> = store.load()?;
+    let source = connect
+        .choose(cfg.source, stored.as_ref().map(|s| &s.job))
+        .await?;
+    job.insert("source".into(), source.name().into());
+    let mut state = match stored {
+        Some(state) => {
+            checkpoint::check_job(&path, &state.job, &job)?;
+            state
+        }
+        None => {
+            let existing = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+            if existing > 0 && !cfg.restart {
+                return Err(usage(format!(
+                    "{} exists and no checkpoint says how much of it is complete; move it aside, or pass --restart to overwrite it",
+                    output.display()
+                )));
+            }
+            State::new(job)
+        }
+    };
+    if state.complete {
+        return Ok(Report {
+            exit: EXIT_OK,
+            summary: format!(
+                "export already complete: {} events in {}; pass --restart to export again",
+                thousands(state.counters.posted),
+                output.display()
+            ),
+        });
+    }
+    let keep = state.position.as_ref().map_or(0, |p| p.bytes);
+    if keep > 0 {
+        progress.info(&format!(
+            "resuming {} after its first {} bytes",
+            output.display(),
+            keep
+        ));
+    }
+    state.counters.runs += 1;
+    let writer = NdjsonWriter::file(&output, keep, progress.clone())?;
+    let from = state.position.as_ref().map(|p| p.cursor.clone());
+    read_into(
+        cfg,
+        &connect,
+        source,
+        from,
+        &writer,
+        progress,
+        |cursor, done| {
+            state.position = Some(ExportPosition {
+                cursor: cursor.clone(),
+                bytes: writer.len(),
+            });
+            state.counters.posted += done.posted as u64;
+            state.counters.batches += u64::from(done.posted > 0);
+            store.save(&mut state)
+        },
+    )
+    .await?;
+    state.complete = true;
+    store.save(&mut state)?;
+    Ok(Report {
+        exit: EXIT_OK,
+        summary: format!(
+            "export complete: {} → {} into {}\n{}\n  in all   {} events over {} run(s); checkpoint {}",
+            format_ts(&cfg.range.start),
+            format_ts(&cfg.range.end),
+            output.display(),
+            job::figures(progress, "written"),
+            thousands(state.counters.posted),
+            state.counters.runs,
+            path.display()
+        ),
+    })
+}
+
+async fn read_into(
+    cfg: &ExportConfig,
+    connect: &Connect<'_>,
+    source: SourceKind,
+    from: Option<Cursor>,
+    writer: &NdjsonWriter,
+    progress: &Arc<Progress>,
+    commit: impl FnMut(&Cursor, crate::sink::Delivered) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let reader = Reader {
+        kind: source,
+        client: connect.client(source),
+        range: cfg.range,
+        filters: cfg.filters.clone(),
+        page_size: cfg.page_size,
+        ingested: None,
+    };
+    let ticker = progress.start();
+    // One batch at a time: a file is appended to in order.
+    let result = pipeline::run(move |tx| reader.run(from, tx), LIMITS, 1, writer, commit).await;
+    drop(ticker);
+    progress.tick();
+    result?;
+    job::check_counts(progress)
+}

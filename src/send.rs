@@ -1,0 +1,452 @@
+//! `send`: NDJSON from stdin or files (plain or `.gz`) to the webhook, through the same batcher
+//! and sink as `backfill`. Any JSON objects are accepted; `--event` filters apply to objects
+//! that have an `event` field. With files, a checkpoint records how far each was acknowledged;
+//! from stdin, a failure says how many lines were acknowledged so the rest can be fed again.
+
+use crate::backfill::Report;
+use crate::batcher::Limits;
+use crate::checkpoint::{self, JobId, State, Store};
+use crate::cli::{OnInvalid, SendArgs};
+use crate::config::{self, Retries};
+use crate::error::{EXIT_OK, EXIT_REJECTED};
+use crate::ndjson::{Line, LineReader};
+use crate::pipeline;
+use crate::progress::{Progress, Stats, thousands};
+use crate::secret::WebhookUrl;
+use crate::sink::{DeadLetter, Sink};
+use crate::source::{Filters, Item};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use tokio::sync::mpsc;
+
+pub struct SendConfig {
+    /// Empty: stdin.
+    pub files: Vec<PathBuf>,
+    pub webhook: WebhookUrl,
+    pub limits: Limits,
+    pub concurrency: usize,
+    pub dead_letter: Option<PathBuf>,
+    pub filters: Filters,
+    pub on_invalid: OnInvalid,
+    pub max_line_bytes: usize,
+    pub checkpoint: Option<PathBuf>,
+    pub restart: bool,
+    pub retries: Retries,
+}
+
+impl SendConfig {
+    pub fn from_args(args: &SendArgs) -> anyhow::Result<Self> {
+        let webhook = config::webhook(&args.webhook)?;
+        let files: Vec<PathBuf> = args
+            .files
+            .iter()
+            .filter(|f| f.as_os_str() != "-")
+            .cloned()
+            .collect();
+        if files.len() != args.files.len() && !files.is_empty() {
+            return Err(crate::error::usage(
+                "send reads either stdin (-) or files, not both",
+            ));
+        }
+        Ok(SendConfig {
+            files,
+            webhook: webhook.url,
+            limits: webhook.limits,
+            concurrency: webhook.concurrency,
+            dead_letter: webhook.dead_letter,
+            filters: config::filters(&args.filters),
+            on_invalid: args.on_invalid,
+            max_line_bytes: args.max_line_bytes as usize,
+            checkpoint: args.checkpoint.clone(),
+            restart: args.restart,
+            retries: config::retries(&args.retry),
+        })
+    }
+
+    fn job_id(&self, files: &[PathBuf]) -> JobId {
+        [
+            ("command", "send".to_string()),
+            (
+                "files",
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            ("events", self.filters.include.join(",")),
+            ("exclude_events", self.filters.exclude.join(",")),
+            ("webhook", self.webhook.fingerprint()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// How far the input has been acknowledged: everything before `offset` (bytes of the
+/// decompressed stream) of file number `file`, which is `line` lines; earlier files are done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendPosition {
+    pub file: usize,
+    pub offset: u64,
+    pub line: u64,
+}
+
+pub async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+    let http = crate::http::client(cfg.retries.http_timeout)?;
+    let dead_letter = cfg
+        .dead_letter
+        .as_deref()
+        .map(DeadLetter::open)
+        .transpose()?;
+    let sink = Sink::new(
+        http,
+        cfg.webhook.clone(),
+        cfg.retries.policy.clone(),
+        dead_letter,
+        progress.clone(),
+    );
+    let ticker = progress.start();
+
+    if cfg.files.is_empty() {
+        progress.set_status("stdin".into());
+        let mut acked = 0u64;
+        let result = deliver(
+            cfg,
+            &sink,
+            progress,
+            Input::Stdin,
+            SendPosition::default(),
+            |pos, _| {
+                acked = pos.line;
+                Ok(())
+            },
+        )
+        .await;
+        drop(ticker);
+        if let Err(e) = result {
+            return Err(e.context(format!(
+                "{acked} lines of stdin were acknowledged; to send the rest, feed it from line {}: tail -n +{} FILE | posthog-patterns send ...",
+                acked + 1,
+                acked + 1
+            )));
+        }
+        return Ok(summary(cfg, progress, "stdin".into()));
+    }
+
+    let files: Vec<PathBuf> = cfg
+        .files
+        .iter()
+        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+        .collect();
+    for f in &files {
+        std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+    }
+    let job = cfg.job_id(&files);
+    let path = cfg
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| checkpoint::default_path("send", &job));
+    let store = Store::open(&path)?;
+    if cfg.restart {
+        store.remove()?;
+    }
+    let mut state: State<SendPosition> = match store.load()? {
+        Some(state) => {
+            checkpoint::check_job(&path, &state.job, &job)?;
+            state
+        }
+        None => State::new(job),
+    };
+    if state.complete {
+        drop(ticker);
+        return Ok(Report {
+            exit: EXIT_OK,
+            summary: format!(
+                "send already complete: {} events posted from {} file(s); pass --restart to send them again",
+                thousands(state.counters.posted),
+                files.len()
+            ),
+        });
+    }
+    let from = state.position.unwrap_or_default();
+    if state.position.is_some() {
+        progress.info(&format!(
+            "resuming {} after line {}",
+            files
+                .get(from.file)
+                .map_or("the files".into(), |f| f.display().to_string()),
+            from.line
+        ));
+    }
+    state.counters.runs += 1;
+    let result = deliver(
+        cfg,
+        &sink,
+        progress,
+        Input::Files(files.clone()),
+        from,
+        |pos, done| {
+            state.position = Some(*pos);
+            state.counters.posted += done.posted as u64;
+            state.counters.dead_lettered += done.dead_lettered as u64;
+            state.counters.batches += u64::from(done.posted + done.dead_lettered > 0);
+            store.save(&mut state)
+        },
+    )
+    .await;
+    drop(ticker);
+    result?;
+    state.complete = true;
+    store.save(&mut state)?;
+    Ok(summary(cfg, progress, format!("{} file(s)", files.len())))
+}
+
+fn summary(cfg: &SendConfig, progress: &Progress, what: String) -> Report {
+    let s = &progress.stats;
+    let rejected = Stats::get(&s.dead_lettered) + Stats::get(&s.skipped);
+    let mut text = format!(
+        "send complete: {what} to {}\n{}",
+        cfg.webhook.redacted(),
+        crate::job::figures(progress, "posted")
+    );
+    if Stats::get(&s.skipped) > 0 {
+        text.push_str(&format!(
+            "\n  skipped  {} lines that are not JSON objects",
+            thousands(Stats::get(&s.skipped))
+        ));
+    }
+    Report {
+        exit: if rejected > 0 { EXIT_REJECTED } else { EXIT_OK },
+        summary: text,
+    }
+}
+
+enum Input {
+    Stdin,
+    Files(Vec<PathBuf>),
+}
+
+async fn deliver(
+    cfg: &SendConfig,
+    sink: &Sink,
+    progress: &Arc<Progress>,
+    input: Input,
+    from: SendPosition,
+    commit: impl FnMut(&SendPosition, crate::sink::Delivered) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let reading = Reading {
+        filters: cfg.filters.clone(),
+        on_invalid: cfg.on_invalid,
+        dead_letter: cfg
+            .dead_letter
+            .as_deref()
+            .map(DeadLetter::open)
+            .transpose()?,
+        max_line_bytes: cfg.max_line_bytes,
+        progress: progress.clone(),
+    };
+    let result = pipeline::run(
+        move |tx| async move {
+            tokio::task::spawn_blocking(move || reading.read(input, from, tx))
+                .await
+                .map_err(|e| anyhow::anyhow!("the reader failed: {e}"))?
+        },
+        cfg.limits,
+        cfg.concurrency,
+        sink,
+        commit,
+    )
+    .await;
+    progress.tick();
+    result?;
+    crate::job::check_counts(progress)
+}
+
+/// The blocking side: reads lines and hands records to the pipeline.
+struct Reading {
+    filters: Filters,
+    on_invalid: OnInvalid,
+    dead_letter: Option<DeadLetter>,
+    max_line_bytes: usize,
+    progress: Arc<Progress>,
+}
+
+#[derive(Deserialize)]
+struct Named<'a> {
+    #[serde(borrow, default)]
+    event: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Reading {
+    fn read(
+        self,
+        input: Input,
+        from: SendPosition,
+        tx: mpsc::Sender<Vec<Item<SendPosition>>>,
+    ) -> anyhow::Result<()> {
+        let raw_read = Arc::new(AtomicU64::new(0));
+        match input {
+            Input::Stdin => {
+                let mut lines = LineReader::stdin(self.max_line_bytes);
+                self.read_one("stdin", &mut lines, 0, &tx)
+            }
+            Input::Files(files) => {
+                let total: u64 = files
+                    .iter()
+                    .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+                    .sum();
+                let done_before: u64 = files[..from.file.min(files.len())]
+                    .iter()
+                    .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+                    .sum();
+                for (i, file) in files.iter().enumerate().skip(from.file) {
+                    let mut lines = LineReader::open(file, self.max_line_bytes, raw_read.clone())?;
+                    if i == from.file && (from.offset > 0 || from.line > 0) {
+                        lines
+                            .skip(from.offset, from.line)
+                            .with_context(|| format!("cannot resume {}", file.display()))?;
+                    }
+                    let name = file.display().to_string();
+                    self.progress.set_status(name.clone());
+                    let progress = self.progress.clone();
+                    let counted = raw_read.clone();
+                    let share = move || {
+                        progress.set_done(
+                            (done_before + counted.load(Relaxed)) as f64 / total.max(1) as f64,
+                        );
+                    };
+                    share();
+                    if !self.read_one_with(&name, &mut lines, i, &tx, &share)? {
+                        return Ok(());
+                    }
+                    // The whole file is done.
+                    let next = SendPosition {
+                        file: i + 1,
+                        offset: 0,
+                        line: 0,
+                    };
+                    if tx.blocking_send(vec![Item::Mark(next)]).is_err() {
+                        return Ok(());
+                    }
+                }
+                self.progress.set_done(1.0);
+                Ok(())
+            }
+        }
+    }
+
+    fn read_one(
+        &self,
+        name: &str,
+        lines: &mut LineReader,
+        file: usize,
+        tx: &mpsc::Sender<Vec<Item<SendPosition>>>,
+    ) -> anyhow::Result<()> {
+        self.read_one_with(name, lines, file, tx, &|| {})
+            .map(|_| ())
+    }
+
+    /// Reads one input to its end. Returns false if the pipeline has stopped.
+    fn read_one_with(
+        &self,
+        name: &str,
+        lines: &mut LineReader,
+        file: usize,
+        tx: &mpsc::Sender<Vec<Item<SendPosition>>>,
+        share: &dyn Fn(),
+    ) -> anyhow::Result<bool> {
+        let stats = &self.progress.stats;
+        let mut chunk = Vec::with_capacity(1000);
+        // The position after lines that produced no record (blank, filtered, skipped).
+        let mut quiet_to: Option<SendPosition> = None;
+        loop {
+            let line = lines
+                .next_line()
+                .with_context(|| format!("cannot read {name}"))?;
+            let pos = SendPosition {
+                file,
+                offset: lines.offset,
+                line: lines.line,
+            };
+            let Some(line) = line else { break };
+            let problem = match &line {
+                Line::TooLong => Some(format!(
+                    "line is longer than --max-line-bytes ({} bytes)",
+                    self.max_line_bytes
+                )),
+                Line::Text(text) => check(text).err(),
+            };
+            if let Line::Text(text) = &line
+                && text.iter().all(u8::is_ascii_whitespace)
+            {
+                quiet_to = Some(pos);
+                continue;
+            }
+            Stats::add(&stats.read, 1);
+            if let Some(problem) = problem {
+                let excerpt = match &line {
+                    Line::Text(t) => crate::http::excerpt(t, 80),
+                    Line::TooLong => "(too long to show)".into(),
+                };
+                if self.on_invalid == OnInvalid::Stop {
+                    // Hand on what came before, then stop: the pipeline delivers it first.
+                    let _ = tx.blocking_send(std::mem::take(&mut chunk));
+                    anyhow::bail!(
+                        "{name}, line {}: {problem}: {excerpt}. Everything before this line was sent; fix the line, or pass --on-invalid skip",
+                        lines.line
+                    );
+                }
+                Stats::add(&stats.skipped, 1);
+                if let (Some(dl), Line::Text(text)) = (&self.dead_letter, &line) {
+                    dl.write_invalid(name, lines.line, &problem, &String::from_utf8_lossy(text))?;
+                }
+                self.progress
+                    .warn(&format!("{name}, line {}: {problem}; skipped", lines.line));
+                quiet_to = Some(pos);
+                continue;
+            }
+            let Line::Text(text) = line else {
+                unreachable!("checked above")
+            };
+            let json = String::from_utf8(text).expect("checked as UTF-8 JSON");
+            let json = json.trim().to_string();
+            let named: Named = serde_json::from_str(&json).expect("checked as a JSON object");
+            if let Some(event) = named.event.as_deref()
+                && (!self.filters.include.is_empty()
+                    && !self.filters.include.iter().any(|n| n == event)
+                    || self.filters.exclude.iter().any(|n| n == event))
+            {
+                Stats::add(&stats.filtered, 1);
+                quiet_to = Some(pos);
+                continue;
+            }
+            chunk.push(Item::Record { json, pos });
+            quiet_to = None;
+            if chunk.len() >= 1000 {
+                share();
+                if tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+        chunk.extend(quiet_to.map(Item::Mark));
+        share();
+        Ok(chunk.is_empty() || tx.blocking_send(chunk).is_ok())
+    }
+}
+
+/// A line must be one JSON object.
+fn check(text: &[u8]) -> Result<(), String> {
+    let trimmed = text.trim_ascii();
+    if !trimmed.starts_with(b"{") {
+        return Err("not a JSON object".into());
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(trimmed)
+        .map(|_| ())
+        .map_err(|e| format!("not valid JSON ({e})"))
+}

@@ -1,0 +1,314 @@
+//! `sync`: the incremental export for cron. Each run takes what PostHog ingested since the
+//! previous one: events whose `created_at` is in `(watermark, now - lag]`, read through
+//! `timestamp` windows starting `--lookback` before the watermark (so no query scans the
+//! whole table), then moves the watermark. Late events (old timestamps, new ingestion) are
+//! thus delivered once, by the next run. An interrupted run is finished, with the same
+//! bounds, by the next run before it moves on. With the Events API (no `created_at`) the
+//! watermark is event time minus `--lag`. Guarantees and limits: docs/sync.md.
+
+use crate::backfill::Report;
+use crate::batcher::Limits;
+use crate::checkpoint::{self, JobId, State, Store};
+use crate::cli::SyncArgs;
+use crate::config::{self, Retries};
+use crate::error::{EXIT_OK, EXIT_REJECTED, usage};
+use crate::event::format_ts;
+use crate::job::{self, Connect};
+use crate::pipeline;
+use crate::posthog::Connection;
+use crate::progress::{Progress, Stats, thousands};
+use crate::secret::WebhookUrl;
+use crate::sink::{DeadLetter, Sink};
+use crate::source::{Cursor, Filters, Range, Reader, SourceKind};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How far past "now" in event time a run looks: clients with fast clocks send events
+/// stamped in the future.
+const FUTURE_SLACK: Duration = Duration::days(1);
+
+pub struct SyncConfig {
+    pub connection: Connection,
+    pub source: SourceKind,
+    pub webhook: WebhookUrl,
+    pub limits: Limits,
+    pub concurrency: usize,
+    pub dead_letter: Option<PathBuf>,
+    pub filters: Filters,
+    pub page_size: usize,
+    pub start: Option<DateTime<Utc>>,
+    pub lookback: Duration,
+    pub lag: Duration,
+    pub checkpoint: Option<PathBuf>,
+    pub restart: bool,
+    pub retries: Retries,
+}
+
+impl SyncConfig {
+    pub fn from_args(args: &SyncArgs) -> anyhow::Result<Self> {
+        let webhook = config::webhook(&args.webhook)?;
+        let duration = |d: std::time::Duration| {
+            Duration::from_std(d).map_err(|_| usage("duration out of range"))
+        };
+        Ok(SyncConfig {
+            connection: config::connection(&args.connection)?,
+            source: args.connection.source,
+            webhook: webhook.url,
+            limits: webhook.limits,
+            concurrency: webhook.concurrency,
+            dead_letter: webhook.dead_letter,
+            filters: config::filters(&args.filters),
+            page_size: args.page_size as usize,
+            start: args.start,
+            lookback: duration(args.lookback)?,
+            lag: duration(args.lag)?,
+            checkpoint: args.checkpoint.clone(),
+            restart: args.restart,
+            retries: config::retries(&args.retry),
+        })
+    }
+
+    fn job_id(&self) -> JobId {
+        [
+            ("command", "sync".to_string()),
+            ("host", self.connection.host.as_str().to_string()),
+            ("project", self.connection.project.clone()),
+            ("events", self.filters.include.join(",")),
+            ("exclude_events", self.filters.exclude.join(",")),
+            ("webhook", self.webhook.fingerprint()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// The sync state (the checkpoint's `position`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncState {
+    /// Where the first run started, in event time.
+    pub start: DateTime<Utc>,
+    /// Everything ingested up to here (Query API: `created_at`; Events API: event time) has
+    /// been delivered. None before the first run completes.
+    pub watermark: Option<DateTime<Utc>>,
+    /// A run in progress, to be finished with exactly these bounds.
+    pub pending: Option<Pending>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The watermark this run moves to.
+    pub until: DateTime<Utc>,
+    /// The event-time range read.
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// Query API: `created_at` lower bound (exclusive).
+    pub ingested_after: Option<DateTime<Utc>>,
+    pub cursor: Option<Cursor>,
+}
+
+pub async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+    let mut job = cfg.job_id();
+    let path = cfg
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| checkpoint::default_path("sync", &job));
+    let store = Store::open(&path)?;
+    if cfg.restart {
+        store.remove()?;
+    }
+    let stored: Option<State<SyncState>> = store.load()?;
+    let connect = Connect {
+        http: crate::http::client(cfg.retries.http_timeout)?,
+        connection: &cfg.connection,
+        retries: &cfg.retries,
+        progress,
+    };
+    let mut state = match stored {
+        Some(state) => {
+            let source = connect.choose(cfg.source, Some(&state.job)).await?;
+            job.insert("source".into(), source.name().into());
+            checkpoint::check_job(&path, &state.job, &job)?;
+            state
+        }
+        None => {
+            let Some(start) = cfg.start else {
+                return Err(usage(format!(
+                    "the first sync run needs --start DATE (where to begin, e.g. --start 2024-01-01); no state file at {}",
+                    path.display()
+                )));
+            };
+            let source = connect.choose(cfg.source, None).await?;
+            job.insert("source".into(), source.name().into());
+            let mut state = State::new(job);
+            state.position = Some(SyncState {
+                start,
+                watermark: None,
+                pending: None,
+            });
+            state
+        }
+    };
+    let source = if state.job.get("source").map(String::as_str) == Some("events") {
+        SourceKind::Events
+    } else {
+        SourceKind::Query
+    };
+    let mut sync = state.position.clone().expect("a sync state has a position");
+    if let Some(start) = cfg.start
+        && start != sync.start
+        && sync.watermark.is_some()
+    {
+        progress.debug(&format!(
+            "--start ignored: this sync started at {} (use --restart to start over)",
+            format_ts(&sync.start)
+        ));
+    }
+    let dead_letter = cfg
+        .dead_letter
+        .as_deref()
+        .map(DeadLetter::open)
+        .transpose()?;
+    let sink = Sink::new(
+        connect.http.clone(),
+        cfg.webhook.clone(),
+        cfg.retries.policy.clone(),
+        dead_letter,
+        progress.clone(),
+    );
+    let watermark_before = sync.watermark;
+    state.counters.runs += 1;
+
+    // First finish an interrupted run, then take what arrived since.
+    for _ in 0..2 {
+        let resumed = sync.pending.is_some();
+        let pending = match sync.pending.clone() {
+            Some(p) => {
+                progress.info(&format!(
+                    "finishing the interrupted run up to {}",
+                    format_ts(&p.until)
+                ));
+                p
+            }
+            None => {
+                let now = Utc::now();
+                let until = now - cfg.lag;
+                if sync.watermark.is_some_and(|w| until <= w) {
+                    break;
+                }
+                let p = plan(cfg, source, &sync, now, until);
+                sync.pending = Some(p.clone());
+                state.position = Some(sync.clone());
+                store.save(&mut state)?;
+                p
+            }
+        };
+        let reader = Reader {
+            kind: source,
+            client: connect.client(source),
+            range: Range {
+                start: pending.start,
+                end: pending.end,
+            },
+            filters: cfg.filters.clone(),
+            page_size: cfg.page_size,
+            ingested: match source {
+                SourceKind::Events => None,
+                _ => Some((
+                    pending.ingested_after.unwrap_or(DateTime::UNIX_EPOCH),
+                    pending.until,
+                )),
+            },
+        };
+        let from = pending.cursor.clone();
+        let ticker = progress.start();
+        let result = pipeline::run(
+            move |tx| reader.run(from, tx),
+            cfg.limits,
+            cfg.concurrency,
+            &sink,
+            |pos, done| {
+                if let Some(p) = sync.pending.as_mut() {
+                    p.cursor = Some(pos.clone());
+                }
+                state.position = Some(sync.clone());
+                state.counters.posted += done.posted as u64;
+                state.counters.dead_lettered += done.dead_lettered as u64;
+                state.counters.batches += u64::from(done.posted + done.dead_lettered > 0);
+                store.save(&mut state)
+            },
+        )
+        .await;
+        drop(ticker);
+        result?;
+        job::check_counts(progress)?;
+        sync.watermark = Some(pending.until);
+        sync.pending = None;
+        state.position = Some(sync.clone());
+        store.save(&mut state)?;
+        if !resumed {
+            break;
+        }
+    }
+
+    let s = &progress.stats;
+    let posted = Stats::get(&s.posted);
+    let dead = Stats::get(&s.dead_lettered);
+    let summary = format!(
+        "sync: {} events posted{} in {} (watermark {} → {}; {} PostHog and {} webhook requests, {} retries)",
+        thousands(posted),
+        if dead > 0 {
+            format!(", {} dead-lettered", thousands(dead))
+        } else {
+            String::new()
+        },
+        crate::progress::human_duration(progress.elapsed()),
+        watermark_before.map_or("none".into(), |w| format_ts(&w)),
+        sync.watermark.map_or("none".into(), |w| format_ts(&w)),
+        Stats::get(&s.source_requests),
+        Stats::get(&s.sink_requests),
+        Stats::get(&s.retries),
+    );
+    Ok(Report {
+        exit: if dead > 0 { EXIT_REJECTED } else { EXIT_OK },
+        summary,
+    })
+}
+
+/// The bounds of a new run, fixed before it starts so that a resumed run reads the same.
+fn plan(
+    cfg: &SyncConfig,
+    source: SourceKind,
+    sync: &SyncState,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Pending {
+    match (source, sync.watermark) {
+        // Events API: event time is all there is.
+        (SourceKind::Events, w) => Pending {
+            until,
+            start: w.unwrap_or(sync.start),
+            end: until,
+            ingested_after: None,
+            cursor: None,
+        },
+        // Query API, first run: everything ingested so far, from the start.
+        (_, None) => Pending {
+            until,
+            start: sync.start,
+            end: now + FUTURE_SLACK,
+            ingested_after: None,
+            cursor: None,
+        },
+        // Query API: ingested since the watermark, with event times back to the lookback.
+        (_, Some(w)) => Pending {
+            until,
+            start: (w - cfg.lookback).max(sync.start),
+            end: now + FUTURE_SLACK,
+            ingested_after: Some(w),
+            cursor: None,
+        },
+    }
+}
