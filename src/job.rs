@@ -86,9 +86,12 @@ pub fn figures(progress: &Progress, posted: &str) -> String {
         .map(|(n, what)| format!("{} {what}", thousands(n)))
         .collect();
     let mut out = format!(
-        "  read     {} events in {} PostHog requests{}\n  {posted:<8} {} events in {} batches, {} requests\n  retries  {}, waited {}\n  took     {} ({} events/s)",
+        "  read     {} events{}{}\n  {posted:<8} {} events in {} batches{}\n  retries  {}, waited {}\n  took     {} ({} events/s)",
         thousands(read),
-        thousands(Stats::get(&s.source_requests)),
+        match Stats::get(&s.source_requests) {
+            0 => String::new(),
+            n => format!(" in {} PostHog requests", thousands(n)),
+        },
         if notes.is_empty() {
             String::new()
         } else {
@@ -96,7 +99,10 @@ pub fn figures(progress: &Progress, posted: &str) -> String {
         },
         thousands(delivered),
         thousands(Stats::get(&s.batches)),
-        thousands(Stats::get(&s.sink_requests)),
+        match Stats::get(&s.sink_requests) {
+            0 => String::new(),
+            n => format!(", {} webhook requests", thousands(n)),
+        },
         Stats::get(&s.retries),
         human_duration(std::time::Duration::from_millis(Stats::get(&s.waited_ms))),
         human_duration(progress.elapsed()),
