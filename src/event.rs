@@ -12,6 +12,11 @@ pub fn format_ts(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Drops anything finer than a microsecond (PostHog keeps microseconds).
+pub fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
 /// `2024-01-01 12:34:56.123456`: the form passed to `toDateTime64({..}, 6, 'UTC')`.
 pub fn format_ts_value(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()

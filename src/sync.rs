@@ -193,7 +193,7 @@ pub async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<R
                 p
             }
             None => {
-                let now = Utc::now();
+                let now = crate::event::to_micros(Utc::now());
                 let until = now - cfg.lag;
                 if sync.watermark.is_some_and(|w| until <= w) {
                     break;

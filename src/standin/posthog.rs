@@ -102,10 +102,15 @@ impl PostHogStandIn {
         self.state.lock().unwrap().config.clone()
     }
 
-    /// Adds events (e.g. late arrivals) keeping PostHog's order.
+    /// Adds events (e.g. late arrivals) keeping PostHog's order. Times are kept to the
+    /// microsecond, as in PostHog's `DateTime64(6)` columns.
     pub fn insert(&self, events: Vec<StoredEvent>) {
         let mut s = self.state.lock().unwrap();
-        s.events.extend(events);
+        s.events.extend(events.into_iter().map(|mut e| {
+            e.timestamp = crate::event::to_micros(e.timestamp);
+            e.created_at = crate::event::to_micros(e.created_at);
+            e
+        }));
         s.events.sort_by_key(StoredEvent::order_key);
     }
 

@@ -1,0 +1,216 @@
+//! `sync`: incremental runs for cron, by ingestion time, with late events.
+
+mod common;
+
+use chrono::{Duration, Utc};
+use common::*;
+use posthog_patterns::standin::data::tied_events;
+use posthog_patterns::standin::{PostHogConfig, StoredEvent, WebhookConfig, synthetic_events};
+use std::collections::HashSet;
+
+/// Events with these timestamps, ingested just now (late arrivals when the timestamps are old).
+fn ingested_now(count: usize, ts: chrono::DateTime<Utc>, seed: u64) -> Vec<StoredEvent> {
+    let now = Utc::now();
+    tied_events(count, ts, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.timestamp += Duration::microseconds(i as i64);
+            e.created_at = now;
+            e
+        })
+        .collect()
+}
+
+fn sync_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "sync",
+        "--lag",
+        "0s",
+        "--progress",
+        "never",
+        "--concurrency",
+        "1",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// The sync state file's contents.
+fn state(env: &Env) -> serde_json::Value {
+    let file = std::fs::read_dir(env.path("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+}
+
+struct Setup {
+    env: Env,
+    start: String,
+}
+
+fn setup(webhook: WebhookConfig) -> Setup {
+    let now = Utc::now();
+    let initial = synthetic_events(2_000, now - Duration::days(3), now - Duration::hours(1), 51);
+    let start = (now - Duration::days(30)).to_rfc3339();
+    Setup {
+        env: Env::with(PostHogConfig::default(), initial, webhook),
+        start,
+    }
+}
+
+#[test]
+fn three_syncs_with_late_events_between_them_deliver_every_event_exactly_once() {
+    let Setup { env, start } = setup(WebhookConfig::default());
+    let first = env.run(&sync_args(&["--start", &start, "--page-size", "700"]));
+    first.assert_code(0);
+    assert!(
+        first.stderr.is_empty(),
+        "silent on success: {}",
+        first.stderr
+    );
+    let after_first = env.received().len();
+    assert!(after_first > 2_000, "{after_first}");
+
+    // Late arrivals (event time two days ago), fresh events, and one later than --lookback.
+    let now = Utc::now();
+    env.posthog
+        .insert(ingested_now(300, now - Duration::days(2), 52));
+    env.posthog
+        .insert(ingested_now(50, now - Duration::seconds(5), 53));
+    let too_late = ingested_now(1, now - Duration::days(10), 54);
+    let too_late_uuid = too_late[0].uuid.clone();
+    env.posthog.insert(too_late);
+    let second = env.run(&sync_args(&["-v"]));
+    second.assert_code(0);
+    assert!(
+        second.stderr.contains("sync: 350 events posted"),
+        "{}",
+        second.stderr
+    );
+
+    env.posthog
+        .insert(ingested_now(120, Utc::now() - Duration::hours(30), 55));
+    env.run(&sync_args(&[])).assert_code(0);
+
+    // Everything since --start, once, except the event later than the 7-day lookback: the
+    // documented limit (docs/sync.md).
+    let start = t(&start);
+    env.assert_exactly_once(|e| e.timestamp >= start && e.uuid != too_late_uuid);
+    assert!(!env.received().contains_key(&too_late_uuid));
+    assert_eq!(env.received().len(), after_first + 350 + 120);
+}
+
+#[test]
+fn the_first_sync_needs_start() {
+    let Setup { env, .. } = setup(WebhookConfig::default());
+    let run = env.run(&sync_args(&[]));
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("the first sync run needs --start"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_second_sync_started_while_one_runs_exits_75() {
+    let Setup { env, start } = setup(WebhookConfig {
+        stall_after: Some(0),
+        ..WebhookConfig::default()
+    });
+    let mut first = env.spawn(&sync_args(&["--start", &start]));
+    assert!(
+        env.webhook
+            .wait_until(std::time::Duration::from_secs(60), |s| !s
+                .stalled_events
+                .is_empty())
+    );
+    let second = env.run(&sync_args(&[]));
+    second.assert_code(75);
+    assert!(
+        second
+            .stderr
+            .contains("another posthog-patterns run holds the lock"),
+        "{}",
+        second.stderr
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    env.webhook.release();
+}
+
+#[test]
+fn an_interrupted_sync_is_finished_by_the_next_run_before_it_moves_on() {
+    let Setup { env, start } = setup(WebhookConfig::default());
+    env.run(&sync_args(&["--start", &start])).assert_code(0);
+    let now = Utc::now();
+    env.posthog
+        .insert(ingested_now(900, now - Duration::days(1), 56));
+    env.webhook
+        .with_state(|s| s.config.stall_after = Some(s.accepted_batches + 2));
+    let mut second = env.spawn(&sync_args(&["--batch-size", "100"]));
+    assert!(
+        env.webhook
+            .wait_until(std::time::Duration::from_secs(60), |s| !s
+                .stalled_events
+                .is_empty())
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+    env.webhook.release();
+    // More arrives before the next run; that run finishes the first, then takes the new.
+    env.posthog
+        .insert(ingested_now(40, Utc::now() - Duration::hours(2), 57));
+    let third = env.run(&sync_args(&["-v", "--batch-size", "100"]));
+    third.assert_code(0);
+    assert!(
+        third.stderr.contains("finishing the interrupted run"),
+        "{}",
+        third.stderr
+    );
+    let start = t(&start);
+    env.assert_exactly_once(|e| e.timestamp >= start);
+}
+
+#[test]
+fn sync_from_the_events_api_follows_event_time_with_lag() {
+    let Setup { env, start } = setup(WebhookConfig::default());
+    env.run(&sync_args(&["--start", &start, "--source", "events"]))
+        .assert_code(0);
+    // Just after the watermark in event time, so inside the next run's window.
+    let watermark = t(state(&env)["position"]["watermark"].as_str().unwrap());
+    env.posthog
+        .insert(ingested_now(30, watermark + Duration::microseconds(1), 58));
+    // A late event (old timestamp) is not seen by event time: the documented limit.
+    let late = ingested_now(1, Utc::now() - Duration::days(1), 59);
+    let late_uuid = late[0].uuid.clone();
+    env.posthog.insert(late);
+    env.run(&sync_args(&[])).assert_code(0);
+    let seen: HashSet<String> = env.received().into_keys().collect();
+    assert!(!seen.contains(&late_uuid));
+    let start = t(&start);
+    env.assert_exactly_once(|e| e.timestamp >= start && e.uuid != late_uuid);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let Setup { env, start } = setup(WebhookConfig::default());
+    let run = env.run(&sync_args(&[
+        "--start",
+        &start,
+        "-v",
+        "--log-format",
+        "json",
+    ]));
+    run.assert_code(0);
+    assert!(!run.stderr.is_empty());
+    for line in run.stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["msg"].is_string(), "{line}");
+    }
+}
