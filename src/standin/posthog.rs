@@ -128,6 +128,11 @@ impl PostHogStandIn {
         self.state.lock().unwrap().faults.next.push_back(fault);
     }
 
+    /// Forgets every injected fault not yet used.
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults = Faults::default();
+    }
+
     pub fn set_config(&self, f: impl FnOnce(&mut PostHogConfig)) {
         f(&mut self.state.lock().unwrap().config);
     }
