@@ -123,8 +123,8 @@ fn enum_value<E: clap::ValueEnum>(text: &String) -> Result<E, String> {
     })
 }
 
-fn time(text: &String) -> Result<Option<DateTime<Utc>>, String> {
-    cli::parse_time(text).map(Some)
+fn time<S: AsRef<str>>(text: &S) -> Result<Option<DateTime<Utc>>, String> {
+    cli::parse_time(text.as_ref()).map(Some)
 }
 
 fn duration(a: &Amount) -> Result<Duration, String> {
