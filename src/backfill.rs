@@ -2,7 +2,7 @@
 //! checkpoint after any interruption, with a summary that accounts for every event read.
 
 use crate::batcher::Limits;
-use crate::checkpoint::{self, JobId, State, Store};
+use crate::checkpoint::JobId;
 use crate::cli::BackfillArgs;
 use crate::config::{self, Retries};
 use crate::error::{EXIT_OK, EXIT_REJECTED};
@@ -55,19 +55,11 @@ impl BackfillConfig {
     /// What makes two runs the same job, apart from the API read (which `auto` only knows
     /// once it has asked PostHog). No secret: the webhook appears as a fingerprint.
     pub fn job_id(&self) -> JobId {
-        [
-            ("command", "backfill".to_string()),
-            ("host", self.connection.host.as_str().to_string()),
-            ("project", self.connection.project.clone()),
-            ("start", format_ts(&self.range.start)),
-            ("end", format_ts(&self.range.end)),
-            ("events", self.filters.include.join(",")),
-            ("exclude_events", self.filters.exclude.join(",")),
-            ("webhook", self.webhook.fingerprint()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        let mut job = job::identity("backfill", &self.connection, &self.filters);
+        job.insert("start".into(), format_ts(&self.range.start));
+        job.insert("end".into(), format_ts(&self.range.end));
+        job.insert("webhook".into(), self.webhook.fingerprint());
+        job
     }
 }
 
@@ -78,36 +70,27 @@ pub struct Report {
 }
 
 pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let mut job = cfg.job_id();
-    let path = cfg
-        .checkpoint
-        .clone()
-        .unwrap_or_else(|| checkpoint::default_path("backfill", &job));
-    let store = Store::open(&path)?;
-
-    if cfg.restart {
-        store.remove()?;
-    }
-    let stored: Option<State<Cursor>> = store.load()?;
-
     let connect = Connect {
         http: crate::http::client(cfg.retries.http_timeout)?,
         connection: &cfg.connection,
         retries: &cfg.retries,
         progress,
     };
-    let source = connect
-        .choose(cfg.source, stored.as_ref().map(|s| &s.job))
-        .await?;
-    // Part of the job: a checkpoint of one API is refused by the other, with a message.
-    job.insert("source".into(), source.name().into());
-    let mut state = match stored {
-        Some(state) => {
-            checkpoint::check_job(&path, &state.job, &job)?;
-            state
-        }
-        None => State::new(job),
-    };
+    let job::Resumed {
+        store,
+        mut state,
+        source,
+        ..
+    } = job::resume::<Cursor>(
+        &connect,
+        cfg.source,
+        "backfill",
+        cfg.job_id(),
+        cfg.checkpoint.as_deref(),
+        cfg.restart,
+    )
+    .await?;
+    let path = store.path().to_path_buf();
     if state.complete {
         return Ok(Report {
             exit: EXIT_OK,
@@ -169,9 +152,7 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
         &sink,
         |pos, done| {
             state.position = Some(pos.clone());
-            state.counters.posted += done.posted as u64;
-            state.counters.dead_lettered += done.dead_lettered as u64;
-            state.counters.batches += u64::from(done.posted + done.dead_lettered > 0);
+            state.counters.record(done);
             store.save(&mut state)
         },
     )

@@ -79,7 +79,7 @@ pub fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 let path = cfg
                     .checkpoint
                     .clone()
-                    .unwrap_or_else(|| checkpoint::default_path("sync", &job_of(&cfg)));
+                    .unwrap_or_else(|| checkpoint::default_path("sync", &cfg.job_id()));
                 println!("state             {}", path.display());
                 let now = Utc::now();
                 let until = now - cfg.lag;
@@ -184,21 +184,6 @@ pub fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
         println!("settings OK");
         Ok(EXIT_OK)
     })
-}
-
-fn job_of(cfg: &crate::sync::SyncConfig) -> checkpoint::JobId {
-    // The same identity `sync` uses for its default path.
-    [
-        ("command", "sync".to_string()),
-        ("host", cfg.connection.host.as_str().to_string()),
-        ("project", cfg.connection.project.clone()),
-        ("events", cfg.filters.include.join(",")),
-        ("exclude_events", cfg.filters.exclude.join(",")),
-        ("webhook", cfg.webhook.fingerprint()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
 }
 
 fn print_connection(c: &Connection, source: SourceKind) {

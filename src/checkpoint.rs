@@ -17,6 +17,11 @@ pub const VERSION: u32 = 1;
 /// What identifies a job: the same job resumes from the same state, any other is refused.
 pub type JobId = BTreeMap<String, String>;
 
+/// A job identity from its parts.
+pub fn job<'a>(parts: impl IntoIterator<Item = (&'a str, String)>) -> JobId {
+    parts.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
 /// Totals over all runs of a job.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -24,6 +29,15 @@ pub struct Counters {
     pub dead_lettered: u64,
     pub batches: u64,
     pub runs: u64,
+}
+
+impl Counters {
+    /// Counts one delivered batch (or none, for a position that moved without events).
+    pub fn record(&mut self, done: crate::sink::Delivered) {
+        self.posted += done.posted as u64;
+        self.dead_lettered += done.dead_lettered as u64;
+        self.batches += u64::from(done.posted + done.dead_lettered > 0);
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,6 +85,23 @@ pub fn default_path(kind: &str, job: &JobId) -> PathBuf {
     let digest = Sha256::digest(text.as_bytes());
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     state_dir().join(format!("{kind}-{hex}.json"))
+}
+
+/// Locks the state file of `job` (`explicit`, or the default path of `kind` and `job`),
+/// discards it with `restart`, and reads what it holds (not yet checked against the job).
+pub fn open_job<P: DeserializeOwned>(
+    kind: &str,
+    job: &JobId,
+    explicit: Option<&Path>,
+    restart: bool,
+) -> anyhow::Result<(Store, Option<State<P>>)> {
+    let path = explicit.map_or_else(|| default_path(kind, job), Path::to_path_buf);
+    let store = Store::open(&path)?;
+    if restart {
+        store.remove()?;
+    }
+    let stored = store.load()?;
+    Ok((store, stored))
 }
 
 /// An open, locked state file.

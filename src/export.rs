@@ -4,7 +4,7 @@
 
 use crate::backfill::Report;
 use crate::batcher::Limits;
-use crate::checkpoint::{self, JobId, State, Store};
+use crate::checkpoint::JobId;
 use crate::cli::ExportArgs;
 use crate::config::{self, Retries};
 use crate::error::{EXIT_OK, usage};
@@ -58,19 +58,11 @@ impl ExportConfig {
     }
 
     fn job_id(&self, output: &std::path::Path) -> JobId {
-        [
-            ("command", "export".to_string()),
-            ("host", self.connection.host.as_str().to_string()),
-            ("project", self.connection.project.clone()),
-            ("start", format_ts(&self.range.start)),
-            ("end", format_ts(&self.range.end)),
-            ("events", self.filters.include.join(",")),
-            ("exclude_events", self.filters.exclude.join(",")),
-            ("output", output.display().to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        let mut job = job::identity("export", &self.connection, &self.filters);
+        job.insert("start".into(), format_ts(&self.range.start));
+        job.insert("end".into(), format_ts(&self.range.end));
+        job.insert("output".into(), output.display().to_string());
+        job
     }
 }
 
@@ -120,36 +112,28 @@ pub async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result
     };
 
     let output = std::path::absolute(output).unwrap_or_else(|_| output.clone());
-    let mut job = cfg.job_id(&output);
-    let path = cfg
-        .checkpoint
-        .clone()
-        .unwrap_or_else(|| checkpoint::default_path("export", &job));
-    let store = Store::open(&path)?;
-    if cfg.restart {
-        store.remove()?;
+    let job::Resumed {
+        store,
+        mut state,
+        source,
+        fresh,
+    } = job::resume::<ExportPosition>(
+        &connect,
+        cfg.source,
+        "export",
+        cfg.job_id(&output),
+        cfg.checkpoint.as_deref(),
+        cfg.restart,
+    )
+    .await?;
+    let path = store.path().to_path_buf();
+    let existing = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    if fresh && existing > 0 && !cfg.restart {
+        return Err(usage(format!(
+            "{} exists and no checkpoint says how much of it is complete; move it aside, or pass --restart to overwrite it",
+            output.display()
+        )));
     }
-    let stored: Option<State<ExportPosition>> = store.load()?;
-    let source = connect
-        .choose(cfg.source, stored.as_ref().map(|s| &s.job))
-        .await?;
-    job.insert("source".into(), source.name().into());
-    let mut state = match stored {
-        Some(state) => {
-            checkpoint::check_job(&path, &state.job, &job)?;
-            state
-        }
-        None => {
-            let existing = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-            if existing > 0 && !cfg.restart {
-                return Err(usage(format!(
-                    "{} exists and no checkpoint says how much of it is complete; move it aside, or pass --restart to overwrite it",
-                    output.display()
-                )));
-            }
-            State::new(job)
-        }
-    };
     if state.complete {
         return Ok(Report {
             exit: EXIT_OK,

@@ -1,7 +1,7 @@
 //! What the commands that read PostHog share: connecting, choosing the API, checking that
 //! every event read is accounted for, and the figures of the closing summary.
 
-use crate::checkpoint::JobId;
+use crate::checkpoint::{self, JobId, State, Store};
 use crate::config::Retries;
 use crate::posthog::{Connection, PostHog};
 use crate::progress::{Progress, Stats, human_duration, thousands};
@@ -45,6 +45,58 @@ impl Connect<'_> {
             (kind, _) => source::resolve(kind, &self.client(kind)).await,
         }
     }
+}
+
+/// The identity every reading job starts from: where it reads and which events.
+pub fn identity(command: &str, connection: &Connection, filters: &crate::source::Filters) -> JobId {
+    checkpoint::job([
+        ("command", command.to_string()),
+        ("host", connection.host.as_str().to_string()),
+        ("project", connection.project.clone()),
+        ("events", filters.include.join(",")),
+        ("exclude_events", filters.exclude.join(",")),
+    ])
+}
+
+/// A reading job's state, opened and checked, and the API it reads from.
+pub struct Resumed<P> {
+    pub store: Store,
+    pub state: State<P>,
+    pub source: SourceKind,
+    /// No state existed: this is the job's first run.
+    pub fresh: bool,
+}
+
+/// Opens the state of `job` (locking it), chooses the API to read from, and refuses a state
+/// written for another job. The API is part of the job but not of the default path, so that
+/// `--source` alone never silently starts a job afresh.
+pub async fn resume<P: serde::de::DeserializeOwned>(
+    connect: &Connect<'_>,
+    requested: SourceKind,
+    kind: &str,
+    mut job: JobId,
+    explicit: Option<&std::path::Path>,
+    restart: bool,
+) -> anyhow::Result<Resumed<P>> {
+    let (store, stored) = checkpoint::open_job::<P>(kind, &job, explicit, restart)?;
+    let source = connect
+        .choose(requested, stored.as_ref().map(|s| &s.job))
+        .await?;
+    job.insert("source".into(), source.name().into());
+    let fresh = stored.is_none();
+    let state = match stored {
+        Some(state) => {
+            checkpoint::check_job(store.path(), &state.job, &job)?;
+            state
+        }
+        None => State::new(job),
+    };
+    Ok(Resumed {
+        store,
+        state,
+        source,
+        fresh,
+    })
 }
 
 /// Fails loudly unless every event read was posted, dead-lettered, filtered out or dropped as

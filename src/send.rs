@@ -5,7 +5,7 @@
 
 use crate::backfill::Report;
 use crate::batcher::Limits;
-use crate::checkpoint::{self, JobId, State, Store};
+use crate::checkpoint::{self, JobId, State};
 use crate::cli::{OnInvalid, SendArgs};
 use crate::config::{self, Retries};
 use crate::error::{EXIT_OK, EXIT_REJECTED};
@@ -67,23 +67,14 @@ impl SendConfig {
     }
 
     fn job_id(&self, files: &[PathBuf]) -> JobId {
-        [
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        checkpoint::job([
             ("command", "send".to_string()),
-            (
-                "files",
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            ),
+            ("files", names.join("\n")),
             ("events", self.filters.include.join(",")),
             ("exclude_events", self.filters.exclude.join(",")),
             ("webhook", self.webhook.fingerprint()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        ])
     }
 }
 
@@ -147,17 +138,11 @@ pub async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<R
         std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
     }
     let job = cfg.job_id(&files);
-    let path = cfg
-        .checkpoint
-        .clone()
-        .unwrap_or_else(|| checkpoint::default_path("send", &job));
-    let store = Store::open(&path)?;
-    if cfg.restart {
-        store.remove()?;
-    }
-    let mut state: State<SendPosition> = match store.load()? {
+    let (store, stored) =
+        checkpoint::open_job::<SendPosition>("send", &job, cfg.checkpoint.as_deref(), cfg.restart)?;
+    let mut state = match stored {
         Some(state) => {
-            checkpoint::check_job(&path, &state.job, &job)?;
+            checkpoint::check_job(store.path(), &state.job, &job)?;
             state
         }
         None => State::new(job),

@@ -8,7 +8,7 @@
 
 use crate::backfill::Report;
 use crate::batcher::Limits;
-use crate::checkpoint::{self, JobId, State, Store};
+use crate::checkpoint::JobId;
 use crate::cli::SyncArgs;
 use crate::config::{self, Retries};
 use crate::error::{EXIT_OK, EXIT_REJECTED, usage};
@@ -70,18 +70,10 @@ impl SyncConfig {
         })
     }
 
-    fn job_id(&self) -> JobId {
-        [
-            ("command", "sync".to_string()),
-            ("host", self.connection.host.as_str().to_string()),
-            ("project", self.connection.project.clone()),
-            ("events", self.filters.include.join(",")),
-            ("exclude_events", self.filters.exclude.join(",")),
-            ("webhook", self.webhook.fingerprint()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+    pub fn job_id(&self) -> JobId {
+        let mut job = job::identity("sync", &self.connection, &self.filters);
+        job.insert("webhook".into(), self.webhook.fingerprint());
+        job
     }
 }
 
@@ -110,52 +102,39 @@ pub struct Pending {
 }
 
 pub async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let mut job = cfg.job_id();
-    let path = cfg
-        .checkpoint
-        .clone()
-        .unwrap_or_else(|| checkpoint::default_path("sync", &job));
-    let store = Store::open(&path)?;
-    if cfg.restart {
-        store.remove()?;
-    }
-    let stored: Option<State<SyncState>> = store.load()?;
     let connect = Connect {
         http: crate::http::client(cfg.retries.http_timeout)?,
         connection: &cfg.connection,
         retries: &cfg.retries,
         progress,
     };
-    let mut state = match stored {
-        Some(state) => {
-            let source = connect.choose(cfg.source, Some(&state.job)).await?;
-            job.insert("source".into(), source.name().into());
-            checkpoint::check_job(&path, &state.job, &job)?;
-            state
-        }
-        None => {
-            let Some(start) = cfg.start else {
-                return Err(usage(format!(
-                    "the first sync run needs --start DATE (where to begin, e.g. --start 2024-01-01); no state file at {}",
-                    path.display()
-                )));
-            };
-            let source = connect.choose(cfg.source, None).await?;
-            job.insert("source".into(), source.name().into());
-            let mut state = State::new(job);
-            state.position = Some(SyncState {
-                start,
-                watermark: None,
-                pending: None,
-            });
-            state
-        }
-    };
-    let source = if state.job.get("source").map(String::as_str) == Some("events") {
-        SourceKind::Events
-    } else {
-        SourceKind::Query
-    };
+    let job::Resumed {
+        store,
+        mut state,
+        source,
+        fresh,
+    } = job::resume::<SyncState>(
+        &connect,
+        cfg.source,
+        "sync",
+        cfg.job_id(),
+        cfg.checkpoint.as_deref(),
+        cfg.restart,
+    )
+    .await?;
+    if fresh {
+        let Some(start) = cfg.start else {
+            return Err(usage(format!(
+                "the first sync run needs --start DATE (where to begin, e.g. --start 2024-01-01); no state file at {}",
+                store.path().display()
+            )));
+        };
+        state.position = Some(SyncState {
+            start,
+            watermark: None,
+            pending: None,
+        });
+    }
     let mut sync = state.position.clone().expect("a sync state has a position");
     if let Some(start) = cfg.start
         && start != sync.start
