@@ -34,19 +34,19 @@ pub struct BackfillConfig {
 
 impl BackfillConfig {
     pub fn from_args(args: &BackfillArgs) -> anyhow::Result<Self> {
-        let range = config::range(args.start, args.end)?;
+        let range = config::range(args.range.start, args.range.end)?;
         let webhook = config::webhook(&args.webhook)?;
         Ok(BackfillConfig {
-            connection: config::connection(&args.connection)?,
-            source: args.connection.source,
+            connection: config::connection(&args.read.connection)?,
+            source: args.read.connection.source,
             webhook: webhook.url,
             range,
-            filters: config::filters(&args.filters),
-            page_size: args.page_size as usize,
+            filters: config::filters(&args.read.filters),
+            page_size: args.read.page_size as usize,
             limits: webhook.limits,
             concurrency: webhook.concurrency,
-            checkpoint: args.checkpoint.clone(),
-            restart: args.restart,
+            checkpoint: args.state.checkpoint.clone(),
+            restart: args.state.restart,
             dead_letter: webhook.dead_letter,
             retries: config::retries(&args.retry),
         })

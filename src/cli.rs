@@ -166,28 +166,13 @@ pub struct OutputArgs {
 #[derive(Args, Debug, Clone)]
 pub struct BackfillArgs {
     #[command(flatten)]
-    pub connection: ConnectionArgs,
-    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
-    #[arg(long, value_name = "DATE", value_parser = parse_time)]
-    pub start: Option<DateTime<Utc>>,
-    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
-    #[arg(long, value_name = "DATE", value_parser = parse_time)]
-    pub end: Option<DateTime<Utc>>,
+    pub read: ReadArgs,
     #[command(flatten)]
-    pub filters: FilterArgs,
-    /// Rows per PostHog query page (at most 50000, the Query API's cap; the Events API caps
-    /// pages at 1000 by itself).
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
-    pub page_size: u64,
+    pub range: RangeArgs,
     #[command(flatten)]
     pub webhook: WebhookArgs,
-    /// State file to resume from (default: derived from the job, under
-    /// $XDG_STATE_HOME/posthog-patterns or ~/.local/state/posthog-patterns).
-    #[arg(long, value_name = "PATH")]
-    pub checkpoint: Option<PathBuf>,
-    /// Discard the checkpoint and start the job from the beginning.
-    #[arg(long)]
-    pub restart: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
     #[command(flatten)]
@@ -215,7 +200,7 @@ pub enum CheckedCommand {
 #[derive(Args, Debug, Clone)]
 pub struct SyncArgs {
     #[command(flatten)]
-    pub connection: ConnectionArgs,
+    pub read: ReadArgs,
     /// Where the first run starts (event time): YYYY-MM-DD or RFC 3339. Later runs ignore it.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
     pub start: Option<DateTime<Utc>>,
@@ -227,18 +212,9 @@ pub struct SyncArgs {
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub lag: std::time::Duration,
     #[command(flatten)]
-    pub filters: FilterArgs,
-    /// Rows per PostHog query page (at most 50000).
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
-    pub page_size: u64,
-    #[command(flatten)]
     pub webhook: WebhookArgs,
-    /// State file (default: derived from the job, under the state directory).
-    #[arg(long, value_name = "PATH")]
-    pub checkpoint: Option<PathBuf>,
-    /// Forget the state and start over from --start.
-    #[arg(long)]
-    pub restart: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
     #[command(flatten)]
@@ -248,27 +224,14 @@ pub struct SyncArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ExportArgs {
     #[command(flatten)]
-    pub connection: ConnectionArgs,
-    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
-    #[arg(long, value_name = "DATE", value_parser = parse_time)]
-    pub start: Option<DateTime<Utc>>,
-    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
-    #[arg(long, value_name = "DATE", value_parser = parse_time)]
-    pub end: Option<DateTime<Utc>>,
+    pub read: ReadArgs,
     #[command(flatten)]
-    pub filters: FilterArgs,
-    /// Rows per PostHog query page (at most 50000).
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
-    pub page_size: u64,
+    pub range: RangeArgs,
     /// Write to this file instead of stdout (a .gz name writes gzip). Resumable.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// State file for --output (default: derived from the job).
-    #[arg(long, value_name = "PATH")]
-    pub checkpoint: Option<PathBuf>,
-    /// Discard the checkpoint and overwrite --output.
-    #[arg(long)]
-    pub restart: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
     #[command(flatten)]
@@ -299,16 +262,49 @@ pub struct SendArgs {
     pub max_line_bytes: u64,
     #[command(flatten)]
     pub webhook: WebhookArgs,
-    /// State file when sending files (default: derived from the job).
-    #[arg(long, value_name = "PATH")]
-    pub checkpoint: Option<PathBuf>,
-    /// Discard the checkpoint and send the files from the beginning.
-    #[arg(long)]
-    pub restart: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// What to read from PostHog.
+#[derive(Args, Debug, Clone)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Rows per PostHog query page (at most 50000, the Query API's cap; the Events API caps
+    /// pages at 1000 by itself).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
+    pub page_size: u64,
+}
+
+/// The time range `[start, end)`.
+#[derive(Args, Debug, Clone)]
+pub struct RangeArgs {
+    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
+    #[arg(long, value_name = "DATE", value_parser = parse_time)]
+    pub start: Option<DateTime<Utc>>,
+    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
+    #[arg(long, value_name = "DATE", value_parser = parse_time)]
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// The job's state file.
+#[derive(Args, Debug, Clone)]
+pub struct StateArgs {
+    /// State file to resume from (default: derived from the job, under
+    /// $POSTHOG_PATTERNS_STATE_DIR, $XDG_STATE_HOME/posthog-patterns or
+    /// ~/.local/state/posthog-patterns).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Discard the state and start the job from the beginning.
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// Event-name filters.

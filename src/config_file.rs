@@ -4,8 +4,8 @@
 //! Reference: docs/configuration.md.
 
 use crate::cli::{
-    self, BackfillArgs, ConnectionArgs, ExportArgs, FilterArgs, OnInvalid, OutputArgs, RetryArgs,
-    SendArgs, SyncArgs, WebhookArgs,
+    self, BackfillArgs, ConnectionArgs, ExportArgs, FilterArgs, OnInvalid, OutputArgs, RangeArgs,
+    ReadArgs, RetryArgs, SendArgs, StateArgs, SyncArgs, WebhookArgs,
 };
 use crate::error::usage;
 use crate::progress::{LogFormat, ProgressMode};
@@ -249,46 +249,54 @@ impl ConfigFile {
         )
     }
 
-    pub fn backfill(&self, m: &ArgMatches, a: &mut BackfillArgs) -> anyhow::Result<()> {
+    fn read(&self, m: &ArgMatches, a: &mut ReadArgs) -> anyhow::Result<()> {
         self.connection(m, &mut a.connection)?;
         self.filters(m, &mut a.filters)?;
-        self.webhook(m, &mut a.webhook)?;
-        self.retry(m, &mut a.retry)?;
-        self.output(m, &mut a.output)?;
+        apply(m, "page_size", &mut a.page_size, &self.page_size, same)
+    }
+
+    fn range(&self, m: &ArgMatches, a: &mut RangeArgs) -> anyhow::Result<()> {
         apply(m, "start", &mut a.start, &self.start, time)?;
-        apply(m, "end", &mut a.end, &self.end, time)?;
-        apply(m, "page_size", &mut a.page_size, &self.page_size, same)?;
+        apply(m, "end", &mut a.end, &self.end, time)
+    }
+
+    fn state(&self, m: &ArgMatches, a: &mut StateArgs) -> anyhow::Result<()> {
         apply(m, "checkpoint", &mut a.checkpoint, &self.checkpoint, some)
     }
 
-    pub fn sync(&self, m: &ArgMatches, a: &mut SyncArgs) -> anyhow::Result<()> {
-        self.connection(m, &mut a.connection)?;
-        self.filters(m, &mut a.filters)?;
+    pub fn backfill(&self, m: &ArgMatches, a: &mut BackfillArgs) -> anyhow::Result<()> {
+        self.read(m, &mut a.read)?;
+        self.range(m, &mut a.range)?;
         self.webhook(m, &mut a.webhook)?;
+        self.state(m, &mut a.state)?;
+        self.retry(m, &mut a.retry)?;
+        self.output(m, &mut a.output)
+    }
+
+    pub fn sync(&self, m: &ArgMatches, a: &mut SyncArgs) -> anyhow::Result<()> {
+        self.read(m, &mut a.read)?;
+        self.webhook(m, &mut a.webhook)?;
+        self.state(m, &mut a.state)?;
         self.retry(m, &mut a.retry)?;
         self.output(m, &mut a.output)?;
         apply(m, "start", &mut a.start, &self.start, time)?;
         apply(m, "lookback", &mut a.lookback, &self.lookback, duration)?;
-        apply(m, "lag", &mut a.lag, &self.lag, duration)?;
-        apply(m, "page_size", &mut a.page_size, &self.page_size, same)?;
-        apply(m, "checkpoint", &mut a.checkpoint, &self.checkpoint, some)
+        apply(m, "lag", &mut a.lag, &self.lag, duration)
     }
 
     pub fn export(&self, m: &ArgMatches, a: &mut ExportArgs) -> anyhow::Result<()> {
-        self.connection(m, &mut a.connection)?;
-        self.filters(m, &mut a.filters)?;
+        self.read(m, &mut a.read)?;
+        self.range(m, &mut a.range)?;
+        self.state(m, &mut a.state)?;
         self.retry(m, &mut a.retry)?;
         self.output(m, &mut a.display)?;
-        apply(m, "start", &mut a.start, &self.start, time)?;
-        apply(m, "end", &mut a.end, &self.end, time)?;
-        apply(m, "page_size", &mut a.page_size, &self.page_size, same)?;
-        apply(m, "output", &mut a.output, &self.output, some)?;
-        apply(m, "checkpoint", &mut a.checkpoint, &self.checkpoint, some)
+        apply(m, "output", &mut a.output, &self.output, some)
     }
 
     pub fn send(&self, m: &ArgMatches, a: &mut SendArgs) -> anyhow::Result<()> {
         self.filters(m, &mut a.filters)?;
         self.webhook(m, &mut a.webhook)?;
+        self.state(m, &mut a.state)?;
         self.retry(m, &mut a.retry)?;
         self.output(m, &mut a.output)?;
         apply(
@@ -304,8 +312,7 @@ impl ConfigFile {
             &mut a.max_line_bytes,
             &self.max_line_bytes,
             bytes,
-        )?;
-        apply(m, "checkpoint", &mut a.checkpoint, &self.checkpoint, some)
+        )
     }
 }
 

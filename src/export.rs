@@ -39,20 +39,20 @@ pub struct ExportConfig {
 
 impl ExportConfig {
     pub fn from_args(args: &ExportArgs) -> anyhow::Result<Self> {
-        if args.output.is_none() && args.checkpoint.is_some() {
+        if args.output.is_none() && args.state.checkpoint.is_some() {
             return Err(usage(
                 "--checkpoint needs --output FILE: an export to stdout cannot be resumed",
             ));
         }
         Ok(ExportConfig {
-            connection: config::connection(&args.connection)?,
-            source: args.connection.source,
-            range: config::range(args.start, args.end)?,
-            filters: config::filters(&args.filters),
-            page_size: args.page_size as usize,
+            connection: config::connection(&args.read.connection)?,
+            source: args.read.connection.source,
+            range: config::range(args.range.start, args.range.end)?,
+            filters: config::filters(&args.read.filters),
+            page_size: args.read.page_size as usize,
             output: args.output.clone(),
-            checkpoint: args.checkpoint.clone(),
-            restart: args.restart,
+            checkpoint: args.state.checkpoint.clone(),
+            restart: args.state.restart,
             retries: config::retries(&args.retry),
         })
     }

@@ -60,8 +60,8 @@ impl SendConfig {
             filters: config::filters(&args.filters),
             on_invalid: args.on_invalid,
             max_line_bytes: args.max_line_bytes as usize,
-            checkpoint: args.checkpoint.clone(),
-            restart: args.restart,
+            checkpoint: args.state.checkpoint.clone(),
+            restart: args.state.restart,
             retries: config::retries(&args.retry),
         })
     }

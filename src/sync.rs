@@ -53,19 +53,19 @@ impl SyncConfig {
             Duration::from_std(d).map_err(|_| usage("duration out of range"))
         };
         Ok(SyncConfig {
-            connection: config::connection(&args.connection)?,
-            source: args.connection.source,
+            connection: config::connection(&args.read.connection)?,
+            source: args.read.connection.source,
             webhook: webhook.url,
             limits: webhook.limits,
             concurrency: webhook.concurrency,
             dead_letter: webhook.dead_letter,
-            filters: config::filters(&args.filters),
-            page_size: args.page_size as usize,
+            filters: config::filters(&args.read.filters),
+            page_size: args.read.page_size as usize,
             start: args.start,
             lookback: duration(args.lookback)?,
             lag: duration(args.lag)?,
-            checkpoint: args.checkpoint.clone(),
-            restart: args.restart,
+            checkpoint: args.state.checkpoint.clone(),
+            restart: args.state.restart,
             retries: config::retries(&args.retry),
         })
     }
