@@ -12,7 +12,7 @@ use crate::pipeline;
 use crate::posthog::Connection;
 use crate::progress::{Progress, Stats, thousands};
 use crate::secret::WebhookUrl;
-use crate::sink::{DeadLetter, Sink};
+use crate::sink::Sink;
 use crate::source::{Cursor, Filters, Range, Reader, SourceKind};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,12 +70,7 @@ pub struct Report {
 }
 
 pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect {
-        http: crate::http::client(cfg.retries.http_timeout)?,
-        connection: &cfg.connection,
-        retries: &cfg.retries,
-        progress,
-    };
+    let connect = Connect::new(&cfg.connection, &cfg.retries, progress)?;
     let job::Resumed {
         store,
         mut state,
@@ -122,18 +117,13 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
     }
     state.counters.runs += 1;
 
-    let dead_letter = cfg
-        .dead_letter
-        .as_deref()
-        .map(DeadLetter::open)
-        .transpose()?;
-    let sink = Sink::new(
+    let sink = Sink::open(
         connect.http.clone(),
         cfg.webhook.clone(),
         cfg.retries.policy.clone(),
-        dead_letter,
+        cfg.dead_letter.as_deref(),
         progress.clone(),
-    );
+    )?;
     let reader = Reader {
         kind: source,
         client: connect.client(source),

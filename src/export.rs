@@ -74,12 +74,7 @@ pub struct ExportPosition {
 }
 
 pub async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect {
-        http: crate::http::client(cfg.retries.http_timeout)?,
-        connection: &cfg.connection,
-        retries: &cfg.retries,
-        progress,
-    };
+    let connect = Connect::new(&cfg.connection, &cfg.retries, progress)?;
     let Some(output) = &cfg.output else {
         let source = connect.choose(cfg.source, None).await?;
         let writer = NdjsonWriter::stdout(progress.clone());

@@ -16,7 +16,20 @@ pub struct Connect<'a> {
     pub progress: &'a Arc<Progress>,
 }
 
-impl Connect<'_> {
+impl<'a> Connect<'a> {
+    pub fn new(
+        connection: &'a Connection,
+        retries: &'a Retries,
+        progress: &'a Arc<Progress>,
+    ) -> anyhow::Result<Self> {
+        Ok(Connect {
+            http: crate::http::client(retries.http_timeout)?,
+            connection,
+            retries,
+            progress,
+        })
+    }
+
     /// A client with the request budget of the API `kind`.
     pub fn client(&self, kind: SourceKind) -> Arc<PostHog> {
         Arc::new(PostHog::new(

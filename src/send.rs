@@ -89,18 +89,13 @@ pub struct SendPosition {
 
 pub async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
     let http = crate::http::client(cfg.retries.http_timeout)?;
-    let dead_letter = cfg
-        .dead_letter
-        .as_deref()
-        .map(DeadLetter::open)
-        .transpose()?;
-    let sink = Sink::new(
+    let sink = Sink::open(
         http,
         cfg.webhook.clone(),
         cfg.retries.policy.clone(),
-        dead_letter,
+        cfg.dead_letter.as_deref(),
         progress.clone(),
-    );
+    )?;
     let ticker = progress.start();
 
     if cfg.files.is_empty() {
@@ -227,11 +222,7 @@ async fn deliver(
     let reading = Reading {
         filters: cfg.filters.clone(),
         on_invalid: cfg.on_invalid,
-        dead_letter: cfg
-            .dead_letter
-            .as_deref()
-            .map(DeadLetter::open)
-            .transpose()?,
+        dead_letter: sink.dead_letter(),
         max_line_bytes: cfg.max_line_bytes,
         progress: progress.clone(),
     };
@@ -256,7 +247,7 @@ async fn deliver(
 struct Reading {
     filters: Filters,
     on_invalid: OnInvalid,
-    dead_letter: Option<DeadLetter>,
+    dead_letter: Option<Arc<DeadLetter>>,
     max_line_bytes: usize,
     progress: Arc<Progress>,
 }

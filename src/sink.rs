@@ -115,11 +115,28 @@ pub struct Sink {
     http: reqwest::Client,
     url: WebhookUrl,
     retry: RetryPolicy,
-    dead_letter: Option<DeadLetter>,
+    dead_letter: Option<Arc<DeadLetter>>,
     progress: Arc<Progress>,
 }
 
 impl Sink {
+    /// A sink, with its dead-letter file opened if one is named.
+    pub fn open(
+        http: reqwest::Client,
+        url: WebhookUrl,
+        retry: RetryPolicy,
+        dead_letter: Option<&Path>,
+        progress: Arc<Progress>,
+    ) -> anyhow::Result<Self> {
+        let dead_letter = dead_letter.map(DeadLetter::open).transpose()?;
+        Ok(Sink::new(http, url, retry, dead_letter, progress))
+    }
+
+    /// The dead-letter file, for other stages that set data aside (`send`'s invalid lines).
+    pub fn dead_letter(&self) -> Option<Arc<DeadLetter>> {
+        self.dead_letter.clone()
+    }
+
     pub fn new(
         http: reqwest::Client,
         url: WebhookUrl,
@@ -131,7 +148,7 @@ impl Sink {
             http,
             url,
             retry,
-            dead_letter,
+            dead_letter: dead_letter.map(Arc::new),
             progress,
         }
     }

@@ -18,7 +18,7 @@ use crate::pipeline;
 use crate::posthog::Connection;
 use crate::progress::{Progress, Stats, thousands};
 use crate::secret::WebhookUrl;
-use crate::sink::{DeadLetter, Sink};
+use crate::sink::Sink;
 use crate::source::{Cursor, Filters, Range, Reader, SourceKind};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -102,12 +102,7 @@ pub struct Pending {
 }
 
 pub async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect {
-        http: crate::http::client(cfg.retries.http_timeout)?,
-        connection: &cfg.connection,
-        retries: &cfg.retries,
-        progress,
-    };
+    let connect = Connect::new(&cfg.connection, &cfg.retries, progress)?;
     let job::Resumed {
         store,
         mut state,
@@ -145,18 +140,13 @@ pub async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<R
             format_ts(&sync.start)
         ));
     }
-    let dead_letter = cfg
-        .dead_letter
-        .as_deref()
-        .map(DeadLetter::open)
-        .transpose()?;
-    let sink = Sink::new(
+    let sink = Sink::open(
         connect.http.clone(),
         cfg.webhook.clone(),
         cfg.retries.policy.clone(),
-        dead_letter,
+        cfg.dead_letter.as_deref(),
         progress.clone(),
-    );
+    )?;
     let watermark_before = sync.watermark;
     state.counters.runs += 1;
 
