@@ -228,6 +228,13 @@ impl Progress {
         self.log(Level::Debug, msg)
     }
 
+    /// For input of unknown size (stdin): a spinner instead of a share-done bar.
+    pub fn set_unbounded(&self) {
+        if let Display::Bars { work, .. } = &self.display {
+            work.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("static template"));
+        }
+    }
+
     pub fn set_status(&self, status: String) {
         *self.status.lock().unwrap() = status;
     }

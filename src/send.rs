@@ -99,7 +99,8 @@ pub async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<R
     let ticker = progress.start();
 
     if cfg.files.is_empty() {
-        progress.set_status("stdin".into());
+        progress.set_unbounded();
+        progress.set_status("reading stdin".into());
         let mut acked = 0u64;
         let result = deliver(
             cfg,
