@@ -231,7 +231,9 @@ impl Progress {
     /// For input of unknown size (stdin): a spinner instead of a share-done bar.
     pub fn set_unbounded(&self) {
         if let Display::Bars { work, .. } = &self.display {
-            work.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("static template"));
+            work.set_style(
+                ProgressStyle::with_template("{spinner} {msg}").expect("static template"),
+            );
         }
     }
 

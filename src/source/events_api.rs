@@ -211,10 +211,9 @@ impl EventsApiSource {
             ));
         }
         bail!(
-            "PostHog's Events API returned the {} events sharing {} in a different order on every pass, so {} could not be read; use --source query",
-            tie.seen.len(),
+            "PostHog's Events API returned the events sharing {} in a different order on each of {TIE_PASSES} passes, so only {} of them could be read with certainty; nothing after that timestamp was read. Use --source query",
             format_ts(&ts),
-            "all of them"
+            tie.seen.len()
         )
     }
 

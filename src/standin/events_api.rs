@@ -46,13 +46,19 @@ fn parse(text: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Answers one request; the duration is the server-side sleep before the answer.
-pub(crate) fn list(
-    offset_delay: std::time::Duration,
+pub(super) fn list(
+    config: &super::PostHogConfig,
     events: &[StoredEvent],
     path: &str,
     query: &str,
+    request: u64,
 ) -> (Response, std::time::Duration) {
-    match page(events, path, query) {
+    let offset_delay = config.offset_delay;
+    // Unstable, but reproducible: the order depends on the request's number.
+    let shuffle = config
+        .unstable_ties
+        .then(|| fastrand::Rng::with_seed(request));
+    match page(events, path, query, shuffle) {
         Ok((body, offset_used)) => (
             ([("content-type", "application/json")], body).into_response(),
             if offset_used {
@@ -71,7 +77,12 @@ pub(crate) fn list(
 /// An error status and PostHog's `detail` for it.
 type Fail = (u16, String);
 
-fn page(events: &[StoredEvent], path: &str, query: &str) -> Result<(String, bool), Fail> {
+fn page(
+    events: &[StoredEvent],
+    path: &str,
+    query: &str,
+    shuffle: Option<fastrand::Rng>,
+) -> Result<(String, bool), Fail> {
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
@@ -112,7 +123,12 @@ fn page(events: &[StoredEvent], path: &str, query: &str) -> Result<(String, bool
         events.partition_point(|e| e.timestamp < b)
     });
     let keep = |e: &&StoredEvent| event.is_none_or(|name| e.event == name);
-    let in_window: Vec<&StoredEvent> = events[lo..hi.max(lo)].iter().filter(keep).collect();
+    let mut in_window: Vec<&StoredEvent> = events[lo..hi.max(lo)].iter().filter(keep).collect();
+    if let Some(mut rng) = shuffle {
+        for run in in_window.chunk_by_mut(|a, b| a.timestamp == b.timestamp) {
+            rng.shuffle(run);
+        }
+    }
 
     let (rows, next_bound): (Vec<&StoredEvent>, bool) = if oldest_first {
         let rows: Vec<_> = in_window.iter().skip(offset).take(limit).copied().collect();

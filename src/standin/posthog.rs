@@ -34,6 +34,9 @@ pub struct PostHogConfig {
     pub query_api: bool,
     /// The Events API's server-side sleep for every request with an `offset` (1 s in PostHog).
     pub offset_delay: Duration,
+    /// Events API: order events that share a timestamp differently on every request (it
+    /// orders by timestamp only, so nothing promises a stable order among them).
+    pub unstable_ties: bool,
 }
 
 impl Default for PostHogConfig {
@@ -48,6 +51,7 @@ impl Default for PostHogConfig {
             retry_after_header: true,
             query_api: true,
             offset_delay: Duration::from_secs(1),
+            unstable_ties: false,
         }
     }
 }
@@ -274,7 +278,7 @@ fn answer(
         ("GET", ["api", "projects" | "environments", id, "events"])
             if *id == s.config.project_id =>
         {
-            super::events_api::list(s.config.offset_delay, &s.events, path, query)
+            super::events_api::list(&s.config, &s.events, path, query, s.log.len() as u64)
         }
         _ => now(error(404, "invalid_request", "Not found.")),
     }
