@@ -137,8 +137,11 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
     let ticker = progress.start();
     let result = pipeline::run(
         move |tx| reader.run(from, tx),
-        cfg.limits,
-        cfg.concurrency,
+        pipeline::Posting {
+            limits: cfg.limits,
+            concurrency: cfg.concurrency,
+            linger: None,
+        },
         &sink,
         |pos, done| {
             state.position = Some(pos.clone());

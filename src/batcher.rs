@@ -66,6 +66,20 @@ impl<P> Batcher<P> {
         closed
     }
 
+    /// The open batch, if it has reached the event count (so that it leaves without waiting
+    /// for the next event).
+    pub fn take_full(&mut self) -> Option<Batch<P>> {
+        if self.events.len() >= self.limits.max_events {
+            self.flush()
+        } else {
+            None
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
     /// Moves the end position forward without an event (a window ended with nothing more).
     /// Returns the position back when there is no open batch to carry it.
     pub fn advance(&mut self, pos: P) -> Option<P> {

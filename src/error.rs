@@ -26,11 +26,9 @@ pub enum Stop {
     /// running the same command later resumes from the checkpoint.
     #[error("{0}")]
     Temporary(String),
-    /// Ctrl-C or SIGTERM.
-    #[error(
-        "interrupted; the checkpoint holds every acknowledged batch, so running the same command again resumes"
-    )]
-    Interrupted,
+    /// Ctrl-C or SIGTERM; the text says how to carry on.
+    #[error("interrupted; {0}")]
+    Interrupted(String),
 }
 
 impl Stop {
@@ -38,7 +36,7 @@ impl Stop {
         match self {
             Stop::Usage(_) => EXIT_USAGE,
             Stop::Locked { .. } | Stop::Temporary(_) => EXIT_TEMPFAIL,
-            Stop::Interrupted => EXIT_INTERRUPTED,
+            Stop::Interrupted(_) => EXIT_INTERRUPTED,
         }
     }
 }
@@ -49,6 +47,26 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
     err.chain()
         .find_map(|e| e.downcast_ref::<Stop>())
         .map_or(EXIT_FAILURE, Stop::exit_code)
+}
+
+/// What to do after an interruption, for commands that keep a checkpoint.
+pub const RESUME_HINT: &str =
+    "the checkpoint holds every acknowledged batch, so running the same command again resumes";
+
+/// Ends `work` on Ctrl-C or SIGTERM with [`Stop::Interrupted`] and the text `hint` gives then.
+/// Checkpoints are written synchronously between awaits, so stopping never leaves one
+/// half-written.
+pub async fn interruptible<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+    hint: impl FnOnce() -> String,
+) -> anyhow::Result<T> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => Err(Stop::Interrupted(hint()).into()),
+        _ = term.recv() => Err(Stop::Interrupted(hint()).into()),
+    }
 }
 
 pub fn usage(msg: impl Into<String>) -> anyhow::Error {

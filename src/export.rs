@@ -19,10 +19,15 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Lines written (and synced) at a time: the checkpoint granularity of a file export.
-const LIMITS: Limits = Limits {
-    max_events: 5_000,
-    max_bytes: 8 << 20,
+/// Lines written (and synced) at a time: the checkpoint granularity of a file export. One
+/// batch at a time: a file is appended to in order.
+const POSTING: pipeline::Posting = pipeline::Posting {
+    limits: Limits {
+        max_events: 5_000,
+        max_bytes: 8 << 20,
+    },
+    concurrency: 1,
+    linger: None,
 };
 
 pub struct ExportConfig {
@@ -203,8 +208,7 @@ async fn read_into(
         ingested: None,
     };
     let ticker = progress.start();
-    // One batch at a time: a file is appended to in order.
-    let result = pipeline::run(move |tx| reader.run(from, tx), LIMITS, 1, writer, commit).await;
+    let result = pipeline::run(move |tx| reader.run(from, tx), POSTING, writer, commit).await;
     drop(ticker);
     progress.tick();
     result?;

@@ -32,7 +32,6 @@ pub mod sync;
 use clap::CommandFactory;
 use cli::{CheckedCommand, Cli, Command, ConfigCommand, OutputArgs};
 use config_file::ConfigFile;
-use error::Stop;
 use progress::{Level, Options, Progress};
 use std::future::Future;
 use std::sync::Arc;
@@ -84,41 +83,42 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         match cli.command {
             Command::Backfill(args) => {
                 let cfg = backfill::BackfillConfig::from_args(&args)?;
                 let progress = progress(&args.output, Level::Info);
-                finish(
-                    &progress,
-                    interruptible(backfill::run(&cfg, &progress)).await,
-                )
+                finish(&progress, resumable(backfill::run(&cfg, &progress)).await)
             }
             Command::Sync(args) => {
                 let cfg = sync::SyncConfig::from_args(&args)?;
                 // Cron: silent on success unless -v.
                 let progress = progress(&args.output, Level::Warn);
-                finish(&progress, interruptible(sync::run(&cfg, &progress)).await)
+                finish(&progress, resumable(sync::run(&cfg, &progress)).await)
             }
             Command::Export(args) => {
                 let cfg = export::ExportConfig::from_args(&args)?;
                 let progress = progress(&args.display, Level::Info);
-                finish(&progress, interruptible(export::run(&cfg, &progress)).await)
+                finish(&progress, resumable(export::run(&cfg, &progress)).await)
             }
             Command::Send(args) => {
                 let cfg = send::SendConfig::from_args(&args)?;
                 let progress = progress(&args.output, Level::Info);
-                finish(&progress, interruptible(send::run(&cfg, &progress)).await)
+                // send handles interruption itself: from stdin, the hint depends on progress.
+                finish(&progress, send::run(&cfg, &progress).await)
             }
             Command::Demo(args) => {
                 let progress = progress(&args.output, Level::Info);
-                finish(&progress, interruptible(demo::run(&args, &progress)).await)
+                finish(&progress, resumable(demo::run(&args, &progress)).await)
             }
             Command::Completions { .. } | Command::Man | Command::Config(_) => {
                 unreachable!("handled above")
             }
         }
-    })
+    });
+    // A reader blocked on stdin (send) must not keep an interrupted process alive.
+    runtime.shutdown_background();
+    result
 }
 
 fn progress(args: &OutputArgs, default_level: Level) -> Arc<Progress> {
@@ -140,14 +140,7 @@ fn finish(progress: &Progress, result: anyhow::Result<backfill::Report>) -> anyh
     Ok(report.exit)
 }
 
-/// Ends the run on Ctrl-C or SIGTERM. Checkpoints are written synchronously between awaits,
-/// so stopping here never leaves one half-written.
-async fn interruptible<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        result = work => result,
-        _ = tokio::signal::ctrl_c() => Err(Stop::Interrupted.into()),
-        _ = term.recv() => Err(Stop::Interrupted.into()),
-    }
+/// The work of a command that keeps a checkpoint, stopped by Ctrl-C or SIGTERM.
+async fn resumable<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    error::interruptible(work, || error::RESUME_HINT.to_string()).await
 }

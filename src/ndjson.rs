@@ -152,7 +152,7 @@ pub enum Line {
 
 /// Reads lines of at most `max` bytes from a plain or gzip stream.
 pub struct LineReader {
-    inner: Box<dyn BufRead + Send>,
+    inner: BufReader<Box<dyn Read + Send>>,
     max: usize,
     /// Bytes of the (decompressed) stream consumed so far, line breaks included.
     pub offset: u64,
@@ -165,16 +165,13 @@ impl LineReader {
     pub fn open(path: &Path, max: usize, count: Arc<AtomicU64>) -> anyhow::Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let raw = Counting { inner: file, count };
-        let inner: Box<dyn BufRead + Send> = if is_gzip(path) {
-            Box::new(BufReader::with_capacity(
-                1 << 16,
-                MultiGzDecoder::new(BufReader::new(raw)),
-            ))
+        let inner: Box<dyn Read + Send> = if is_gzip(path) {
+            Box::new(MultiGzDecoder::new(BufReader::new(raw)))
         } else {
-            Box::new(BufReader::with_capacity(1 << 16, raw))
+            Box::new(raw)
         };
         Ok(LineReader {
-            inner,
+            inner: BufReader::with_capacity(1 << 16, inner),
             max,
             offset: 0,
             line: 0,
@@ -183,11 +180,16 @@ impl LineReader {
 
     pub fn stdin(max: usize) -> Self {
         LineReader {
-            inner: Box::new(BufReader::with_capacity(1 << 16, io::stdin())),
+            inner: BufReader::with_capacity(1 << 16, Box::new(io::stdin())),
             max,
             offset: 0,
             line: 0,
         }
+    }
+
+    /// Whether the next line needs a new read from the input (which may block on a pipe).
+    pub fn drained(&self) -> bool {
+        self.inner.buffer().is_empty()
     }
 
     /// Skips `bytes` bytes and `lines` lines already handled by an earlier run.
@@ -262,7 +264,7 @@ mod tests {
 
     fn reader(text: &[u8], max: usize) -> LineReader {
         LineReader {
-            inner: Box::new(BufReader::new(io::Cursor::new(text.to_vec()))),
+            inner: BufReader::new(Box::new(io::Cursor::new(text.to_vec()))),
             max,
             offset: 0,
             line: 0,

@@ -16,7 +16,18 @@ use tokio::sync::mpsc;
 /// Pages (or chunks) the source may run ahead of the sink.
 pub const QUEUE_DEPTH: usize = 4;
 
-type Posting<'a, P> = BoxFuture<'a, (P, anyhow::Result<Delivered>)>;
+type InFlight<'a, P> = BoxFuture<'a, (P, anyhow::Result<Delivered>)>;
+
+/// How to cut and send batches.
+#[derive(Clone, Copy, Debug)]
+pub struct Posting {
+    pub limits: Limits,
+    /// Batches in flight at once.
+    pub concurrency: usize,
+    /// Post a partial batch once no event has come for this long (for slow streams such as
+    /// stdin); `None` keeps it until it is full or the source ends.
+    pub linger: Option<std::time::Duration>,
+}
 
 /// Runs `source` (which sends to the queue) and delivers what it sends, with at most
 /// `concurrency` batches in flight. `commit` is called in source order with the position after
@@ -24,8 +35,7 @@ type Posting<'a, P> = BoxFuture<'a, (P, anyhow::Result<Delivered>)>;
 /// it already sent be delivered and committed first.
 pub async fn run<P, S, Fut>(
     source: S,
-    limits: Limits,
-    concurrency: usize,
+    posting: Posting,
     sink: &dyn Deliver,
     mut commit: impl FnMut(&P, Delivered) -> anyhow::Result<()>,
 ) -> anyhow::Result<()>
@@ -36,10 +46,11 @@ where
 {
     let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
     let reader = tokio::spawn(source(tx));
-    let concurrency = concurrency.max(1);
-    let mut batcher = Batcher::new(limits);
-    let mut in_flight: FuturesOrdered<Posting<'_, P>> = FuturesOrdered::new();
-    let post = |batch: Batch<P>| -> Posting<'_, P> {
+    let concurrency = posting.concurrency.max(1);
+    let linger = posting.linger.unwrap_or(std::time::Duration::MAX);
+    let mut batcher = Batcher::new(posting.limits);
+    let mut in_flight: FuturesOrdered<InFlight<'_, P>> = FuturesOrdered::new();
+    let post = |batch: Batch<P>| -> InFlight<'_, P> {
         Box::pin(async move {
             let done = sink.deliver(&batch.events).await;
             (batch.end, done)
@@ -50,6 +61,9 @@ where
         while open || !in_flight.is_empty() {
             tokio::select! {
                 Some((end, done)) = in_flight.next(), if !in_flight.is_empty() => commit(&end, done?)?,
+                _ = tokio::time::sleep(linger), if open && !batcher.is_empty() && in_flight.len() < concurrency => {
+                    in_flight.extend(batcher.flush().map(post));
+                }
                 chunk = rx.recv(), if open && in_flight.len() < concurrency => {
                     let Some(chunk) = chunk else {
                         open = false;
@@ -57,14 +71,20 @@ where
                         continue;
                     };
                     for item in chunk {
-                        let next: Option<Posting<'_, P>> = match item {
-                            Item::Record { json, pos } => batcher.push(json, pos).map(post),
+                        let next: [Option<InFlight<'_, P>>; 2] = match item {
+                            Item::Record { json, pos } => {
+                                let closed = batcher.push(json, pos).map(post);
+                                [closed, batcher.take_full().map(post)]
+                            }
                             // A position with no open batch to carry it is committed in turn.
-                            Item::Mark(pos) => batcher
-                                .advance(pos)
-                                .map(|pos| -> Posting<'_, P> { Box::pin(async { (pos, Ok(Delivered::default())) }) }),
+                            Item::Mark(pos) => [
+                                batcher
+                                    .advance(pos)
+                                    .map(|pos| -> InFlight<'_, P> { Box::pin(async { (pos, Ok(Delivered::default())) }) }),
+                                None,
+                            ],
                         };
-                        if let Some(next) = next {
+                        for next in next.into_iter().flatten() {
                             while in_flight.len() >= concurrency {
                                 let (end, done) = in_flight.next().await.expect("not empty");
                                 commit(&end, done?)?;

@@ -22,6 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use tokio::sync::mpsc;
 
+/// A partial batch waits this long for more lines before it is posted (input may be a slow
+/// stream, e.g. `tail -f`).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct SendConfig {
     /// Empty: stdin.
     pub files: Vec<PathBuf>,
@@ -101,26 +105,36 @@ pub async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<R
     if cfg.files.is_empty() {
         progress.set_unbounded();
         progress.set_status("reading stdin".into());
-        let mut acked = 0u64;
-        let result = deliver(
+        let acked = AtomicU64::new(0);
+        let resume_hint = || {
+            let acked = acked.load(Relaxed);
+            format!(
+                "{acked} lines of stdin were acknowledged; to send the rest, feed it from line {}: tail -n +{} FILE | posthog-patterns send ...",
+                acked + 1,
+                acked + 1
+            )
+        };
+        let work = deliver(
             cfg,
             &sink,
             progress,
             Input::Stdin,
             SendPosition::default(),
             |pos, _| {
-                acked = pos.line;
+                acked.store(pos.line, Relaxed);
                 Ok(())
             },
-        )
-        .await;
+        );
+        let result = crate::error::interruptible(work, resume_hint).await;
         drop(ticker);
         if let Err(e) = result {
-            return Err(e.context(format!(
-                "{acked} lines of stdin were acknowledged; to send the rest, feed it from line {}: tail -n +{} FILE | posthog-patterns send ...",
-                acked + 1,
-                acked + 1
-            )));
+            return Err(
+                if crate::error::exit_code_of(&e) == crate::error::EXIT_INTERRUPTED {
+                    e
+                } else {
+                    e.context(resume_hint())
+                },
+            );
         }
         return Ok(summary(cfg, progress, "stdin".into()));
     }
@@ -165,7 +179,7 @@ pub async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<R
         ));
     }
     state.counters.runs += 1;
-    let result = deliver(
+    let work = deliver(
         cfg,
         &sink,
         progress,
@@ -173,13 +187,11 @@ pub async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<R
         from,
         |pos, done| {
             state.position = Some(*pos);
-            state.counters.posted += done.posted as u64;
-            state.counters.dead_lettered += done.dead_lettered as u64;
-            state.counters.batches += u64::from(done.posted + done.dead_lettered > 0);
+            state.counters.record(done);
             store.save(&mut state)
         },
-    )
-    .await;
+    );
+    let result = crate::error::interruptible(work, || crate::error::RESUME_HINT.to_string()).await;
     drop(ticker);
     result?;
     state.complete = true;
@@ -233,8 +245,11 @@ async fn deliver(
                 .await
                 .map_err(|e| anyhow::anyhow!("the reader failed: {e}"))?
         },
-        cfg.limits,
-        cfg.concurrency,
+        pipeline::Posting {
+            limits: cfg.limits,
+            concurrency: cfg.concurrency,
+            linger: Some(LINGER),
+        },
         sink,
         commit,
     )
@@ -253,10 +268,18 @@ struct Reading {
     progress: Arc<Progress>,
 }
 
+/// The `event` field of an object, whatever its type (only a string is an event name).
 #[derive(Deserialize)]
-struct Named<'a> {
-    #[serde(borrow, default)]
-    event: Option<std::borrow::Cow<'a, str>>,
+struct Named {
+    #[serde(default)]
+    event: Option<serde_json::Value>,
+}
+
+/// The event name of an object, if it has a string `event` (a duplicate key or another type
+/// means no name: the object is not filtered).
+fn event_name(json: &str) -> Option<String> {
+    let named: Named = serde_json::from_str(json).ok()?;
+    named.event?.as_str().map(str::to_owned)
 }
 
 impl Reading {
@@ -392,8 +415,7 @@ impl Reading {
             };
             let json = String::from_utf8(text).expect("checked as UTF-8 JSON");
             let json = json.trim().to_string();
-            let named: Named = serde_json::from_str(&json).expect("checked as a JSON object");
-            if let Some(event) = named.event.as_deref()
+            if let Some(event) = event_name(&json).as_deref()
                 && (!self.filters.include.is_empty()
                     && !self.filters.include.iter().any(|n| n == event)
                     || self.filters.exclude.iter().any(|n| n == event))
@@ -404,7 +426,8 @@ impl Reading {
             }
             chunk.push(Item::Record { json, pos });
             quiet_to = None;
-            if chunk.len() >= 1000 {
+            // Hand the lines on when the chunk is big, or before waiting for more input.
+            if chunk.len() >= 1000 || lines.drained() {
                 share();
                 if tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
                     return Ok(false);
@@ -426,4 +449,29 @@ fn check(text: &[u8]) -> Result<(), String> {
     serde_json::from_slice::<serde::de::IgnoredAny>(trimmed)
         .map(|_| ())
         .map_err(|e| format!("not valid JSON ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_string_event_field_is_an_event_name() {
+        assert_eq!(
+            event_name(r#"{"event":"signup","x":1}"#).as_deref(),
+            Some("signup")
+        );
+        assert_eq!(event_name(r#"{"event":42}"#), None);
+        assert_eq!(event_name(r#"{"event":"a","event":"b"}"#), None);
+        assert_eq!(event_name(r#"{"name":"x"}"#), None);
+    }
+
+    #[test]
+    fn a_line_must_be_one_json_object() {
+        assert!(check(b"  {\"a\": [1, 2]}  ").is_ok());
+        assert!(check(b"[1]").unwrap_err().contains("not a JSON object"));
+        assert!(check(b"{\"a\":").unwrap_err().contains("not valid JSON"));
+        assert!(check(b"{} {}").is_err());
+        assert!(check(&[b'{', 0xff, b'}']).is_err());
+    }
 }

@@ -20,6 +20,7 @@ use crate::progress::{Progress, Stats, thousands};
 use crate::secret::WebhookUrl;
 use crate::sink::Sink;
 use crate::source::{Cursor, Filters, Range, Reader, SourceKind};
+use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -130,7 +131,12 @@ pub async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<R
             pending: None,
         });
     }
-    let mut sync = state.position.clone().expect("a sync state has a position");
+    let mut sync = state.position.clone().with_context(|| {
+        format!(
+            "the sync state {} holds no position; pass --restart (with --start) to begin again",
+            store.path().display()
+        )
+    })?;
     if let Some(start) = cfg.start
         && start != sync.start
         && sync.watermark.is_some()
@@ -195,8 +201,11 @@ pub async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<R
         let ticker = progress.start();
         let result = pipeline::run(
             move |tx| reader.run(from, tx),
-            cfg.limits,
-            cfg.concurrency,
+            pipeline::Posting {
+                limits: cfg.limits,
+                concurrency: cfg.concurrency,
+                linger: None,
+            },
             &sink,
             |pos, done| {
                 if let Some(p) = sync.pending.as_mut() {

@@ -360,3 +360,35 @@ fn a_line_longer_than_the_limit_is_an_error_not_an_out_of_memory() {
     );
     assert_eq!(env.received().len(), 10);
 }
+
+#[test]
+fn sigterm_stops_send_even_while_it_waits_for_stdin() {
+    let env = Env::new(vec![], WebhookConfig::default());
+    let mut child = env
+        .command(&["send", "--progress", "never", "--batch-size", "10"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(ndjson(10, None).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    // The batch arrives: the process is running, and now waits for more input.
+    assert!(
+        env.webhook
+            .wait_until(Duration::from_secs(60), |s| s.events.len() == 10)
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let run = finish(child.wait_with_output().unwrap());
+    run.assert_code(130);
+    assert!(
+        run.stderr.contains("10 lines of stdin were acknowledged"),
+        "{}",
+        run.stderr
+    );
+    drop(stdin);
+}
