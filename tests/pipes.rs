@@ -365,7 +365,7 @@ fn a_line_longer_than_the_limit_is_an_error_not_an_out_of_memory() {
 fn sigterm_stops_send_even_while_it_waits_for_stdin() {
     let env = Env::new(vec![], WebhookConfig::default());
     let mut child = env
-        .command(&["send", "--progress", "never", "--batch-size", "10"])
+        .command(&["send", "--progress", "never", "--batch-size", "100"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -373,7 +373,8 @@ fn sigterm_stops_send_even_while_it_waits_for_stdin() {
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(ndjson(10, None).as_bytes()).unwrap();
     stdin.flush().unwrap();
-    // The batch arrives: the process is running, and now waits for more input.
+    // A partial batch (10 of 100) is posted once no more input comes for a moment: the
+    // process is running, and waits for more input.
     assert!(
         env.webhook
             .wait_until(Duration::from_secs(60), |s| s.events.len() == 10)
