@@ -282,7 +282,13 @@ impl Progress {
         }
         if let Some((why, until)) = &*self.waiting.lock().unwrap() {
             let left = until.saturating_duration_since(Instant::now());
-            line.push_str(&format!(" · waiting {} ({why})", human_duration(left)));
+            // Keep the bar on one line: the log has the whole reason.
+            let short: String = why.chars().take(48).collect();
+            let more = if why.chars().count() > 48 { "…" } else { "" };
+            line.push_str(&format!(
+                " · waiting {} ({short}{more})",
+                human_duration(left)
+            ));
         }
         line
     }
