@@ -1,7 +1,8 @@
 //! posthog-patterns: moves PostHog events into a webhook that takes JSON arrays.
 //!
 //! Data flows one way: `source` (PostHog) -> `batcher` -> `sink` (webhook) -> `checkpoint`,
-//! wired by `pipeline`; each command (`backfill`, `demo`) is a front on that pipeline.
+//! wired by `pipeline`; each command (`backfill`, `sync`, `export`, `send`, `demo`) is a front
+//! on that pipeline. docs/architecture.md maps the files.
 
 pub mod backfill;
 pub mod batcher;
