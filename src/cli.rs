@@ -50,7 +50,7 @@ pub enum Command {
     )]
     Send(Box<SendArgs>),
     /// Check a configuration: show the resolved settings (secrets redacted) and what a run
-    /// would read, without reading or sending anything.
+    /// would read (PostHog is asked to count the events), without exporting or sending any.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Print a shell completion script.
