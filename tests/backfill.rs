@@ -139,15 +139,7 @@ fn resume_after_kill_loses_nothing_and_duplicates_at_most_the_in_flight_batches(
             "--concurrency",
             concurrency,
         ]);
-        let mut child = env.spawn(&args);
-        assert!(
-            env.webhook
-                .wait_until(Duration::from_secs(60), |s| !s.stalled_events.is_empty()),
-            "a batch after the sixth reaches the webhook and hangs"
-        );
-        child.kill().unwrap(); // SIGKILL: no chance to clean up
-        child.wait().unwrap();
-        env.webhook.release();
+        env.kill_while_in_flight(&args);
         assert_eq!(env.webhook.with_state(|s| s.events.len()), 6 * 250);
 
         let run = env.run(&args);

@@ -128,14 +128,7 @@ fn kill_and_resume_with_the_events_api_loses_nothing() {
         "--concurrency",
         "1",
     ]);
-    let mut child = env.spawn(&args);
-    assert!(
-        env.webhook
-            .wait_until(Duration::from_secs(60), |s| !s.stalled_events.is_empty())
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
-    env.webhook.release();
+    env.kill_while_in_flight(&args);
     let run = env.run(&args);
     run.assert_code(0);
     assert!(run.stderr.contains("resuming from"), "{}", run.stderr);
@@ -164,14 +157,7 @@ fn resuming_inside_a_crowded_microsecond_skips_exactly_what_was_delivered() {
         "--concurrency",
         "1",
     ]);
-    let mut child = env.spawn(&args);
-    assert!(
-        env.webhook
-            .wait_until(Duration::from_secs(60), |s| !s.stalled_events.is_empty())
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
-    env.webhook.release();
+    env.kill_while_in_flight(&args);
     let cp = std::fs::read_dir(env.path("state"))
         .unwrap()
         .flatten()

@@ -272,14 +272,7 @@ fn send_resumes_a_file_after_being_killed() {
         "1",
         file.to_str().unwrap(),
     ];
-    let mut child = env.spawn(&args);
-    assert!(
-        env.webhook
-            .wait_until(Duration::from_secs(60), |s| !s.stalled_events.is_empty())
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
-    env.webhook.release();
+    env.kill_while_in_flight(&args);
     let run = env.run(&args);
     run.assert_code(0);
     assert!(run.stderr.contains("resuming"), "{}", run.stderr);

@@ -156,16 +156,7 @@ fn an_interrupted_sync_is_finished_by_the_next_run_before_it_moves_on() {
         .insert(ingested_now(900, now - Duration::days(1), 56));
     env.webhook
         .with_state(|s| s.config.stall_after = Some(s.accepted_batches + 2));
-    let mut second = env.spawn(&sync_args(&["--batch-size", "100"]));
-    assert!(
-        env.webhook
-            .wait_until(std::time::Duration::from_secs(60), |s| !s
-                .stalled_events
-                .is_empty())
-    );
-    second.kill().unwrap();
-    second.wait().unwrap();
-    env.webhook.release();
+    env.kill_while_in_flight(&sync_args(&["--batch-size", "100"]));
     // More arrives before the next run; that run finishes the first, then takes the new.
     env.posthog
         .insert(ingested_now(40, Utc::now() - Duration::hours(2), 57));

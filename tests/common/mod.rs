@@ -74,6 +74,23 @@ impl Env {
             .unwrap()
     }
 
+    /// Runs the binary until the webhook holds a batch it will not answer (see
+    /// `WebhookConfig::stall_after`), kills it with SIGKILL (no chance to clean up), then lets
+    /// the webhook answer again.
+    pub fn kill_while_in_flight(&self, args: &[&str]) {
+        let mut child = self.spawn(args);
+        assert!(
+            self.webhook
+                .wait_until(std::time::Duration::from_secs(60), |s| !s
+                    .stalled_events
+                    .is_empty()),
+            "a batch reaches the webhook and hangs"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.webhook.release();
+    }
+
     /// Counts of each uuid the webhook received.
     pub fn received(&self) -> HashMap<String, usize> {
         let mut seen = HashMap::new();
