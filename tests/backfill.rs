@@ -462,12 +462,7 @@ fn sigterm_stops_the_run_with_exit_130_and_it_resumes() {
         env.webhook
             .wait_until(Duration::from_secs(60), |s| !s.stalled_events.is_empty())
     );
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = finish(child.wait_with_output().unwrap());
+    let out = sigterm(child);
     out.assert_code(130);
     assert!(out.stderr.contains("interrupted"), "{}", out.stderr);
     env.webhook.release();

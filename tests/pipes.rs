@@ -372,12 +372,7 @@ fn sigterm_stops_send_even_while_it_waits_for_stdin() {
         env.webhook
             .wait_until(Duration::from_secs(60), |s| s.events.len() == 10)
     );
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let run = finish(child.wait_with_output().unwrap());
+    let run = sigterm(child);
     run.assert_code(130);
     // The webhook has the batch, but its answer may not have reached the process before the
     // signal: either count is honest, and the hint names the line to resume from.

@@ -165,6 +165,16 @@ pub fn finish(out: Output) -> Run {
     }
 }
 
+/// Sends SIGTERM (what `kill` and service managers send) and waits for the process to end.
+pub fn sigterm(child: Child) -> Run {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    finish(child.wait_with_output().unwrap())
+}
+
 impl Run {
     #[track_caller]
     pub fn assert_code(&self, code: i32) -> &Self {
