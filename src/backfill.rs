@@ -1,7 +1,6 @@
 //! `backfill`: every event of `[start, end)` from PostHog into the webhook, resumable from a
 //! checkpoint after any interruption, with a summary that accounts for every event read.
 
-use crate::batcher::Limits;
 use crate::checkpoint::JobId;
 use crate::cli::BackfillArgs;
 use crate::config::{self, Retries};
@@ -24,8 +23,7 @@ pub struct BackfillConfig {
     pub range: Range,
     pub filters: Filters,
     pub page_size: usize,
-    pub limits: Limits,
-    pub concurrency: usize,
+    pub posting: pipeline::Posting,
     pub checkpoint: Option<PathBuf>,
     pub restart: bool,
     pub dead_letter: Option<PathBuf>,
@@ -43,8 +41,7 @@ impl BackfillConfig {
             range,
             filters: config::filters(&args.read.filters),
             page_size: args.read.page_size as usize,
-            limits: webhook.limits,
-            concurrency: webhook.concurrency,
+            posting: webhook.posting,
             checkpoint: args.state.checkpoint.clone(),
             restart: args.state.restart,
             dead_letter: webhook.dead_letter,
@@ -137,11 +134,7 @@ pub async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Resu
     let ticker = progress.start();
     let result = pipeline::run(
         move |tx| reader.run(from, tx),
-        pipeline::Posting {
-            limits: cfg.limits,
-            concurrency: cfg.concurrency,
-            linger: None,
-        },
+        cfg.posting,
         &sink,
         |pos, done| {
             state.position = Some(pos.clone());

@@ -38,7 +38,9 @@ pub fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 println!("page size         {}", cfg.page_size);
                 println!(
                     "batches           {} events, {} bytes, {} at once",
-                    cfg.limits.max_events, cfg.limits.max_bytes, cfg.concurrency
+                    cfg.posting.limits.max_events,
+                    cfg.posting.limits.max_bytes,
+                    cfg.posting.concurrency
                 );
                 let path = cfg
                     .checkpoint
@@ -62,7 +64,7 @@ pub fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     &cfg.filters,
                     None,
                     cfg.page_size,
-                    cfg.limits.max_events,
+                    cfg.posting.limits.max_events,
                 )
                 .await?;
             }
@@ -142,7 +144,7 @@ pub fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     &cfg.filters,
                     ingested,
                     cfg.page_size,
-                    cfg.limits.max_events,
+                    cfg.posting.limits.max_events,
                 )
                 .await?;
             }
@@ -176,7 +178,9 @@ pub fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 print_filters(&cfg.filters);
                 println!(
                     "batches           {} events, {} bytes, {} at once",
-                    cfg.limits.max_events, cfg.limits.max_bytes, cfg.concurrency
+                    cfg.posting.limits.max_events,
+                    cfg.posting.limits.max_bytes,
+                    cfg.posting.concurrency
                 );
                 println!("invalid lines     {:?}", cfg.on_invalid);
             }

@@ -5,6 +5,7 @@ use crate::batcher::Limits;
 use crate::cli::{ConnectionArgs, FilterArgs, RetryArgs, WebhookArgs};
 use crate::error::usage;
 use crate::event::format_ts;
+use crate::pipeline::Posting;
 use crate::posthog::Connection;
 use crate::ratelimit::Budget;
 use crate::retry::RetryPolicy;
@@ -49,9 +50,8 @@ pub fn connection(args: &ConnectionArgs) -> anyhow::Result<Connection> {
 /// The checked webhook settings.
 pub struct Webhook {
     pub url: WebhookUrl,
-    pub limits: Limits,
+    pub posting: Posting,
     pub dead_letter: Option<PathBuf>,
-    pub concurrency: usize,
 }
 
 pub fn webhook(args: &WebhookArgs) -> anyhow::Result<Webhook> {
@@ -61,12 +61,15 @@ pub fn webhook(args: &WebhookArgs) -> anyhow::Result<Webhook> {
         .ok_or_else(|| usage("no webhook: pass --webhook-url URL or set PATTERNS_WEBHOOK_URL"))?;
     Ok(Webhook {
         url: WebhookUrl::parse(text).map_err(usage)?,
-        limits: Limits {
-            max_events: args.batch_size as usize,
-            max_bytes: args.max_batch_bytes as usize,
+        posting: Posting {
+            limits: Limits {
+                max_events: args.batch_size as usize,
+                max_bytes: args.max_batch_bytes as usize,
+            },
+            concurrency: args.concurrency as usize,
+            linger: None,
         },
         dead_letter: args.dead_letter.clone(),
-        concurrency: args.concurrency as usize,
     })
 }
 

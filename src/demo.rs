@@ -7,6 +7,7 @@ use crate::batcher::Limits;
 use crate::cli::DemoArgs;
 use crate::config::Retries;
 use crate::error::EXIT_OK;
+use crate::pipeline::Posting;
 use crate::posthog::Connection;
 use crate::progress::{Progress, thousands};
 use crate::retry::RetryPolicy;
@@ -67,11 +68,14 @@ pub async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Result<Re
         range: Range { start, end },
         filters: Filters::default(),
         page_size: 5_000,
-        limits: Limits {
-            max_events: 1_000,
-            max_bytes: 1 << 20,
+        posting: Posting {
+            limits: Limits {
+                max_events: 1_000,
+                max_bytes: 1 << 20,
+            },
+            concurrency: 4,
+            linger: None,
         },
-        concurrency: 4,
         checkpoint: Some(state.path().join("demo.json")),
         restart: false,
         dead_letter: None,

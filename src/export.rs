@@ -167,8 +167,7 @@ pub async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result
                 cursor: cursor.clone(),
                 bytes: writer.len(),
             });
-            state.counters.posted += done.posted as u64;
-            state.counters.batches += u64::from(done.posted > 0);
+            state.counters.record(done);
             store.save(&mut state)
         },
     )

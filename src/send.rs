@@ -4,13 +4,13 @@
 //! from stdin, a failure says how many lines were acknowledged so the rest can be fed again.
 
 use crate::backfill::Report;
-use crate::batcher::Limits;
 use crate::checkpoint::{self, JobId, State};
 use crate::cli::{OnInvalid, SendArgs};
 use crate::config::{self, Retries};
 use crate::error::{EXIT_OK, EXIT_REJECTED};
 use crate::ndjson::{Line, LineReader};
 use crate::pipeline;
+use crate::pipeline::Posting;
 use crate::progress::{Progress, Stats, thousands};
 use crate::secret::WebhookUrl;
 use crate::sink::{DeadLetter, Sink};
@@ -30,8 +30,7 @@ pub struct SendConfig {
     /// Empty: stdin.
     pub files: Vec<PathBuf>,
     pub webhook: WebhookUrl,
-    pub limits: Limits,
-    pub concurrency: usize,
+    pub posting: pipeline::Posting,
     pub dead_letter: Option<PathBuf>,
     pub filters: Filters,
     pub on_invalid: OnInvalid,
@@ -58,8 +57,10 @@ impl SendConfig {
         Ok(SendConfig {
             files,
             webhook: webhook.url,
-            limits: webhook.limits,
-            concurrency: webhook.concurrency,
+            posting: Posting {
+                linger: Some(LINGER),
+                ..webhook.posting
+            },
             dead_letter: webhook.dead_letter,
             filters: config::filters(&args.filters),
             on_invalid: args.on_invalid,
@@ -245,11 +246,7 @@ async fn deliver(
                 .await
                 .map_err(|e| anyhow::anyhow!("the reader failed: {e}"))?
         },
-        pipeline::Posting {
-            limits: cfg.limits,
-            concurrency: cfg.concurrency,
-            linger: Some(LINGER),
-        },
+        cfg.posting,
         sink,
         commit,
     )

@@ -7,7 +7,7 @@
 //! watermark is event time minus `--lag`. Guarantees and limits: docs/sync.md.
 
 use crate::backfill::Report;
-use crate::batcher::Limits;
+
 use crate::checkpoint::JobId;
 use crate::cli::SyncArgs;
 use crate::config::{self, Retries};
@@ -34,8 +34,7 @@ pub struct SyncConfig {
     pub connection: Connection,
     pub source: SourceKind,
     pub webhook: WebhookUrl,
-    pub limits: Limits,
-    pub concurrency: usize,
+    pub posting: pipeline::Posting,
     pub dead_letter: Option<PathBuf>,
     pub filters: Filters,
     pub page_size: usize,
@@ -57,8 +56,7 @@ impl SyncConfig {
             connection: config::connection(&args.read.connection)?,
             source: args.read.connection.source,
             webhook: webhook.url,
-            limits: webhook.limits,
-            concurrency: webhook.concurrency,
+            posting: webhook.posting,
             dead_letter: webhook.dead_letter,
             filters: config::filters(&args.read.filters),
             page_size: args.read.page_size as usize,
@@ -201,20 +199,14 @@ pub async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<R
         let ticker = progress.start();
         let result = pipeline::run(
             move |tx| reader.run(from, tx),
-            pipeline::Posting {
-                limits: cfg.limits,
-                concurrency: cfg.concurrency,
-                linger: None,
-            },
+            cfg.posting,
             &sink,
             |pos, done| {
                 if let Some(p) = sync.pending.as_mut() {
                     p.cursor = Some(pos.clone());
                 }
                 state.position = Some(sync.clone());
-                state.counters.posted += done.posted as u64;
-                state.counters.dead_lettered += done.dead_lettered as u64;
-                state.counters.batches += u64::from(done.posted + done.dead_lettered > 0);
+                state.counters.record(done);
                 store.save(&mut state)
             },
         )
