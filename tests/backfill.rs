@@ -487,3 +487,25 @@ fn the_demo_delivers_every_event_exactly_once() {
     run.assert_code(0);
     assert!(run.stderr.contains("demo check passed"), "{}", run.stderr);
 }
+
+#[test]
+fn a_query_that_times_out_even_on_the_narrowest_window_stops_with_exit_75() {
+    // Ten events in one microsecond, and a PostHog that times out on more than five rows.
+    let env = Env::with(
+        PostHogConfig {
+            max_scan_rows: 5,
+            ..PostHogConfig::default()
+        },
+        tied_events(10, t("2024-03-02T00:00:00.000001Z"), 18),
+        WebhookConfig::default(),
+    );
+    let run = env.run(&backfill_args(&["--max-retries", "1"]));
+    run.assert_code(75);
+    assert!(
+        run.stderr
+            .contains("PostHog times out (HTTP 504) even on a 1.0s window at 2024-03-02T00:00:00"),
+        "{}",
+        run.stderr
+    );
+    assert!(env.received().is_empty());
+}

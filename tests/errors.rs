@@ -196,3 +196,50 @@ fn help_shows_an_example_for_backfill() {
         run.stdout
     );
 }
+
+#[test]
+fn secrets_stay_out_of_sync_export_and_send_output_and_state() {
+    let env = Env::new(events(300, 27), WebhookConfig::default());
+    env.posthog.fault_at(1, Fault::throttled(0, false));
+    let runs = [
+        env.run(&[
+            "sync",
+            "--start",
+            "2024-03-01",
+            "--lag",
+            "0s",
+            "-vv",
+            "--log-format",
+            "json",
+        ]),
+        env.run(&[
+            "export",
+            "--start",
+            "2024-03-01",
+            "--end",
+            "2024-03-08",
+            "-vv",
+            "--output",
+            env.path("out.ndjson").to_str().unwrap(),
+        ]),
+        env.run(&["send", "-vv", env.path("out.ndjson").to_str().unwrap()]),
+        env.run(&["config", "check", "sync", "-vv"]),
+    ];
+    for run in &runs {
+        run.assert_code(0);
+        assert_no_secrets(&env, run);
+    }
+    // And when they fail against a webhook that is not there.
+    let gone = "http://127.0.0.1:9/api/app/webhooks/wh-standin-secret-token-5f1e";
+    let run = env.run(&[
+        "send",
+        "-vv",
+        "--max-retries",
+        "0",
+        "--webhook-url",
+        gone,
+        env.path("out.ndjson").to_str().unwrap(),
+    ]);
+    run.assert_code(75);
+    assert_no_secrets(&env, &run);
+}
