@@ -23,6 +23,14 @@ pub enum PostError {
     },
     #[error("cannot reach the webhook at {host}: {message}")]
     Transport { host: String, message: String },
+    #[error(
+        "the webhook at {host} answered HTTP {status} ({excerpt}): the webhook URL, or access to it, is wrong; check --webhook-url. Nothing of this batch was sent or set aside, and the checkpoint holds what was delivered before"
+    )]
+    Misconfigured {
+        host: String,
+        status: u16,
+        excerpt: String,
+    },
 }
 
 /// What became of a batch.
@@ -237,6 +245,13 @@ impl Sink {
                             excerpt: reply.excerpt(),
                         },
                     },
+                    // The URL or its access is wrong, whatever the batch holds: setting every
+                    // batch aside as a dead letter would only hide that.
+                    401 | 403 | 404 | 405 | 410 => Attempt::Fail(PostError::Misconfigured {
+                        host: host.clone(),
+                        status: reply.status,
+                        excerpt: reply.excerpt(),
+                    }),
                     _ => Attempt::Done(Outcome::Rejected(reply)),
                 },
                 Err(message) => Attempt::Retry {

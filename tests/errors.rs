@@ -35,7 +35,7 @@ fn secrets_never_appear_in_output_or_files_even_when_things_fail() {
     run.assert_code(0);
     assert_no_secrets(&env, &run);
 
-    // A webhook that does not exist (404 is a rejection) and one that does not answer.
+    // A webhook that does not exist and one that does not answer.
     let run = env.run(&backfill_args(&[
         "-v",
         "--restart",
@@ -242,4 +242,27 @@ fn secrets_stay_out_of_sync_export_and_send_output_and_state() {
     ]);
     run.assert_code(75);
     assert_no_secrets(&env, &run);
+}
+
+#[test]
+fn a_wrong_webhook_url_stops_the_run_instead_of_dead_lettering_everything() {
+    let env = Env::new(events(300, 28), WebhookConfig::default());
+    let dead = env.path("dead.ndjson");
+    let run = env.run(&backfill_args(&[
+        "--dead-letter",
+        dead.to_str().unwrap(),
+        "--webhook-url",
+        &format!("{}-typo", env.webhook.url()),
+    ]));
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("HTTP 404") && run.stderr.contains("check --webhook-url"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&dead).unwrap_or_default(),
+        "",
+        "nothing set aside"
+    );
 }
