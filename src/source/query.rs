@@ -10,6 +10,7 @@ use crate::retry::GaveUp;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -25,9 +26,10 @@ const COLUMNS: &str = "uuid, event, distinct_id, properties, elements_chain, tim
 #[derive(Deserialize)]
 struct Row(
     String,
-    String,
-    String,
     Option<String>,
+    Option<String>,
+    /// JSON text in a string, as PostHog sends it; an object is accepted too.
+    Option<Box<RawValue>>,
     Option<String>,
     String,
     Option<String>,
@@ -138,11 +140,11 @@ impl QuerySource {
                     Stats::add(&progress.stats.duplicates_dropped, 1);
                     continue;
                 }
-                let properties = properties_object(properties.as_deref(), &uuid)?;
+                let properties = properties_of(properties, &uuid)?;
                 let json = Event {
                     uuid: &uuid,
-                    event: &event,
-                    distinct_id: &distinct_id,
+                    event: event.as_deref().unwrap_or(""),
+                    distinct_id: distinct_id.as_deref().unwrap_or(""),
                     timestamp: format_ts(&ts),
                     created_at: created_at
                         .as_deref()
@@ -217,6 +219,19 @@ impl QuerySource {
                     excerpt: format!("{e}: {}", crate::http::excerpt(&bytes, 200)),
                 })
             })
+    }
+}
+
+/// `properties` as the JSON object PostHog stored: usually its text in a JSON string (decoded
+/// once, kept verbatim); an object as it is; nothing as `{}`.
+fn properties_of(raw: Option<Box<RawValue>>, uuid: &str) -> anyhow::Result<Box<RawValue>> {
+    match raw {
+        Some(raw) if raw.get().starts_with('"') => {
+            let text: String = serde_json::from_str(raw.get())?;
+            properties_object(Some(&text), uuid)
+        }
+        Some(raw) if raw.get() != "null" => properties_object(Some(raw.get()), uuid),
+        _ => properties_object(None, uuid),
     }
 }
 
@@ -343,6 +358,20 @@ mod tests {
         assert!(sql.contains("uuid > toUUID({uuid})"));
         assert_eq!(values["ts"], "2024-01-01 00:00:00.123456");
         assert_eq!(values["event_0"], "sign'up");
+    }
+
+    #[test]
+    fn properties_come_as_json_text_or_as_an_object() {
+        let raw = |s: &str| Some(RawValue::from_string(s.into()).unwrap());
+        let text = properties_of(raw(r#""{\"a\": 1e400, \"b\": \"\\u00e9\"}""#), "u").unwrap();
+        assert_eq!(text.get(), r#"{"a": 1e400, "b": "\u00e9"}"#);
+        assert_eq!(
+            properties_of(raw(r#"{"a":1}"#), "u").unwrap().get(),
+            r#"{"a":1}"#
+        );
+        assert_eq!(properties_of(raw("null"), "u").unwrap().get(), "{}");
+        assert!(properties_of(raw("[1]"), "u").is_err());
+        assert!(properties_of(raw(r#""not json""#), "u").is_err());
     }
 
     #[test]
