@@ -272,13 +272,6 @@ struct Named {
     event: Option<serde_json::Value>,
 }
 
-/// The event name of an object, if it has a string `event` (a duplicate key or another type
-/// means no name: the object is not filtered).
-fn event_name(json: &str) -> Option<String> {
-    let named: Named = serde_json::from_str(json).ok()?;
-    named.event?.as_str().map(str::to_owned)
-}
-
 impl Reading {
     fn read(
         self,
@@ -371,13 +364,6 @@ impl Reading {
                 line: lines.line,
             };
             let Some(line) = line else { break };
-            let problem = match &line {
-                Line::TooLong => Some(format!(
-                    "line is longer than --max-line-bytes ({} bytes)",
-                    self.max_line_bytes
-                )),
-                Line::Text(text) => check(text).err(),
-            };
             if let Line::Text(text) = &line
                 && text.iter().all(u8::is_ascii_whitespace)
             {
@@ -385,34 +371,49 @@ impl Reading {
                 continue;
             }
             Stats::add(&stats.read, 1);
-            if let Some(problem) = problem {
-                let excerpt = match &line {
-                    Line::Text(t) => crate::http::excerpt(t, 80),
-                    Line::TooLong => "(too long to show)".into(),
-                };
-                if self.on_invalid == OnInvalid::Stop {
-                    // Hand on what came before, then stop: the pipeline delivers it first.
-                    let _ = tx.blocking_send(std::mem::take(&mut chunk));
-                    anyhow::bail!(
-                        "{name}, line {}: {problem}: {excerpt}. Everything before this line was sent; fix the line, or pass --on-invalid skip",
-                        lines.line
-                    );
+            let checked = match &line {
+                Line::TooLong => Err(format!(
+                    "line is longer than --max-line-bytes ({} bytes)",
+                    self.max_line_bytes
+                )),
+                Line::Text(text) => check(text),
+            };
+            let event = match checked {
+                Ok(event) => event,
+                Err(problem) => {
+                    let excerpt = match &line {
+                        Line::Text(t) => crate::http::excerpt(t, 80),
+                        Line::TooLong => "(too long to show)".into(),
+                    };
+                    if self.on_invalid == OnInvalid::Stop {
+                        // Hand on what came before, then stop: the pipeline delivers it first.
+                        let _ = tx.blocking_send(std::mem::take(&mut chunk));
+                        anyhow::bail!(
+                            "{name}, line {}: {problem}: {excerpt}. Everything before this line was sent; fix the line, or pass --on-invalid skip",
+                            lines.line
+                        );
+                    }
+                    Stats::add(&stats.skipped, 1);
+                    if let (Some(dl), Line::Text(text)) = (&self.dead_letter, &line) {
+                        dl.write_invalid(
+                            name,
+                            lines.line,
+                            &problem,
+                            &String::from_utf8_lossy(text),
+                        )?;
+                    }
+                    self.progress
+                        .warn(&format!("{name}, line {}: {problem}; skipped", lines.line));
+                    quiet_to = Some(pos);
+                    continue;
                 }
-                Stats::add(&stats.skipped, 1);
-                if let (Some(dl), Line::Text(text)) = (&self.dead_letter, &line) {
-                    dl.write_invalid(name, lines.line, &problem, &String::from_utf8_lossy(text))?;
-                }
-                self.progress
-                    .warn(&format!("{name}, line {}: {problem}; skipped", lines.line));
-                quiet_to = Some(pos);
-                continue;
-            }
+            };
             let Line::Text(text) = line else {
-                unreachable!("checked above")
+                unreachable!("a line too long is a problem, handled above")
             };
             let json = String::from_utf8(text).expect("checked as UTF-8 JSON");
             let json = json.trim().to_string();
-            if let Some(event) = event_name(&json).as_deref()
+            if let Some(event) = event.as_deref()
                 && (!self.filters.include.is_empty()
                     && !self.filters.include.iter().any(|n| n == event)
                     || self.filters.exclude.iter().any(|n| n == event))
@@ -437,15 +438,20 @@ impl Reading {
     }
 }
 
-/// A line must be one JSON object.
-fn check(text: &[u8]) -> Result<(), String> {
+/// A line must be one JSON object. Parsed once: returns the object's event name, if it has a
+/// string `event` field (another type, or a duplicate key, means no name: it is not filtered).
+fn check(text: &[u8]) -> Result<Option<String>, String> {
     let trimmed = text.trim_ascii();
     if !trimmed.starts_with(b"{") {
         return Err("not a JSON object".into());
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(trimmed)
-        .map(|_| ())
-        .map_err(|e| format!("not valid JSON ({e})"))
+    match serde_json::from_slice::<Named>(trimmed) {
+        Ok(named) => Ok(named.event.and_then(|e| e.as_str().map(str::to_owned))),
+        // `Named` refuses some valid JSON (a duplicate `event` key): tell the two apart.
+        Err(_) => serde_json::from_slice::<serde::de::IgnoredAny>(trimmed)
+            .map(|_| None)
+            .map_err(|e| format!("not valid JSON ({e})")),
+    }
 }
 
 #[cfg(test)]
@@ -455,12 +461,12 @@ mod tests {
     #[test]
     fn only_a_string_event_field_is_an_event_name() {
         assert_eq!(
-            event_name(r#"{"event":"signup","x":1}"#).as_deref(),
+            check(br#"{"event":"signup","x":1}"#).unwrap().as_deref(),
             Some("signup")
         );
-        assert_eq!(event_name(r#"{"event":42}"#), None);
-        assert_eq!(event_name(r#"{"event":"a","event":"b"}"#), None);
-        assert_eq!(event_name(r#"{"name":"x"}"#), None);
+        assert_eq!(check(br#"{"event":42}"#), Ok(None));
+        assert_eq!(check(br#"{"event":"a","event":"b"}"#), Ok(None));
+        assert_eq!(check(br#"{"name":"x"}"#), Ok(None));
     }
 
     #[test]
