@@ -13,6 +13,23 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
+/// `export` of the standard range to a pipe.
+fn spawn_export(env: &Env) -> std::process::Child {
+    env.command(&[
+        "export",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "--progress",
+        "never",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
 #[test]
 fn export_piped_into_send_delivers_the_same_events_as_backfill() {
     let data = events(3_000, 61);
@@ -20,20 +37,7 @@ fn export_piped_into_send_delivers_the_same_events_as_backfill() {
     by_backfill.run(&backfill_args(&[])).assert_code(0);
 
     let env = Env::new(data, WebhookConfig::default());
-    let mut export = env
-        .command(&[
-            "export",
-            "--start",
-            "2024-03-01",
-            "--end",
-            "2024-03-08",
-            "--progress",
-            "never",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut export = spawn_export(&env);
     let send = env
         .command(&["send", "--progress", "never"])
         .stdin(export.stdout.take().unwrap())
@@ -57,20 +61,7 @@ fn export_piped_into_send_delivers_the_same_events_as_backfill() {
 #[test]
 fn a_closed_stdout_ends_export_quietly() {
     let env = Env::new(events(20_000, 62), WebhookConfig::default());
-    let mut export = env
-        .command(&[
-            "export",
-            "--start",
-            "2024-03-01",
-            "--end",
-            "2024-03-08",
-            "--progress",
-            "never",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut export = spawn_export(&env);
     let mut out = export.stdout.take().unwrap();
     let mut first = [0u8; 100];
     std::io::Read::read_exact(&mut out, &mut first).unwrap();
