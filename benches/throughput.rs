@@ -5,7 +5,7 @@
 //!
 //!     cargo bench --bench throughput            # BENCH_RUNS=5 for more runs
 
-use posthog_patterns::standin::{
+use posthog_patterns_standin::{
     PostHogConfig, PostHogStandIn, WebhookConfig, WebhookStandIn, synthetic_events,
 };
 use std::collections::HashSet;
@@ -61,7 +61,7 @@ fn main() {
 }
 
 fn run_once(
-    events: &[posthog_patterns::standin::StoredEvent],
+    events: &[posthog_patterns_standin::StoredEvent],
     expected: &HashSet<String>,
     latency_ms: u64,
     concurrency: &str,

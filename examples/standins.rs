@@ -5,7 +5,7 @@
 //!
 //! prints the environment variables to export, then serves until Ctrl-C.
 
-use posthog_patterns::standin::{
+use posthog_patterns_standin::{
     PostHogConfig, PostHogStandIn, WebhookConfig, WebhookStandIn, synthetic_events,
 };
 

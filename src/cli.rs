@@ -1,8 +1,9 @@
 //! The command line (clap derive). Option names are part of the interface: see README.md and
 //! docs/. Values are parsed and checked here, at the edge, with errors that show an example.
 
+use crate::posthog::query::MAX_PAGE_SIZE;
+use crate::posthog::source::SourceKind;
 use crate::progress::{LogFormat, ProgressMode};
-use crate::source::SourceKind;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use std::path::PathBuf;
     about = "Move PostHog events into a Patterns webhook (or any webhook that takes JSON arrays).",
     after_help = "Docs: README.md and docs/ in the source tree. Exit codes: 0 ok, 1 failure, 2 usage, 3 finished with rejected events, 75 temporary failure (lock held, retries exhausted), 130 interrupted."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// TOML file with settings for any command (flags and environment variables win).
     #[arg(
         long,
@@ -22,13 +23,13 @@ pub struct Cli {
         value_name = "FILE",
         env = "POSTHOG_PATTERNS_CONFIG"
     )]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Export every event of a time range into the webhook, resumably.
     #[command(
         after_help = "Example:\n  export POSTHOG_API_KEY=phx_...\n  posthog-patterns backfill --host https://us.posthog.com --project 12345 \\\n    --webhook-url https://api.patterns.app/api/app/webhooks/wh... \\\n    --start 2024-01-01 --end 2024-02-01\n\nRun the same command again after an interruption: it resumes from the checkpoint."
@@ -74,9 +75,23 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
+impl Command {
+    /// Whether a `--config` file applies (not to `completions`, `man` or `demo`).
+    pub(crate) fn reads_config(&self) -> bool {
+        matches!(
+            self,
+            Command::Backfill(_)
+                | Command::Sync(_)
+                | Command::Export(_)
+                | Command::Send(_)
+                | Command::Config(_)
+        )
+    }
+}
+
 /// Where to read from.
 #[derive(Args, Debug, Clone)]
-pub struct ConnectionArgs {
+pub(crate) struct ConnectionArgs {
     /// PostHog app host (not the ingestion host *.i.posthog.com).
     #[arg(
         long,
@@ -84,23 +99,23 @@ pub struct ConnectionArgs {
         env = "POSTHOG_HOST",
         default_value = "https://us.posthog.com"
     )]
-    pub host: String,
+    pub(crate) host: String,
     /// PostHog project id (the number in the project's URL).
     #[arg(long, value_name = "ID", env = "POSTHOG_PROJECT_ID")]
-    pub project: Option<String>,
+    pub(crate) project: Option<String>,
     /// File holding the personal API key (query:read scope). Without it the key is read from
     /// the environment variable POSTHOG_API_KEY.
     #[arg(long, value_name = "PATH")]
-    pub api_key_file: Option<PathBuf>,
+    pub(crate) api_key_file: Option<PathBuf>,
     /// PostHog API to read: query (HogQL), events (legacy Events API), or auto (query, and
     /// events when the instance has no Query API).
     #[arg(long, value_name = "API", value_enum, default_value_t = SourceKind::Auto)]
-    pub source: SourceKind,
+    pub(crate) source: SourceKind,
 }
 
 /// Where to post and how.
 #[derive(Args, Debug, Clone)]
-pub struct WebhookArgs {
+pub(crate) struct WebhookArgs {
     /// Webhook to POST batches to; the URL is treated as a secret and never printed.
     #[arg(
         long,
@@ -108,79 +123,79 @@ pub struct WebhookArgs {
         env = "PATTERNS_WEBHOOK_URL",
         hide_env_values = true
     )]
-    pub webhook_url: Option<String>,
+    pub(crate) webhook_url: Option<String>,
     /// Events per POST.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub batch_size: u64,
+    pub(crate) batch_size: u64,
     /// Largest request body, e.g. 1MiB, 512KiB or 200000; a single larger event is sent alone.
     #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
-    pub max_batch_bytes: u64,
+    pub(crate) max_batch_bytes: u64,
     /// Batches posted at once. Batches may then arrive out of order, and after a crash up to
     /// this many batches can arrive twice; 1 keeps strict order.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
-    pub concurrency: u64,
+    pub(crate) concurrency: u64,
     /// Append events the webhook rejects (4xx) to this NDJSON file and go on (exit 3 at the end).
     #[arg(long, value_name = "PATH")]
-    pub dead_letter: Option<PathBuf>,
+    pub(crate) dead_letter: Option<PathBuf>,
 }
 
 /// Retries, timeouts and the request budget.
 #[derive(Args, Debug, Clone)]
-pub struct RetryArgs {
+pub(crate) struct RetryArgs {
     /// Retries of one request after 5xx answers, timeouts or connection errors.
     #[arg(long, value_name = "N", default_value_t = 8)]
-    pub max_retries: u32,
+    pub(crate) max_retries: u32,
     /// Longest single wait a server may ask for (429 Retry-After) before the run stops (exit 75).
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub max_wait: std::time::Duration,
+    pub(crate) max_wait: std::time::Duration,
     /// Timeout of one HTTP request.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub http_timeout: std::time::Duration,
+    pub(crate) http_timeout: std::time::Duration,
     /// PostHog requests allowed per minute (0: no limit). Default: the published limit of the
     /// API in use (240 for both APIs). Lower it when other tools share the key.
     #[arg(long, value_name = "N")]
-    pub max_requests_per_minute: Option<u32>,
+    pub(crate) max_requests_per_minute: Option<u32>,
     /// PostHog requests allowed per hour (0: no limit). Default: 2400 for the Query API, 1200
     /// for the Events API.
     #[arg(long, value_name = "N")]
-    pub max_requests_per_hour: Option<u32>,
+    pub(crate) max_requests_per_hour: Option<u32>,
 }
 
 /// What the run shows.
 #[derive(Args, Debug, Clone)]
-pub struct OutputArgs {
+pub(crate) struct OutputArgs {
     /// Print only errors.
     #[arg(short, long)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
     /// Progress bars: auto (when stderr is a terminal), always, or never (plain log lines).
     #[arg(long, value_name = "WHEN", value_enum, default_value_t = ProgressMode::Auto)]
-    pub progress: ProgressMode,
+    pub(crate) progress: ProgressMode,
     /// More detail in the log (each retry, each window change).
     #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
     /// Log line format.
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct BackfillArgs {
+pub(crate) struct BackfillArgs {
     #[command(flatten)]
-    pub read: ReadArgs,
+    pub(crate) read: ReadArgs,
     #[command(flatten)]
-    pub range: RangeArgs,
+    pub(crate) range: RangeArgs,
     #[command(flatten)]
-    pub webhook: WebhookArgs,
+    pub(crate) webhook: WebhookArgs,
     #[command(flatten)]
-    pub state: StateArgs,
+    pub(crate) state: StateArgs,
     #[command(flatten)]
-    pub retry: RetryArgs,
+    pub(crate) retry: RetryArgs,
     #[command(flatten)]
-    pub output: OutputArgs,
+    pub(crate) output: OutputArgs,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Validate the settings of a command and show them resolved, e.g.
     /// `posthog-patterns config check --config /etc/posthog-patterns.toml sync`.
     Check {
@@ -190,7 +205,7 @@ pub enum ConfigCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum CheckedCommand {
+pub(crate) enum CheckedCommand {
     Backfill(Box<BackfillArgs>),
     Sync(Box<SyncArgs>),
     Export(Box<ExportArgs>),
@@ -198,49 +213,49 @@ pub enum CheckedCommand {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct SyncArgs {
+pub(crate) struct SyncArgs {
     #[command(flatten)]
-    pub read: ReadArgs,
+    pub(crate) read: ReadArgs,
     /// Where the first run starts (event time): YYYY-MM-DD or RFC 3339. Later runs ignore it.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
-    pub start: Option<DateTime<Utc>>,
+    pub(crate) start: Option<DateTime<Utc>>,
     /// How far back in event time to look for events ingested late (Query API).
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
-    pub lookback: std::time::Duration,
+    pub(crate) lookback: std::time::Duration,
     /// Room left for PostHog's own ingestion delay: a run exports what was ingested up to
     /// this long ago.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
-    pub lag: std::time::Duration,
+    pub(crate) lag: std::time::Duration,
     #[command(flatten)]
-    pub webhook: WebhookArgs,
+    pub(crate) webhook: WebhookArgs,
     #[command(flatten)]
-    pub state: StateArgs,
+    pub(crate) state: StateArgs,
     #[command(flatten)]
-    pub retry: RetryArgs,
+    pub(crate) retry: RetryArgs,
     #[command(flatten)]
-    pub output: OutputArgs,
+    pub(crate) output: OutputArgs,
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct ExportArgs {
+pub(crate) struct ExportArgs {
     #[command(flatten)]
-    pub read: ReadArgs,
+    pub(crate) read: ReadArgs,
     #[command(flatten)]
-    pub range: RangeArgs,
+    pub(crate) range: RangeArgs,
     /// Write to this file instead of stdout (a .gz name writes gzip). Resumable.
     #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
     #[command(flatten)]
-    pub state: StateArgs,
+    pub(crate) state: StateArgs,
     #[command(flatten)]
-    pub retry: RetryArgs,
+    pub(crate) retry: RetryArgs,
     #[command(flatten)]
-    pub display: OutputArgs,
+    pub(crate) display: OutputArgs,
 }
 
 /// What to do with a line that is not a JSON object (`--on-invalid`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnInvalid {
+pub(crate) enum OnInvalid {
     /// Stop with an error naming the file and line, after posting everything before it.
     Stop,
     /// Set it aside in the dead-letter file (or just count it) and go on; exit 3 at the end.
@@ -248,87 +263,87 @@ pub enum OnInvalid {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     /// NDJSON files to send (.gz files too); none, or -, reads stdin.
     #[arg(value_name = "FILE")]
-    pub files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     #[command(flatten)]
-    pub filters: FilterArgs,
+    pub(crate) filters: FilterArgs,
     /// What to do with a line that is not a JSON object.
     #[arg(long, value_name = "WHAT", value_enum, default_value_t = OnInvalid::Stop)]
-    pub on_invalid: OnInvalid,
+    pub(crate) on_invalid: OnInvalid,
     /// Longest line accepted; a longer one is an error, not an out-of-memory.
     #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_bytes)]
-    pub max_line_bytes: u64,
+    pub(crate) max_line_bytes: u64,
     #[command(flatten)]
-    pub webhook: WebhookArgs,
+    pub(crate) webhook: WebhookArgs,
     #[command(flatten)]
-    pub state: StateArgs,
+    pub(crate) state: StateArgs,
     #[command(flatten)]
-    pub retry: RetryArgs,
+    pub(crate) retry: RetryArgs,
     #[command(flatten)]
-    pub output: OutputArgs,
+    pub(crate) output: OutputArgs,
 }
 
 /// What to read from PostHog.
 #[derive(Args, Debug, Clone)]
-pub struct ReadArgs {
+pub(crate) struct ReadArgs {
     #[command(flatten)]
-    pub connection: ConnectionArgs,
+    pub(crate) connection: ConnectionArgs,
     #[command(flatten)]
-    pub filters: FilterArgs,
+    pub(crate) filters: FilterArgs,
     /// Rows per PostHog query page (at most 50000, the Query API's cap; the Events API caps
     /// pages at 1000 by itself).
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=50_000))]
-    pub page_size: u64,
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE))]
+    pub(crate) page_size: u64,
 }
 
 /// The time range `[start, end)`.
 #[derive(Args, Debug, Clone)]
-pub struct RangeArgs {
+pub(crate) struct RangeArgs {
     /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
-    pub start: Option<DateTime<Utc>>,
+    pub(crate) start: Option<DateTime<Utc>>,
     /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
-    pub end: Option<DateTime<Utc>>,
+    pub(crate) end: Option<DateTime<Utc>>,
 }
 
 /// The job's state file.
 #[derive(Args, Debug, Clone)]
-pub struct StateArgs {
+pub(crate) struct StateArgs {
     /// State file to resume from (default: derived from the job, under
     /// $POSTHOG_PATTERNS_STATE_DIR, $XDG_STATE_HOME/posthog-patterns or
     /// ~/.local/state/posthog-patterns).
     #[arg(long, value_name = "PATH")]
-    pub checkpoint: Option<PathBuf>,
+    pub(crate) checkpoint: Option<PathBuf>,
     /// Discard the state and start the job from the beginning.
     #[arg(long)]
-    pub restart: bool,
+    pub(crate) restart: bool,
 }
 
 /// Event-name filters.
 #[derive(Args, Debug, Clone, Default)]
-pub struct FilterArgs {
+pub(crate) struct FilterArgs {
     /// Only these event names (repeatable, or a comma-separated list).
     #[arg(long = "event", value_name = "NAME", value_delimiter = ',')]
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
     /// Leave out these event names (repeatable, or a comma-separated list).
     #[arg(long = "exclude-event", value_name = "NAME", value_delimiter = ',')]
-    pub exclude_events: Vec<String>,
+    pub(crate) exclude_events: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Synthetic events in the PostHog stand-in.
     #[arg(long, value_name = "N", default_value_t = 40_000)]
-    pub events: usize,
+    pub(crate) events: usize,
     #[command(flatten)]
-    pub output: OutputArgs,
+    pub(crate) output: OutputArgs,
 }
 
 /// `YYYY-MM-DD` (midnight UTC) or RFC 3339.
-pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
     }
@@ -341,7 +356,7 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 }
 
 /// `1MiB`, `512KiB`, `1MB`, `200000`.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -367,7 +382,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 }
 
 /// `90s`, `15m`, `2h`, `7d`, `500ms`, or plain seconds.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

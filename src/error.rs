@@ -3,16 +3,16 @@
 
 use std::path::PathBuf;
 
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_FAILURE: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_REJECTED: u8 = 3;
-pub const EXIT_TEMPFAIL: u8 = 75;
-pub const EXIT_INTERRUPTED: u8 = 130;
+pub(crate) const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_FAILURE: u8 = 1;
+pub(crate) const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_REJECTED: u8 = 3;
+pub(crate) const EXIT_TEMPFAIL: u8 = 75;
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 /// Errors whose exit code is not the generic 1. Anything else that ends a run exits 1.
 #[derive(Debug, thiserror::Error)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// The command line or configuration is wrong; nothing was read or sent.
     #[error("{0}")]
     Usage(String),
@@ -32,7 +32,7 @@ pub enum Stop {
 }
 
 impl Stop {
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Stop::Usage(_) => EXIT_USAGE,
             Stop::Locked { .. } | Stop::Temporary(_) => EXIT_TEMPFAIL,
@@ -43,20 +43,20 @@ impl Stop {
 
 /// The exit code for an error that ended a run: a [`Stop`] anywhere in its chain decides,
 /// otherwise 1.
-pub fn exit_code_of(err: &anyhow::Error) -> u8 {
+pub(crate) fn exit_code_of(err: &anyhow::Error) -> u8 {
     err.chain()
         .find_map(|e| e.downcast_ref::<Stop>())
         .map_or(EXIT_FAILURE, Stop::exit_code)
 }
 
 /// What to do after an interruption, for commands that keep a checkpoint.
-pub const RESUME_HINT: &str =
+pub(crate) const RESUME_HINT: &str =
     "the checkpoint holds every acknowledged batch, so running the same command again resumes";
 
 /// Ends `work` on Ctrl-C or SIGTERM with [`Stop::Interrupted`] and the text `hint` gives then.
 /// Checkpoints are written synchronously between awaits, so stopping never leaves one
 /// half-written.
-pub async fn interruptible<T>(
+pub(crate) async fn interruptible<T>(
     work: impl std::future::Future<Output = anyhow::Result<T>>,
     hint: impl FnOnce() -> String,
 ) -> anyhow::Result<T> {
@@ -69,6 +69,6 @@ pub async fn interruptible<T>(
     }
 }
 
-pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
     Stop::Usage(msg.into()).into()
 }

@@ -8,23 +8,23 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 /// `2024-01-01T12:34:56.123456Z`: RFC 3339, UTC, always six fractional digits.
-pub fn format_ts(t: &DateTime<Utc>) -> String {
+pub(crate) fn format_ts(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// Drops anything finer than a microsecond (PostHog keeps microseconds).
-pub fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
 /// `2024-01-01 12:34:56.123456`: the form passed to `toDateTime64({..}, 6, 'UTC')`.
-pub fn format_ts_value(t: &DateTime<Utc>) -> String {
+pub(crate) fn format_ts_value(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
 }
 
 /// Parses the timestamps PostHog returns: RFC 3339 with `Z` or an offset, with or without a
 /// fraction (the Query API omits it when the microseconds are zero).
-pub fn parse_ts(text: &str) -> anyhow::Result<DateTime<Utc>> {
+pub(crate) fn parse_ts(text: &str) -> anyhow::Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -35,7 +35,7 @@ pub fn parse_ts(text: &str) -> anyhow::Result<DateTime<Utc>> {
 }
 
 /// The project id as PostHog's events carry it (`team_id`): a number when it is one.
-pub fn team_id(project: &str) -> serde_json::Value {
+pub(crate) fn team_id(project: &str) -> serde_json::Value {
     project
         .parse::<u64>()
         .map(serde_json::Value::from)
@@ -44,25 +44,25 @@ pub fn team_id(project: &str) -> serde_json::Value {
 
 /// The fields of one event, borrowed from whatever the source parsed.
 #[derive(Serialize)]
-pub struct Event<'a> {
-    pub uuid: &'a str,
-    pub event: &'a str,
-    pub distinct_id: &'a str,
-    pub timestamp: String,
-    pub created_at: Option<String>,
-    pub properties: &'a RawValue,
-    pub elements_chain: &'a str,
-    pub team_id: &'a serde_json::Value,
+pub(crate) struct Event<'a> {
+    pub(crate) uuid: &'a str,
+    pub(crate) event: &'a str,
+    pub(crate) distinct_id: &'a str,
+    pub(crate) timestamp: String,
+    pub(crate) created_at: Option<String>,
+    pub(crate) properties: &'a RawValue,
+    pub(crate) elements_chain: &'a str,
+    pub(crate) team_id: &'a serde_json::Value,
 }
 
 impl Event<'_> {
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string(self).expect("an Event always serializes")
     }
 }
 
 /// Checks that PostHog's `properties` text is a JSON object and keeps it verbatim.
-pub fn properties_object(text: Option<&str>, uuid: &str) -> anyhow::Result<Box<RawValue>> {
+pub(crate) fn properties_object(text: Option<&str>, uuid: &str) -> anyhow::Result<Box<RawValue>> {
     let text = text.unwrap_or("{}");
     let raw = RawValue::from_string(text.trim().to_string()).with_context(|| {
         format!("PostHog returned properties that are not valid JSON for event {uuid}")

@@ -2,6 +2,7 @@
 //! log line every few seconds otherwise (cron), nothing but errors with `--quiet`.
 //! All log output goes through here so that it never tears the bars. Nothing goes to stdout.
 
+use crate::pipeline::ledger::Stats;
 use chrono::{SecondsFormat, Utc};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// How progress is shown (`--progress`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressMode {
+pub(crate) enum ProgressMode {
     Auto,
     Always,
     Never,
@@ -19,13 +20,13 @@ pub enum ProgressMode {
 
 /// Log line format (`--log-format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
+pub(crate) enum Level {
     Error,
     Warn,
     Info,
@@ -43,34 +44,6 @@ impl Level {
     }
 }
 
-/// Counters every stage adds to; read by the display and by the summary.
-#[derive(Default, Debug)]
-pub struct Stats {
-    pub read: AtomicU64,
-    pub duplicates_dropped: AtomicU64,
-    pub filtered: AtomicU64,
-    /// Input lines set aside because they are not JSON objects (`send --on-invalid skip`).
-    pub skipped: AtomicU64,
-    pub posted: AtomicU64,
-    pub batches: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub source_requests: AtomicU64,
-    pub sink_requests: AtomicU64,
-    pub retries: AtomicU64,
-    pub waited_ms: AtomicU64,
-    /// Share of the work done, in 1/10000.
-    pub done_ratio: AtomicU64,
-}
-
-impl Stats {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
-    }
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Relaxed)
-    }
-}
-
 enum Display {
     Quiet,
     Lines {
@@ -83,17 +56,20 @@ enum Display {
     },
 }
 
-pub struct Options {
-    pub mode: ProgressMode,
-    pub quiet: bool,
-    pub verbose: u8,
-    pub log_format: LogFormat,
+pub(crate) struct Options {
+    pub(crate) mode: ProgressMode,
+    pub(crate) quiet: bool,
+    pub(crate) verbose: u8,
+    pub(crate) log_format: LogFormat,
     /// The most verbose level shown when not `-v` (sync shows only warnings by default).
-    pub default_level: Level,
+    pub(crate) default_level: Level,
 }
 
-pub struct Progress {
-    pub stats: Stats,
+pub(crate) struct Progress {
+    /// The ledger every stage counts into; shown here, checked by the commands.
+    pub(crate) stats: Stats,
+    /// Share of the work done, in 1/10000.
+    done_ratio: AtomicU64,
     display: Display,
     level: Level,
     format: LogFormat,
@@ -107,7 +83,7 @@ pub struct Progress {
 }
 
 /// Refreshes the display until dropped.
-pub struct Ticker(tokio::task::JoinHandle<()>);
+pub(crate) struct Ticker(tokio::task::JoinHandle<()>);
 
 impl Drop for Ticker {
     fn drop(&mut self) {
@@ -116,7 +92,7 @@ impl Drop for Ticker {
 }
 
 impl Progress {
-    pub fn new(opts: &Options) -> Self {
+    pub(crate) fn new(opts: &Options) -> Self {
         let level = if opts.quiet {
             Level::Error
         } else if opts.verbose > 0 {
@@ -161,6 +137,7 @@ impl Progress {
         };
         Progress {
             stats: Stats::default(),
+            done_ratio: AtomicU64::new(0),
             display,
             level,
             format: opts.log_format,
@@ -173,7 +150,7 @@ impl Progress {
     }
 
     /// A display for tests and embedding: logs errors only.
-    pub fn silent() -> Self {
+    pub(crate) fn silent() -> Self {
         Progress::new(&Options {
             mode: ProgressMode::Never,
             quiet: true,
@@ -183,11 +160,11 @@ impl Progress {
         })
     }
 
-    pub fn elapsed(&self) -> Duration {
+    pub(crate) fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
 
-    pub fn log(&self, level: Level, msg: &str) {
+    pub(crate) fn log(&self, level: Level, msg: &str) {
         if level > self.level {
             return;
         }
@@ -215,21 +192,18 @@ impl Progress {
         }
     }
 
-    pub fn error(&self, msg: &str) {
-        self.log(Level::Error, msg)
-    }
-    pub fn warn(&self, msg: &str) {
+    pub(crate) fn warn(&self, msg: &str) {
         self.log(Level::Warn, msg)
     }
-    pub fn info(&self, msg: &str) {
+    pub(crate) fn info(&self, msg: &str) {
         self.log(Level::Info, msg)
     }
-    pub fn debug(&self, msg: &str) {
+    pub(crate) fn debug(&self, msg: &str) {
         self.log(Level::Debug, msg)
     }
 
     /// For input of unknown size (stdin): a spinner instead of a share-done bar.
-    pub fn set_unbounded(&self) {
+    pub(crate) fn set_unbounded(&self) {
         if let Display::Bars { work, .. } = &self.display {
             work.set_style(
                 ProgressStyle::with_template("{spinner} {msg}").expect("static template"),
@@ -237,18 +211,18 @@ impl Progress {
         }
     }
 
-    pub fn set_status(&self, status: String) {
+    pub(crate) fn set_status(&self, status: String) {
         *self.status.lock().unwrap() = status;
     }
 
     /// Sets how much of the work is done, as a fraction 0..=1.
-    pub fn set_done(&self, fraction: f64) {
+    pub(crate) fn set_done(&self, fraction: f64) {
         let v = (fraction.clamp(0.0, 1.0) * 10_000.0) as u64;
-        self.stats.done_ratio.store(v, Relaxed);
+        self.done_ratio.store(v, Relaxed);
     }
 
     /// Sleeps for `wait`, showing why on the bar and, when it is long, in the log.
-    pub async fn wait(&self, why: &str, wait: Duration) {
+    pub(crate) async fn wait(&self, why: &str, wait: Duration) {
         if wait >= Duration::from_secs(5) {
             self.info(&format!("{why}: waiting {}", human_duration(wait)));
         } else if !wait.is_zero() {
@@ -261,7 +235,7 @@ impl Progress {
     }
 
     /// One line describing the counters, used by the bars and the periodic log line.
-    pub fn counts_line(&self) -> String {
+    pub(crate) fn counts_line(&self) -> String {
         let s = &self.stats;
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let read = Stats::get(&s.read);
@@ -294,11 +268,11 @@ impl Progress {
     }
 
     /// Refreshes the display; call a few times a second.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         if self.finished.load(Relaxed) {
             return;
         }
-        let done = Stats::get(&self.stats.done_ratio);
+        let done = self.done_ratio.load(Relaxed);
         match &self.display {
             Display::Quiet => {}
             Display::Bars { work, counts, .. } => {
@@ -324,7 +298,7 @@ impl Progress {
     }
 
     /// Starts refreshing the display in the background, until the [`Ticker`] is dropped.
-    pub fn start(self: &std::sync::Arc<Self>) -> Ticker {
+    pub(crate) fn start(self: &std::sync::Arc<Self>) -> Ticker {
         let me = self.clone();
         Ticker(tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(200));
@@ -336,7 +310,7 @@ impl Progress {
     }
 
     /// Removes the bars for good (before the summary or an error is printed).
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.finished.store(true, Relaxed);
         if let Display::Bars {
             multi,
@@ -351,7 +325,7 @@ impl Progress {
     }
 
     /// Prints the closing summary (to stderr), unless quiet.
-    pub fn summary(&self, level: Level, text: &str) {
+    pub(crate) fn summary(&self, level: Level, text: &str) {
         self.finish();
         if level <= self.level {
             match self.format {
@@ -362,7 +336,7 @@ impl Progress {
     }
 }
 
-pub fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -374,7 +348,7 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-pub fn human_duration(d: Duration) -> String {
+pub(crate) fn human_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 3600 {
         format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)

@@ -6,19 +6,19 @@ use std::fmt;
 
 /// A string that must never be printed. Use [`Secret::expose`] only where it is sent.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
 
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 
     /// A short, stable fingerprint that identifies the secret without revealing it.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         let digest = Sha256::digest(self.0.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("sha256:{}", &hex[..16])
@@ -40,14 +40,14 @@ impl fmt::Display for Secret {
 /// The webhook URL: its path is the secret (Patterns puts the token there), so only the
 /// scheme and host are ever shown.
 #[derive(Clone)]
-pub struct WebhookUrl {
+pub(crate) struct WebhookUrl {
     url: reqwest::Url,
     secret: Secret,
 }
 
 impl WebhookUrl {
     /// Parses and checks a webhook URL. The error never repeats the URL itself.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let url = reqwest::Url::parse(text.trim()).map_err(|e| {
             format!("the webhook URL does not parse ({e}); expected something like https://api.patterns.app/api/app/webhooks/wh...")
         })?;
@@ -66,12 +66,12 @@ impl WebhookUrl {
         })
     }
 
-    pub fn url(&self) -> &reqwest::Url {
+    pub(crate) fn url(&self) -> &reqwest::Url {
         &self.url
     }
 
     /// `https://host[:port]/…`: safe to print.
-    pub fn redacted(&self) -> String {
+    pub(crate) fn redacted(&self) -> String {
         let port = self.url.port().map(|p| format!(":{p}")).unwrap_or_default();
         format!(
             "{}://{}{}/…",
@@ -81,7 +81,7 @@ impl WebhookUrl {
         )
     }
 
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         self.secret.fingerprint()
     }
 }

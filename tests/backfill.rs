@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
-use posthog_patterns::standin::data::tied_events;
-use posthog_patterns::standin::{Fault, PostHogConfig, WebhookConfig};
+use posthog_patterns_standin::data::tied_events;
+use posthog_patterns_standin::{Fault, PostHogConfig, WebhookConfig};
 use std::time::Duration;
 
 #[test]
@@ -155,7 +155,7 @@ fn resume_after_kill_loses_nothing_and_duplicates_at_most_the_in_flight_batches(
         let mut counts = std::collections::HashMap::new();
         for e in &all {
             *counts
-                .entry(posthog_patterns::standin::webhook::uuid_of(e))
+                .entry(posthog_patterns_standin::webhook::uuid_of(e))
                 .or_insert(0) += 1;
         }
         let duplicates: usize = counts.values().map(|n| n - 1).sum();

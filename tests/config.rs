@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use posthog_patterns::standin::WebhookConfig;
+use posthog_patterns_standin::WebhookConfig;
 
 const WEBHOOK_SECRET: &str = "wh-standin-secret-token-5f1e";
 

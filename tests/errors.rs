@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use posthog_patterns::standin::{Fault, WebhookConfig};
+use posthog_patterns_standin::{Fault, WebhookConfig};
 
 const WEBHOOK_SECRET: &str = "wh-standin-secret-token-5f1e";
 

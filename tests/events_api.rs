@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use posthog_patterns::standin::data::tied_events;
-use posthog_patterns::standin::{PostHogConfig, StoredEvent, WebhookConfig};
+use posthog_patterns_standin::data::tied_events;
+use posthog_patterns_standin::{PostHogConfig, StoredEvent, WebhookConfig};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -217,7 +217,7 @@ fn more_than_50000_events_in_one_microsecond_is_a_clear_error_not_a_loop() {
 
 #[test]
 fn ranges_longer_than_366_days_are_read_in_windows() {
-    let mut data = posthog_patterns::standin::synthetic_events(
+    let mut data = posthog_patterns_standin::synthetic_events(
         300,
         t("2022-01-01T00:00:00Z"),
         t("2024-06-01T00:00:00Z"),

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use posthog_patterns::standin::{Fault, WebhookConfig};
+use posthog_patterns_standin::{Fault, WebhookConfig};
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;

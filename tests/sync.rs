@@ -4,8 +4,8 @@ mod common;
 
 use chrono::{Duration, Utc};
 use common::*;
-use posthog_patterns::standin::data::tied_events;
-use posthog_patterns::standin::{PostHogConfig, StoredEvent, WebhookConfig, synthetic_events};
+use posthog_patterns_standin::data::tied_events;
+use posthog_patterns_standin::{PostHogConfig, StoredEvent, WebhookConfig, synthetic_events};
 use std::collections::HashSet;
 
 /// Events with these timestamps, ingested just now (late arrivals when the timestamps are old).

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, Utc};
-use posthog_patterns::standin::{
+use posthog_patterns_standin::{
     PostHogConfig, PostHogStandIn, StoredEvent, WebhookConfig, WebhookStandIn,
 };
 use std::collections::HashMap;
@@ -192,7 +192,7 @@ pub fn in_range(e: &StoredEvent) -> bool {
 
 /// Synthetic events over the standard range plus edge cases.
 pub fn events(n: usize, seed: u64) -> Vec<StoredEvent> {
-    posthog_patterns::standin::synthetic_events(n, t(RANGE_START), t(RANGE_END), seed)
+    posthog_patterns_standin::synthetic_events(n, t(RANGE_START), t(RANGE_END), seed)
 }
 
 /// `backfill` over the standard range, with extra arguments.

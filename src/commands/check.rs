@@ -1,0 +1,336 @@
+//! `config check COMMAND [flags]`: validates the settings a command would run with (flags,
+//! environment and `--config` file merged), prints them with secrets redacted, and for
+//! `backfill` and `sync` says what a run would read: the range, an estimate of the events
+//! (PostHog `count()` queries, one per month at most), the requests, and the time the request
+//! budget needs for them. Sends nothing to the webhook and writes no state.
+
+use crate::cli::CheckedCommand;
+use crate::commands::backfill::BackfillConfig;
+use crate::error::EXIT_OK;
+use crate::event::{format_ts, format_ts_value};
+use crate::posthog::Connection;
+use crate::posthog::source::Connect;
+use crate::posthog::source::{Filters, Range, SourceKind};
+use crate::progress::{Progress, human_duration, thousands};
+use crate::settings::{EVENTS_API_LIMITS, QUERY_API_LIMITS, Retries};
+use crate::state::checkpoint::{self, State};
+use anyhow::Context;
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+use std::sync::Arc;
+
+pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match command {
+            CheckedCommand::Backfill(args) => {
+                let cfg = BackfillConfig::from_args(args)?;
+                print_connection(&cfg.connection, cfg.source);
+                println!("webhook           {}", cfg.webhook.redacted());
+                println!(
+                    "range             {} → {}",
+                    format_ts(&cfg.range.start),
+                    format_ts(&cfg.range.end)
+                );
+                print_filters(&cfg.filters);
+                println!("page size         {}", cfg.page_size);
+                println!(
+                    "batches           {} events, {} bytes, {} at once",
+                    cfg.posting.limits.max_events,
+                    cfg.posting.limits.max_bytes,
+                    cfg.posting.concurrency
+                );
+                let path = cfg
+                    .checkpoint
+                    .clone()
+                    .unwrap_or_else(|| checkpoint::default_path("backfill", &cfg.job_id()));
+                println!("checkpoint        {}", path.display());
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    let state: State<serde_json::Value> = serde_json::from_str(&text)
+                        .with_context(|| format!("the checkpoint {} is corrupt", path.display()))?;
+                    println!(
+                        "                  complete: {}, position: {}",
+                        state.complete,
+                        state.position.unwrap_or_default()
+                    );
+                }
+                estimate(
+                    &cfg.connection,
+                    cfg.source,
+                    &cfg.retries,
+                    cfg.range,
+                    &cfg.filters,
+                    None,
+                    cfg.page_size,
+                    cfg.posting.limits.max_events,
+                )
+                .await?;
+            }
+            CheckedCommand::Sync(args) => {
+                let cfg = crate::commands::sync::SyncConfig::from_args(args)?;
+                print_connection(&cfg.connection, cfg.source);
+                println!("webhook           {}", cfg.webhook.redacted());
+                print_filters(&cfg.filters);
+                println!(
+                    "lookback, lag     {}, {}",
+                    human(cfg.lookback),
+                    human(cfg.lag)
+                );
+                let path = cfg
+                    .checkpoint
+                    .clone()
+                    .unwrap_or_else(|| checkpoint::default_path("sync", &cfg.job_id()));
+                println!("state             {}", path.display());
+                let now = Utc::now();
+                let until = now - cfg.lag;
+                let (range, after) = match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        let state: State<crate::commands::sync::SyncState> =
+                            serde_json::from_str(&text).with_context(|| {
+                                format!("the state file {} is corrupt", path.display())
+                            })?;
+                        let sync = state.position.context("a sync state has a position")?;
+                        println!(
+                            "                  started {}, watermark {}{}",
+                            format_ts(&sync.start),
+                            sync.watermark.map_or("none yet".into(), |w| format_ts(&w)),
+                            if sync.pending.is_some() {
+                                ", a run to finish"
+                            } else {
+                                ""
+                            }
+                        );
+                        match sync.watermark {
+                            Some(w) => (
+                                Range {
+                                    start: (w - cfg.lookback).max(sync.start),
+                                    end: now + Duration::days(1),
+                                },
+                                Some(w),
+                            ),
+                            None => (
+                                Range {
+                                    start: sync.start,
+                                    end: now + Duration::days(1),
+                                },
+                                None,
+                            ),
+                        }
+                    }
+                    Err(_) => {
+                        let start = cfg.start.context("the first sync run needs --start DATE")?;
+                        println!(
+                            "                  none yet: the first run starts at {}",
+                            format_ts(&start)
+                        );
+                        (
+                            Range {
+                                start,
+                                end: now + Duration::days(1),
+                            },
+                            None,
+                        )
+                    }
+                };
+                println!("next run          ingested up to {}", format_ts(&until));
+                let ingested = Some((after.unwrap_or(DateTime::UNIX_EPOCH), until));
+                estimate(
+                    &cfg.connection,
+                    cfg.source,
+                    &cfg.retries,
+                    range,
+                    &cfg.filters,
+                    ingested,
+                    cfg.page_size,
+                    cfg.posting.limits.max_events,
+                )
+                .await?;
+            }
+            CheckedCommand::Export(args) => {
+                let cfg = crate::commands::export::ExportConfig::from_args(args)?;
+                print_connection(&cfg.connection, cfg.source);
+                println!(
+                    "range             {} → {}",
+                    format_ts(&cfg.range.start),
+                    format_ts(&cfg.range.end)
+                );
+                print_filters(&cfg.filters);
+                println!(
+                    "output            {}",
+                    cfg.output
+                        .as_ref()
+                        .map_or("stdout".into(), |p| p.display().to_string())
+                );
+            }
+            CheckedCommand::Send(args) => {
+                let cfg = crate::commands::send::SendConfig::from_args(args)?;
+                println!("webhook           {}", cfg.webhook.redacted());
+                println!(
+                    "input             {}",
+                    if cfg.files.is_empty() {
+                        "stdin".into()
+                    } else {
+                        format!("{} file(s)", cfg.files.len())
+                    }
+                );
+                print_filters(&cfg.filters);
+                println!(
+                    "batches           {} events, {} bytes, {} at once",
+                    cfg.posting.limits.max_events,
+                    cfg.posting.limits.max_bytes,
+                    cfg.posting.concurrency
+                );
+                println!("invalid lines     {:?}", cfg.on_invalid);
+            }
+        }
+        println!("settings OK");
+        Ok(EXIT_OK)
+    })
+}
+
+fn print_connection(c: &Connection, source: SourceKind) {
+    println!("posthog host      {}", c.host);
+    println!("project           {}", c.project);
+    println!(
+        "api key           {} ({})",
+        c.api_key,
+        c.api_key.fingerprint()
+    );
+    println!("source            {}", source.name());
+}
+
+fn print_filters(f: &Filters) {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    println!(
+        "events            {}; excluded: {}",
+        list(&f.include),
+        list(&f.exclude)
+    );
+}
+
+fn human(d: Duration) -> String {
+    human_duration(d.to_std().unwrap_or_default())
+}
+
+/// Counts the events a run would read (Query API) and turns that into requests and time.
+#[allow(clippy::too_many_arguments)]
+async fn estimate(
+    connection: &Connection,
+    source: SourceKind,
+    retries: &Retries,
+    range: Range,
+    filters: &Filters,
+    ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    page_size: usize,
+    batch_size: usize,
+) -> anyhow::Result<()> {
+    let progress = Arc::new(Progress::silent());
+    let connect = Connect {
+        http: crate::net::http::client(retries.http_timeout)?,
+        connection,
+        retries,
+        progress: &progress,
+    };
+    let kind = connect.choose(source, None).await?;
+    println!("PostHog API       {} (answered)", kind.name());
+    let published = if kind == SourceKind::Events {
+        EVENTS_API_LIMITS
+    } else {
+        QUERY_API_LIMITS
+    };
+    let per_minute = retries.per_minute.unwrap_or(published.0);
+    let per_hour = retries.per_hour.unwrap_or(published.1);
+    if kind == SourceKind::Events {
+        println!("estimate          not available from the Events API (it cannot count)");
+        return Ok(());
+    }
+    let client = connect.client(kind);
+    let mut total = 0u64;
+    let mut windows = 0u64;
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + Duration::days(31)).min(range.end);
+        let mut conds = vec![
+            "timestamp >= toDateTime64({start}, 6, 'UTC')".to_string(),
+            "timestamp < toDateTime64({end}, 6, 'UTC')".to_string(),
+        ];
+        let mut values = json!({"start": format_ts_value(&start), "end": format_ts_value(&end)});
+        if let Some((after, until)) = ingested {
+            conds.push("created_at > toDateTime64({created_after}, 6, 'UTC')".into());
+            conds.push("created_at <= toDateTime64({created_until}, 6, 'UTC')".into());
+            values["created_after"] = json!(format_ts_value(&after));
+            values["created_until"] = json!(format_ts_value(&until));
+        }
+        for (list, prefix, op) in [
+            (&filters.include, "event", "IN"),
+            (&filters.exclude, "exclude", "NOT IN"),
+        ] {
+            if !list.is_empty() {
+                let names: Vec<String> = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        values[format!("{prefix}_{i}")] = json!(n);
+                        format!("{{{prefix}_{i}}}")
+                    })
+                    .collect();
+                conds.push(format!("event {op} ({})", names.join(", ")));
+            }
+        }
+        let body = json!({
+            "query": {"kind": "HogQLQuery", "query": format!("SELECT count() FROM events WHERE {}", conds.join(" AND ")),
+                      "values": values, "modifiers": {"convertToProjectTimezone": false}},
+            "refresh": "force_blocking",
+            "name": "posthog-patterns estimate",
+        });
+        let reply = client
+            .post("query/", &body)
+            .await
+            .map_err(|e| e.into_error("counting events"))?;
+        let v: serde_json::Value = serde_json::from_slice(&reply)?;
+        total += v["results"][0][0]
+            .as_u64()
+            .context("PostHog's count() answer has no number")?;
+        windows += 1;
+        start = end;
+    }
+    let reads = total.div_ceil(page_size as u64) + windows;
+    let posts = total.div_ceil(batch_size as u64);
+    let minutes = if per_minute == 0 {
+        0
+    } else {
+        reads / per_minute as u64
+    };
+    let hours = if per_hour == 0 {
+        0
+    } else {
+        reads / per_hour as u64
+    };
+    let budget = std::time::Duration::from_secs((minutes * 60).max(hours * 3600));
+    println!(
+        "events            about {} (count() over {windows} window(s) of at most 31 days)",
+        thousands(total)
+    );
+    println!(
+        "requests          about {} to PostHog, {} to the webhook",
+        thousands(reads),
+        thousands(posts)
+    );
+    println!(
+        "request budget    {per_minute}/minute, {per_hour}/hour: at least {} for the PostHog requests",
+        if budget.is_zero() {
+            "no wait".into()
+        } else {
+            human_duration(budget)
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! `export`: the events of a time range as NDJSON, one posted-event object per line, to stdout
+//! or a file (`.gz`: gzip). Writing to a file is resumable: the checkpoint records how many
+//! bytes of the file are complete, and a resumed run cuts anything after them.
+
+use crate::cli::ExportArgs;
+use crate::commands::Report;
+use crate::commands::runner;
+use crate::error::{EXIT_OK, usage};
+use crate::event::format_ts;
+use crate::pipeline;
+use crate::pipeline::batcher::Limits;
+use crate::posthog::Connection;
+use crate::posthog::source::Connect;
+use crate::posthog::source::{Cursor, Filters, Range, Reader, SourceKind};
+use crate::progress::{Progress, thousands};
+use crate::settings::{self, Retries};
+use crate::sinks::ndjson::{NdjsonWriter, OutputClosed};
+use crate::state::checkpoint::JobId;
+use crate::state::job;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Lines written (and synced) at a time: the checkpoint granularity of a file export. One
+/// batch at a time: a file is appended to in order.
+const POSTING: pipeline::Posting = pipeline::Posting {
+    limits: Limits {
+        max_events: 5_000,
+        max_bytes: 8 << 20,
+    },
+    concurrency: 1,
+    linger: None,
+};
+
+pub(crate) struct ExportConfig {
+    pub(crate) connection: Connection,
+    pub(crate) source: SourceKind,
+    pub(crate) range: Range,
+    pub(crate) filters: Filters,
+    pub(crate) page_size: usize,
+    pub(crate) output: Option<PathBuf>,
+    pub(crate) checkpoint: Option<PathBuf>,
+    pub(crate) restart: bool,
+    pub(crate) retries: Retries,
+}
+
+impl ExportConfig {
+    pub(crate) fn from_args(args: &ExportArgs) -> anyhow::Result<Self> {
+        if args.output.is_none() && args.state.checkpoint.is_some() {
+            return Err(usage(
+                "--checkpoint needs --output FILE: an export to stdout cannot be resumed",
+            ));
+        }
+        Ok(ExportConfig {
+            connection: settings::connection(&args.read.connection)?,
+            source: args.read.connection.source,
+            range: settings::range(args.range.start, args.range.end)?,
+            filters: settings::filters(&args.read.filters),
+            page_size: args.read.page_size as usize,
+            output: args.output.clone(),
+            checkpoint: args.state.checkpoint.clone(),
+            restart: args.state.restart,
+            retries: settings::retries(&args.retry),
+        })
+    }
+
+    fn job_id(&self, output: &std::path::Path) -> JobId {
+        let mut job = job::identity("export", &self.connection, &self.filters);
+        job.insert("start".into(), format_ts(&self.range.start));
+        job.insert("end".into(), format_ts(&self.range.end));
+        job.insert("output".into(), output.display().to_string());
+        job
+    }
+}
+
+/// Where a file export stands: the read position and the bytes of the file that are complete.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ExportPosition {
+    pub(crate) cursor: Cursor,
+    pub(crate) bytes: u64,
+}
+
+pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+    let connect = Connect::new(&cfg.connection, &cfg.retries, progress)?;
+    let Some(output) = &cfg.output else {
+        let source = connect.choose(cfg.source, None).await?;
+        let writer = NdjsonWriter::stdout(progress.clone());
+        return match read_into(
+            cfg,
+            &connect,
+            source,
+            None,
+            &writer,
+            progress,
+            |_, _| Ok(()),
+        )
+        .await
+        {
+            Err(e) if e.chain().any(|c| c.is::<OutputClosed>()) => Ok(Report {
+                exit: EXIT_OK,
+                summary: String::new(),
+            }),
+            Err(e) => Err(e),
+            Ok(()) => Ok(Report {
+                exit: EXIT_OK,
+                summary: format!(
+                    "export complete: {} → {} to stdout\n{}",
+                    format_ts(&cfg.range.start),
+                    format_ts(&cfg.range.end),
+                    runner::figures(progress, "written")
+                ),
+            }),
+        };
+    };
+
+    let output = std::path::absolute(output).unwrap_or_else(|_| output.clone());
+    let job::Resumed {
+        store,
+        mut state,
+        source,
+        fresh,
+    } = job::resume::<ExportPosition>(
+        &connect,
+        cfg.source,
+        "export",
+        cfg.job_id(&output),
+        cfg.checkpoint.as_deref(),
+        cfg.restart,
+    )
+    .await?;
+    let path = store.path().to_path_buf();
+    let existing = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    if fresh && existing > 0 && !cfg.restart {
+        return Err(usage(format!(
+            "{} exists and no checkpoint says how much of it is complete; move it aside, or pass --restart to overwrite it",
+            output.display()
+        )));
+    }
+    if state.complete {
+        return Ok(Report {
+            exit: EXIT_OK,
+            summary: format!(
+                "export already complete: {} events in {}; pass --restart to export again",
+                thousands(state.counters.posted),
+                output.display()
+            ),
+        });
+    }
+    let keep = state.position.as_ref().map_or(0, |p| p.bytes);
+    if keep > 0 {
+        progress.info(&format!(
+            "resuming {} after its first {} bytes",
+            output.display(),
+            keep
+        ));
+    }
+    state.counters.runs += 1;
+    let writer = NdjsonWriter::file(&output, keep, progress.clone())?;
+    let from = state.position.as_ref().map(|p| p.cursor.clone());
+    read_into(
+        cfg,
+        &connect,
+        source,
+        from,
+        &writer,
+        progress,
+        |cursor, done| {
+            state.position = Some(ExportPosition {
+                cursor: cursor.clone(),
+                bytes: writer.len(),
+            });
+            state.counters.record(done);
+            store.save(&mut state)
+        },
+    )
+    .await?;
+    state.complete = true;
+    store.save(&mut state)?;
+    Ok(Report {
+        exit: EXIT_OK,
+        summary: format!(
+            "export complete: {} → {} into {}\n{}\n  in all   {} events over {} run(s); checkpoint {}",
+            format_ts(&cfg.range.start),
+            format_ts(&cfg.range.end),
+            output.display(),
+            runner::figures(progress, "written"),
+            thousands(state.counters.posted),
+            state.counters.runs,
+            path.display()
+        ),
+    })
+}
+
+async fn read_into(
+    cfg: &ExportConfig,
+    connect: &Connect<'_>,
+    source: SourceKind,
+    from: Option<Cursor>,
+    writer: &NdjsonWriter,
+    progress: &Arc<Progress>,
+    commit: impl FnMut(&Cursor, crate::pipeline::Delivered) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let reader = Reader {
+        kind: source,
+        client: connect.client(source),
+        range: cfg.range,
+        filters: cfg.filters.clone(),
+        page_size: cfg.page_size,
+        ingested: None,
+    };
+    runner::read_posthog(reader, from, POSTING, writer, progress, commit).await
+}

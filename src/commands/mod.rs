@@ -1,0 +1,105 @@
+//! The commands. `backfill`, `sync` and `export` read PostHog through the one shared runner
+//! in `runner`; `send` reads NDJSON through the same pipeline; `check` asks the commands for
+//! their plans; `demo` runs `backfill` against the stand-ins.
+
+pub(crate) mod backfill;
+pub(crate) mod check;
+#[cfg(feature = "demo")]
+pub(crate) mod demo;
+pub(crate) mod export;
+pub(crate) mod runner;
+pub(crate) mod send;
+pub(crate) mod sync;
+
+/// How a run ended, for the exit code and the closing lines.
+pub(crate) struct Report {
+    pub(crate) exit: u8,
+    pub(crate) summary: String,
+}
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::error::EXIT_OK;
+use crate::progress::Level;
+use clap::CommandFactory;
+
+/// Runs a parsed command line; returns the exit code, or the error that ended the run.
+pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "posthog-patterns",
+                &mut std::io::stdout(),
+            );
+            return Ok(EXIT_OK);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(EXIT_OK);
+        }
+        Command::Config(ConfigCommand::Check { command }) => return check::run(&command),
+        _ => {}
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Backfill(args) => {
+                let cfg = backfill::BackfillConfig::from_args(&args)?;
+                let progress = runner::progress(&args.output, Level::Info);
+                runner::finish(
+                    &progress,
+                    runner::resumable(backfill::run(&cfg, &progress)).await,
+                )
+            }
+            Command::Sync(args) => {
+                let cfg = sync::SyncConfig::from_args(&args)?;
+                // Cron: silent on success unless -v.
+                let progress = runner::progress(&args.output, Level::Warn);
+                runner::finish(
+                    &progress,
+                    runner::resumable(sync::run(&cfg, &progress)).await,
+                )
+            }
+            Command::Export(args) => {
+                let cfg = export::ExportConfig::from_args(&args)?;
+                let progress = runner::progress(&args.display, Level::Info);
+                runner::finish(
+                    &progress,
+                    runner::resumable(export::run(&cfg, &progress)).await,
+                )
+            }
+            Command::Send(args) => {
+                let cfg = send::SendConfig::from_args(&args)?;
+                let progress = runner::progress(&args.output, Level::Info);
+                // send handles interruption itself: from stdin, the hint depends on progress.
+                runner::finish(&progress, send::run(&cfg, &progress).await)
+            }
+            Command::Demo(args) => demo(&args).await,
+            Command::Completions { .. } | Command::Man | Command::Config(_) => {
+                unreachable!("handled above")
+            }
+        }
+    });
+    // A reader blocked on stdin (send) must not keep an interrupted process alive.
+    runtime.shutdown_background();
+    result
+}
+
+#[cfg(feature = "demo")]
+async fn demo(args: &crate::cli::DemoArgs) -> anyhow::Result<u8> {
+    let progress = runner::progress(&args.output, Level::Info);
+    runner::finish(
+        &progress,
+        runner::resumable(demo::run(args, &progress)).await,
+    )
+}
+
+#[cfg(not(feature = "demo"))]
+async fn demo(_: &crate::cli::DemoArgs) -> anyhow::Result<u8> {
+    Err(crate::error::usage(
+        "this build has no demo: it needs the cargo feature `demo` (on by default), which builds the PostHog and webhook stand-ins in; rebuild without --no-default-features",
+    ))
+}

@@ -1,0 +1,131 @@
+//! What the commands share: the display, stopping on Ctrl-C or SIGTERM, running a source
+//! through the pipeline into a sink with the ledger check at the end, and the figures of a
+//! closing summary. A command is then only its job identity, its positions and its summary.
+
+use super::Report;
+use crate::cli::OutputArgs;
+use crate::pipeline::ledger::Stats;
+use crate::pipeline::{self, Deliver, Delivered, Item, Posting};
+use crate::posthog::source::{Cursor, Reader};
+use crate::progress::{Level, Options, Progress, human_duration, thousands};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// The display for a command's `OutputArgs`.
+pub(crate) fn progress(args: &OutputArgs, default_level: Level) -> Arc<Progress> {
+    Arc::new(Progress::new(&Options {
+        mode: args.progress,
+        quiet: args.quiet,
+        verbose: args.verbose,
+        log_format: args.log_format,
+        default_level,
+    }))
+}
+
+/// Clears the display, prints the summary, and gives the exit code.
+pub(crate) fn finish(progress: &Progress, result: anyhow::Result<Report>) -> anyhow::Result<u8> {
+    progress.finish();
+    let report = result?;
+    if !report.summary.is_empty() {
+        progress.summary(Level::Info, &report.summary);
+    }
+    Ok(report.exit)
+}
+
+/// The work of a command that keeps a checkpoint, stopped by Ctrl-C or SIGTERM.
+pub(crate) async fn resumable<T>(
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    crate::error::interruptible(work, || crate::error::RESUME_HINT.to_string()).await
+}
+
+/// Runs `source` through the pipeline into `sink`, showing progress, and checks the ledger
+/// at the end: an event read but neither delivered nor accounted for fails the run.
+pub(crate) async fn pipe<P, S, Fut>(
+    source: S,
+    posting: Posting,
+    sink: &dyn Deliver,
+    progress: &Arc<Progress>,
+    commit: impl FnMut(&P, Delivered) -> anyhow::Result<()>,
+) -> anyhow::Result<()>
+where
+    P: Send + 'static,
+    S: FnOnce(mpsc::Sender<Vec<Item<P>>>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let ticker = progress.start();
+    let result = pipeline::run(source, posting, sink, commit).await;
+    drop(ticker);
+    progress.tick();
+    result?;
+    progress.stats.check()
+}
+
+/// Reads PostHog after `from` with `reader` into `sink` (backfill, sync, export).
+pub(crate) async fn read_posthog(
+    reader: Reader,
+    from: Option<Cursor>,
+    posting: Posting,
+    sink: &dyn Deliver,
+    progress: &Arc<Progress>,
+    commit: impl FnMut(&Cursor, Delivered) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    pipe(
+        move |tx| reader.run(from, tx),
+        posting,
+        sink,
+        progress,
+        commit,
+    )
+    .await
+}
+
+/// `read … / posted … / retries … / took …` lines for a summary. `posted` names what the
+/// sink did (posted to the webhook, written to a file).
+pub(crate) fn figures(progress: &Progress, posted: &str) -> String {
+    let s = &progress.stats;
+    let (read, dups, filtered) = (
+        Stats::get(&s.read),
+        Stats::get(&s.duplicates_dropped),
+        Stats::get(&s.filtered),
+    );
+    let delivered = Stats::get(&s.posted);
+    let secs = progress.elapsed().as_secs_f64().max(0.001);
+    let notes: Vec<String> = [(dups, "duplicate rows dropped"), (filtered, "filtered out")]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{} {what}", thousands(n)))
+        .collect();
+    let mut out = format!(
+        "  read     {} events{}{}\n  {posted:<8} {} events in {} batches{}\n  retries  {}, waited {}\n  took     {} ({} events/s)",
+        thousands(read),
+        match Stats::get(&s.source_requests) {
+            0 => String::new(),
+            n => format!(" in {} PostHog requests", thousands(n)),
+        },
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join(", "))
+        },
+        thousands(delivered),
+        thousands(Stats::get(&s.batches)),
+        match Stats::get(&s.sink_requests) {
+            0 => String::new(),
+            n => format!(", {} webhook requests", thousands(n)),
+        },
+        Stats::get(&s.retries),
+        human_duration(std::time::Duration::from_millis(Stats::get(&s.waited_ms))),
+        human_duration(progress.elapsed()),
+        thousands((delivered as f64 / secs) as u64),
+    );
+    let dead = Stats::get(&s.dead_lettered);
+    if dead > 0 {
+        out.push_str(&format!(
+            "\n  dead-lettered {} events the webhook rejected",
+            thousands(dead)
+        ));
+    }
+    out
+}

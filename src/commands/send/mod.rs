@@ -1,0 +1,480 @@
+//! `send`: NDJSON from stdin or files (plain or `.gz`) to the webhook, through the same batcher
+//! and sink as `backfill`. Any JSON objects are accepted; `--event` filters apply to objects
+//! that have an `event` field. With files, a checkpoint records how far each was acknowledged;
+//! from stdin, a failure says how many lines were acknowledged so the rest can be fed again.
+
+pub(crate) mod lines;
+
+use crate::cli::{OnInvalid, SendArgs};
+use crate::commands::Report;
+use crate::commands::runner;
+use crate::error::{EXIT_OK, EXIT_REJECTED};
+use crate::pipeline;
+use crate::pipeline::Item;
+use crate::pipeline::Posting;
+use crate::pipeline::ledger::Stats;
+use crate::posthog::source::Filters;
+use crate::progress::{Progress, thousands};
+use crate::secret::WebhookUrl;
+use crate::settings::{self, Retries};
+use crate::sinks::dead_letter::DeadLetter;
+use crate::sinks::webhook::Sink;
+use crate::state::checkpoint::{self, JobId, State};
+use anyhow::Context;
+use lines::{Line, LineReader};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use tokio::sync::mpsc;
+
+/// A partial batch waits this long for more lines before it is posted (input may be a slow
+/// stream, e.g. `tail -f`).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub(crate) struct SendConfig {
+    /// Empty: stdin.
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) webhook: WebhookUrl,
+    pub(crate) posting: pipeline::Posting,
+    pub(crate) dead_letter: Option<PathBuf>,
+    pub(crate) filters: Filters,
+    pub(crate) on_invalid: OnInvalid,
+    pub(crate) max_line_bytes: usize,
+    pub(crate) checkpoint: Option<PathBuf>,
+    pub(crate) restart: bool,
+    pub(crate) retries: Retries,
+}
+
+impl SendConfig {
+    pub(crate) fn from_args(args: &SendArgs) -> anyhow::Result<Self> {
+        let webhook = settings::webhook(&args.webhook)?;
+        let files: Vec<PathBuf> = args
+            .files
+            .iter()
+            .filter(|f| f.as_os_str() != "-")
+            .cloned()
+            .collect();
+        if files.len() != args.files.len() && !files.is_empty() {
+            return Err(crate::error::usage(
+                "send reads either stdin (-) or files, not both",
+            ));
+        }
+        Ok(SendConfig {
+            files,
+            webhook: webhook.url,
+            posting: Posting {
+                linger: Some(LINGER),
+                ..webhook.posting
+            },
+            dead_letter: webhook.dead_letter,
+            filters: settings::filters(&args.filters),
+            on_invalid: args.on_invalid,
+            max_line_bytes: args.max_line_bytes as usize,
+            checkpoint: args.state.checkpoint.clone(),
+            restart: args.state.restart,
+            retries: settings::retries(&args.retry),
+        })
+    }
+
+    fn job_id(&self, files: &[PathBuf]) -> JobId {
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        checkpoint::job([
+            ("command", "send".to_string()),
+            ("files", names.join("\n")),
+            ("events", self.filters.include.join(",")),
+            ("exclude_events", self.filters.exclude.join(",")),
+            ("webhook", self.webhook.fingerprint()),
+        ])
+    }
+}
+
+/// How far the input has been acknowledged: everything before `offset` (bytes of the
+/// decompressed stream) of file number `file`, which is `line` lines; earlier files are done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SendPosition {
+    pub(crate) file: usize,
+    pub(crate) offset: u64,
+    pub(crate) line: u64,
+}
+
+pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+    let http = crate::net::http::client(cfg.retries.http_timeout)?;
+    let sink = Sink::open(
+        http,
+        cfg.webhook.clone(),
+        cfg.retries.policy.clone(),
+        cfg.dead_letter.as_deref(),
+        progress.clone(),
+    )?;
+
+    if cfg.files.is_empty() {
+        progress.set_unbounded();
+        progress.set_status("reading stdin".into());
+        let acked = AtomicU64::new(0);
+        let resume_hint = || {
+            let acked = acked.load(Relaxed);
+            format!(
+                "{acked} lines of stdin were acknowledged; to send the rest, feed it from line {}: tail -n +{} FILE | posthog-patterns send ...",
+                acked + 1,
+                acked + 1
+            )
+        };
+        let work = deliver(
+            cfg,
+            &sink,
+            progress,
+            Input::Stdin,
+            SendPosition::default(),
+            |pos, _| {
+                acked.store(pos.line, Relaxed);
+                Ok(())
+            },
+        );
+        let result = crate::error::interruptible(work, resume_hint).await;
+        if let Err(e) = result {
+            return Err(
+                if crate::error::exit_code_of(&e) == crate::error::EXIT_INTERRUPTED {
+                    e
+                } else {
+                    e.context(resume_hint())
+                },
+            );
+        }
+        return Ok(summary(cfg, progress, "stdin".into()));
+    }
+
+    let files: Vec<PathBuf> = cfg
+        .files
+        .iter()
+        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+        .collect();
+    for f in &files {
+        std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+    }
+    let job = cfg.job_id(&files);
+    let (store, stored) =
+        checkpoint::open_job::<SendPosition>("send", &job, cfg.checkpoint.as_deref(), cfg.restart)?;
+    let mut state = match stored {
+        Some(state) => {
+            checkpoint::check_job(store.path(), &state.job, &job)?;
+            state
+        }
+        None => State::new(job),
+    };
+    if state.complete {
+        return Ok(Report {
+            exit: EXIT_OK,
+            summary: format!(
+                "send already complete: {} events posted from {} file(s); pass --restart to send them again",
+                thousands(state.counters.posted),
+                files.len()
+            ),
+        });
+    }
+    let from = state.position.unwrap_or_default();
+    if state.position.is_some() {
+        progress.info(&format!(
+            "resuming {} after line {}",
+            files
+                .get(from.file)
+                .map_or("the files".into(), |f| f.display().to_string()),
+            from.line
+        ));
+    }
+    state.counters.runs += 1;
+    let work = deliver(
+        cfg,
+        &sink,
+        progress,
+        Input::Files(files.clone()),
+        from,
+        |pos, done| {
+            state.position = Some(*pos);
+            state.counters.record(done);
+            store.save(&mut state)
+        },
+    );
+    let result = crate::error::interruptible(work, || crate::error::RESUME_HINT.to_string()).await;
+    result?;
+    state.complete = true;
+    store.save(&mut state)?;
+    Ok(summary(cfg, progress, format!("{} file(s)", files.len())))
+}
+
+fn summary(cfg: &SendConfig, progress: &Progress, what: String) -> Report {
+    let s = &progress.stats;
+    let rejected = Stats::get(&s.dead_lettered) + Stats::get(&s.skipped);
+    let mut text = format!(
+        "send complete: {what} to {}\n{}",
+        cfg.webhook.redacted(),
+        runner::figures(progress, "posted")
+    );
+    if Stats::get(&s.skipped) > 0 {
+        text.push_str(&format!(
+            "\n  skipped  {} lines that are not JSON objects",
+            thousands(Stats::get(&s.skipped))
+        ));
+    }
+    Report {
+        exit: if rejected > 0 { EXIT_REJECTED } else { EXIT_OK },
+        summary: text,
+    }
+}
+
+enum Input {
+    Stdin,
+    Files(Vec<PathBuf>),
+}
+
+async fn deliver(
+    cfg: &SendConfig,
+    sink: &Sink,
+    progress: &Arc<Progress>,
+    input: Input,
+    from: SendPosition,
+    commit: impl FnMut(&SendPosition, crate::pipeline::Delivered) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let reading = Reading {
+        filters: cfg.filters.clone(),
+        on_invalid: cfg.on_invalid,
+        dead_letter: sink.dead_letter(),
+        max_line_bytes: cfg.max_line_bytes,
+        progress: progress.clone(),
+    };
+    runner::pipe(
+        move |tx| async move {
+            tokio::task::spawn_blocking(move || reading.read(input, from, tx))
+                .await
+                .map_err(|e| anyhow::anyhow!("the reader failed: {e}"))?
+        },
+        cfg.posting,
+        sink,
+        progress,
+        commit,
+    )
+    .await
+}
+
+/// The blocking side: reads lines and hands records to the pipeline.
+struct Reading {
+    filters: Filters,
+    on_invalid: OnInvalid,
+    dead_letter: Option<Arc<DeadLetter>>,
+    max_line_bytes: usize,
+    progress: Arc<Progress>,
+}
+
+/// The `event` field of an object, whatever its type (only a string is an event name).
+#[derive(Deserialize)]
+struct Named {
+    #[serde(default)]
+    event: Option<serde_json::Value>,
+}
+
+impl Reading {
+    fn read(
+        self,
+        input: Input,
+        from: SendPosition,
+        tx: mpsc::Sender<Vec<Item<SendPosition>>>,
+    ) -> anyhow::Result<()> {
+        let raw_read = Arc::new(AtomicU64::new(0));
+        match input {
+            Input::Stdin => {
+                let mut lines = LineReader::stdin(self.max_line_bytes);
+                self.read_one("stdin", &mut lines, 0, &tx)
+            }
+            Input::Files(files) => {
+                let total: u64 = files
+                    .iter()
+                    .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+                    .sum();
+                let done_before: u64 = files[..from.file.min(files.len())]
+                    .iter()
+                    .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+                    .sum();
+                for (i, file) in files.iter().enumerate().skip(from.file) {
+                    let mut lines = LineReader::open(file, self.max_line_bytes, raw_read.clone())?;
+                    if i == from.file && (from.offset > 0 || from.line > 0) {
+                        lines
+                            .skip(from.offset, from.line)
+                            .with_context(|| format!("cannot resume {}", file.display()))?;
+                    }
+                    let name = file.display().to_string();
+                    self.progress.set_status(name.clone());
+                    let progress = self.progress.clone();
+                    let counted = raw_read.clone();
+                    let share = move || {
+                        progress.set_done(
+                            (done_before + counted.load(Relaxed)) as f64 / total.max(1) as f64,
+                        );
+                    };
+                    share();
+                    if !self.read_one_with(&name, &mut lines, i, &tx, &share)? {
+                        return Ok(());
+                    }
+                    // The whole file is done.
+                    let next = SendPosition {
+                        file: i + 1,
+                        offset: 0,
+                        line: 0,
+                    };
+                    if tx.blocking_send(vec![Item::Mark(next)]).is_err() {
+                        return Ok(());
+                    }
+                }
+                self.progress.set_done(1.0);
+                Ok(())
+            }
+        }
+    }
+
+    fn read_one(
+        &self,
+        name: &str,
+        lines: &mut LineReader,
+        file: usize,
+        tx: &mpsc::Sender<Vec<Item<SendPosition>>>,
+    ) -> anyhow::Result<()> {
+        self.read_one_with(name, lines, file, tx, &|| {})
+            .map(|_| ())
+    }
+
+    /// Reads one input to its end. Returns false if the pipeline has stopped.
+    fn read_one_with(
+        &self,
+        name: &str,
+        lines: &mut LineReader,
+        file: usize,
+        tx: &mpsc::Sender<Vec<Item<SendPosition>>>,
+        share: &dyn Fn(),
+    ) -> anyhow::Result<bool> {
+        let stats = &self.progress.stats;
+        let mut chunk = Vec::with_capacity(1000);
+        // The position after lines that produced no record (blank, filtered, skipped).
+        let mut quiet_to: Option<SendPosition> = None;
+        loop {
+            let line = lines
+                .next_line()
+                .with_context(|| format!("cannot read {name}"))?;
+            let pos = SendPosition {
+                file,
+                offset: lines.offset,
+                line: lines.line,
+            };
+            let Some(line) = line else { break };
+            if let Line::Text(text) = &line
+                && text.iter().all(u8::is_ascii_whitespace)
+            {
+                quiet_to = Some(pos);
+                continue;
+            }
+            Stats::add(&stats.read, 1);
+            let checked = match &line {
+                Line::TooLong => Err(format!(
+                    "line is longer than --max-line-bytes ({} bytes)",
+                    self.max_line_bytes
+                )),
+                Line::Text(text) => check(text),
+            };
+            let event = match checked {
+                Ok(event) => event,
+                Err(problem) => {
+                    let excerpt = match &line {
+                        Line::Text(t) => crate::net::http::excerpt(t, 80),
+                        Line::TooLong => "(too long to show)".into(),
+                    };
+                    if self.on_invalid == OnInvalid::Stop {
+                        // Hand on what came before, then stop: the pipeline delivers it first.
+                        let _ = tx.blocking_send(std::mem::take(&mut chunk));
+                        anyhow::bail!(
+                            "{name}, line {}: {problem}: {excerpt}. Everything before this line was sent; fix the line, or pass --on-invalid skip",
+                            lines.line
+                        );
+                    }
+                    Stats::add(&stats.skipped, 1);
+                    if let (Some(dl), Line::Text(text)) = (&self.dead_letter, &line) {
+                        dl.write_invalid(
+                            name,
+                            lines.line,
+                            &problem,
+                            &String::from_utf8_lossy(text),
+                        )?;
+                    }
+                    self.progress
+                        .warn(&format!("{name}, line {}: {problem}; skipped", lines.line));
+                    quiet_to = Some(pos);
+                    continue;
+                }
+            };
+            let Line::Text(text) = line else {
+                unreachable!("a line too long is a problem, handled above")
+            };
+            let json = String::from_utf8(text).expect("checked as UTF-8 JSON");
+            let json = json.trim().to_string();
+            if let Some(event) = event.as_deref()
+                && (!self.filters.include.is_empty()
+                    && !self.filters.include.iter().any(|n| n == event)
+                    || self.filters.exclude.iter().any(|n| n == event))
+            {
+                Stats::add(&stats.filtered, 1);
+                quiet_to = Some(pos);
+                continue;
+            }
+            chunk.push(Item::Record { json, pos });
+            quiet_to = None;
+            // Hand the lines on when the chunk is big, or before waiting for more input.
+            if chunk.len() >= 1000 || lines.drained() {
+                share();
+                if tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+        chunk.extend(quiet_to.map(Item::Mark));
+        share();
+        Ok(chunk.is_empty() || tx.blocking_send(chunk).is_ok())
+    }
+}
+
+/// A line must be one JSON object. Parsed once: returns the object's event name, if it has a
+/// string `event` field (another type, or a duplicate key, means no name: it is not filtered).
+fn check(text: &[u8]) -> Result<Option<String>, String> {
+    let trimmed = text.trim_ascii();
+    if !trimmed.starts_with(b"{") {
+        return Err("not a JSON object".into());
+    }
+    match serde_json::from_slice::<Named>(trimmed) {
+        Ok(named) => Ok(named.event.and_then(|e| e.as_str().map(str::to_owned))),
+        // `Named` refuses some valid JSON (a duplicate `event` key): tell the two apart.
+        Err(_) => serde_json::from_slice::<serde::de::IgnoredAny>(trimmed)
+            .map(|_| None)
+            .map_err(|e| format!("not valid JSON ({e})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_string_event_field_is_an_event_name() {
+        assert_eq!(
+            check(br#"{"event":"signup","x":1}"#).unwrap().as_deref(),
+            Some("signup")
+        );
+        assert_eq!(check(br#"{"event":42}"#), Ok(None));
+        assert_eq!(check(br#"{"event":"a","event":"b"}"#), Ok(None));
+        assert_eq!(check(br#"{"name":"x"}"#), Ok(None));
+    }
+
+    #[test]
+    fn a_line_must_be_one_json_object() {
+        assert!(check(b"  {\"a\": [1, 2]}  ").is_ok());
+        assert!(check(b"[1]").unwrap_err().contains("not a JSON object"));
+        assert!(check(b"{\"a\":").unwrap_err().contains("not valid JSON"));
+        assert!(check(b"{} {}").is_err());
+        assert!(check(&[b'{', 0xff, b'}']).is_err());
+    }
+}

@@ -1,0 +1,278 @@
+//! `sync`: the incremental export for cron. Each run takes what PostHog ingested since the
+//! previous one: events whose `created_at` is in `(watermark, now - lag]`, read through
+//! `timestamp` windows starting `--lookback` before the watermark (so no query scans the
+//! whole table), then moves the watermark. Late events (old timestamps, new ingestion) are
+//! thus delivered once, by the next run. An interrupted run is finished, with the same
+//! bounds, by the next run before it moves on. With the Events API (no `created_at`) the
+//! watermark is event time minus `--lag`. Guarantees and limits: docs/sync.md.
+
+use crate::commands::Report;
+use crate::commands::runner;
+
+use crate::cli::SyncArgs;
+use crate::error::{EXIT_OK, EXIT_REJECTED, usage};
+use crate::event::format_ts;
+use crate::pipeline;
+use crate::pipeline::ledger::Stats;
+use crate::posthog::Connection;
+use crate::posthog::source::Connect;
+use crate::posthog::source::{Cursor, Filters, Range, Reader, SourceKind};
+use crate::progress::{Progress, thousands};
+use crate::secret::WebhookUrl;
+use crate::settings::{self, Retries};
+use crate::sinks::webhook::Sink;
+use crate::state::checkpoint::JobId;
+use crate::state::job;
+use anyhow::Context;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How far past "now" in event time a run looks: clients with fast clocks send events
+/// stamped in the future.
+const FUTURE_SLACK: Duration = Duration::days(1);
+
+pub(crate) struct SyncConfig {
+    pub(crate) connection: Connection,
+    pub(crate) source: SourceKind,
+    pub(crate) webhook: WebhookUrl,
+    pub(crate) posting: pipeline::Posting,
+    pub(crate) dead_letter: Option<PathBuf>,
+    pub(crate) filters: Filters,
+    pub(crate) page_size: usize,
+    pub(crate) start: Option<DateTime<Utc>>,
+    pub(crate) lookback: Duration,
+    pub(crate) lag: Duration,
+    pub(crate) checkpoint: Option<PathBuf>,
+    pub(crate) restart: bool,
+    pub(crate) retries: Retries,
+}
+
+impl SyncConfig {
+    pub(crate) fn from_args(args: &SyncArgs) -> anyhow::Result<Self> {
+        let webhook = settings::webhook(&args.webhook)?;
+        let duration = |d: std::time::Duration| {
+            Duration::from_std(d).map_err(|_| usage("duration out of range"))
+        };
+        Ok(SyncConfig {
+            connection: settings::connection(&args.read.connection)?,
+            source: args.read.connection.source,
+            webhook: webhook.url,
+            posting: webhook.posting,
+            dead_letter: webhook.dead_letter,
+            filters: settings::filters(&args.read.filters),
+            page_size: args.read.page_size as usize,
+            start: args.start,
+            lookback: duration(args.lookback)?,
+            lag: duration(args.lag)?,
+            checkpoint: args.state.checkpoint.clone(),
+            restart: args.state.restart,
+            retries: settings::retries(&args.retry),
+        })
+    }
+
+    pub(crate) fn job_id(&self) -> JobId {
+        let mut job = job::identity("sync", &self.connection, &self.filters);
+        job.insert("webhook".into(), self.webhook.fingerprint());
+        job
+    }
+}
+
+/// The sync state (the checkpoint's `position`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SyncState {
+    /// Where the first run started, in event time.
+    pub(crate) start: DateTime<Utc>,
+    /// Everything ingested up to here (Query API: `created_at`; Events API: event time) has
+    /// been delivered. None before the first run completes.
+    pub(crate) watermark: Option<DateTime<Utc>>,
+    /// A run in progress, to be finished with exactly these bounds.
+    pub(crate) pending: Option<Pending>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Pending {
+    /// The watermark this run moves to.
+    pub(crate) until: DateTime<Utc>,
+    /// The event-time range read.
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) end: DateTime<Utc>,
+    /// Query API: `created_at` lower bound (exclusive).
+    pub(crate) ingested_after: Option<DateTime<Utc>>,
+    pub(crate) cursor: Option<Cursor>,
+}
+
+pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+    let connect = Connect::new(&cfg.connection, &cfg.retries, progress)?;
+    let job::Resumed {
+        store,
+        mut state,
+        source,
+        fresh,
+    } = job::resume::<SyncState>(
+        &connect,
+        cfg.source,
+        "sync",
+        cfg.job_id(),
+        cfg.checkpoint.as_deref(),
+        cfg.restart,
+    )
+    .await?;
+    if fresh {
+        let Some(start) = cfg.start else {
+            return Err(usage(format!(
+                "the first sync run needs --start DATE (where to begin, e.g. --start 2024-01-01); no state file at {}",
+                store.path().display()
+            )));
+        };
+        state.position = Some(SyncState {
+            start,
+            watermark: None,
+            pending: None,
+        });
+    }
+    let mut sync = state.position.clone().with_context(|| {
+        format!(
+            "the sync state {} holds no position; pass --restart (with --start) to begin again",
+            store.path().display()
+        )
+    })?;
+    if let Some(start) = cfg.start
+        && start != sync.start
+        && sync.watermark.is_some()
+    {
+        progress.debug(&format!(
+            "--start ignored: this sync started at {} (use --restart to start over)",
+            format_ts(&sync.start)
+        ));
+    }
+    let sink = Sink::open(
+        connect.http.clone(),
+        cfg.webhook.clone(),
+        cfg.retries.policy.clone(),
+        cfg.dead_letter.as_deref(),
+        progress.clone(),
+    )?;
+    let watermark_before = sync.watermark;
+    state.counters.runs += 1;
+
+    // First finish an interrupted run, then take what arrived since.
+    for _ in 0..2 {
+        let resumed = sync.pending.is_some();
+        let pending = match sync.pending.clone() {
+            Some(p) => {
+                progress.info(&format!(
+                    "finishing the interrupted run up to {}",
+                    format_ts(&p.until)
+                ));
+                p
+            }
+            None => {
+                let now = crate::event::to_micros(Utc::now());
+                let until = now - cfg.lag;
+                if sync.watermark.is_some_and(|w| until <= w) {
+                    break;
+                }
+                let p = plan(cfg, source, &sync, now, until);
+                sync.pending = Some(p.clone());
+                state.position = Some(sync.clone());
+                store.save(&mut state)?;
+                p
+            }
+        };
+        let reader = Reader {
+            kind: source,
+            client: connect.client(source),
+            range: Range {
+                start: pending.start,
+                end: pending.end,
+            },
+            filters: cfg.filters.clone(),
+            page_size: cfg.page_size,
+            ingested: match source {
+                SourceKind::Events => None,
+                _ => Some((
+                    pending.ingested_after.unwrap_or(DateTime::UNIX_EPOCH),
+                    pending.until,
+                )),
+            },
+        };
+        let from = pending.cursor.clone();
+        runner::read_posthog(reader, from, cfg.posting, &sink, progress, |pos, done| {
+            if let Some(p) = sync.pending.as_mut() {
+                p.cursor = Some(pos.clone());
+            }
+            state.position = Some(sync.clone());
+            state.counters.record(done);
+            store.save(&mut state)
+        })
+        .await?;
+        sync.watermark = Some(pending.until);
+        sync.pending = None;
+        state.position = Some(sync.clone());
+        store.save(&mut state)?;
+        if !resumed {
+            break;
+        }
+    }
+
+    let s = &progress.stats;
+    let posted = Stats::get(&s.posted);
+    let dead = Stats::get(&s.dead_lettered);
+    let summary = format!(
+        "sync: {} events posted{} in {} (watermark {} → {}; {} PostHog and {} webhook requests, {} retries)",
+        thousands(posted),
+        if dead > 0 {
+            format!(", {} dead-lettered", thousands(dead))
+        } else {
+            String::new()
+        },
+        crate::progress::human_duration(progress.elapsed()),
+        watermark_before.map_or("none".into(), |w| format_ts(&w)),
+        sync.watermark.map_or("none".into(), |w| format_ts(&w)),
+        Stats::get(&s.source_requests),
+        Stats::get(&s.sink_requests),
+        Stats::get(&s.retries),
+    );
+    Ok(Report {
+        exit: if dead > 0 { EXIT_REJECTED } else { EXIT_OK },
+        summary,
+    })
+}
+
+/// The bounds of a new run, fixed before it starts so that a resumed run reads the same.
+fn plan(
+    cfg: &SyncConfig,
+    source: SourceKind,
+    sync: &SyncState,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Pending {
+    match (source, sync.watermark) {
+        // Events API: event time is all there is.
+        (SourceKind::Events, w) => Pending {
+            until,
+            start: w.unwrap_or(sync.start),
+            end: until,
+            ingested_after: None,
+            cursor: None,
+        },
+        // Query API, first run: everything ingested so far, from the start.
+        (_, None) => Pending {
+            until,
+            start: sync.start,
+            end: now + FUTURE_SLACK,
+            ingested_after: None,
+            cursor: None,
+        },
+        // Query API: ingested since the watermark, with event times back to the lookback.
+        (_, Some(w)) => Pending {
+            until,
+            start: (w - cfg.lookback).max(sync.start),
+            end: now + FUTURE_SLACK,
+            ingested_after: Some(w),
+            cursor: None,
+        },
+    }
+}

@@ -1,0 +1,134 @@
+//! The pieces of HTTP handling shared by the PostHog source and the webhook sink: one client
+//! builder, reading a response, and the hints a server gives about when to try again.
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use std::time::Duration;
+
+pub(crate) fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(15))
+        .user_agent(concat!("posthog-patterns/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// A finished HTTP exchange, whatever its status.
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: bytes::Bytes,
+}
+
+impl Reply {
+    /// The first bytes of the body, printable, for error messages.
+    pub(crate) fn excerpt(&self) -> String {
+        excerpt(&self.body, 200)
+    }
+
+    /// PostHog's error bodies carry a human `detail`; fall back to the raw excerpt.
+    pub(crate) fn detail(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| self.excerpt())
+    }
+
+    /// How long the server asked us to wait: `Retry-After` in seconds, or else the number in
+    /// PostHog's throttle text "Expected available in N seconds" (older versions send no header).
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        retry_after(&self.headers, &self.body)
+    }
+}
+
+/// Sends a request and reads the whole body. Transport errors come back as text without the
+/// URL (the webhook URL is a secret).
+pub(crate) async fn send(req: reqwest::RequestBuilder) -> Result<Reply, String> {
+    let resp = req.send().await.map_err(describe)?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.map_err(describe)?;
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn describe(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    // Walk the sources by hand: reqwest's own Display would include the URL.
+    let mut text = kind.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+pub(crate) fn retry_after(headers: &HeaderMap, body: &[u8]) -> Option<Duration> {
+    if let Some(secs) = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+    {
+        return Some(Duration::from_secs_f64(secs));
+    }
+    let text = String::from_utf8_lossy(body);
+    let after = text.split("available in ").nth(1)?;
+    let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+pub(crate) fn excerpt(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(max)]);
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if body.len() > max {
+        format!("{}…", flat.trim())
+    } else if flat.trim().is_empty() {
+        "(empty body)".into()
+    } else {
+        flat.trim().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_prefers_the_header() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h, b""), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn retry_after_falls_back_to_posthog_detail_text() {
+        let body = br#"{"type":"throttled_error","code":"throttled","detail":"Request was throttled. Expected available in 2202 seconds.","attr":null}"#;
+        assert_eq!(
+            retry_after(&HeaderMap::new(), body),
+            Some(Duration::from_secs(2202))
+        );
+        assert_eq!(retry_after(&HeaderMap::new(), b"{}"), None);
+    }
+
+    #[test]
+    fn excerpt_is_short_and_single_line() {
+        let e = excerpt(b"<html>\n<body>bad gateway</body></html>", 12);
+        assert_eq!(e, "<html> <body…");
+        assert_eq!(excerpt(b"", 10), "(empty body)");
+    }
+}

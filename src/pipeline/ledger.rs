@@ -1,0 +1,52 @@
+//! The ledger: counters every stage adds to, and the check that every event read is accounted
+//! for (read = duplicate rows + filtered out + invalid skipped + delivered + dead-lettered)
+//! before a job may be marked complete. The display reads the same counters.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters every stage adds to; read by the display and by the summary.
+#[derive(Default, Debug)]
+pub(crate) struct Stats {
+    pub(crate) read: AtomicU64,
+    pub(crate) duplicates_dropped: AtomicU64,
+    pub(crate) filtered: AtomicU64,
+    /// Input lines set aside because they are not JSON objects (`send --on-invalid skip`).
+    pub(crate) skipped: AtomicU64,
+    pub(crate) posted: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) source_requests: AtomicU64,
+    pub(crate) sink_requests: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) waited_ms: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+    pub(crate) fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+
+    /// Fails loudly unless every event read was delivered, dead-lettered, filtered out,
+    /// skipped as invalid or dropped as a duplicate row.
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        let (read, dups, filtered) = (
+            Stats::get(&self.read),
+            Stats::get(&self.duplicates_dropped),
+            Stats::get(&self.filtered),
+        );
+        let (posted, dead, skipped) = (
+            Stats::get(&self.posted),
+            Stats::get(&self.dead_lettered),
+            Stats::get(&self.skipped),
+        );
+        if read != dups + filtered + skipped + posted + dead {
+            anyhow::bail!(
+                "event count mismatch: read {read} ({dups} duplicate rows dropped, {filtered} filtered out, {skipped} invalid skipped) but delivered {posted} and dead-lettered {dead}; the checkpoint was not marked complete. This is a bug: please report it"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! The PostHog API client: authentication, the request budget, retries, and turning PostHog's
+//! answers into errors a user can act on (../shared/posthog-api.md). The paging logic lives in
+//! `source`; this module only knows how to make one request well.
+
+pub(crate) mod events_api;
+pub(crate) mod query;
+pub(crate) mod source;
+
+use crate::net::http::{self, Reply};
+use crate::net::ratelimit::Budget;
+use crate::net::retry::{Attempt, GaveUp, RetryPolicy, retry};
+use crate::pipeline::ledger::Stats;
+use crate::progress::Progress;
+use crate::secret::Secret;
+use reqwest::Url;
+use std::sync::Arc;
+
+/// Where and as whom to read.
+#[derive(Clone, Debug)]
+pub(crate) struct Connection {
+    pub(crate) host: Url,
+    pub(crate) project: String,
+    pub(crate) api_key: Secret,
+}
+
+impl Connection {
+    /// Checks the host the user gave: the app host, not the ingestion-only `*.i.posthog.com`.
+    pub(crate) fn parse_host(text: &str) -> Result<Url, String> {
+        let mut url = Url::parse(text.trim()).map_err(|e| {
+            format!("--host {text:?} is not a URL ({e}); expected e.g. https://us.posthog.com")
+        })?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!(
+                "--host must start with https:// (got {text:?}); e.g. https://eu.posthog.com"
+            ));
+        }
+        let host = url.host_str().unwrap_or_default().to_string();
+        if host.ends_with(".i.posthog.com") {
+            let app = host.replace(".i.posthog.com", ".posthog.com");
+            return Err(format!(
+                "--host {host} is PostHog's ingestion-only host and cannot read events; use https://{app}"
+            ));
+        }
+        let path = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{path}/"));
+        url.set_query(None);
+        Ok(url)
+    }
+
+    pub(crate) fn check_project(text: &str) -> Result<String, String> {
+        let t = text.trim();
+        if t.is_empty()
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "--project {text:?} is not a PostHog project id; it is the number in your project's URL, e.g. 12345"
+            ));
+        }
+        Ok(t.to_string())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error(
+        "PostHog rejected the API key (HTTP 401: {detail}). Use a personal API key (phx_...) with the query:read scope, in POSTHOG_API_KEY or --api-key-file; project tokens (phc_...) cannot read events"
+    )]
+    Unauthorized { detail: String },
+    #[error(
+        "PostHog refused access (HTTP 403: {detail}). The personal API key needs the query:read scope and access to project {project}"
+    )]
+    Forbidden { detail: String, project: String },
+    #[error(
+        "PostHog answered 404 Not Found for {path}: check --project and --host (the app host, such as https://us.posthog.com, https://eu.posthog.com or your own domain)"
+    )]
+    NotFound { path: String },
+    #[error("PostHog could not finish the query in time (HTTP {status})")]
+    TooSlow { status: u16 },
+    #[error("PostHog is throttling requests (HTTP 429: {detail})")]
+    Throttled { detail: String },
+    #[error("PostHog is unavailable (HTTP {status}: {excerpt})")]
+    Unavailable { status: u16, excerpt: String },
+    #[error("PostHog rejected the request (HTTP {status}: {detail})")]
+    Rejected { status: u16, detail: String },
+    #[error(
+        "PostHog answered HTTP {status} with something that is not the JSON expected: {excerpt}"
+    )]
+    BadResponse { status: u16, excerpt: String },
+    #[error("cannot reach PostHog at {host}: {message}")]
+    Transport { host: String, message: String },
+}
+
+pub(crate) struct PostHog {
+    http: reqwest::Client,
+    conn: Connection,
+    budget: Budget,
+    retry: RetryPolicy,
+    progress: Arc<Progress>,
+}
+
+impl PostHog {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        conn: Connection,
+        budget: Budget,
+        retry: RetryPolicy,
+        progress: Arc<Progress>,
+    ) -> Self {
+        PostHog {
+            http,
+            conn,
+            budget,
+            retry,
+            progress,
+        }
+    }
+
+    pub(crate) fn project(&self) -> &str {
+        &self.conn.project
+    }
+
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    pub(crate) fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
+    fn url(&self, endpoint: &str) -> Url {
+        let path = format!("api/projects/{}/{endpoint}", self.conn.project);
+        self.conn.host.join(&path).expect("a relative path joins")
+    }
+
+    /// POSTs a JSON body to `/api/projects/{id}/{endpoint}` and returns the 2xx body.
+    /// 504 and 512 ("too slow") are not retried here: the caller narrows its window instead.
+    pub(crate) async fn post(
+        &self,
+        endpoint: &str,
+        body: &serde_json::Value,
+    ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
+        let url = self.url(endpoint);
+        let body = serde_json::to_vec(body).expect("JSON values serialize");
+        self.call(endpoint, || self.http.post(url.clone()).body(body.clone()))
+            .await
+    }
+
+    /// GETs `/api/projects/{id}/{endpoint}` with query parameters.
+    pub(crate) async fn get(
+        &self,
+        endpoint: &str,
+        params: &[(&str, String)],
+    ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
+        let mut url = self.url(endpoint);
+        url.query_pairs_mut().extend_pairs(params);
+        self.call(endpoint, || self.http.get(url.clone())).await
+    }
+
+    async fn call(
+        &self,
+        endpoint: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
+        let what = format!("PostHog {endpoint}");
+        retry(&self.retry, &self.progress, &what, || async {
+            self.budget.acquire(&self.progress).await;
+            Stats::add(&self.progress.stats.source_requests, 1);
+            let req = build()
+                .bearer_auth(self.conn.api_key.expose())
+                .header("content-type", "application/json");
+            match http::send(req).await {
+                Ok(reply) => self.classify(endpoint, reply),
+                Err(message) => Attempt::Retry {
+                    error: ApiError::Transport {
+                        host: self.conn.host.as_str().trim_end_matches('/').to_string(),
+                        message,
+                    },
+                    after: None,
+                },
+            }
+        })
+        .await
+    }
+
+    fn classify(&self, endpoint: &str, reply: Reply) -> Attempt<bytes::Bytes, ApiError> {
+        let status = reply.status;
+        match status {
+            200..=299 => Attempt::Done(reply.body),
+            401 => Attempt::Fail(ApiError::Unauthorized {
+                detail: reply.detail(),
+            }),
+            403 => Attempt::Fail(ApiError::Forbidden {
+                detail: reply.detail(),
+                project: self.conn.project.clone(),
+            }),
+            404 => Attempt::Fail(ApiError::NotFound {
+                path: format!("/api/projects/{}/{endpoint}", self.conn.project),
+            }),
+            429 => Attempt::Retry {
+                after: reply.retry_after(),
+                error: ApiError::Throttled {
+                    detail: reply.detail(),
+                },
+            },
+            504 | 512 => Attempt::Fail(ApiError::TooSlow { status }),
+            500..=599 => Attempt::Retry {
+                error: ApiError::Unavailable {
+                    status,
+                    excerpt: reply.excerpt(),
+                },
+                after: reply.retry_after(),
+            },
+            _ if !looks_like_json(&reply.body) => Attempt::Fail(ApiError::BadResponse {
+                status,
+                excerpt: reply.excerpt(),
+            }),
+            _ => Attempt::Fail(ApiError::Rejected {
+                status,
+                detail: reply.detail(),
+            }),
+        }
+    }
+}
+
+fn looks_like_json(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingestion_host_is_refused_with_the_app_host_suggested() {
+        let err = Connection::parse_host("https://eu.i.posthog.com").unwrap_err();
+        assert!(err.contains("https://eu.posthog.com"), "{err}");
+    }
+
+    #[test]
+    fn host_keeps_a_self_hosted_path_prefix() {
+        let url = Connection::parse_host("https://example.com/posthog").unwrap();
+        assert_eq!(
+            url.join("api/projects/1/query/").unwrap().as_str(),
+            "https://example.com/posthog/api/projects/1/query/"
+        );
+    }
+
+    #[test]
+    fn project_must_be_an_id() {
+        assert!(Connection::check_project("12345").is_ok());
+        assert!(Connection::check_project("../x").is_err());
+        assert!(Connection::check_project("").is_err());
+    }
+}

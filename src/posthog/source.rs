@@ -1,0 +1,301 @@
+//! Reading events out of PostHog, in timestamp order, as a stream of posted-event JSON
+//! records, each with the position to resume after it. `query` uses the HogQL Query API (the
+//! default); `events_api` the legacy Events API that some self-hosted instances only have.
+
+use super::{Connection, PostHog, events_api, query};
+use crate::pipeline::Item;
+use crate::progress::Progress;
+use crate::settings::Retries;
+use crate::state::checkpoint::JobId;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::sync::{Arc, Mutex};
+
+/// The half-open time range `[start, end)` to export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Range {
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) end: DateTime<Utc>,
+}
+
+impl Range {
+    /// How far through the range `t` is, 0..=1.
+    pub(crate) fn fraction(&self, t: DateTime<Utc>) -> f64 {
+        let total = (self.end - self.start)
+            .num_microseconds()
+            .unwrap_or(i64::MAX) as f64;
+        let done = (t - self.start).num_microseconds().unwrap_or(0) as f64;
+        if total <= 0.0 { 1.0 } else { done / total }
+    }
+}
+
+/// Event-name filters (`--event`, `--exclude-event`), applied in PostHog's WHERE clause.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Filters {
+    pub(crate) include: Vec<String>,
+    pub(crate) exclude: Vec<String>,
+}
+
+/// Which PostHog API events are read from (`--source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SourceKind {
+    /// The Query API, falling back to the Events API when the instance has no Query API.
+    Auto,
+    /// The HogQL Query API (`/query/`).
+    Query,
+    /// The legacy Events API (`/events/`).
+    Events,
+}
+
+impl SourceKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SourceKind::Auto => "auto",
+            SourceKind::Query => "query",
+            SourceKind::Events => "events",
+        }
+    }
+}
+
+/// Decides which API to read from: `auto` asks the Query API a trivial question and falls back
+/// to the Events API, saying so once, when the instance has no Query API (404 on `/query/`).
+pub(crate) async fn resolve(
+    kind: SourceKind,
+    client: &crate::posthog::PostHog,
+) -> anyhow::Result<SourceKind> {
+    use crate::net::retry::GaveUp;
+    use crate::posthog::ApiError;
+    if kind != SourceKind::Auto {
+        return Ok(kind);
+    }
+    let probe = serde_json::json!({
+        "query": {"kind": "HogQLQuery", "query": "SELECT 1"},
+        "refresh": "force_blocking",
+        "name": "posthog-patterns probe",
+    });
+    match client.post("query/", &probe).await {
+        Ok(_) => Ok(SourceKind::Query),
+        Err(GaveUp::Fatal(ApiError::NotFound { .. })) => {
+            client.progress().info(
+                "this PostHog has no Query API (404 on /query/); reading from the legacy Events API instead",
+            );
+            Ok(SourceKind::Events)
+        }
+        Err(e) => Err(e.into_error("asking PostHog's Query API")),
+    }
+}
+
+/// Makes PostHog clients sharing one HTTP client.
+pub(crate) struct Connect<'a> {
+    pub(crate) http: reqwest::Client,
+    pub(crate) connection: &'a Connection,
+    pub(crate) retries: &'a Retries,
+    pub(crate) progress: &'a Arc<Progress>,
+}
+
+impl<'a> Connect<'a> {
+    pub(crate) fn new(
+        connection: &'a Connection,
+        retries: &'a Retries,
+        progress: &'a Arc<Progress>,
+    ) -> anyhow::Result<Self> {
+        Ok(Connect {
+            http: crate::net::http::client(retries.http_timeout)?,
+            connection,
+            retries,
+            progress,
+        })
+    }
+
+    /// A client with the request budget of the API `kind`.
+    pub(crate) fn client(&self, kind: SourceKind) -> Arc<PostHog> {
+        Arc::new(PostHog::new(
+            self.http.clone(),
+            self.connection.clone(),
+            self.retries.budget(kind),
+            self.retries.policy.clone(),
+            self.progress.clone(),
+        ))
+    }
+
+    /// The API to read: `auto` resumes a job with the API it started with, and otherwise asks
+    /// PostHog (falling back to the Events API where there is no Query API).
+    pub(crate) async fn choose(
+        &self,
+        requested: SourceKind,
+        stored: Option<&JobId>,
+    ) -> anyhow::Result<SourceKind> {
+        let started_with = stored.and_then(|job| job.get("source")).and_then(|name| {
+            [SourceKind::Query, SourceKind::Events]
+                .into_iter()
+                .find(|k| k.name() == name)
+        });
+        match (requested, started_with) {
+            (SourceKind::Auto, Some(kind)) => Ok(kind),
+            (kind, _) => resolve(kind, &self.client(kind)).await,
+        }
+    }
+}
+
+/// Everything needed to read: which API, from where, what.
+pub(crate) struct Reader {
+    pub(crate) kind: SourceKind,
+    pub(crate) client: Arc<crate::posthog::PostHog>,
+    pub(crate) range: Range,
+    pub(crate) filters: Filters,
+    pub(crate) page_size: usize,
+    /// Query API only: keep events whose `created_at` is in `(after, until]` (for `sync`).
+    pub(crate) ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl Reader {
+    /// Sends every event after `from` to `tx`, in order (see the sources' own docs).
+    pub(crate) async fn run(
+        self,
+        from: Option<Cursor>,
+        tx: tokio::sync::mpsc::Sender<Vec<Item<Cursor>>>,
+    ) -> anyhow::Result<()> {
+        let Reader {
+            kind,
+            client,
+            range,
+            filters,
+            page_size,
+            ingested,
+        } = self;
+        match kind {
+            SourceKind::Events => {
+                events_api::EventsApiSource {
+                    client,
+                    range,
+                    filters,
+                    page_size,
+                }
+                .run(from, tx)
+                .await
+            }
+            SourceKind::Query | SourceKind::Auto => {
+                query::QuerySource {
+                    client,
+                    range,
+                    filters,
+                    page_size,
+                    ingested,
+                }
+                .run(from, tx)
+                .await
+            }
+        }
+    }
+}
+
+/// How far an export has got. Everything before the position has been handed on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Cursor {
+    /// Every event with `timestamp < timestamp` is done.
+    Before { timestamp: DateTime<Utc> },
+    /// Query API: every event up to and including `(timestamp, uuid)` in PostHog's order is done.
+    After {
+        timestamp: DateTime<Utc>,
+        uuid: String,
+    },
+    /// Events API (which orders by timestamp only): every event before `timestamp`, and those
+    /// at `timestamp` with these uuids, are done.
+    Seen {
+        timestamp: DateTime<Utc>,
+        uuids: TieSet,
+    },
+}
+
+impl Cursor {
+    pub(crate) fn timestamp(&self) -> DateTime<Utc> {
+        match self {
+            Cursor::Before { timestamp }
+            | Cursor::After { timestamp, .. }
+            | Cursor::Seen { timestamp, .. } => *timestamp,
+        }
+    }
+}
+
+/// The uuids delivered so far at one timestamp. Cheap to clone for every record: records share
+/// one growing list and each remembers how much of it was delivered with it.
+#[derive(Clone, Default)]
+pub(crate) struct TieSet {
+    list: Arc<Mutex<Vec<String>>>,
+    len: usize,
+}
+
+impl TieSet {
+    /// Adds a uuid; the returned set ends with it.
+    pub(crate) fn push(&mut self, uuid: String) -> TieSet {
+        let mut list = self.list.lock().unwrap();
+        list.truncate(self.len);
+        list.push(uuid);
+        self.len = list.len();
+        self.clone()
+    }
+
+    pub(crate) fn uuids(&self) -> Vec<String> {
+        self.list.lock().unwrap()[..self.len].to_vec()
+    }
+}
+
+impl From<Vec<String>> for TieSet {
+    fn from(v: Vec<String>) -> Self {
+        TieSet {
+            len: v.len(),
+            list: Arc::new(Mutex::new(v)),
+        }
+    }
+}
+
+impl PartialEq for TieSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.uuids() == other.uuids()
+    }
+}
+
+impl Eq for TieSet {}
+
+impl std::fmt::Debug for TieSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.uuids()).finish()
+    }
+}
+
+impl Serialize for TieSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.uuids().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TieSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(d).map(TieSet::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tie_set_remembers_its_own_prefix_and_round_trips() {
+        let mut tie = TieSet::default();
+        let a = tie.push("a".into());
+        let b = tie.push("b".into());
+        assert_eq!(a.uuids(), ["a"]);
+        assert_eq!(b.uuids(), ["a", "b"]);
+        let cursor = Cursor::Seen {
+            timestamp: "2024-01-01T00:00:00Z".parse().unwrap(),
+            uuids: b,
+        };
+        let text = serde_json::to_string(&cursor).unwrap();
+        assert!(
+            text.contains(r#""kind":"seen""#) && text.contains(r#""uuids":["a","b"]"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Cursor>(&text).unwrap(), cursor);
+    }
+}

@@ -1,0 +1,182 @@
+//! `--config FILE`: a TOML file that can hold any setting a flag can, so that crontab lines stay
+//! short. Precedence: flag > environment variable > config file > default.
+//!
+//! There is one route for every value: a file value the command line left unset becomes a
+//! `--flag value` argument and goes through the same clap parser, with the same checks, as if
+//! it had been typed. Reference: docs/configuration.md.
+
+use crate::cli::Cli;
+use crate::error::usage;
+use anyhow::Context;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// A number, or a string such as "1MiB" or "15m".
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(untagged)]
+enum Amount {
+    Number(u64),
+    Text(String),
+}
+
+/// The keys a file may hold, each named like the flag's value (`page_size` for
+/// `--page-size`). Unknown keys are refused, so that a typo is not silently ignored.
+#[derive(Deserialize, Serialize, Default, Debug)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct ConfigFile {
+    host: Option<String>,
+    project: Option<Amount>,
+    api_key_file: Option<PathBuf>,
+    source: Option<String>,
+    webhook_url: Option<String>,
+    events: Option<Vec<String>>,
+    exclude_events: Option<Vec<String>>,
+    start: Option<String>,
+    end: Option<String>,
+    lookback: Option<Amount>,
+    lag: Option<Amount>,
+    page_size: Option<Amount>,
+    batch_size: Option<Amount>,
+    max_batch_bytes: Option<Amount>,
+    concurrency: Option<Amount>,
+    dead_letter: Option<PathBuf>,
+    checkpoint: Option<PathBuf>,
+    output: Option<PathBuf>,
+    on_invalid: Option<String>,
+    max_line_bytes: Option<Amount>,
+    max_retries: Option<Amount>,
+    max_wait: Option<Amount>,
+    http_timeout: Option<Amount>,
+    max_requests_per_minute: Option<Amount>,
+    max_requests_per_hour: Option<Amount>,
+    progress: Option<String>,
+    log_format: Option<String>,
+}
+
+/// Parses the command line and, with `--config`, fills in what it left unset from the file.
+/// Usage errors (the command line's or the file's) end the process as clap does, with exit 2.
+pub(crate) fn parse(argv: Vec<OsString>) -> anyhow::Result<Cli> {
+    let matches = Cli::command().get_matches_from(argv.clone());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let Some(path) = cli.config.clone().filter(|_| cli.command.reads_config()) else {
+        return Ok(cli);
+    };
+    let extra = file_args(&path, &matches)?;
+    if extra.is_empty() {
+        return Ok(cli);
+    }
+    // Before a `--`, so that the values are never taken for file names.
+    let at = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
+    let merged: Vec<OsString> = argv[..at]
+        .iter()
+        .cloned()
+        .chain(extra)
+        .chain(argv[at..].iter().cloned())
+        .collect();
+    let matches = Cli::command().get_matches_from(merged);
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+}
+
+/// The file's values for the command being run, as `--flag value` arguments, each checked by
+/// the flag's own parser (so that an error names the file's key).
+fn file_args(path: &Path, matches: &ArgMatches) -> anyhow::Result<Vec<OsString>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))
+        .map_err(|e| usage(format!("{e:#}")))?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| {
+        usage(format!(
+            "the config file {} is not valid: {e}",
+            path.display()
+        ))
+    })?;
+    let values = serde_json::to_value(&file).context("config values serialize")?;
+
+    // The innermost subcommand (`config check backfill` checks backfill's settings).
+    let mut cmd = Cli::command();
+    let mut m = matches;
+    while let Some((name, sub)) = m.subcommand() {
+        cmd = cmd
+            .find_subcommand(name)
+            .context("a parsed subcommand exists")?
+            .clone();
+        m = sub;
+    }
+
+    let mut out = Vec::new();
+    for (key, value) in values.as_object().into_iter().flatten() {
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == key.as_str()) else {
+            continue; // a setting of another command
+        };
+        if matches!(
+            m.value_source(key),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let texts: Vec<String> = match value {
+            serde_json::Value::Null => continue,
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(list) => list
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .collect(),
+            other => vec![other.to_string()],
+        };
+        let long = arg.get_long().context("every setting has a long flag")?;
+        for text in texts {
+            let flag = format!("--{long}");
+            cmd.clone()
+                .no_binary_name(true)
+                .try_get_matches_from([flag.as_str(), text.as_str()])
+                .map_err(|e| {
+                    usage(format!(
+                        "config file {}, `{key}` = {text:?}: {}",
+                        path.display(),
+                        clap_reason(&e)
+                    ))
+                })?;
+            out.push(flag.into());
+            out.push(text.into());
+        }
+    }
+    Ok(out)
+}
+
+/// The reason in a clap error, without its `error:` prefix and usage lines.
+fn clap_reason(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_parses_and_unknown_keys_are_refused() {
+        let file: ConfigFile = toml::from_str(
+            r#"
+            host = "https://eu.posthog.com"
+            project = 12345
+            webhook_url = "https://example.com/hook"
+            events = ["signup", "purchase"]
+            lookback = "3d"
+            lag = 600
+            max_batch_bytes = "512KiB"
+            "#,
+        )
+        .unwrap();
+        let v = serde_json::to_value(&file).unwrap();
+        assert_eq!(v["project"], 12345);
+        assert_eq!(v["lookback"], "3d");
+        assert_eq!(v["events"][1], "purchase");
+        let err = toml::from_str::<ConfigFile>("hots = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+}

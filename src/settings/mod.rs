@@ -1,0 +1,155 @@
+//! Turns command-line arguments into checked settings shared by every command: the PostHog
+//! connection, the webhook and batching, retries and the request budget.
+
+pub(crate) mod file;
+
+use crate::cli::{ConnectionArgs, FilterArgs, RetryArgs, WebhookArgs};
+use crate::error::usage;
+use crate::event::format_ts;
+use crate::net::ratelimit::Budget;
+use crate::net::retry::RetryPolicy;
+use crate::pipeline::Posting;
+use crate::pipeline::batcher::Limits;
+use crate::posthog::Connection;
+use crate::posthog::source::SourceKind;
+use crate::posthog::source::{Filters, Range};
+use crate::secret::{Secret, WebhookUrl};
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub(crate) fn connection(args: &ConnectionArgs) -> anyhow::Result<Connection> {
+    let host = Connection::parse_host(&args.host).map_err(usage)?;
+    let project = args.project.as_deref().ok_or_else(|| {
+        usage("no PostHog project: pass --project ID or set POSTHOG_PROJECT_ID (the number in your project's URL)")
+    })?;
+    let project = Connection::check_project(project).map_err(usage)?;
+    let key = match &args.api_key_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the API key file {}", path.display()))
+            .map_err(|e| usage(format!("{e:#}")))?,
+        None => std::env::var("POSTHOG_API_KEY").unwrap_or_default(),
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(usage(
+            "no PostHog API key: set POSTHOG_API_KEY or pass --api-key-file PATH (a personal API key, phx_..., with the query:read scope)",
+        ));
+    }
+    if key.starts_with("phc_") {
+        return Err(usage(
+            "the PostHog key is a project token (phc_...), which cannot read events; create a personal API key (phx_...) with the query:read scope",
+        ));
+    }
+    Ok(Connection {
+        host,
+        project,
+        api_key: Secret::new(key),
+    })
+}
+
+/// The checked webhook settings.
+pub(crate) struct Webhook {
+    pub(crate) url: WebhookUrl,
+    pub(crate) posting: Posting,
+    pub(crate) dead_letter: Option<PathBuf>,
+}
+
+pub(crate) fn webhook(args: &WebhookArgs) -> anyhow::Result<Webhook> {
+    let text = args
+        .webhook_url
+        .as_deref()
+        .ok_or_else(|| usage("no webhook: pass --webhook-url URL or set PATTERNS_WEBHOOK_URL"))?;
+    Ok(Webhook {
+        url: WebhookUrl::parse(text).map_err(usage)?,
+        posting: Posting {
+            limits: Limits {
+                max_events: args.batch_size as usize,
+                max_bytes: args.max_batch_bytes as usize,
+            },
+            concurrency: args.concurrency as usize,
+            linger: None,
+        },
+        dead_letter: args.dead_letter.clone(),
+    })
+}
+
+/// Retry policy, per-request timeout and the request budget.
+pub(crate) struct Retries {
+    pub(crate) policy: RetryPolicy,
+    pub(crate) http_timeout: Duration,
+    /// Requests per minute and per hour set by the user; `None`: the API's published limit.
+    pub(crate) per_minute: Option<u32>,
+    pub(crate) per_hour: Option<u32>,
+}
+
+impl Retries {
+    /// The request budget for the API in use: the user's numbers, else its published limits.
+    pub(crate) fn budget(&self, source: SourceKind) -> Budget {
+        let (minute, hour) = match source {
+            SourceKind::Events => EVENTS_API_LIMITS,
+            SourceKind::Query | SourceKind::Auto => QUERY_API_LIMITS,
+        };
+        Budget::new(
+            self.per_minute.unwrap_or(minute),
+            self.per_hour.unwrap_or(hour),
+        )
+    }
+}
+
+/// Published limits for personal API keys (../shared/posthog-api.md, "Rate limits"):
+/// requests per minute and per hour.
+pub(crate) const QUERY_API_LIMITS: (u32, u32) = (240, 2400);
+pub(crate) const EVENTS_API_LIMITS: (u32, u32) = (240, 1200);
+
+pub(crate) fn retries(args: &RetryArgs) -> Retries {
+    Retries {
+        policy: RetryPolicy {
+            max_retries: args.max_retries,
+            max_wait: args.max_wait,
+            ..RetryPolicy::default()
+        },
+        http_timeout: args.http_timeout,
+        per_minute: args.max_requests_per_minute,
+        per_hour: args.max_requests_per_hour,
+    }
+}
+
+/// `[start, end)` from the flags (or the config file); both required, start before end.
+pub(crate) fn range(
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+) -> anyhow::Result<Range> {
+    let (Some(start), Some(end)) = (start, end) else {
+        return Err(usage(
+            "--start and --end are required (or `start` and `end` in the --config file), e.g. --start 2024-01-01 --end 2024-02-01",
+        ));
+    };
+    if start >= end {
+        return Err(usage(format!(
+            "--start ({}) must be before --end ({}); --end is exclusive, e.g. --start 2024-01-01 --end 2024-02-01 for January",
+            format_ts(&start),
+            format_ts(&end)
+        )));
+    }
+    Ok(Range { start, end })
+}
+
+/// Sorted, de-duplicated, non-empty names: the order of `--event` flags does not change a job.
+pub(crate) fn filters(args: &FilterArgs) -> Filters {
+    let names = |list: &[String]| {
+        let mut v: Vec<String> = list
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    Filters {
+        include: names(&args.events),
+        exclude: names(&args.exclude_events),
+    }
+}

@@ -1,0 +1,126 @@
+//! NDJSON in and out: the writer `export` delivers batches to (stdout, a file, or a gzip file,
+//! synced before the checkpoint moves, so a resumed export never keeps a torn line), and the
+//! bounded line reader `send` reads with (a line longer than the limit is an error, not an
+//! out-of-memory).
+
+use crate::pipeline::ledger::Stats;
+use crate::pipeline::{Deliver, Delivered};
+use crate::progress::Progress;
+use anyhow::Context;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use futures_util::future::BoxFuture;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+pub(crate) fn is_gzip(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
+/// The reader closed our stdout (`| head`): the run ends quietly.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub(crate) struct OutputClosed;
+
+enum Target {
+    Stdout(io::Stdout),
+    /// A file, appended to; each batch is one gzip member when `gzip`.
+    File {
+        file: File,
+        path: PathBuf,
+        gzip: bool,
+    },
+}
+
+/// Writes each batch as lines, then flushes (and for files, syncs).
+pub(crate) struct NdjsonWriter {
+    target: Mutex<Target>,
+    /// Bytes in the file after the last complete batch: what a checkpoint records.
+    len: AtomicU64,
+    progress: Arc<Progress>,
+}
+
+impl NdjsonWriter {
+    pub(crate) fn stdout(progress: Arc<Progress>) -> Self {
+        NdjsonWriter {
+            target: Mutex::new(Target::Stdout(io::stdout())),
+            len: AtomicU64::new(0),
+            progress,
+        }
+    }
+
+    /// Opens `path` for appending after its first `keep` bytes (a checkpoint's length; 0 to
+    /// start afresh): anything after them, such as a torn last line, is cut off.
+    pub(crate) fn file(path: &Path, keep: u64, progress: Arc<Progress>) -> anyhow::Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {} for writing", path.display()))?;
+        file.set_len(keep).with_context(|| {
+            format!(
+                "cannot truncate {} to its last complete batch",
+                path.display()
+            )
+        })?;
+        Ok(NdjsonWriter {
+            target: Mutex::new(Target::File {
+                file,
+                path: path.to_path_buf(),
+                gzip: is_gzip(path),
+            }),
+            len: AtomicU64::new(keep),
+            progress,
+        })
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len.load(Relaxed)
+    }
+
+    fn write(&self, events: &[String]) -> anyhow::Result<()> {
+        let mut text = Vec::with_capacity(events.iter().map(|e| e.len() + 1).sum());
+        for e in events {
+            text.extend_from_slice(e.as_bytes());
+            text.push(b'\n');
+        }
+        match &mut *self.target.lock().unwrap() {
+            Target::Stdout(out) => {
+                let mut out = out.lock();
+                match out.write_all(&text).and_then(|_| out.flush()) {
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(OutputClosed.into()),
+                    other => other.context("cannot write to stdout"),
+                }
+            }
+            Target::File { file, path, gzip } => {
+                if *gzip {
+                    let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+                    enc.write_all(&text)?;
+                    text = enc.finish()?;
+                }
+                file.write_all(&text)
+                    .and_then(|_| file.sync_data())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                self.len.fetch_add(text.len() as u64, Relaxed);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Deliver for NdjsonWriter {
+    fn deliver<'a>(&'a self, events: &'a [String]) -> BoxFuture<'a, anyhow::Result<Delivered>> {
+        Box::pin(async move {
+            self.write(events)?;
+            Stats::add(&self.progress.stats.posted, events.len() as u64);
+            Stats::add(&self.progress.stats.batches, 1);
+            Ok(Delivered {
+                posted: events.len(),
+                dead_lettered: 0,
+            })
+        })
+    }
+}

@@ -1,0 +1,310 @@
+//! Resume checkpoints: a small JSON state file per job, naming the job (never a secret) and
+//! the position after the last acknowledged batch. Written atomically (temp file, fsync,
+//! rename, mode 0600) and guarded by an exclusive lock so that two runs never share it.
+//! Format: docs/checkpoints.md.
+
+use crate::error::Stop;
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub(crate) const VERSION: u32 = 1;
+
+/// What identifies a job: the same job resumes from the same state, any other is refused.
+pub(crate) type JobId = BTreeMap<String, String>;
+
+/// A job identity from its parts.
+pub(crate) fn job<'a>(parts: impl IntoIterator<Item = (&'a str, String)>) -> JobId {
+    parts.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Totals over all runs of a job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Counters {
+    pub(crate) posted: u64,
+    pub(crate) dead_lettered: u64,
+    pub(crate) batches: u64,
+    pub(crate) runs: u64,
+}
+
+impl Counters {
+    /// Counts one delivered batch (or none, for a position that moved without events).
+    pub(crate) fn record(&mut self, done: crate::pipeline::Delivered) {
+        self.posted += done.posted as u64;
+        self.dead_lettered += done.dead_lettered as u64;
+        self.batches += u64::from(done.posted + done.dead_lettered > 0);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct State<P> {
+    pub(crate) version: u32,
+    pub(crate) job: JobId,
+    /// Everything before this position has been acknowledged (or dead-lettered).
+    pub(crate) position: Option<P>,
+    pub(crate) complete: bool,
+    pub(crate) counters: Counters,
+    pub(crate) updated_at: String,
+}
+
+impl<P> State<P> {
+    pub(crate) fn new(job: JobId) -> Self {
+        State {
+            version: VERSION,
+            job,
+            position: None,
+            complete: false,
+            counters: Counters::default(),
+            updated_at: String::new(),
+        }
+    }
+}
+
+/// The directory for default state files: `$POSTHOG_PATTERNS_STATE_DIR`, else
+/// `$XDG_STATE_HOME/posthog-patterns`, else `~/.local/state/posthog-patterns`.
+pub(crate) fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("POSTHOG_PATTERNS_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("posthog-patterns");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/posthog-patterns")
+}
+
+/// `<state dir>/<kind>-<hash of the job>.json`: the same command finds its own state.
+pub(crate) fn default_path(kind: &str, job: &JobId) -> PathBuf {
+    let text = serde_json::to_string(job).expect("maps serialize");
+    let digest = Sha256::digest(text.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    state_dir().join(format!("{kind}-{hex}.json"))
+}
+
+/// Locks the state file of `job` (`explicit`, or the default path of `kind` and `job`),
+/// discards it with `restart`, and reads what it holds (not yet checked against the job).
+pub(crate) fn open_job<P: DeserializeOwned>(
+    kind: &str,
+    job: &JobId,
+    explicit: Option<&Path>,
+    restart: bool,
+) -> anyhow::Result<(Store, Option<State<P>>)> {
+    let path = explicit.map_or_else(|| default_path(kind, job), Path::to_path_buf);
+    let store = Store::open(&path)?;
+    if restart {
+        store.remove()?;
+    }
+    let stored = store.load()?;
+    Ok((store, stored))
+}
+
+/// An open, locked state file.
+pub(crate) struct Store {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Locks `<path>.lock`; if another run holds it, fails at once with [`Stop::Locked`].
+    pub(crate) fn open(path: &Path) -> anyhow::Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        }
+        let lock_path = lock_path(path);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(Stop::Locked {
+                    path: path.to_path_buf(),
+                }
+                .into());
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
+            }
+        }
+        Ok(Store {
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the state, if any. A file that does not parse is an error, never a fresh start.
+    pub(crate) fn load<P: DeserializeOwned>(&self) -> anyhow::Result<Option<State<P>>> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot read the checkpoint {}", self.path.display())
+                });
+            }
+        };
+        let state: State<P> = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "the checkpoint {} is corrupt ({e}); nothing was sent. Inspect or move it aside, or pass --restart to start the job from the beginning",
+                self.path.display()
+            )
+        })?;
+        if state.version != VERSION {
+            bail!(
+                "the checkpoint {} has format version {}, this posthog-patterns reads version {VERSION}; use the version that wrote it, or --restart",
+                self.path.display(),
+                state.version
+            );
+        }
+        Ok(Some(state))
+    }
+
+    /// Replaces the state atomically: a crash leaves either the old or the new file, whole.
+    pub(crate) fn save<P: Serialize>(&self, state: &mut State<P>) -> anyhow::Result<()> {
+        state.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let write = || -> std::io::Result<()> {
+            // NamedTempFile creates the file with mode 0600.
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            serde_json::to_writer_pretty(&mut tmp, state)?;
+            tmp.write_all(b"\n")?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&self.path).map_err(|e| e.error)?;
+            File::open(dir)?.sync_all()
+        };
+        write().with_context(|| format!("cannot write the checkpoint {}", self.path.display()))
+    }
+
+    pub(crate) fn remove(&self) -> anyhow::Result<()> {
+        match fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)
+                .with_context(|| format!("cannot remove the checkpoint {}", self.path.display())),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+/// Refuses a state file written for another job, naming what differs.
+pub(crate) fn check_job(path: &Path, found: &JobId, expected: &JobId) -> anyhow::Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    let keys: std::collections::BTreeSet<&String> = found.keys().chain(expected.keys()).collect();
+    let diffs: Vec<String> = keys
+        .into_iter()
+        .filter(|k| found.get(*k) != expected.get(*k))
+        .map(|k| {
+            format!(
+                "{k}: checkpoint has {}, this run has {}",
+                found.get(k).map_or("nothing", String::as_str),
+                expected.get(k).map_or("nothing", String::as_str)
+            )
+        })
+        .collect();
+    Err(Stop::Usage(format!(
+        "the checkpoint {} belongs to a different job ({}); pass --restart to discard it, or choose another --checkpoint",
+        path.display(),
+        diffs.join("; ")
+    ))
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn job(start: &str) -> JobId {
+        [("command", "backfill"), ("start", start)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn saves_atomically_with_private_mode_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let store = Store::open(&path).unwrap();
+        assert!(store.load::<u64>().unwrap().is_none());
+        let mut state = State::new(job("a"));
+        state.position = Some(42u64);
+        store.save(&mut state).unwrap();
+        let back: State<u64> = store.load().unwrap().unwrap();
+        assert_eq!(back, state);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let leftovers = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 2, "state and lock file only, no temp files");
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_path_is_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let _first = Store::open(&path).unwrap();
+        let err = Store::open(&path).err().unwrap();
+        assert_eq!(crate::error::exit_code_of(&err), 75);
+        assert!(err.to_string().contains("another posthog-patterns run"));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_not_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        fs::write(&path, "{\"version\":1,\"job\":{},\"posi").unwrap();
+        let store = Store::open(&path).unwrap();
+        let err = store.load::<u64>().unwrap_err().to_string();
+        assert!(err.contains("is corrupt"), "{err}");
+        assert!(err.contains("--restart"));
+    }
+
+    #[test]
+    fn another_jobs_state_is_refused_naming_the_difference() {
+        let err =
+            check_job(Path::new("s.json"), &job("2024-01-01"), &job("2024-02-01")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("start: checkpoint has 2024-01-01, this run has 2024-02-01"),
+            "{text}"
+        );
+        assert_eq!(crate::error::exit_code_of(&err), 2);
+        assert!(check_job(Path::new("s"), &job("a"), &job("a")).is_ok());
+    }
+
+    #[test]
+    fn default_path_depends_on_the_job() {
+        assert_ne!(
+            default_path("backfill", &job("a")),
+            default_path("backfill", &job("b"))
+        );
+        assert_eq!(
+            default_path("backfill", &job("a")),
+            default_path("backfill", &job("a"))
+        );
+    }
+}

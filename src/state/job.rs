@@ -1,0 +1,63 @@
+//! What makes two runs the same job (its identity: never a secret, the webhook only as a
+//! fingerprint), and opening a reading job's state: lock, load, choose the API, check.
+
+use crate::posthog::Connection;
+use crate::posthog::source::Connect;
+use crate::posthog::source::SourceKind;
+use crate::state::checkpoint::{self, JobId, State, Store};
+
+/// The identity every reading job starts from: where it reads and which events.
+pub(crate) fn identity(
+    command: &str,
+    connection: &Connection,
+    filters: &crate::posthog::source::Filters,
+) -> JobId {
+    checkpoint::job([
+        ("command", command.to_string()),
+        ("host", connection.host.as_str().to_string()),
+        ("project", connection.project.clone()),
+        ("events", filters.include.join(",")),
+        ("exclude_events", filters.exclude.join(",")),
+    ])
+}
+
+/// A reading job's state, opened and checked, and the API it reads from.
+pub(crate) struct Resumed<P> {
+    pub(crate) store: Store,
+    pub(crate) state: State<P>,
+    pub(crate) source: SourceKind,
+    /// No state existed: this is the job's first run.
+    pub(crate) fresh: bool,
+}
+
+/// Opens the state of `job` (locking it), chooses the API to read from, and refuses a state
+/// written for another job. The API is part of the job but not of the default path, so that
+/// `--source` alone never silently starts a job afresh.
+pub(crate) async fn resume<P: serde::de::DeserializeOwned>(
+    connect: &Connect<'_>,
+    requested: SourceKind,
+    kind: &str,
+    mut job: JobId,
+    explicit: Option<&std::path::Path>,
+    restart: bool,
+) -> anyhow::Result<Resumed<P>> {
+    let (store, stored) = checkpoint::open_job::<P>(kind, &job, explicit, restart)?;
+    let source = connect
+        .choose(requested, stored.as_ref().map(|s| &s.job))
+        .await?;
+    job.insert("source".into(), source.name().into());
+    let fresh = stored.is_none();
+    let state = match stored {
+        Some(state) => {
+            checkpoint::check_job(store.path(), &state.job, &job)?;
+            state
+        }
+        None => State::new(job),
+    };
+    Ok(Resumed {
+        store,
+        state,
+        source,
+        fresh,
+    })
+}

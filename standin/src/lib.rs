@@ -1,0 +1,138 @@
+//! In-process stand-ins for PostHog and for a webhook, on loopback, behaving as
+//! ../shared/posthog-api.md describes (paging rules, caps, time zones, throttling) with
+//! faults injected on demand. Shared by posthog-patterns' tests, benchmark, example and
+//! `demo`; never used to reach a real host. It does not depend on the product.
+
+pub mod data;
+mod events_api;
+pub mod posthog;
+pub mod webhook;
+
+pub use data::{StoredEvent, synthetic_events};
+pub use posthog::{PostHogConfig, PostHogStandIn};
+pub use webhook::{WebhookConfig, WebhookStandIn};
+
+use axum::Router;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A canned answer that replaces the real one for one request.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub status: u16,
+    /// `Retry-After` header value in seconds, if any.
+    pub retry_after: Option<u64>,
+    pub body: String,
+    /// Delay before answering.
+    pub delay: Duration,
+}
+
+impl Fault {
+    pub fn status(status: u16) -> Self {
+        Fault {
+            status,
+            retry_after: None,
+            body: format!("{{\"detail\":\"injected fault {status}\"}}"),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// PostHog's throttle answer; `retry_after: None` is the older form without the header,
+    /// where only the `detail` text says how long to wait.
+    pub fn throttled(secs: u64, retry_after_header: bool) -> Self {
+        Fault {
+            status: 429,
+            retry_after: retry_after_header.then_some(secs),
+            body: format!(
+                "{{\"type\":\"throttled_error\",\"code\":\"throttled\",\"detail\":\"Request was throttled. Expected available in {secs} seconds.\",\"attr\":null}}"
+            ),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn html(status: u16) -> Self {
+        Fault {
+            status,
+            retry_after: None,
+            body: "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+                .into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub(crate) fn response(&self) -> axum::response::Response {
+        let mut builder = axum::response::Response::builder().status(self.status);
+        if let Some(secs) = self.retry_after {
+            builder = builder.header("retry-after", secs.to_string());
+        }
+        let kind = if self.body.starts_with('<') {
+            "text/html"
+        } else {
+            "application/json"
+        };
+        builder
+            .header("content-type", kind)
+            .body(axum::body::Body::from(self.body.clone()))
+            .expect("a valid response")
+    }
+}
+
+/// Faults keyed by request number (0-based), plus a queue for "the next requests".
+#[derive(Default, Debug)]
+pub(crate) struct Faults {
+    pub at: std::collections::BTreeMap<usize, Fault>,
+    pub next: std::collections::VecDeque<Fault>,
+}
+
+impl Faults {
+    pub fn take(&mut self, request: usize) -> Option<Fault> {
+        self.at.remove(&request).or_else(|| self.next.pop_front())
+    }
+}
+
+/// A running server; it stops when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Serves `router` on 127.0.0.1 (a free port) from a thread of its own, so that it works
+/// from plain tests and from inside another runtime alike.
+pub(crate) fn serve(router: Router) -> Server {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the stand-in");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a loopback port");
+            addr_tx
+                .send(listener.local_addr().expect("bound"))
+                .expect("caller waits");
+            // Not a graceful shutdown: stalled requests would hold it open forever.
+            tokio::select! {
+                _ = axum::serve(listener, router) => {}
+                _ = stop_rx => {}
+            }
+        });
+        // Requests stalled on purpose must not keep the thread alive.
+        rt.shutdown_background();
+    });
+    Server {
+        addr: addr_rx.recv().expect("the stand-in starts"),
+        shutdown: Some(stop_tx),
+    }
+}

@@ -1,0 +1,631 @@
+//! The PostHog stand-in: the Query API's HogQL endpoint for the queries this tool writes,
+//! with PostHog's rules (../shared/posthog-api.md): bearer auth with scopes, LIMIT capped at
+//! 50,000 (100 without LIMIT), OFFSET refused, ClickHouse uuid order, project time zone
+//! unless `convertToProjectTimezone: false`, 504 for queries that scan too much, throttling.
+//! It parses only the SQL shapes it knows and answers 400 to anything else, as HogQL would.
+
+use super::data::{self, StoredEvent, uuid_key};
+use super::{Fault, Faults, Server, serve};
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct PostHogConfig {
+    pub project_id: String,
+    pub api_key: String,
+    /// A key that authenticates but lacks the `query:read` scope (answers 403).
+    pub key_without_scope: String,
+    /// The project's time zone, as a fixed offset in hours.
+    pub tz_offset_hours: i32,
+    /// A query whose window holds more rows than this "times out" (504), like the 10 s cap.
+    pub max_scan_rows: usize,
+    /// Requests allowed per `rate_window` before 429 (None: no throttling).
+    pub rate_limit: Option<(usize, Duration)>,
+    /// Whether throttle answers carry `Retry-After` (older PostHog versions do not).
+    pub retry_after_header: bool,
+    /// Whether `/query/` exists (old self-hosted instances have only the Events API).
+    pub query_api: bool,
+    /// The Events API's server-side sleep for every request with an `offset` (1 s in PostHog).
+    pub offset_delay: Duration,
+    /// Events API: order events that share a timestamp differently on every request (it
+    /// orders by timestamp only, so nothing promises a stable order among them).
+    pub unstable_ties: bool,
+}
+
+impl Default for PostHogConfig {
+    fn default() -> Self {
+        PostHogConfig {
+            project_id: "4242".into(),
+            api_key: "phx_standin_secret_key_0123456789".into(),
+            key_without_scope: "phx_standin_key_without_scope".into(),
+            tz_offset_hours: 5,
+            max_scan_rows: 200_000,
+            rate_limit: None,
+            retry_after_header: true,
+            query_api: true,
+            offset_delay: Duration::from_secs(1),
+            unstable_ties: false,
+        }
+    }
+}
+
+/// One request as the stand-in saw it.
+#[derive(Clone, Debug)]
+pub struct Logged {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// For queries: the SQL and the `values`.
+    pub sql: Option<String>,
+    pub values: Option<Value>,
+    pub modifiers: Option<Value>,
+}
+
+pub struct State {
+    pub config: PostHogConfig,
+    events: Vec<StoredEvent>,
+    pub(crate) faults: Faults,
+    pub log: Vec<Logged>,
+    recent: VecDeque<Instant>,
+}
+
+pub struct PostHogStandIn {
+    pub server: Server,
+    state: Arc<Mutex<State>>,
+}
+
+impl PostHogStandIn {
+    pub fn start(config: PostHogConfig, events: Vec<StoredEvent>) -> Self {
+        let state = Arc::new(Mutex::new(State {
+            config,
+            events: Vec::new(),
+            faults: Faults::default(),
+            log: Vec::new(),
+            recent: VecDeque::new(),
+        }));
+        let me = PostHogStandIn {
+            server: serve(router(state.clone())),
+            state,
+        };
+        me.insert(events);
+        me
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.addr)
+    }
+
+    pub fn config(&self) -> PostHogConfig {
+        self.state.lock().unwrap().config.clone()
+    }
+
+    /// Adds events (e.g. late arrivals) keeping PostHog's order. Times are kept to the
+    /// microsecond, as in PostHog's `DateTime64(6)` columns.
+    pub fn insert(&self, events: Vec<StoredEvent>) {
+        let mut s = self.state.lock().unwrap();
+        s.events.extend(events.into_iter().map(|mut e| {
+            e.timestamp = data::to_micros(e.timestamp);
+            e.created_at = data::to_micros(e.created_at);
+            e
+        }));
+        s.events.sort_by_key(StoredEvent::order_key);
+    }
+
+    pub fn events(&self) -> Vec<StoredEvent> {
+        self.state.lock().unwrap().events.clone()
+    }
+
+    /// Answers request number `n` (0-based, counting every request) with `fault`.
+    pub fn fault_at(&self, n: usize, fault: Fault) {
+        self.state.lock().unwrap().faults.at.insert(n, fault);
+    }
+
+    /// Answers the next request with `fault`.
+    pub fn fault_next(&self, fault: Fault) {
+        self.state.lock().unwrap().faults.next.push_back(fault);
+    }
+
+    /// Forgets every injected fault not yet used.
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults = Faults::default();
+    }
+
+    pub fn set_config(&self, f: impl FnOnce(&mut PostHogConfig)) {
+        f(&mut self.state.lock().unwrap().config);
+    }
+
+    pub fn log(&self) -> Vec<Logged> {
+        self.state.lock().unwrap().log.clone()
+    }
+}
+
+fn router(state: Arc<Mutex<State>>) -> Router {
+    Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let state = state.clone();
+            async move { handle(&state, method, uri, headers, body).await }
+        },
+    )
+}
+
+async fn handle(
+    state: &Mutex<State>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let (fault, parsed) = {
+        let mut s = state.lock().unwrap();
+        let n = s.log.len();
+        s.log.push(Logged {
+            method: method.to_string(),
+            path: path.clone(),
+            status: 0,
+            sql: None,
+            values: None,
+            modifiers: None,
+        });
+        (
+            s.faults.take(n),
+            serde_json::from_slice::<Value>(&body).ok(),
+        )
+    };
+    if let Some(q) = parsed.as_ref().and_then(|b| b.get("query")) {
+        let mut s = state.lock().unwrap();
+        let last = s.log.last_mut().expect("just pushed");
+        last.sql = q.get("query").and_then(Value::as_str).map(str::to_owned);
+        last.values = q.get("values").cloned();
+        last.modifiers = q.get("modifiers").cloned();
+    }
+    let response = match fault {
+        Some(fault) => {
+            tokio::time::sleep(fault.delay).await;
+            fault.response()
+        }
+        None => {
+            let answer = answer(
+                state,
+                &method,
+                &path,
+                uri.query().unwrap_or(""),
+                &headers,
+                parsed,
+            );
+            tokio::time::sleep(answer.1).await;
+            answer.0
+        }
+    };
+    state.lock().unwrap().log.last_mut().expect("logged").status = response.status().as_u16();
+    response
+}
+
+pub(crate) fn error(status: u16, kind: &str, detail: &str) -> Response {
+    let status = StatusCode::from_u16(status).expect("valid status");
+    (
+        status,
+        axum::Json(json!({"type": kind, "code": kind, "detail": detail, "attr": null})),
+    )
+        .into_response()
+}
+
+/// The answer, and how long the server sleeps before giving it.
+fn answer(
+    state: &Mutex<State>,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: Option<Value>,
+) -> (Response, Duration) {
+    let mut s = state.lock().unwrap();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let now = |r: Response| (r, Duration::ZERO);
+    if auth == s.config.key_without_scope {
+        return now(error(
+            403,
+            "permission_denied",
+            "API key missing required scope 'query:read'",
+        ));
+    }
+    if auth != s.config.api_key {
+        return now(error(
+            401,
+            "authentication_error",
+            "Personal API key found in request Authorization header is invalid.",
+        ));
+    }
+    if let Some((limit, window)) = s.config.rate_limit {
+        let at = Instant::now();
+        while s
+            .recent
+            .front()
+            .is_some_and(|t| at.duration_since(*t) >= window)
+        {
+            s.recent.pop_front();
+        }
+        if s.recent.len() >= limit {
+            let wait = window
+                .saturating_sub(at.duration_since(s.recent[0]))
+                .as_secs()
+                .max(1);
+            return now(Fault::throttled(wait, s.config.retry_after_header).response());
+        }
+        s.recent.push_back(at);
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("POST", ["api", "projects" | "environments", id, "query"])
+            if *id == s.config.project_id && s.config.query_api =>
+        {
+            now(match body {
+                Some(body) => run_query(&s, &body),
+                None => error(400, "validation_error", "JSON parse error"),
+            })
+        }
+        ("GET", ["api", "projects" | "environments", id, "events"])
+            if *id == s.config.project_id =>
+        {
+            super::events_api::list(&s.config, &s.events, path, query, s.log.len() as u64)
+        }
+        _ => now(error(404, "invalid_request", "Not found.")),
+    }
+}
+
+/// A HogQL query of the shape this tool writes: SELECT cols FROM events WHERE conds
+/// ORDER BY timestamp, uuid [LIMIT n].
+fn run_query(s: &State, body: &Value) -> Response {
+    match evaluate(s, body) {
+        Ok(v) => axum::Json(v).into_response(),
+        Err((status, detail)) => error(
+            status,
+            if status == 400 {
+                "validation_error"
+            } else {
+                "server_error"
+            },
+            &detail,
+        ),
+    }
+}
+
+type Fail = (u16, String);
+
+fn bad(detail: impl Into<String>) -> Fail {
+    (400, detail.into())
+}
+
+struct Query {
+    columns: Vec<String>,
+    lo: Option<DateTime<Utc>>,
+    hi: Option<DateTime<Utc>>,
+    after: Option<(DateTime<Utc>, (u64, u64))>,
+    include: Option<Vec<String>>,
+    exclude: Vec<String>,
+    created_after: Option<DateTime<Utc>>,
+    created_until: Option<DateTime<Utc>>,
+    limit: Option<usize>,
+}
+
+fn evaluate(s: &State, body: &Value) -> Result<Value, Fail> {
+    let q = &body["query"];
+    if q["kind"] != "HogQLQuery" {
+        return Err(bad("stand-in: only HogQLQuery is supported"));
+    }
+    let sql = q["query"]
+        .as_str()
+        .ok_or_else(|| bad("query.query must be a string"))?;
+    let values = q["values"].as_object().cloned().unwrap_or_default();
+    let utc = q["modifiers"]["convertToProjectTimezone"] == json!(false);
+    let tz = FixedOffset::east_opt(s.config.tz_offset_hours * 3600).expect("valid offset");
+    let zone = if utc { None } else { Some(tz) };
+    let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if sql == "SELECT 1" {
+        return Ok(
+            json!({"results": [[1]], "columns": ["1"], "types": ["UInt8"], "is_cached": false}),
+        );
+    }
+    let query = parse(&sql, &values, zone)?;
+
+    // Rows the window makes ClickHouse read; too many and the 10 s limit is hit.
+    let lo = query.after.map(|a| a.0).or(query.lo);
+    let first = lo.map_or(0, |lo| s.events.partition_point(|e| e.timestamp < lo));
+    let last = query.hi.map_or(s.events.len(), |hi| {
+        s.events.partition_point(|e| e.timestamp < hi)
+    });
+    let scanned = last.saturating_sub(first);
+    if scanned > s.config.max_scan_rows {
+        return Err((
+            504,
+            format!("Query exceeded the maximum execution time (scanned {scanned} rows)"),
+        ));
+    }
+    let keep = |e: &StoredEvent| {
+        !(query.lo.is_some_and(|lo| e.timestamp < lo)
+            || query.after.is_some_and(|a| e.order_key() <= (a.0, a.1))
+            || query
+                .include
+                .as_ref()
+                .is_some_and(|names| !names.contains(&e.event))
+            || query.exclude.contains(&e.event)
+            || query.created_after.is_some_and(|t| e.created_at <= t)
+            || query.created_until.is_some_and(|t| e.created_at > t))
+    };
+    if query.columns == ["count()"] {
+        let n = s.events[first..last.max(first)]
+            .iter()
+            .filter(|e| keep(e))
+            .count();
+        return Ok(
+            json!({"results": [[n]], "columns": ["count()"], "types": ["UInt64"], "is_cached": false}),
+        );
+    }
+    let cap = query.limit.unwrap_or(100).min(50_000);
+    let mut rows = Vec::new();
+    let mut has_more = false;
+    for e in &s.events[first..last.max(first)] {
+        if !keep(e) {
+            continue;
+        }
+        if rows.len() == cap {
+            has_more = true;
+            break;
+        }
+        let row: Vec<Value> = query.columns.iter().map(|c| column(e, c, zone)).collect();
+        rows.push(Value::Array(row));
+    }
+    let mut out = json!({
+        "results": rows,
+        "columns": query.columns,
+        "types": query.columns.iter().map(|_| "String").collect::<Vec<_>>(),
+        "is_cached": false,
+    });
+    if query.limit.is_none() {
+        out["hasMore"] = json!(has_more);
+    }
+    Ok(out)
+}
+
+fn column(e: &StoredEvent, name: &str, tz: Option<FixedOffset>) -> Value {
+    match name {
+        "uuid" => json!(e.uuid),
+        "event" => json!(e.event),
+        "distinct_id" => json!(e.distinct_id),
+        "properties" => json!(e.properties),
+        "elements_chain" => json!(e.elements_chain),
+        "timestamp" => json!(format_time(e.timestamp, tz)),
+        "created_at" => json!(format_time(e.created_at, tz)),
+        _ => Value::Null,
+    }
+}
+
+/// RFC 3339; `Z` in UTC, the project's offset otherwise; no fraction when it is zero.
+fn format_time(t: DateTime<Utc>, tz: Option<FixedOffset>) -> String {
+    let fmt = if t.timestamp_subsec_micros() == 0 {
+        "%Y-%m-%dT%H:%M:%S"
+    } else {
+        "%Y-%m-%dT%H:%M:%S%.6f"
+    };
+    match tz {
+        None => format!("{}Z", t.format(fmt)),
+        Some(tz) => format!(
+            "{}{}",
+            t.with_timezone(&tz).format(fmt),
+            t.with_timezone(&tz).format("%:z")
+        ),
+    }
+}
+
+const KNOWN_COLUMNS: [&str; 7] = [
+    "uuid",
+    "event",
+    "distinct_id",
+    "properties",
+    "elements_chain",
+    "timestamp",
+    "created_at",
+];
+
+fn parse(
+    sql: &str,
+    values: &serde_json::Map<String, Value>,
+    tz: Option<FixedOffset>,
+) -> Result<Query, Fail> {
+    if sql.to_ascii_uppercase().contains(" OFFSET ") {
+        return Err(bad(
+            "OFFSET is not supported for queries made with a personal API key. Use keyset pagination (a WHERE on the sort key) instead.",
+        ));
+    }
+    let rest = sql
+        .strip_prefix("SELECT ")
+        .ok_or_else(|| bad("stand-in: expected SELECT"))?;
+    let (cols, rest) = rest
+        .split_once(" FROM events")
+        .ok_or_else(|| bad("stand-in: expected FROM events"))?;
+    let columns: Vec<String> = cols.split(',').map(|c| c.trim().to_string()).collect();
+    let count = columns == ["count()"];
+    if let Some(c) = columns
+        .iter()
+        .find(|c| !count && !KNOWN_COLUMNS.contains(&c.as_str()))
+    {
+        return Err(bad(format!("Unable to resolve field: {c}")));
+    }
+    let (rest, limit) = match rest.rsplit_once(" LIMIT ") {
+        Some((r, n)) => (
+            r,
+            Some(
+                n.trim()
+                    .parse::<usize>()
+                    .map_err(|_| bad("LIMIT must be a number"))?,
+            ),
+        ),
+        None => (rest, None),
+    };
+    let where_clause = match rest.strip_suffix(" ORDER BY timestamp, uuid") {
+        Some(w) => w,
+        None if count => rest,
+        None => return Err(bad("stand-in: expected ORDER BY timestamp, uuid")),
+    };
+    let mut q = Query {
+        columns,
+        lo: None,
+        hi: None,
+        after: None,
+        include: None,
+        exclude: Vec::new(),
+        created_after: None,
+        created_until: None,
+        limit,
+    };
+    let Some(conds) = where_clause.trim().strip_prefix("WHERE ") else {
+        return if where_clause.trim().is_empty() {
+            Ok(q)
+        } else {
+            Err(bad("stand-in: expected WHERE"))
+        };
+    };
+    let value = |name: &str| -> Result<String, Fail> {
+        values
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                bad(format!(
+                    "Placeholder {{{name}}} is not available in this context"
+                ))
+            })
+    };
+    let time = |name: &str| -> Result<DateTime<Utc>, Fail> {
+        let text = value(name)?;
+        let naive = NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S%.f")
+            .map_err(|_| bad(format!("cannot parse {text:?} as DateTime64")))?;
+        // Without the modifier, constants are read in the project's time zone.
+        Ok(match tz {
+            None => naive.and_utc(),
+            Some(tz) => naive
+                .and_local_timezone(tz)
+                .single()
+                .expect("fixed offset")
+                .with_timezone(&Utc),
+        })
+    };
+    for cond in split_and(conds) {
+        if let Some(name) = dt_arg(cond, "timestamp >= ") {
+            q.lo = Some(time(name)?);
+        } else if let Some(name) = dt_arg(cond, "timestamp < ") {
+            q.hi = Some(time(name)?);
+        } else if let Some(name) = dt_arg(cond, "created_at > ") {
+            q.created_after = Some(time(name)?);
+        } else if let Some(name) = dt_arg(cond, "created_at <= ") {
+            q.created_until = Some(time(name)?);
+        } else if let Some((ts, uuid)) = keyset(cond) {
+            q.after = Some((time(ts)?, uuid_key(&value(uuid)?)));
+        } else if let Some(list) = cond
+            .strip_prefix("event NOT IN (")
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            q.exclude = names(list, &value)?;
+        } else if let Some(list) = cond
+            .strip_prefix("event IN (")
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            q.include = Some(names(list, &value)?);
+        } else {
+            return Err(bad(format!("stand-in: unsupported condition {cond:?}")));
+        }
+    }
+    Ok(q)
+}
+
+/// `<prefix>toDateTime64({name}, 6, 'UTC')` -> name.
+fn dt_arg<'a>(cond: &'a str, prefix: &str) -> Option<&'a str> {
+    cond.strip_prefix(prefix)?
+        .strip_prefix("toDateTime64({")?
+        .strip_suffix("}, 6, 'UTC')")
+}
+
+/// The keyset condition -> (timestamp placeholder, uuid placeholder).
+fn keyset(cond: &str) -> Option<(&str, &str)> {
+    let ts = cond
+        .strip_prefix("(timestamp > toDateTime64({")?
+        .split('}')
+        .next()?;
+    let uuid = cond
+        .rsplit_once("uuid > toUUID({")?
+        .1
+        .strip_suffix("})))")?;
+    let expected = format!(
+        "(timestamp > toDateTime64({{{ts}}}, 6, 'UTC') OR (timestamp = toDateTime64({{{ts}}}, 6, 'UTC') AND uuid > toUUID({{{uuid}}})))"
+    );
+    (cond == expected).then_some((ts, uuid))
+}
+
+fn names(list: &str, value: &dyn Fn(&str) -> Result<String, Fail>) -> Result<Vec<String>, Fail> {
+    list.split(", ")
+        .map(|p| {
+            let name = p
+                .strip_prefix('{')
+                .and_then(|p| p.strip_suffix('}'))
+                .ok_or_else(|| bad("stand-in: event lists must be placeholders"))?;
+            value(name)
+        })
+        .collect()
+}
+
+/// Splits on ` AND ` outside parentheses.
+fn split_and(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            b' ' if depth == 0 && text[i..].starts_with(" AND ") => {
+                out.push(text[start..i].trim());
+                i += 5;
+                start = i;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(text[start..].trim());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_top_level_conditions_only() {
+        let parts = split_and("a >= 1 AND (b > 2 OR (b = 2 AND c > 3)) AND d IN (1, 2)");
+        assert_eq!(
+            parts,
+            vec!["a >= 1", "(b > 2 OR (b = 2 AND c > 3))", "d IN (1, 2)"]
+        );
+    }
+
+    #[test]
+    fn times_without_fraction_drop_it() {
+        let t: DateTime<Utc> = "2024-01-01T12:34:56Z".parse().unwrap();
+        assert_eq!(format_time(t, None), "2024-01-01T12:34:56Z");
+        let tz = FixedOffset::east_opt(5 * 3600);
+        assert_eq!(format_time(t, tz), "2024-01-01T17:34:56+05:00");
+    }
+}
