@@ -389,18 +389,21 @@ pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> 
     let n: u64 = num
         .parse()
         .map_err(|_| format!("expected a duration like 90s, 15m, 2h or 7d, got {text:?}"))?;
-    let secs = match unit {
+    let per_unit: u64 = match unit {
         "ms" => return Ok(std::time::Duration::from_millis(n)),
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => {
             return Err(format!(
                 "unknown duration unit {unit:?}; use ms, s, m, h or d (e.g. 15m)"
             ));
         }
     };
+    let secs = n
+        .checked_mul(per_unit)
+        .ok_or_else(|| format!("{text:?} is too long a duration"))?;
     Ok(std::time::Duration::from_secs(secs))
 }
 
@@ -433,6 +436,14 @@ mod tests {
         assert_eq!(parse_duration("15m").unwrap().as_secs(), 900);
         assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
         assert!(parse_duration("soon").is_err());
+        assert!(
+            parse_duration("18446744073709551615d").is_err(),
+            "no overflow"
+        );
+        assert!(
+            parse_bytes("18446744073709551615MiB").is_err(),
+            "no overflow"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::pipeline::ledger::Stats;
 use chrono::{SecondsFormat, Utc};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanCount, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -242,17 +242,17 @@ impl Progress {
         let posted = Stats::get(&s.posted);
         let mut line = format!(
             "read {} ({}/s) · posted {} ({}/s) in {} batches · requests {} · retries {}",
-            thousands(read),
-            thousands((read as f64 / secs) as u64),
-            thousands(posted),
-            thousands((posted as f64 / secs) as u64),
-            thousands(Stats::get(&s.batches)),
-            thousands(Stats::get(&s.source_requests) + Stats::get(&s.sink_requests)),
+            HumanCount(read),
+            HumanCount((read as f64 / secs) as u64),
+            HumanCount(posted),
+            HumanCount((posted as f64 / secs) as u64),
+            HumanCount(Stats::get(&s.batches)),
+            HumanCount(Stats::get(&s.source_requests) + Stats::get(&s.sink_requests)),
             Stats::get(&s.retries),
         );
         let dead = Stats::get(&s.dead_lettered);
         if dead > 0 {
-            line.push_str(&format!(" · dead-lettered {}", thousands(dead)));
+            line.push_str(&format!(" · dead-lettered {}", HumanCount(dead)));
         }
         if let Some((why, until)) = &*self.waiting.lock().unwrap() {
             let left = until.saturating_duration_since(Instant::now());
@@ -336,18 +336,6 @@ impl Progress {
     }
 }
 
-pub(crate) fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 pub(crate) fn human_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 3600 {
@@ -362,14 +350,6 @@ pub(crate) fn human_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thousands_groups_digits() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(1234567), "1,234,567");
-    }
 
     #[test]
     fn durations_read_naturally() {

@@ -10,12 +10,13 @@ use crate::pipeline::ledger::Stats;
 use crate::posthog::Connection;
 use crate::posthog::source::Connect;
 use crate::posthog::source::{Cursor, Filters, Range, Reader, SourceKind};
-use crate::progress::{Progress, thousands};
+use crate::progress::Progress;
 use crate::secret::WebhookUrl;
 use crate::settings::{self, Retries};
 use crate::sinks::webhook::Sink;
 use crate::state::checkpoint::JobId;
 use crate::state::job;
+use indicatif::HumanCount;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -85,8 +86,8 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
             exit: EXIT_OK,
             summary: format!(
                 "backfill already complete: {} events posted ({} dead-lettered) over {} run(s); nothing to do. Pass --restart to export the range again. Checkpoint: {}",
-                thousands(state.counters.posted),
-                thousands(state.counters.dead_lettered),
+                HumanCount(state.counters.posted),
+                HumanCount(state.counters.dead_lettered),
                 state.counters.runs,
                 path.display()
             ),
@@ -96,7 +97,7 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
         Some(pos) => progress.info(&format!(
             "resuming from {} ({} events posted before); checkpoint {}",
             format_ts(&pos.timestamp()),
-            thousands(state.counters.posted),
+            HumanCount(state.counters.posted),
             path.display()
         )),
         None => progress.info(&format!(
@@ -146,7 +147,7 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
         format_ts(&cfg.range.end),
         cfg.connection.project,
         runner::figures(progress, "posted"),
-        thousands(state.counters.posted),
+        HumanCount(state.counters.posted),
         state.counters.runs,
         path.display(),
     );

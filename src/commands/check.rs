@@ -7,22 +7,23 @@
 use crate::cli::CheckedCommand;
 use crate::commands::backfill::BackfillConfig;
 use crate::error::EXIT_OK;
-use crate::event::{format_ts, format_ts_value};
+use crate::event::format_ts;
 use crate::posthog::Connection;
+use crate::posthog::hogql;
 use crate::posthog::source::Connect;
-use crate::posthog::source::{Filters, Range, SourceKind};
-use crate::progress::{Progress, human_duration, thousands};
-use crate::settings::{EVENTS_API_LIMITS, QUERY_API_LIMITS, Retries};
+use crate::posthog::source::{Cursor, Filters, Range, SourceKind};
+use crate::progress::{Progress, human_duration};
 use crate::state::checkpoint::{self, State};
 use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
-use serde_json::json;
+use indicatif::HumanCount;
 use std::sync::Arc;
 
 pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let silent = Arc::new(Progress::silent());
     runtime.block_on(async {
         match command {
             CheckedCommand::Backfill(args) => {
@@ -56,10 +57,11 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                         state.position.unwrap_or_default()
                     );
                 }
+                let connect = Connect::new(&cfg.connection, &cfg.retries, &silent)?;
+                let kind = ask_api(&connect, cfg.source).await?;
                 estimate(
-                    &cfg.connection,
-                    cfg.source,
-                    &cfg.retries,
+                    &connect,
+                    kind,
                     cfg.range,
                     &cfg.filters,
                     None,
@@ -83,9 +85,8 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     .clone()
                     .unwrap_or_else(|| checkpoint::default_path("sync", &cfg.job_id()));
                 println!("state             {}", path.display());
-                let now = Utc::now();
-                let until = now - cfg.lag;
-                let (range, after) = match std::fs::read_to_string(&path) {
+                let now = crate::event::to_micros(Utc::now());
+                let sync = match std::fs::read_to_string(&path) {
                     Ok(text) => {
                         let state: State<crate::commands::sync::SyncState> =
                             serde_json::from_str(&text).with_context(|| {
@@ -102,22 +103,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                                 ""
                             }
                         );
-                        match sync.watermark {
-                            Some(w) => (
-                                Range {
-                                    start: (w - cfg.lookback).max(sync.start),
-                                    end: now + Duration::days(1),
-                                },
-                                Some(w),
-                            ),
-                            None => (
-                                Range {
-                                    start: sync.start,
-                                    end: now + Duration::days(1),
-                                },
-                                None,
-                            ),
-                        }
+                        sync
                     }
                     Err(_) => {
                         let start = cfg.start.context("the first sync run needs --start DATE")?;
@@ -125,24 +111,35 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                             "                  none yet: the first run starts at {}",
                             format_ts(&start)
                         );
-                        (
-                            Range {
-                                start,
-                                end: now + Duration::days(1),
-                            },
-                            None,
-                        )
+                        crate::commands::sync::SyncState {
+                            start,
+                            watermark: None,
+                            pending: None,
+                        }
                     }
                 };
-                println!("next run          ingested up to {}", format_ts(&until));
-                let ingested = Some((after.unwrap_or(DateTime::UNIX_EPOCH), until));
+                // The run's own plan: a run to finish first, else the next one.
+                let connect = Connect::new(&cfg.connection, &cfg.retries, &silent)?;
+                let kind = ask_api(&connect, cfg.source).await?;
+                let Some(next) = sync
+                    .pending
+                    .clone()
+                    .or_else(|| crate::commands::sync::next_run(&cfg, kind, &sync, now))
+                else {
+                    println!("next run          nothing new can have been ingested yet");
+                    println!("settings OK");
+                    return Ok(EXIT_OK);
+                };
+                println!(
+                    "next run          ingested up to {}",
+                    format_ts(&next.until)
+                );
                 estimate(
-                    &cfg.connection,
-                    cfg.source,
-                    &cfg.retries,
-                    range,
+                    &connect,
+                    kind,
+                    next.range(),
                     &cfg.filters,
-                    ingested,
+                    next.ingested(kind),
                     cfg.page_size,
                     cfg.posting.limits.max_events,
                 )
@@ -220,34 +217,25 @@ fn human(d: Duration) -> String {
     human_duration(d.to_std().unwrap_or_default())
 }
 
+/// The API a run would read from, asked as the run asks.
+async fn ask_api(connect: &Connect<'_>, requested: SourceKind) -> anyhow::Result<SourceKind> {
+    let kind = connect.choose(requested, None).await?;
+    println!("PostHog API       {} (answered)", kind.name());
+    Ok(kind)
+}
+
 /// Counts the events a run would read (Query API) and turns that into requests and time.
 #[allow(clippy::too_many_arguments)]
 async fn estimate(
-    connection: &Connection,
-    source: SourceKind,
-    retries: &Retries,
+    connect: &Connect<'_>,
+    kind: SourceKind,
     range: Range,
     filters: &Filters,
     ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
     page_size: usize,
     batch_size: usize,
 ) -> anyhow::Result<()> {
-    let progress = Arc::new(Progress::silent());
-    let connect = Connect {
-        http: crate::net::http::client(retries.http_timeout)?,
-        connection,
-        retries,
-        progress: &progress,
-    };
-    let kind = connect.choose(source, None).await?;
-    println!("PostHog API       {} (answered)", kind.name());
-    let published = if kind == SourceKind::Events {
-        EVENTS_API_LIMITS
-    } else {
-        QUERY_API_LIMITS
-    };
-    let per_minute = retries.per_minute.unwrap_or(published.0);
-    let per_hour = retries.per_hour.unwrap_or(published.1);
+    let (per_minute, per_hour) = connect.retries.limits(kind);
     if kind == SourceKind::Events {
         println!("estimate          not available from the Events API (it cannot count)");
         return Ok(());
@@ -258,39 +246,14 @@ async fn estimate(
     let mut start = range.start;
     while start < range.end {
         let end = (start + Duration::days(31)).min(range.end);
-        let mut conds = vec![
-            "timestamp >= toDateTime64({start}, 6, 'UTC')".to_string(),
-            "timestamp < toDateTime64({end}, 6, 'UTC')".to_string(),
-        ];
-        let mut values = json!({"start": format_ts_value(&start), "end": format_ts_value(&end)});
-        if let Some((after, until)) = ingested {
-            conds.push("created_at > toDateTime64({created_after}, 6, 'UTC')".into());
-            conds.push("created_at <= toDateTime64({created_until}, 6, 'UTC')".into());
-            values["created_after"] = json!(format_ts_value(&after));
-            values["created_until"] = json!(format_ts_value(&until));
-        }
-        for (list, prefix, op) in [
-            (&filters.include, "event", "IN"),
-            (&filters.exclude, "exclude", "NOT IN"),
-        ] {
-            if !list.is_empty() {
-                let names: Vec<String> = list
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        values[format!("{prefix}_{i}")] = json!(n);
-                        format!("{{{prefix}_{i}}}")
-                    })
-                    .collect();
-                conds.push(format!("event {op} ({})", names.join(", ")));
-            }
-        }
-        let body = json!({
-            "query": {"kind": "HogQLQuery", "query": format!("SELECT count() FROM events WHERE {}", conds.join(" AND ")),
-                      "values": values, "modifiers": {"convertToProjectTimezone": false}},
-            "refresh": "force_blocking",
-            "name": "posthog-patterns estimate",
-        });
+        let from = Cursor::Before { timestamp: start };
+        let selection = hogql::Selection {
+            from: &from,
+            end,
+            filters,
+            ingested,
+        };
+        let body = hogql::body("posthog-patterns estimate", selection.count_sql());
         let reply = client
             .post("query/", &body)
             .await
@@ -317,12 +280,12 @@ async fn estimate(
     let budget = std::time::Duration::from_secs((minutes * 60).max(hours * 3600));
     println!(
         "events            about {} (count() over {windows} window(s) of at most 31 days)",
-        thousands(total)
+        HumanCount(total)
     );
     println!(
         "requests          about {} to PostHog, {} to the webhook",
-        thousands(reads),
-        thousands(posts)
+        HumanCount(reads),
+        HumanCount(posts)
     );
     println!(
         "request budget    {per_minute}/minute, {per_hour}/hour: at least {} for the PostHog requests",

@@ -11,11 +11,12 @@ use crate::pipeline::Posting;
 use crate::pipeline::batcher::Limits;
 use crate::posthog::Connection;
 use crate::posthog::source::{Filters, Range, SourceKind};
-use crate::progress::{Progress, thousands};
+use crate::progress::Progress;
 use crate::secret::{Secret, WebhookUrl};
 use crate::settings::Retries;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
+use indicatif::HumanCount;
 use posthog_patterns_standin::{
     Fault, PostHogConfig, PostHogStandIn, WebhookConfig, WebhookStandIn, data,
 };
@@ -54,7 +55,7 @@ pub(crate) async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Re
     progress.info(&format!(
         "demo: PostHog stand-in at {} holding {} rows ({} duplicate rows, a microsecond with 6,000 events); webhook stand-in at {}",
         posthog.url(),
-        thousands(events.len() as u64),
+        HumanCount(events.len() as u64),
         duplicates.len(),
         webhook.server.addr
     ));
@@ -119,8 +120,8 @@ pub(crate) async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Re
         summary: format!(
             "{}\ndemo check passed: all {} events of the range arrived exactly once at the webhook ({} received, 0 missing, 0 duplicated, 0 outside the range)",
             report.summary,
-            thousands(expected.len() as u64),
-            thousands(received as u64)
+            HumanCount(expected.len() as u64),
+            HumanCount(received as u64)
         ),
     })
 }

@@ -12,11 +12,12 @@ use crate::pipeline::batcher::Limits;
 use crate::posthog::Connection;
 use crate::posthog::source::Connect;
 use crate::posthog::source::{Cursor, Filters, Range, Reader, SourceKind};
-use crate::progress::{Progress, thousands};
+use crate::progress::Progress;
 use crate::settings::{self, Retries};
 use crate::sinks::ndjson::{NdjsonWriter, OutputClosed};
 use crate::state::checkpoint::JobId;
 use crate::state::job;
+use indicatif::HumanCount;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -141,7 +142,7 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
             exit: EXIT_OK,
             summary: format!(
                 "export already complete: {} events in {}; pass --restart to export again",
-                thousands(state.counters.posted),
+                HumanCount(state.counters.posted),
                 output.display()
             ),
         });
@@ -184,7 +185,7 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
             format_ts(&cfg.range.end),
             output.display(),
             runner::figures(progress, "written"),
-            thousands(state.counters.posted),
+            HumanCount(state.counters.posted),
             state.counters.runs,
             path.display()
         ),

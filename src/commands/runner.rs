@@ -7,7 +7,8 @@ use crate::cli::OutputArgs;
 use crate::pipeline::ledger::Stats;
 use crate::pipeline::{self, Deliver, Delivered, Item, Posting};
 use crate::posthog::source::{Cursor, Reader};
-use crate::progress::{Level, Options, Progress, human_duration, thousands};
+use crate::progress::{Level, Options, Progress, human_duration};
+use indicatif::HumanCount;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -95,36 +96,36 @@ pub(crate) fn figures(progress: &Progress, posted: &str) -> String {
     let notes: Vec<String> = [(dups, "duplicate rows dropped"), (filtered, "filtered out")]
         .into_iter()
         .filter(|(n, _)| *n > 0)
-        .map(|(n, what)| format!("{} {what}", thousands(n)))
+        .map(|(n, what)| format!("{} {what}", HumanCount(n)))
         .collect();
     let mut out = format!(
         "  read     {} events{}{}\n  {posted:<8} {} events in {} batches{}\n  retries  {}, waited {}\n  took     {} ({} events/s)",
-        thousands(read),
+        HumanCount(read),
         match Stats::get(&s.source_requests) {
             0 => String::new(),
-            n => format!(" in {} PostHog requests", thousands(n)),
+            n => format!(" in {} PostHog requests", HumanCount(n)),
         },
         if notes.is_empty() {
             String::new()
         } else {
             format!(" ({})", notes.join(", "))
         },
-        thousands(delivered),
-        thousands(Stats::get(&s.batches)),
+        HumanCount(delivered),
+        HumanCount(Stats::get(&s.batches)),
         match Stats::get(&s.sink_requests) {
             0 => String::new(),
-            n => format!(", {} webhook requests", thousands(n)),
+            n => format!(", {} webhook requests", HumanCount(n)),
         },
         Stats::get(&s.retries),
         human_duration(std::time::Duration::from_millis(Stats::get(&s.waited_ms))),
         human_duration(progress.elapsed()),
-        thousands((delivered as f64 / secs) as u64),
+        HumanCount((delivered as f64 / secs) as u64),
     );
     let dead = Stats::get(&s.dead_lettered);
     if dead > 0 {
         out.push_str(&format!(
             "\n  dead-lettered {} events the webhook rejected",
-            thousands(dead)
+            HumanCount(dead)
         ));
     }
     out

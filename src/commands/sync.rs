@@ -17,7 +17,7 @@ use crate::pipeline::ledger::Stats;
 use crate::posthog::Connection;
 use crate::posthog::source::Connect;
 use crate::posthog::source::{Cursor, Filters, Range, Reader, SourceKind};
-use crate::progress::{Progress, thousands};
+use crate::progress::Progress;
 use crate::secret::WebhookUrl;
 use crate::settings::{self, Retries};
 use crate::sinks::webhook::Sink;
@@ -25,6 +25,7 @@ use crate::state::checkpoint::JobId;
 use crate::state::job;
 use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
+use indicatif::HumanCount;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -170,11 +171,9 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
             }
             None => {
                 let now = crate::event::to_micros(Utc::now());
-                let until = now - cfg.lag;
-                if sync.watermark.is_some_and(|w| until <= w) {
+                let Some(p) = next_run(cfg, source, &sync, now) else {
                     break;
-                }
-                let p = plan(cfg, source, &sync, now, until);
+                };
                 sync.pending = Some(p.clone());
                 state.position = Some(sync.clone());
                 store.save(&mut state)?;
@@ -184,19 +183,10 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
         let reader = Reader {
             kind: source,
             client: connect.client(source),
-            range: Range {
-                start: pending.start,
-                end: pending.end,
-            },
+            range: pending.range(),
             filters: cfg.filters.clone(),
             page_size: cfg.page_size,
-            ingested: match source {
-                SourceKind::Events => None,
-                _ => Some((
-                    pending.ingested_after.unwrap_or(DateTime::UNIX_EPOCH),
-                    pending.until,
-                )),
-            },
+            ingested: pending.ingested(source),
         };
         let from = pending.cursor.clone();
         runner::read_posthog(reader, from, cfg.posting, &sink, progress, |pos, done| {
@@ -222,9 +212,9 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
     let dead = Stats::get(&s.dead_lettered);
     let summary = format!(
         "sync: {} events posted{} in {} (watermark {} → {}; {} PostHog and {} webhook requests, {} retries)",
-        thousands(posted),
+        HumanCount(posted),
         if dead > 0 {
-            format!(", {} dead-lettered", thousands(dead))
+            format!(", {} dead-lettered", HumanCount(dead))
         } else {
             String::new()
         },
@@ -241,15 +231,40 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
     })
 }
 
-/// The bounds of a new run, fixed before it starts so that a resumed run reads the same.
-fn plan(
+impl Pending {
+    /// The event-time range the run reads.
+    pub(crate) fn range(&self) -> Range {
+        Range {
+            start: self.start,
+            end: self.end,
+        }
+    }
+
+    /// The `created_at` bounds the Query API reads with (the Events API has none).
+    pub(crate) fn ingested(&self, source: SourceKind) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        match source {
+            SourceKind::Events => None,
+            _ => Some((
+                self.ingested_after.unwrap_or(DateTime::UNIX_EPOCH),
+                self.until,
+            )),
+        }
+    }
+}
+
+/// The bounds of the next run at `now`, fixed before it starts so that a resumed run reads
+/// the same; `None` when nothing new can have been ingested since the watermark.
+pub(crate) fn next_run(
     cfg: &SyncConfig,
     source: SourceKind,
     sync: &SyncState,
     now: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> Pending {
-    match (source, sync.watermark) {
+) -> Option<Pending> {
+    let until = now - cfg.lag;
+    if sync.watermark.is_some_and(|w| until <= w) {
+        return None;
+    }
+    Some(match (source, sync.watermark) {
         // Events API: event time is all there is.
         (SourceKind::Events, w) => Pending {
             until,
@@ -274,5 +289,5 @@ fn plan(
             ingested_after: Some(w),
             cursor: None,
         },
-    }
+    })
 }

@@ -3,6 +3,7 @@
 //! `source`; this module only knows how to make one request well.
 
 pub(crate) mod events_api;
+pub(crate) mod hogql;
 pub(crate) mod query;
 pub(crate) mod source;
 

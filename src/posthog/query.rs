@@ -2,8 +2,9 @@
 //! width adapts: halved when PostHog answers 504/512 (its 10 s limit), doubled while pages come
 //! back short. Uuid order is ClickHouse's, so the server does every comparison.
 
+use super::hogql;
 use super::source::{Cursor, Filters, Range};
-use crate::event::{Event, format_ts, format_ts_value, parse_ts, properties_object};
+use crate::event::{Event, format_ts, parse_ts, properties_object};
 use crate::net::retry::GaveUp;
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
@@ -12,7 +13,6 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -22,9 +22,7 @@ const MIN_WIDTH: Duration = Duration::seconds(1);
 const MAX_WIDTH: Duration = Duration::days(31);
 const INITIAL_WIDTH: Duration = Duration::days(1);
 
-/// The columns we select, in this order (docs/event-format.md).
-const COLUMNS: &str = "uuid, event, distinct_id, properties, elements_chain, timestamp, created_at";
-
+/// One row, in the order of `hogql::COLUMNS`.
 #[derive(Deserialize)]
 struct Row(
     String,
@@ -201,17 +199,7 @@ impl QuerySource {
     }
 
     async fn page(&self, pos: &Cursor, end: DateTime<Utc>) -> Result<Vec<Row>, GaveUp<ApiError>> {
-        let (sql, values) = build_query(pos, end, &self.filters, self.ingested, self.page_size);
-        let body = json!({
-            "query": {
-                "kind": "HogQLQuery",
-                "query": sql,
-                "values": values,
-                "modifiers": {"convertToProjectTimezone": false},
-            },
-            "refresh": "force_blocking",
-            "name": "posthog-patterns export",
-        });
+        let body = hogql::page(pos, end, &self.filters, self.ingested, self.page_size);
         let bytes = self.client.post("query/", &body).await?;
         serde_json::from_slice::<QueryResponse>(&bytes)
             .map(|r| r.results)
@@ -252,61 +240,6 @@ fn next_width(width: Duration, pages: u32, rows: usize, page_size: usize) -> Dur
     next.clamp(MIN_WIDTH, MAX_WIDTH)
 }
 
-/// The keyset query for one page: events of `[pos, end)` after the cursor, with the filters,
-/// every constant bound through `values` (never spliced into the SQL).
-pub(crate) fn build_query(
-    pos: &Cursor,
-    end: DateTime<Utc>,
-    filters: &Filters,
-    ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
-    limit: usize,
-) -> (String, Map<String, Value>) {
-    let mut values = Map::new();
-    values.insert("start".into(), format_ts_value(&pos.timestamp()).into());
-    values.insert("end".into(), format_ts_value(&end).into());
-    let mut conds = vec![
-        "timestamp >= toDateTime64({start}, 6, 'UTC')".to_string(),
-        "timestamp < toDateTime64({end}, 6, 'UTC')".to_string(),
-    ];
-    if let Cursor::After { timestamp, uuid } = pos {
-        values.insert("ts".into(), format_ts_value(timestamp).into());
-        values.insert("uuid".into(), uuid.clone().into());
-        conds.push(
-            "(timestamp > toDateTime64({ts}, 6, 'UTC') OR (timestamp = toDateTime64({ts}, 6, 'UTC') AND uuid > toUUID({uuid})))"
-                .to_string(),
-        );
-    }
-    if let Some((after, until)) = ingested {
-        values.insert("created_after".into(), format_ts_value(&after).into());
-        values.insert("created_until".into(), format_ts_value(&until).into());
-        conds.push("created_at > toDateTime64({created_after}, 6, 'UTC')".to_string());
-        conds.push("created_at <= toDateTime64({created_until}, 6, 'UTC')".to_string());
-    }
-    for (list, prefix, op) in [
-        (&filters.include, "event", "IN"),
-        (&filters.exclude, "exclude", "NOT IN"),
-    ] {
-        if list.is_empty() {
-            continue;
-        }
-        let names: Vec<String> = list
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let key = format!("{prefix}_{i}");
-                values.insert(key.clone(), name.clone().into());
-                format!("{{{key}}}")
-            })
-            .collect();
-        conds.push(format!("event {op} ({})", names.join(", ")));
-    }
-    let sql = format!(
-        "SELECT {COLUMNS} FROM events WHERE {} ORDER BY timestamp, uuid LIMIT {limit}",
-        conds.join(" AND ")
-    );
-    (sql, values)
-}
-
 fn short(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
@@ -318,50 +251,6 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        parse_ts(s).unwrap()
-    }
-
-    #[test]
-    fn first_page_of_a_window_has_no_cursor_predicate() {
-        let pos = Cursor::Before {
-            timestamp: t("2024-01-01T00:00:00Z"),
-        };
-        let (sql, values) = build_query(
-            &pos,
-            t("2024-01-02T00:00:00Z"),
-            &Filters::default(),
-            None,
-            100,
-        );
-        assert!(!sql.contains("{ts}"));
-        assert!(!sql.to_uppercase().contains("OFFSET"));
-        assert!(sql.ends_with("ORDER BY timestamp, uuid LIMIT 100"));
-        assert_eq!(values["start"], "2024-01-01 00:00:00.000000");
-        assert_eq!(values["end"], "2024-01-02 00:00:00.000000");
-    }
-
-    #[test]
-    fn cursor_and_filters_are_bound_values_not_sql_text() {
-        let pos = Cursor::After {
-            timestamp: Utc.timestamp_micros(1_704_067_200_123_456).unwrap(),
-            uuid: "0190c6b5-0000-7000-8000-000000000001".into(),
-        };
-        let filters = Filters {
-            include: vec!["sign'up".into(), "$pageview".into()],
-            exclude: vec!["x".into()],
-        };
-        let (sql, values) = build_query(&pos, t("2024-01-02T00:00:00Z"), &filters, None, 10);
-        assert!(!sql.contains("sign'up"), "{sql}");
-        assert!(sql.contains("event IN ({event_0}, {event_1})"));
-        assert!(sql.contains("event NOT IN ({exclude_0})"));
-        assert!(sql.contains("uuid > toUUID({uuid})"));
-        assert_eq!(values["ts"], "2024-01-01 00:00:00.123456");
-        assert_eq!(values["event_0"], "sign'up");
-    }
-
     #[test]
     fn properties_come_as_json_text_or_as_an_object() {
         let raw = |s: &str| Some(RawValue::from_string(s.into()).unwrap());

@@ -85,23 +85,30 @@ pub(crate) struct Retries {
 }
 
 impl Retries {
-    /// The request budget for the API in use: the user's numbers, else its published limits.
-    pub(crate) fn budget(&self, source: SourceKind) -> Budget {
+    /// Requests per minute and per hour for the API `source`: the user's numbers, else its
+    /// published limits (0: no limit).
+    pub(crate) fn limits(&self, source: SourceKind) -> (u32, u32) {
         let (minute, hour) = match source {
             SourceKind::Events => EVENTS_API_LIMITS,
             SourceKind::Query | SourceKind::Auto => QUERY_API_LIMITS,
         };
-        Budget::new(
+        (
             self.per_minute.unwrap_or(minute),
             self.per_hour.unwrap_or(hour),
         )
+    }
+
+    /// The request budget for the API in use.
+    pub(crate) fn budget(&self, source: SourceKind) -> Budget {
+        let (minute, hour) = self.limits(source);
+        Budget::new(minute, hour)
     }
 }
 
 /// Published limits for personal API keys (../shared/posthog-api.md, "Rate limits"):
 /// requests per minute and per hour.
-pub(crate) const QUERY_API_LIMITS: (u32, u32) = (240, 2400);
-pub(crate) const EVENTS_API_LIMITS: (u32, u32) = (240, 1200);
+const QUERY_API_LIMITS: (u32, u32) = (240, 2400);
+const EVENTS_API_LIMITS: (u32, u32) = (240, 1200);
 
 pub(crate) fn retries(args: &RetryArgs) -> Retries {
     Retries {

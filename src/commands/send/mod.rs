@@ -14,13 +14,14 @@ use crate::pipeline::Item;
 use crate::pipeline::Posting;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::source::Filters;
-use crate::progress::{Progress, thousands};
+use crate::progress::Progress;
 use crate::secret::WebhookUrl;
 use crate::settings::{self, Retries};
 use crate::sinks::dead_letter::DeadLetter;
 use crate::sinks::webhook::Sink;
 use crate::state::checkpoint::{self, JobId, State};
 use anyhow::Context;
+use indicatif::HumanCount;
 use lines::{Line, LineReader};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -167,7 +168,7 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
             exit: EXIT_OK,
             summary: format!(
                 "send already complete: {} events posted from {} file(s); pass --restart to send them again",
-                thousands(state.counters.posted),
+                HumanCount(state.counters.posted),
                 files.len()
             ),
         });
@@ -213,7 +214,7 @@ fn summary(cfg: &SendConfig, progress: &Progress, what: String) -> Report {
     if Stats::get(&s.skipped) > 0 {
         text.push_str(&format!(
             "\n  skipped  {} lines that are not JSON objects",
-            thousands(Stats::get(&s.skipped))
+            HumanCount(Stats::get(&s.skipped))
         ));
     }
     Report {
