@@ -161,6 +161,19 @@ pub(crate) struct RetryArgs {
     pub(crate) max_requests_per_hour: Option<u32>,
 }
 
+/// Everything about delivering to the webhook that backfill, sync and send share.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DeliverArgs {
+    #[command(flatten)]
+    pub(crate) webhook: WebhookArgs,
+    #[command(flatten)]
+    pub(crate) state: StateArgs,
+    #[command(flatten)]
+    pub(crate) retry: RetryArgs,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
 /// What the run shows.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct OutputArgs {
@@ -185,13 +198,7 @@ pub(crate) struct BackfillArgs {
     #[command(flatten)]
     pub(crate) range: RangeArgs,
     #[command(flatten)]
-    pub(crate) webhook: WebhookArgs,
-    #[command(flatten)]
-    pub(crate) state: StateArgs,
-    #[command(flatten)]
-    pub(crate) retry: RetryArgs,
-    #[command(flatten)]
-    pub(crate) output: OutputArgs,
+    pub(crate) deliver: DeliverArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -227,13 +234,7 @@ pub(crate) struct SyncArgs {
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub(crate) lag: std::time::Duration,
     #[command(flatten)]
-    pub(crate) webhook: WebhookArgs,
-    #[command(flatten)]
-    pub(crate) state: StateArgs,
-    #[command(flatten)]
-    pub(crate) retry: RetryArgs,
-    #[command(flatten)]
-    pub(crate) output: OutputArgs,
+    pub(crate) deliver: DeliverArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -276,13 +277,7 @@ pub(crate) struct SendArgs {
     #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_bytes)]
     pub(crate) max_line_bytes: u64,
     #[command(flatten)]
-    pub(crate) webhook: WebhookArgs,
-    #[command(flatten)]
-    pub(crate) state: StateArgs,
-    #[command(flatten)]
-    pub(crate) retry: RetryArgs,
-    #[command(flatten)]
-    pub(crate) output: OutputArgs,
+    pub(crate) deliver: DeliverArgs,
 }
 
 /// What to read from PostHog.

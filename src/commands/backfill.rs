@@ -5,67 +5,49 @@ use crate::cli::BackfillArgs;
 use crate::commands::{Report, runner};
 use crate::error::{EXIT_OK, EXIT_REJECTED};
 use crate::event::format_ts;
-use crate::pipeline;
 use crate::pipeline::ledger::Stats;
-use crate::posthog::Connection;
 use crate::posthog::source::Connect;
-use crate::posthog::source::{Cursor, Filters, Range, Reader, SourceKind};
+use crate::posthog::source::{Cursor, Range};
 use crate::progress::Progress;
-use crate::secret::WebhookUrl;
 use crate::settings::{self, Retries};
 use crate::sinks::webhook::Sink;
 use crate::state::checkpoint::JobId;
 use crate::state::job;
 use indicatif::HumanCount;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 pub(crate) struct BackfillConfig {
-    pub(crate) connection: Connection,
-    pub(crate) source: SourceKind,
-    pub(crate) webhook: WebhookUrl,
+    pub(crate) read: settings::Read,
     pub(crate) range: Range,
-    pub(crate) filters: Filters,
-    pub(crate) page_size: usize,
-    pub(crate) posting: pipeline::Posting,
-    pub(crate) checkpoint: Option<PathBuf>,
-    pub(crate) restart: bool,
-    pub(crate) dead_letter: Option<PathBuf>,
+    pub(crate) webhook: settings::Webhook,
+    pub(crate) resume: settings::Resume,
     pub(crate) retries: Retries,
 }
 
 impl BackfillConfig {
     pub(crate) fn from_args(args: &BackfillArgs) -> anyhow::Result<Self> {
-        let range = settings::range(args.range.start, args.range.end)?;
-        let webhook = settings::webhook(&args.webhook)?;
         Ok(BackfillConfig {
-            connection: settings::connection(&args.read.connection)?,
-            source: args.read.connection.source,
-            webhook: webhook.url,
-            range,
-            filters: settings::filters(&args.read.filters),
-            page_size: args.read.page_size as usize,
-            posting: webhook.posting,
-            checkpoint: args.state.checkpoint.clone(),
-            restart: args.state.restart,
-            dead_letter: webhook.dead_letter,
-            retries: settings::retries(&args.retry),
+            range: settings::range(args.range.start, args.range.end)?,
+            read: settings::read(&args.read)?,
+            webhook: settings::webhook(&args.deliver.webhook)?,
+            resume: settings::resume(&args.deliver.state),
+            retries: settings::retries(&args.deliver.retry),
         })
     }
 
     /// What makes two runs the same job, apart from the API read (which `auto` only knows
     /// once it has asked PostHog). No secret: the webhook appears as a fingerprint.
     pub(crate) fn job_id(&self) -> JobId {
-        let mut job = job::identity("backfill", &self.connection, &self.filters);
+        let mut job = job::identity("backfill", &self.read.connection, &self.read.filters);
         job.insert("start".into(), format_ts(&self.range.start));
         job.insert("end".into(), format_ts(&self.range.end));
-        job.insert("webhook".into(), self.webhook.fingerprint());
+        job.insert("webhook".into(), self.webhook.url.fingerprint());
         job
     }
 }
 
 pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect::new(&cfg.connection, &cfg.retries, progress)?;
+    let connect = Connect::new(&cfg.read.connection, &cfg.retries, progress)?;
     let job::Resumed {
         store,
         mut state,
@@ -73,25 +55,21 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
         ..
     } = job::resume::<Cursor>(
         &connect,
-        cfg.source,
+        cfg.read.source,
         "backfill",
         cfg.job_id(),
-        cfg.checkpoint.as_deref(),
-        cfg.restart,
+        &cfg.resume,
     )
     .await?;
     let path = store.path().to_path_buf();
     if state.complete {
-        return Ok(Report {
-            exit: EXIT_OK,
-            summary: format!(
-                "backfill already complete: {} events posted ({} dead-lettered) over {} run(s); nothing to do. Pass --restart to export the range again. Checkpoint: {}",
-                HumanCount(state.counters.posted),
-                HumanCount(state.counters.dead_lettered),
-                state.counters.runs,
-                path.display()
-            ),
-        });
+        return Ok(Report::ok(format!(
+            "backfill already complete: {} events posted ({} dead-lettered) over {} run(s); nothing to do. Pass --restart to export the range again. Checkpoint: {}",
+            HumanCount(state.counters.posted),
+            HumanCount(state.counters.dead_lettered),
+            state.counters.runs,
+            path.display()
+        )));
     }
     match &state.position {
         Some(pos) => progress.info(&format!(
@@ -104,9 +82,9 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
             "exporting {} → {} of project {} ({} API) to {}; checkpoint {}",
             format_ts(&cfg.range.start),
             format_ts(&cfg.range.end),
-            cfg.connection.project,
+            cfg.read.connection.project,
             source.name(),
-            cfg.webhook.redacted(),
+            cfg.webhook.url.redacted(),
             path.display()
         )),
     }
@@ -114,26 +92,20 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
 
     let sink = Sink::open(
         connect.http.clone(),
-        cfg.webhook.clone(),
-        cfg.retries.policy.clone(),
-        cfg.dead_letter.as_deref(),
-        progress.clone(),
+        &cfg.webhook,
+        &cfg.retries.policy,
+        progress,
     )?;
-    let reader = Reader {
-        kind: source,
-        client: connect.client(source),
-        range: cfg.range,
-        filters: cfg.filters.clone(),
-        page_size: cfg.page_size,
-        ingested: None,
-    };
+    let reader = connect.reader(source, cfg.range, &cfg.read, None);
 
-    let from = state.position.clone();
-    runner::read_posthog(reader, from, cfg.posting, &sink, progress, |pos, done| {
-        state.position = Some(pos.clone());
-        state.counters.record(done);
-        store.save(&mut state)
-    })
+    runner::read_posthog(
+        reader,
+        state.position.clone(),
+        cfg.webhook.posting,
+        &sink,
+        progress,
+        |pos, done| store.commit(&mut state, pos.clone(), done),
+    )
     .await?;
     state.complete = true;
     state.position = Some(Cursor::Before {
@@ -145,7 +117,7 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
         "backfill complete: {} → {}, project {}\n{}\n  in all   {} events posted over {} run(s); checkpoint {}",
         format_ts(&cfg.range.start),
         format_ts(&cfg.range.end),
-        cfg.connection.project,
+        cfg.read.connection.project,
         runner::figures(progress, "posted"),
         HumanCount(state.counters.posted),
         state.counters.runs,
@@ -154,6 +126,7 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
     let dead = Stats::get(&progress.stats.dead_lettered);
     let exit = if dead > 0 {
         let file = cfg
+            .webhook
             .dead_letter
             .as_ref()
             .map(|p| p.display().to_string())

@@ -28,22 +28,23 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
         match command {
             CheckedCommand::Backfill(args) => {
                 let cfg = BackfillConfig::from_args(args)?;
-                print_connection(&cfg.connection, cfg.source);
-                println!("webhook           {}", cfg.webhook.redacted());
+                print_connection(&cfg.read.connection, cfg.read.source);
+                println!("webhook           {}", cfg.webhook.url.redacted());
                 println!(
                     "range             {} → {}",
                     format_ts(&cfg.range.start),
                     format_ts(&cfg.range.end)
                 );
-                print_filters(&cfg.filters);
-                println!("page size         {}", cfg.page_size);
+                print_filters(&cfg.read.filters);
+                println!("page size         {}", cfg.read.page_size);
                 println!(
                     "batches           {} events, {} bytes, {} at once",
-                    cfg.posting.limits.max_events,
-                    cfg.posting.limits.max_bytes,
-                    cfg.posting.concurrency
+                    cfg.webhook.posting.limits.max_events,
+                    cfg.webhook.posting.limits.max_bytes,
+                    cfg.webhook.posting.concurrency
                 );
                 let path = cfg
+                    .resume
                     .checkpoint
                     .clone()
                     .unwrap_or_else(|| checkpoint::default_path("backfill", &cfg.job_id()));
@@ -57,30 +58,31 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                         state.position.unwrap_or_default()
                     );
                 }
-                let connect = Connect::new(&cfg.connection, &cfg.retries, &silent)?;
-                let kind = ask_api(&connect, cfg.source).await?;
+                let connect = Connect::new(&cfg.read.connection, &cfg.retries, &silent)?;
+                let kind = ask_api(&connect, cfg.read.source).await?;
                 estimate(
                     &connect,
                     kind,
                     cfg.range,
-                    &cfg.filters,
+                    &cfg.read.filters,
                     None,
-                    cfg.page_size,
-                    cfg.posting.limits.max_events,
+                    cfg.read.page_size,
+                    cfg.webhook.posting.limits.max_events,
                 )
                 .await?;
             }
             CheckedCommand::Sync(args) => {
                 let cfg = crate::commands::sync::SyncConfig::from_args(args)?;
-                print_connection(&cfg.connection, cfg.source);
-                println!("webhook           {}", cfg.webhook.redacted());
-                print_filters(&cfg.filters);
+                print_connection(&cfg.read.connection, cfg.read.source);
+                println!("webhook           {}", cfg.webhook.url.redacted());
+                print_filters(&cfg.read.filters);
                 println!(
                     "lookback, lag     {}, {}",
                     human(cfg.lookback),
                     human(cfg.lag)
                 );
                 let path = cfg
+                    .resume
                     .checkpoint
                     .clone()
                     .unwrap_or_else(|| checkpoint::default_path("sync", &cfg.job_id()));
@@ -119,8 +121,8 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     }
                 };
                 // The run's own plan: a run to finish first, else the next one.
-                let connect = Connect::new(&cfg.connection, &cfg.retries, &silent)?;
-                let kind = ask_api(&connect, cfg.source).await?;
+                let connect = Connect::new(&cfg.read.connection, &cfg.retries, &silent)?;
+                let kind = ask_api(&connect, cfg.read.source).await?;
                 let Some(next) = sync
                     .pending
                     .clone()
@@ -138,22 +140,22 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     &connect,
                     kind,
                     next.range(),
-                    &cfg.filters,
+                    &cfg.read.filters,
                     next.ingested(kind),
-                    cfg.page_size,
-                    cfg.posting.limits.max_events,
+                    cfg.read.page_size,
+                    cfg.webhook.posting.limits.max_events,
                 )
                 .await?;
             }
             CheckedCommand::Export(args) => {
                 let cfg = crate::commands::export::ExportConfig::from_args(args)?;
-                print_connection(&cfg.connection, cfg.source);
+                print_connection(&cfg.read.connection, cfg.read.source);
                 println!(
                     "range             {} → {}",
                     format_ts(&cfg.range.start),
                     format_ts(&cfg.range.end)
                 );
-                print_filters(&cfg.filters);
+                print_filters(&cfg.read.filters);
                 println!(
                     "output            {}",
                     cfg.output
@@ -163,7 +165,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
             }
             CheckedCommand::Send(args) => {
                 let cfg = crate::commands::send::SendConfig::from_args(args)?;
-                println!("webhook           {}", cfg.webhook.redacted());
+                println!("webhook           {}", cfg.webhook.url.redacted());
                 println!(
                     "input             {}",
                     if cfg.files.is_empty() {
@@ -175,9 +177,9 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 print_filters(&cfg.filters);
                 println!(
                     "batches           {} events, {} bytes, {} at once",
-                    cfg.posting.limits.max_events,
-                    cfg.posting.limits.max_bytes,
-                    cfg.posting.concurrency
+                    cfg.webhook.posting.limits.max_events,
+                    cfg.webhook.posting.limits.max_bytes,
+                    cfg.webhook.posting.concurrency
                 );
                 println!("invalid lines     {:?}", cfg.on_invalid);
             }

@@ -2,20 +2,15 @@
 //! stand-ins on loopback (a PostHog holding synthetic events with ties and duplicate rows, a
 //! webhook with some faults), then a check that every event arrived exactly once.
 
-use crate::cli::DemoArgs;
+use crate::cli::{Cli, Command, DemoArgs};
 use crate::commands::Report;
 use crate::commands::backfill::{self, BackfillConfig};
 use crate::error::EXIT_OK;
-use crate::net::retry::RetryPolicy;
-use crate::pipeline::Posting;
-use crate::pipeline::batcher::Limits;
-use crate::posthog::Connection;
-use crate::posthog::source::{Filters, Range, SourceKind};
+use crate::event::format_ts;
 use crate::progress::Progress;
-use crate::secret::{Secret, WebhookUrl};
-use crate::settings::Retries;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
+use clap::Parser;
 use indicatif::HumanCount;
 use posthog_patterns_standin::{
     Fault, PostHogConfig, PostHogStandIn, WebhookConfig, WebhookStandIn, data,
@@ -60,36 +55,46 @@ pub(crate) async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Re
         webhook.server.addr
     ));
     let state = tempfile::tempdir().context("cannot create a temporary directory")?;
+    // The same settings route as a user's command line: nothing here is demo-only.
     let ph = posthog.config();
-    let cfg = BackfillConfig {
-        connection: Connection {
-            host: Connection::parse_host(&posthog.url()).map_err(anyhow::Error::msg)?,
-            project: ph.project_id.clone(),
-            api_key: Secret::new(ph.api_key.clone()),
-        },
-        source: SourceKind::Auto,
-        webhook: WebhookUrl::parse(&webhook.url()).map_err(anyhow::Error::msg)?,
-        range: Range { start, end },
-        filters: Filters::default(),
-        page_size: 5_000,
-        posting: Posting {
-            limits: Limits {
-                max_events: 1_000,
-                max_bytes: 1 << 20,
-            },
-            concurrency: 4,
-            linger: None,
-        },
-        checkpoint: Some(state.path().join("demo.json")),
-        restart: false,
-        dead_letter: None,
-        retries: Retries {
-            policy: RetryPolicy::default(),
-            http_timeout: std::time::Duration::from_secs(30),
-            per_minute: None,
-            per_hour: None,
-        },
+    let key_file = state.path().join("api-key");
+    std::fs::write(&key_file, &ph.api_key).context("cannot write the demo's key file")?;
+    let checkpoint = state.path().join("demo.json");
+    let argv: Vec<std::ffi::OsString> = [
+        "posthog-patterns",
+        "backfill",
+        "--host",
+        &posthog.url(),
+        "--project",
+        &ph.project_id,
+        "--webhook-url",
+        &webhook.url(),
+        "--start",
+        &format_ts(&start),
+        "--end",
+        &format_ts(&end),
+        "--page-size",
+        "5000",
+        "--batch-size",
+        "1000",
+        "--concurrency",
+        "4",
+        "--http-timeout",
+        "30s",
+    ]
+    .into_iter()
+    .map(Into::into)
+    .chain([
+        "--api-key-file".into(),
+        key_file.into(),
+        "--checkpoint".into(),
+        checkpoint.into(),
+    ])
+    .collect();
+    let Command::Backfill(args) = Cli::try_parse_from(argv)?.command else {
+        bail!("the demo's command line is a backfill");
     };
+    let cfg = BackfillConfig::from_args(&args)?;
     let report = backfill::run(&cfg, progress).await?;
 
     // Every event of [start, end) exactly once, nothing else.

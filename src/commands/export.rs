@@ -9,9 +9,8 @@ use crate::error::{EXIT_OK, usage};
 use crate::event::format_ts;
 use crate::pipeline;
 use crate::pipeline::batcher::Limits;
-use crate::posthog::Connection;
 use crate::posthog::source::Connect;
-use crate::posthog::source::{Cursor, Filters, Range, Reader, SourceKind};
+use crate::posthog::source::{Cursor, Range, SourceKind};
 use crate::progress::Progress;
 use crate::settings::{self, Retries};
 use crate::sinks::ndjson::{NdjsonWriter, OutputClosed};
@@ -34,14 +33,10 @@ const POSTING: pipeline::Posting = pipeline::Posting {
 };
 
 pub(crate) struct ExportConfig {
-    pub(crate) connection: Connection,
-    pub(crate) source: SourceKind,
+    pub(crate) read: settings::Read,
     pub(crate) range: Range,
-    pub(crate) filters: Filters,
-    pub(crate) page_size: usize,
     pub(crate) output: Option<PathBuf>,
-    pub(crate) checkpoint: Option<PathBuf>,
-    pub(crate) restart: bool,
+    pub(crate) resume: settings::Resume,
     pub(crate) retries: Retries,
 }
 
@@ -53,20 +48,16 @@ impl ExportConfig {
             ));
         }
         Ok(ExportConfig {
-            connection: settings::connection(&args.read.connection)?,
-            source: args.read.connection.source,
+            read: settings::read(&args.read)?,
             range: settings::range(args.range.start, args.range.end)?,
-            filters: settings::filters(&args.read.filters),
-            page_size: args.read.page_size as usize,
             output: args.output.clone(),
-            checkpoint: args.state.checkpoint.clone(),
-            restart: args.state.restart,
+            resume: settings::resume(&args.state),
             retries: settings::retries(&args.retry),
         })
     }
 
     fn job_id(&self, output: &std::path::Path) -> JobId {
-        let mut job = job::identity("export", &self.connection, &self.filters);
+        let mut job = job::identity("export", &self.read.connection, &self.read.filters);
         job.insert("start".into(), format_ts(&self.range.start));
         job.insert("end".into(), format_ts(&self.range.end));
         job.insert("output".into(), output.display().to_string());
@@ -82,9 +73,9 @@ pub(crate) struct ExportPosition {
 }
 
 pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect::new(&cfg.connection, &cfg.retries, progress)?;
+    let connect = Connect::new(&cfg.read.connection, &cfg.retries, progress)?;
     let Some(output) = &cfg.output else {
-        let source = connect.choose(cfg.source, None).await?;
+        let source = connect.choose(cfg.read.source, None).await?;
         let writer = NdjsonWriter::stdout(progress.clone());
         return match read_into(
             cfg,
@@ -122,30 +113,26 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
         fresh,
     } = job::resume::<ExportPosition>(
         &connect,
-        cfg.source,
+        cfg.read.source,
         "export",
         cfg.job_id(&output),
-        cfg.checkpoint.as_deref(),
-        cfg.restart,
+        &cfg.resume,
     )
     .await?;
     let path = store.path().to_path_buf();
     let existing = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-    if fresh && existing > 0 && !cfg.restart {
+    if fresh && existing > 0 && !cfg.resume.restart {
         return Err(usage(format!(
             "{} exists and no checkpoint says how much of it is complete; move it aside, or pass --restart to overwrite it",
             output.display()
         )));
     }
     if state.complete {
-        return Ok(Report {
-            exit: EXIT_OK,
-            summary: format!(
-                "export already complete: {} events in {}; pass --restart to export again",
-                HumanCount(state.counters.posted),
-                output.display()
-            ),
-        });
+        return Ok(Report::ok(format!(
+            "export already complete: {} events in {}; pass --restart to export again",
+            HumanCount(state.counters.posted),
+            output.display()
+        )));
     }
     let keep = state.position.as_ref().map_or(0, |p| p.bytes);
     if keep > 0 {
@@ -166,12 +153,11 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
         &writer,
         progress,
         |cursor, done| {
-            state.position = Some(ExportPosition {
+            let position = ExportPosition {
                 cursor: cursor.clone(),
                 bytes: writer.len(),
-            });
-            state.counters.record(done);
-            store.save(&mut state)
+            };
+            store.commit(&mut state, position, done)
         },
     )
     .await?;
@@ -201,13 +187,6 @@ async fn read_into(
     progress: &Arc<Progress>,
     commit: impl FnMut(&Cursor, crate::pipeline::Delivered) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let reader = Reader {
-        kind: source,
-        client: connect.client(source),
-        range: cfg.range,
-        filters: cfg.filters.clone(),
-        page_size: cfg.page_size,
-        ingested: None,
-    };
+    let reader = connect.reader(source, cfg.range, &cfg.read, None);
     runner::read_posthog(reader, from, POSTING, writer, progress, commit).await
 }

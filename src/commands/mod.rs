@@ -17,6 +17,16 @@ pub(crate) struct Report {
     pub(crate) summary: String,
 }
 
+impl Report {
+    /// A run that ended well with this summary (exit 0).
+    pub(crate) fn ok(summary: String) -> Self {
+        Report {
+            exit: crate::error::EXIT_OK,
+            summary,
+        }
+    }
+}
+
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::error::EXIT_OK;
 use crate::progress::Level;
@@ -48,7 +58,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
         match cli.command {
             Command::Backfill(args) => {
                 let cfg = backfill::BackfillConfig::from_args(&args)?;
-                let progress = runner::progress(&args.output, Level::Info);
+                let progress = runner::progress(&args.deliver.output, Level::Info);
                 runner::finish(
                     &progress,
                     runner::resumable(backfill::run(&cfg, &progress)).await,
@@ -57,7 +67,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
             Command::Sync(args) => {
                 let cfg = sync::SyncConfig::from_args(&args)?;
                 // Cron: silent on success unless -v.
-                let progress = runner::progress(&args.output, Level::Warn);
+                let progress = runner::progress(&args.deliver.output, Level::Warn);
                 runner::finish(
                     &progress,
                     runner::resumable(sync::run(&cfg, &progress)).await,
@@ -73,7 +83,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Command::Send(args) => {
                 let cfg = send::SendConfig::from_args(&args)?;
-                let progress = runner::progress(&args.output, Level::Info);
+                let progress = runner::progress(&args.deliver.output, Level::Info);
                 // send handles interruption itself: from stdin, the hint depends on progress.
                 runner::finish(&progress, send::run(&cfg, &progress).await)
             }

@@ -12,13 +12,10 @@ use crate::commands::runner;
 use crate::cli::SyncArgs;
 use crate::error::{EXIT_OK, EXIT_REJECTED, usage};
 use crate::event::format_ts;
-use crate::pipeline;
 use crate::pipeline::ledger::Stats;
-use crate::posthog::Connection;
 use crate::posthog::source::Connect;
-use crate::posthog::source::{Cursor, Filters, Range, Reader, SourceKind};
+use crate::posthog::source::{Cursor, Range, SourceKind};
 use crate::progress::Progress;
-use crate::secret::WebhookUrl;
 use crate::settings::{self, Retries};
 use crate::sinks::webhook::Sink;
 use crate::state::checkpoint::JobId;
@@ -27,7 +24,6 @@ use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
 use indicatif::HumanCount;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How far past "now" in event time a run looks: clients with fast clocks send events
@@ -35,47 +31,34 @@ use std::sync::Arc;
 const FUTURE_SLACK: Duration = Duration::days(1);
 
 pub(crate) struct SyncConfig {
-    pub(crate) connection: Connection,
-    pub(crate) source: SourceKind,
-    pub(crate) webhook: WebhookUrl,
-    pub(crate) posting: pipeline::Posting,
-    pub(crate) dead_letter: Option<PathBuf>,
-    pub(crate) filters: Filters,
-    pub(crate) page_size: usize,
+    pub(crate) read: settings::Read,
+    pub(crate) webhook: settings::Webhook,
     pub(crate) start: Option<DateTime<Utc>>,
     pub(crate) lookback: Duration,
     pub(crate) lag: Duration,
-    pub(crate) checkpoint: Option<PathBuf>,
-    pub(crate) restart: bool,
+    pub(crate) resume: settings::Resume,
     pub(crate) retries: Retries,
 }
 
 impl SyncConfig {
     pub(crate) fn from_args(args: &SyncArgs) -> anyhow::Result<Self> {
-        let webhook = settings::webhook(&args.webhook)?;
         let duration = |d: std::time::Duration| {
             Duration::from_std(d).map_err(|_| usage("duration out of range"))
         };
         Ok(SyncConfig {
-            connection: settings::connection(&args.read.connection)?,
-            source: args.read.connection.source,
-            webhook: webhook.url,
-            posting: webhook.posting,
-            dead_letter: webhook.dead_letter,
-            filters: settings::filters(&args.read.filters),
-            page_size: args.read.page_size as usize,
+            read: settings::read(&args.read)?,
+            webhook: settings::webhook(&args.deliver.webhook)?,
             start: args.start,
             lookback: duration(args.lookback)?,
             lag: duration(args.lag)?,
-            checkpoint: args.state.checkpoint.clone(),
-            restart: args.state.restart,
-            retries: settings::retries(&args.retry),
+            resume: settings::resume(&args.deliver.state),
+            retries: settings::retries(&args.deliver.retry),
         })
     }
 
     pub(crate) fn job_id(&self) -> JobId {
-        let mut job = job::identity("sync", &self.connection, &self.filters);
-        job.insert("webhook".into(), self.webhook.fingerprint());
+        let mut job = job::identity("sync", &self.read.connection, &self.read.filters);
+        job.insert("webhook".into(), self.webhook.url.fingerprint());
         job
     }
 }
@@ -105,21 +88,14 @@ pub(crate) struct Pending {
 }
 
 pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect::new(&cfg.connection, &cfg.retries, progress)?;
+    let connect = Connect::new(&cfg.read.connection, &cfg.retries, progress)?;
     let job::Resumed {
         store,
         mut state,
         source,
         fresh,
-    } = job::resume::<SyncState>(
-        &connect,
-        cfg.source,
-        "sync",
-        cfg.job_id(),
-        cfg.checkpoint.as_deref(),
-        cfg.restart,
-    )
-    .await?;
+    } = job::resume::<SyncState>(&connect, cfg.read.source, "sync", cfg.job_id(), &cfg.resume)
+        .await?;
     if fresh {
         let Some(start) = cfg.start else {
             return Err(usage(format!(
@@ -150,10 +126,9 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
     }
     let sink = Sink::open(
         connect.http.clone(),
-        cfg.webhook.clone(),
-        cfg.retries.policy.clone(),
-        cfg.dead_letter.as_deref(),
-        progress.clone(),
+        &cfg.webhook,
+        &cfg.retries.policy,
+        progress,
     )?;
     let watermark_before = sync.watermark;
     state.counters.runs += 1;
@@ -180,23 +155,21 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
                 p
             }
         };
-        let reader = Reader {
-            kind: source,
-            client: connect.client(source),
-            range: pending.range(),
-            filters: cfg.filters.clone(),
-            page_size: cfg.page_size,
-            ingested: pending.ingested(source),
-        };
+        let reader = connect.reader(source, pending.range(), &cfg.read, pending.ingested(source));
         let from = pending.cursor.clone();
-        runner::read_posthog(reader, from, cfg.posting, &sink, progress, |pos, done| {
-            if let Some(p) = sync.pending.as_mut() {
-                p.cursor = Some(pos.clone());
-            }
-            state.position = Some(sync.clone());
-            state.counters.record(done);
-            store.save(&mut state)
-        })
+        runner::read_posthog(
+            reader,
+            from,
+            cfg.webhook.posting,
+            &sink,
+            progress,
+            |pos, done| {
+                if let Some(p) = sync.pending.as_mut() {
+                    p.cursor = Some(pos.clone());
+                }
+                store.commit(&mut state, sync.clone(), done)
+            },
+        )
         .await?;
         sync.watermark = Some(pending.until);
         sync.pending = None;

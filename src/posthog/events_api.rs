@@ -7,17 +7,15 @@
 //! completeness. A page is known to be the last one only when it is shorter than a page the
 //! server has already returned: the requested `limit` proves nothing (PostHog caps it silently).
 
-use super::source::{Cursor, Filters, Range, TieSet};
+use super::source::{Cursor, Reader, TieSet, short};
 use crate::event::{Event, format_ts, parse_ts, team_id};
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
-use crate::posthog::PostHog;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashSet;
-use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Events API limits: a window of at most 366 days (we stay a day under), offsets up to 50,000.
@@ -40,13 +38,6 @@ struct ApiEvent {
 #[derive(Deserialize)]
 struct Page {
     results: Vec<ApiEvent>,
-}
-
-pub(crate) struct EventsApiSource {
-    pub(crate) client: Arc<PostHog>,
-    pub(crate) range: Range,
-    pub(crate) filters: Filters,
-    pub(crate) page_size: usize,
 }
 
 /// Where the next request starts.
@@ -77,8 +68,9 @@ impl Tie {
     }
 }
 
-impl EventsApiSource {
-    pub(crate) async fn run(
+impl Reader {
+    /// Sends every event of the range after `from` to `tx`, in order, through the Events API.
+    pub(super) async fn read_events_api(
         &self,
         from: Option<Cursor>,
         tx: mpsc::Sender<Vec<Item<Cursor>>>,
@@ -118,7 +110,7 @@ impl EventsApiSource {
                 short(window_end)
             ));
             progress.set_done(self.range.fraction(window_start));
-            let rows = self.page(lower, window_end, 0).await?;
+            let rows = self.events_page(lower, window_end, 0).await?;
             largest = largest.max(rows.len());
             let last_page = rows.len() < largest || rows.is_empty();
             let (items, new) = self.emit(rows, &mut tie, window_end)?;
@@ -187,7 +179,7 @@ impl EventsApiSource {
                     );
                 }
                 let rows = self
-                    .page(Lower::From(ts), ts + Duration::microseconds(1), offset)
+                    .events_page(Lower::From(ts), ts + Duration::microseconds(1), offset)
                     .await?;
                 *largest = (*largest).max(rows.len());
                 let n = rows.len();
@@ -292,7 +284,7 @@ impl EventsApiSource {
         Ok((items, new))
     }
 
-    async fn page(
+    async fn events_page(
         &self,
         lower: Lower,
         before: DateTime<Utc>,
@@ -328,8 +320,4 @@ impl EventsApiSource {
                 )
             })
     }
-}
-
-fn short(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
 }

@@ -3,17 +3,16 @@
 //! back short. Uuid order is ClickHouse's, so the server does every comparison.
 
 use super::hogql;
-use super::source::{Cursor, Filters, Range};
+use super::source::{Cursor, Reader, short};
 use crate::event::{Event, format_ts, parse_ts, properties_object};
 use crate::net::retry::GaveUp;
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
-use crate::posthog::{ApiError, PostHog};
+use crate::posthog::ApiError;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// PostHog caps an explicit LIMIT at this many rows (../shared/posthog-api.md).
@@ -40,19 +39,10 @@ struct QueryResponse {
     results: Vec<Row>,
 }
 
-pub(crate) struct QuerySource {
-    pub(crate) client: Arc<PostHog>,
-    pub(crate) range: Range,
-    pub(crate) filters: Filters,
-    pub(crate) page_size: usize,
-    /// Keep only events whose `created_at` is in `(after, until]` (the `sync` watermark).
-    pub(crate) ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
-}
-
-impl QuerySource {
-    /// Sends every event of the range after `from` to `tx`, in order, then returns.
+impl Reader {
+    /// Sends every event of the range after `from` to `tx`, in order, through the Query API.
     /// Stops early (Ok) if the receiver is gone: the pipeline decides what that means.
-    pub(crate) async fn run(
+    pub(super) async fn read_query(
         &self,
         from: Option<Cursor>,
         tx: mpsc::Sender<Vec<Item<Cursor>>>,
@@ -80,7 +70,7 @@ impl QuerySource {
             progress.set_status(format!("window {} → {}", short(start), short(end)));
             progress.set_done(self.range.fraction(start));
 
-            let rows = match self.page(&pos, end).await {
+            let rows = match self.query_page(&pos, end).await {
                 Ok(rows) => rows,
                 Err(GaveUp::Fatal(ApiError::TooSlow { status })) => {
                     if end - start > MIN_WIDTH {
@@ -198,7 +188,11 @@ impl QuerySource {
         Ok(())
     }
 
-    async fn page(&self, pos: &Cursor, end: DateTime<Utc>) -> Result<Vec<Row>, GaveUp<ApiError>> {
+    async fn query_page(
+        &self,
+        pos: &Cursor,
+        end: DateTime<Utc>,
+    ) -> Result<Vec<Row>, GaveUp<ApiError>> {
         let body = hogql::page(pos, end, &self.filters, self.ingested, self.page_size);
         let bytes = self.client.post("query/", &body).await?;
         serde_json::from_slice::<QueryResponse>(&bytes)
@@ -238,10 +232,6 @@ fn next_width(width: Duration, pages: u32, rows: usize, page_size: usize) -> Dur
         width
     };
     next.clamp(MIN_WIDTH, MAX_WIDTH)
-}
-
-fn short(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 fn human(d: Duration) -> String {

@@ -2,7 +2,7 @@
 //! records, each with the position to resume after it. `query` uses the HogQL Query API (the
 //! default); `events_api` the legacy Events API that some self-hosted instances only have.
 
-use super::{Connection, PostHog, events_api, query};
+use super::{Connection, PostHog};
 use crate::pipeline::Item;
 use crate::progress::Progress;
 use crate::settings::Retries;
@@ -118,6 +118,24 @@ impl<'a> Connect<'a> {
         ))
     }
 
+    /// A reader of `range` through the API `kind`.
+    pub(crate) fn reader(
+        &self,
+        kind: SourceKind,
+        range: Range,
+        read: &crate::settings::Read,
+        ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    ) -> Reader {
+        Reader {
+            kind,
+            client: self.client(kind),
+            range,
+            filters: read.filters.clone(),
+            page_size: read.page_size,
+            ingested,
+        }
+    }
+
     /// The API to read: `auto` resumes a job with the API it started with, and otherwise asks
     /// PostHog (falling back to the Events API where there is no Query API).
     pub(crate) async fn choose(
@@ -155,38 +173,16 @@ impl Reader {
         from: Option<Cursor>,
         tx: tokio::sync::mpsc::Sender<Vec<Item<Cursor>>>,
     ) -> anyhow::Result<()> {
-        let Reader {
-            kind,
-            client,
-            range,
-            filters,
-            page_size,
-            ingested,
-        } = self;
-        match kind {
-            SourceKind::Events => {
-                events_api::EventsApiSource {
-                    client,
-                    range,
-                    filters,
-                    page_size,
-                }
-                .run(from, tx)
-                .await
-            }
-            SourceKind::Query | SourceKind::Auto => {
-                query::QuerySource {
-                    client,
-                    range,
-                    filters,
-                    page_size,
-                    ingested,
-                }
-                .run(from, tx)
-                .await
-            }
+        match self.kind {
+            SourceKind::Events => self.read_events_api(from, tx).await,
+            SourceKind::Query | SourceKind::Auto => self.read_query(from, tx).await,
         }
     }
+}
+
+/// A time for status lines, to the second.
+pub(super) fn short(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// How far an export has got. Everything before the position has been handed on.

@@ -3,7 +3,7 @@
 
 pub(crate) mod file;
 
-use crate::cli::{ConnectionArgs, FilterArgs, RetryArgs, WebhookArgs};
+use crate::cli::{ConnectionArgs, FilterArgs, ReadArgs, RetryArgs, StateArgs, WebhookArgs};
 use crate::error::usage;
 use crate::event::format_ts;
 use crate::net::ratelimit::Budget;
@@ -19,7 +19,39 @@ use chrono::{DateTime, Utc};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub(crate) fn connection(args: &ConnectionArgs) -> anyhow::Result<Connection> {
+/// What to read from PostHog and how: the checked `ReadArgs`.
+pub(crate) struct Read {
+    pub(crate) connection: Connection,
+    /// The API asked for (`auto` is resolved by asking PostHog).
+    pub(crate) source: SourceKind,
+    pub(crate) filters: Filters,
+    pub(crate) page_size: usize,
+}
+
+pub(crate) fn read(args: &ReadArgs) -> anyhow::Result<Read> {
+    Ok(Read {
+        connection: connection(&args.connection)?,
+        source: args.connection.source,
+        filters: filters(&args.filters),
+        page_size: args.page_size as usize,
+    })
+}
+
+/// Where a job's state lives and whether to discard it (`StateArgs`).
+pub(crate) struct Resume {
+    /// An explicit state file; `None`: the job's default path.
+    pub(crate) checkpoint: Option<PathBuf>,
+    pub(crate) restart: bool,
+}
+
+pub(crate) fn resume(args: &StateArgs) -> Resume {
+    Resume {
+        checkpoint: args.checkpoint.clone(),
+        restart: args.restart,
+    }
+}
+
+fn connection(args: &ConnectionArgs) -> anyhow::Result<Connection> {
     let host = Connection::parse_host(&args.host).map_err(usage)?;
     let project = args.project.as_deref().ok_or_else(|| {
         usage("no PostHog project: pass --project ID or set POSTHOG_PROJECT_ID (the number in your project's URL)")

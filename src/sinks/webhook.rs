@@ -10,7 +10,6 @@ use crate::pipeline::{Deliver, Delivered};
 use crate::progress::Progress;
 use crate::secret::WebhookUrl;
 use crate::sinks::dead_letter::DeadLetter;
-use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,13 +59,22 @@ impl Sink {
     /// A sink, with its dead-letter file opened if one is named.
     pub(crate) fn open(
         http: reqwest::Client,
-        url: WebhookUrl,
-        retry: RetryPolicy,
-        dead_letter: Option<&Path>,
-        progress: Arc<Progress>,
+        webhook: &crate::settings::Webhook,
+        retry: &RetryPolicy,
+        progress: &Arc<Progress>,
     ) -> anyhow::Result<Self> {
-        let dead_letter = dead_letter.map(DeadLetter::open).transpose()?;
-        Ok(Sink::new(http, url, retry, dead_letter, progress))
+        let dead_letter = webhook
+            .dead_letter
+            .as_deref()
+            .map(DeadLetter::open)
+            .transpose()?;
+        Ok(Sink::new(
+            http,
+            webhook.url.clone(),
+            retry.clone(),
+            dead_letter,
+            progress.clone(),
+        ))
     }
 
     /// The dead-letter file, for other stages that set data aside (`send`'s invalid lines).

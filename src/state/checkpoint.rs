@@ -92,12 +92,14 @@ pub(crate) fn default_path(kind: &str, job: &JobId) -> PathBuf {
 pub(crate) fn open_job<P: DeserializeOwned>(
     kind: &str,
     job: &JobId,
-    explicit: Option<&Path>,
-    restart: bool,
+    resume: &crate::settings::Resume,
 ) -> anyhow::Result<(Store, Option<State<P>>)> {
-    let path = explicit.map_or_else(|| default_path(kind, job), Path::to_path_buf);
+    let path = resume
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| default_path(kind, job));
     let store = Store::open(&path)?;
-    if restart {
+    if resume.restart {
         store.remove()?;
     }
     let stored = store.load()?;
@@ -191,6 +193,18 @@ impl Store {
             File::open(dir)?.sync_all()
         };
         write().with_context(|| format!("cannot write the checkpoint {}", self.path.display()))
+    }
+
+    /// Records an acknowledged batch: the position after it and its counts, saved at once.
+    pub(crate) fn commit<P: Serialize>(
+        &self,
+        state: &mut State<P>,
+        position: P,
+        done: crate::pipeline::Delivered,
+    ) -> anyhow::Result<()> {
+        state.position = Some(position);
+        state.counters.record(done);
+        self.save(state)
     }
 
     pub(crate) fn remove(&self) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 use crate::posthog::Connection;
 use crate::posthog::source::Connect;
 use crate::posthog::source::SourceKind;
+use crate::settings::Resume;
 use crate::state::checkpoint::{self, JobId, State, Store};
 
 /// The identity every reading job starts from: where it reads and which events.
@@ -38,10 +39,9 @@ pub(crate) async fn resume<P: serde::de::DeserializeOwned>(
     requested: SourceKind,
     kind: &str,
     mut job: JobId,
-    explicit: Option<&std::path::Path>,
-    restart: bool,
+    resume: &Resume,
 ) -> anyhow::Result<Resumed<P>> {
-    let (store, stored) = checkpoint::open_job::<P>(kind, &job, explicit, restart)?;
+    let (store, stored) = checkpoint::open_job::<P>(kind, &job, resume)?;
     let source = connect
         .choose(requested, stored.as_ref().map(|s| &s.job))
         .await?;

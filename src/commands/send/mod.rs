@@ -9,13 +9,10 @@ use crate::cli::{OnInvalid, SendArgs};
 use crate::commands::Report;
 use crate::commands::runner;
 use crate::error::{EXIT_OK, EXIT_REJECTED};
-use crate::pipeline;
 use crate::pipeline::Item;
-use crate::pipeline::Posting;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::source::Filters;
 use crate::progress::Progress;
-use crate::secret::WebhookUrl;
 use crate::settings::{self, Retries};
 use crate::sinks::dead_letter::DeadLetter;
 use crate::sinks::webhook::Sink;
@@ -36,20 +33,18 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 pub(crate) struct SendConfig {
     /// Empty: stdin.
     pub(crate) files: Vec<PathBuf>,
-    pub(crate) webhook: WebhookUrl,
-    pub(crate) posting: pipeline::Posting,
-    pub(crate) dead_letter: Option<PathBuf>,
+    pub(crate) webhook: settings::Webhook,
     pub(crate) filters: Filters,
     pub(crate) on_invalid: OnInvalid,
     pub(crate) max_line_bytes: usize,
-    pub(crate) checkpoint: Option<PathBuf>,
-    pub(crate) restart: bool,
+    pub(crate) resume: settings::Resume,
     pub(crate) retries: Retries,
 }
 
 impl SendConfig {
     pub(crate) fn from_args(args: &SendArgs) -> anyhow::Result<Self> {
-        let webhook = settings::webhook(&args.webhook)?;
+        let mut webhook = settings::webhook(&args.deliver.webhook)?;
+        webhook.posting.linger = Some(LINGER);
         let files: Vec<PathBuf> = args
             .files
             .iter()
@@ -63,18 +58,12 @@ impl SendConfig {
         }
         Ok(SendConfig {
             files,
-            webhook: webhook.url,
-            posting: Posting {
-                linger: Some(LINGER),
-                ..webhook.posting
-            },
-            dead_letter: webhook.dead_letter,
+            webhook,
             filters: settings::filters(&args.filters),
             on_invalid: args.on_invalid,
             max_line_bytes: args.max_line_bytes as usize,
-            checkpoint: args.state.checkpoint.clone(),
-            restart: args.state.restart,
-            retries: settings::retries(&args.retry),
+            resume: settings::resume(&args.deliver.state),
+            retries: settings::retries(&args.deliver.retry),
         })
     }
 
@@ -85,7 +74,7 @@ impl SendConfig {
             ("files", names.join("\n")),
             ("events", self.filters.include.join(",")),
             ("exclude_events", self.filters.exclude.join(",")),
-            ("webhook", self.webhook.fingerprint()),
+            ("webhook", self.webhook.url.fingerprint()),
         ])
     }
 }
@@ -101,13 +90,7 @@ pub(crate) struct SendPosition {
 
 pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
     let http = crate::net::http::client(cfg.retries.http_timeout)?;
-    let sink = Sink::open(
-        http,
-        cfg.webhook.clone(),
-        cfg.retries.policy.clone(),
-        cfg.dead_letter.as_deref(),
-        progress.clone(),
-    )?;
+    let sink = Sink::open(http, &cfg.webhook, &cfg.retries.policy, progress)?;
 
     if cfg.files.is_empty() {
         progress.set_unbounded();
@@ -154,8 +137,7 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
         std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
     }
     let job = cfg.job_id(&files);
-    let (store, stored) =
-        checkpoint::open_job::<SendPosition>("send", &job, cfg.checkpoint.as_deref(), cfg.restart)?;
+    let (store, stored) = checkpoint::open_job::<SendPosition>("send", &job, &cfg.resume)?;
     let mut state = match stored {
         Some(state) => {
             checkpoint::check_job(store.path(), &state.job, &job)?;
@@ -164,14 +146,11 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
         None => State::new(job),
     };
     if state.complete {
-        return Ok(Report {
-            exit: EXIT_OK,
-            summary: format!(
-                "send already complete: {} events posted from {} file(s); pass --restart to send them again",
-                HumanCount(state.counters.posted),
-                files.len()
-            ),
-        });
+        return Ok(Report::ok(format!(
+            "send already complete: {} events posted from {} file(s); pass --restart to send them again",
+            HumanCount(state.counters.posted),
+            files.len()
+        )));
     }
     let from = state.position.unwrap_or_default();
     if state.position.is_some() {
@@ -190,11 +169,7 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
         progress,
         Input::Files(files.clone()),
         from,
-        |pos, done| {
-            state.position = Some(*pos);
-            state.counters.record(done);
-            store.save(&mut state)
-        },
+        |pos, done| store.commit(&mut state, *pos, done),
     );
     let result = crate::error::interruptible(work, || crate::error::RESUME_HINT.to_string()).await;
     result?;
@@ -208,7 +183,7 @@ fn summary(cfg: &SendConfig, progress: &Progress, what: String) -> Report {
     let rejected = Stats::get(&s.dead_lettered) + Stats::get(&s.skipped);
     let mut text = format!(
         "send complete: {what} to {}\n{}",
-        cfg.webhook.redacted(),
+        cfg.webhook.url.redacted(),
         runner::figures(progress, "posted")
     );
     if Stats::get(&s.skipped) > 0 {
@@ -249,7 +224,7 @@ async fn deliver(
                 .await
                 .map_err(|e| anyhow::anyhow!("the reader failed: {e}"))?
         },
-        cfg.posting,
+        cfg.webhook.posting,
         sink,
         progress,
         commit,
