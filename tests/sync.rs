@@ -8,18 +8,29 @@ use posthog_patterns_standin::data::tied_events;
 use posthog_patterns_standin::{PostHogConfig, StoredEvent, WebhookConfig, synthetic_events};
 use std::collections::HashSet;
 
-/// Events with these timestamps, ingested just now (late arrivals when the timestamps are old).
-fn ingested_now(count: usize, ts: chrono::DateTime<Utc>, seed: u64) -> Vec<StoredEvent> {
-    let now = Utc::now();
+/// Events with these timestamps, not yet inserted.
+fn events_at(count: usize, ts: chrono::DateTime<Utc>, seed: u64) -> Vec<StoredEvent> {
     tied_events(count, ts, seed)
         .into_iter()
         .enumerate()
         .map(|(i, mut e)| {
             e.timestamp += Duration::microseconds(i as i64);
-            e.created_at = now;
             e
         })
         .collect()
+}
+
+/// PostHog ingests these events now, by its own clock (late arrivals when their timestamps
+/// are old); then time passes before the next cron run. (PostHog's clock is read from its
+/// `Date` header, to the second: runs in the same second see the same "now".)
+fn ingest(env: &Env, mut events: Vec<StoredEvent>) -> Vec<StoredEvent> {
+    let now = env.posthog.now();
+    for e in &mut events {
+        e.created_at = now;
+    }
+    env.posthog.insert(events.clone());
+    env.posthog.advance_clock(Duration::seconds(2));
+    events
 }
 
 fn sync_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
@@ -77,13 +88,10 @@ fn three_syncs_with_late_events_between_them_deliver_every_event_exactly_once() 
 
     // Late arrivals (event time two days ago), fresh events, and one later than --lookback.
     let now = Utc::now();
-    env.posthog
-        .insert(ingested_now(300, now - Duration::days(2), 52));
-    env.posthog
-        .insert(ingested_now(50, now - Duration::seconds(5), 53));
-    let too_late = ingested_now(1, now - Duration::days(10), 54);
+    ingest(&env, events_at(300, now - Duration::days(2), 52));
+    ingest(&env, events_at(50, now - Duration::seconds(5), 53));
+    let too_late = ingest(&env, events_at(1, now - Duration::days(10), 54));
     let too_late_uuid = too_late[0].uuid.clone();
-    env.posthog.insert(too_late);
     let second = env.run(&sync_args(&["-v"]));
     second.assert_code(0);
     assert!(
@@ -92,8 +100,7 @@ fn three_syncs_with_late_events_between_them_deliver_every_event_exactly_once() 
         second.stderr
     );
 
-    env.posthog
-        .insert(ingested_now(120, Utc::now() - Duration::hours(30), 55));
+    ingest(&env, events_at(120, Utc::now() - Duration::hours(30), 55));
     env.run(&sync_args(&[])).assert_code(0);
 
     // Everything since --start, once, except the event later than the 7-day lookback: the
@@ -152,14 +159,12 @@ fn an_interrupted_sync_is_finished_by_the_next_run_before_it_moves_on() {
     let Setup { env, start } = setup(WebhookConfig::default());
     env.run(&sync_args(&["--start", &start])).assert_code(0);
     let now = Utc::now();
-    env.posthog
-        .insert(ingested_now(900, now - Duration::days(1), 56));
+    ingest(&env, events_at(900, now - Duration::days(1), 56));
     env.webhook
         .with_state(|s| s.config.stall_after = Some(s.accepted_batches + 2));
     env.kill_while_in_flight(&sync_args(&["--batch-size", "100"]));
     // More arrives before the next run; that run finishes the first, then takes the new.
-    env.posthog
-        .insert(ingested_now(40, Utc::now() - Duration::hours(2), 57));
+    ingest(&env, events_at(40, Utc::now() - Duration::hours(2), 57));
     let third = env.run(&sync_args(&["-v", "--batch-size", "100"]));
     third.assert_code(0);
     assert!(
@@ -178,12 +183,13 @@ fn sync_from_the_events_api_follows_event_time_with_lag() {
         .assert_code(0);
     // Just after the watermark in event time, so inside the next run's window.
     let watermark = t(state(&env)["position"]["watermark"].as_str().unwrap());
-    env.posthog
-        .insert(ingested_now(30, watermark + Duration::microseconds(1), 58));
+    ingest(
+        &env,
+        events_at(30, watermark + Duration::microseconds(1), 58),
+    );
     // A late event (old timestamp) is not seen by event time: the documented limit.
-    let late = ingested_now(1, Utc::now() - Duration::days(1), 59);
+    let late = ingest(&env, events_at(1, Utc::now() - Duration::days(1), 59));
     let late_uuid = late[0].uuid.clone();
-    env.posthog.insert(late);
     env.run(&sync_args(&[])).assert_code(0);
     let seen: HashSet<String> = env.received().into_keys().collect();
     assert!(!seen.contains(&late_uuid));
@@ -208,4 +214,54 @@ fn json_logs_are_one_object_per_line() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v["level"].is_string() && v["msg"].is_string(), "{line}");
     }
+}
+
+#[test]
+fn the_run_bound_comes_from_posthogs_clock_not_a_drifting_local_one() {
+    // This machine's clock is 10 minutes ahead of PostHog's: more than --lag. With the local
+    // clock as "now", the first run's watermark would pass events PostHog ingests after it.
+    let Setup { env, start } = setup(WebhookConfig::default());
+    env.posthog
+        .set_config(|c| c.clock_offset = Duration::minutes(-10));
+    let run = |extra: &[&str]| {
+        let mut args = vec!["sync", "--lag", "1m", "--progress", "never"];
+        args.extend_from_slice(extra);
+        env.run(&args)
+    };
+    let first = run(&["--start", &start]);
+    first.assert_code(0);
+    assert!(
+        first.stderr.contains("clock is 10m00s ahead of PostHog's"),
+        "the drift is reported: {}",
+        first.stderr
+    );
+    let watermark: chrono::DateTime<Utc> = state(&env)["position"]["watermark"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let posthog_now = Utc::now() - Duration::minutes(10);
+    assert!(
+        watermark <= posthog_now - Duration::seconds(59),
+        "watermark {watermark} is PostHog's now minus the lag, not the local clock's"
+    );
+
+    // PostHog ingests an event after the first run (in its own time), then time moves on.
+    let mut late = events_at(1, Utc::now() - Duration::hours(3), 61);
+    late[0].created_at = posthog_now + Duration::seconds(30);
+    env.posthog.insert(late.clone());
+    env.posthog
+        .set_config(|c| c.clock_offset = Duration::minutes(-8));
+    run(&[]).assert_code(0);
+    let received = env.received();
+    assert_eq!(
+        received.get(&late[0].uuid),
+        Some(&1),
+        "the event ingested after the first run arrives with the second"
+    );
+    env.assert_exactly_once(|e| e.created_at <= posthog_now + Duration::seconds(30));
+    println!(
+        "clock-skew sync: {} events delivered exactly once",
+        received.len()
+    );
 }

@@ -33,6 +33,15 @@ impl Reply {
             .unwrap_or_else(|| self.excerpt())
     }
 
+    /// The server's clock, from its `Date` header (one-second precision): PostHog's "now" is
+    /// the only one to compare its `created_at` with (cron hosts drift).
+    pub(crate) fn date(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let text = self.headers.get(reqwest::header::DATE)?.to_str().ok()?;
+        chrono::DateTime::parse_from_rfc2822(text)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
     /// How long the server asked us to wait: `Retry-After` in seconds, or else the number in
     /// PostHog's throttle text "Expected available in N seconds" (older versions send no header).
     pub(crate) fn retry_after(&self) -> Option<Duration> {
@@ -123,6 +132,24 @@ mod tests {
             Some(Duration::from_secs(2202))
         );
         assert_eq!(retry_after(&HeaderMap::new(), b"{}"), None);
+    }
+
+    #[test]
+    fn the_date_header_is_the_servers_clock() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::DATE,
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        let reply = Reply {
+            status: 200,
+            headers,
+            body: bytes::Bytes::new(),
+        };
+        assert_eq!(
+            reply.date().unwrap().to_rfc3339(),
+            "1994-11-06T08:49:37+00:00"
+        );
     }
 
     #[test]

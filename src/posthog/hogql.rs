@@ -86,6 +86,11 @@ impl Selection<'_> {
     }
 }
 
+/// PostHog's current time (the answer's `Date` header is what is read).
+pub(crate) fn now() -> (String, Map<String, Value>) {
+    ("SELECT now()".to_string(), Map::new())
+}
+
 /// The request body for a query: UTC times, never a cached answer.
 pub(crate) fn body(name: &str, (sql, values): (String, Map<String, Value>)) -> Value {
     json!({

@@ -13,7 +13,9 @@ use crate::net::retry::{Attempt, GaveUp, RetryPolicy, retry};
 use crate::pipeline::ledger::Stats;
 use crate::progress::Progress;
 use crate::secret::Secret;
+use chrono::{DateTime, Utc};
 use reqwest::Url;
+use source::SourceKind;
 use std::sync::Arc;
 
 /// Where and as whom to read.
@@ -146,6 +148,7 @@ impl PostHog {
         let body = serde_json::to_vec(body).expect("JSON values serialize");
         self.call(endpoint, || self.http.post(url.clone()).body(body.clone()))
             .await
+            .map(|reply| reply.body)
     }
 
     /// GETs `/api/projects/{id}/{endpoint}` with query parameters.
@@ -156,14 +159,46 @@ impl PostHog {
     ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
         let mut url = self.url(endpoint);
         url.query_pairs_mut().extend_pairs(params);
-        self.call(endpoint, || self.http.get(url.clone())).await
+        self.call(endpoint, || self.http.get(url.clone()))
+            .await
+            .map(|reply| reply.body)
+    }
+
+    /// PostHog's clock: the `Date` of an answer to a request that costs PostHog next to
+    /// nothing (`SELECT now()`, or an empty Events API window). Falls back to the local clock,
+    /// with a warning, for a server that sends no `Date`.
+    pub(crate) async fn now(&self, kind: SourceKind) -> Result<DateTime<Utc>, GaveUp<ApiError>> {
+        let reply = match kind {
+            SourceKind::Events => {
+                let url = self.url("events/");
+                let mut url = url;
+                url.query_pairs_mut().extend_pairs([
+                    ("after", "1970-01-01T00:00:00.000000Z"),
+                    ("before", "1970-01-01T00:00:01.000000Z"),
+                    ("limit", "1"),
+                ]);
+                self.call("events/", || self.http.get(url.clone())).await?
+            }
+            SourceKind::Query | SourceKind::Auto => {
+                let url = self.url("query/");
+                let body = hogql::body("posthog-patterns clock", hogql::now());
+                let body = serde_json::to_vec(&body).expect("JSON values serialize");
+                self.call("query/", || self.http.post(url.clone()).body(body.clone()))
+                    .await?
+            }
+        };
+        Ok(reply.date().unwrap_or_else(|| {
+            self.progress
+                .warn("PostHog sent no Date header: using the local clock as PostHog's");
+            Utc::now()
+        }))
     }
 
     async fn call(
         &self,
         endpoint: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
+    ) -> Result<Reply, GaveUp<ApiError>> {
         let what = format!("PostHog {endpoint}");
         retry(&self.retry, &self.progress, &what, || async {
             self.budget.acquire(&self.progress).await;
@@ -185,10 +220,10 @@ impl PostHog {
         .await
     }
 
-    fn classify(&self, endpoint: &str, reply: Reply) -> Attempt<bytes::Bytes, ApiError> {
+    fn classify(&self, endpoint: &str, reply: Reply) -> Attempt<Reply, ApiError> {
         let status = reply.status;
         match status {
-            200..=299 => Attempt::Done(reply.body),
+            200..=299 => Attempt::Done(reply),
             401 => Attempt::Fail(ApiError::Unauthorized {
                 detail: reply.detail(),
             }),

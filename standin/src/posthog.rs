@@ -37,6 +37,9 @@ pub struct PostHogConfig {
     /// Events API: order events that share a timestamp differently on every request (it
     /// orders by timestamp only, so nothing promises a stable order among them).
     pub unstable_ties: bool,
+    /// How far the stand-in's clock is ahead of this machine's (negative: behind). It shows
+    /// in every `Date` header and in HogQL's `now()`, as PostHog's clock would.
+    pub clock_offset: chrono::Duration,
 }
 
 impl Default for PostHogConfig {
@@ -52,6 +55,7 @@ impl Default for PostHogConfig {
             query_api: true,
             offset_delay: Duration::from_secs(1),
             unstable_ties: false,
+            clock_offset: chrono::Duration::zero(),
         }
     }
 }
@@ -137,6 +141,16 @@ impl PostHogStandIn {
         self.state.lock().unwrap().faults = Faults::default();
     }
 
+    /// The stand-in's clock (see `PostHogConfig::clock_offset`).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.state.lock().unwrap().now()
+    }
+
+    /// Moves the stand-in's clock forward, as time passing between two cron runs would.
+    pub fn advance_clock(&self, by: chrono::Duration) {
+        self.state.lock().unwrap().config.clock_offset += by;
+    }
+
     pub fn set_config(&self, f: impl FnOnce(&mut PostHogConfig)) {
         f(&mut self.state.lock().unwrap().config);
     }
@@ -204,8 +218,23 @@ async fn handle(
             answer.0
         }
     };
-    state.lock().unwrap().log.last_mut().expect("logged").status = response.status().as_u16();
+    let mut response = response;
+    let mut s = state.lock().unwrap();
+    s.log.last_mut().expect("logged").status = response.status().as_u16();
+    let now = s.now();
+    let date = now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    response.headers_mut().insert(
+        axum::http::header::DATE,
+        date.parse().expect("a valid header value"),
+    );
     response
+}
+
+impl State {
+    /// The stand-in's clock: this machine's, shifted by `clock_offset`.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.config.clock_offset
+    }
 }
 
 pub(crate) fn error(status: u16, kind: &str, detail: &str) -> Response {
@@ -332,6 +361,12 @@ fn evaluate(s: &State, body: &Value) -> Result<Value, Fail> {
     let tz = FixedOffset::east_opt(s.config.tz_offset_hours * 3600).expect("valid offset");
     let zone = if utc { None } else { Some(tz) };
     let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if sql == "SELECT now()" {
+        let now = format_time(data::to_micros(s.now()), zone);
+        return Ok(
+            json!({"results": [[now]], "columns": ["now()"], "types": ["DateTime64(6, 'UTC')"], "is_cached": false}),
+        );
+    }
     if sql == "SELECT 1" {
         return Ok(
             json!({"results": [[1]], "columns": ["1"], "types": ["UInt8"], "is_cached": false}),
