@@ -337,13 +337,14 @@ pub(crate) struct DemoArgs {
     pub(crate) output: OutputArgs,
 }
 
-/// `YYYY-MM-DD` (midnight UTC) or RFC 3339.
+/// `YYYY-MM-DD` (midnight UTC) or RFC 3339, to the microsecond (PostHog's precision: a finer
+/// bound would not be the one PostHog compares with).
 pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
     }
     DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
+        .map(|t| crate::event::to_micros(t.with_timezone(&Utc)))
         .map_err(|_| {
             "expected a date like 2024-01-31 or an RFC 3339 time like 2024-01-31T12:00:00Z"
                 .to_string()

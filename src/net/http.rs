@@ -9,6 +9,9 @@ pub(crate) fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(15))
         .user_agent(concat!("posthog-patterns/", env!("CARGO_PKG_VERSION")))
+        // Never follow: a 301/302/303 turns a POST into a body-less GET whose 200 would look
+        // like an acknowledgement, and a 307/308 re-posts to another host. A 3xx is an error.
+        .redirect(reqwest::redirect::Policy::none())
         .build()?)
 }
 
@@ -40,6 +43,22 @@ impl Reply {
         chrono::DateTime::parse_from_rfc2822(text)
             .ok()
             .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
+    /// Where a redirect points, as `scheme://host[:port]` only: its path may hold a secret.
+    pub(crate) fn redirect_target(&self, base: &reqwest::Url) -> String {
+        let target = self
+            .headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| base.join(v).ok());
+        match target {
+            Some(url) => {
+                let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                format!("{}://{}{port}", url.scheme(), url.host_str().unwrap_or("?"))
+            }
+            None => "an unnamed place".into(),
+        }
     }
 
     /// How long the server asked us to wait: `Retry-After` in seconds, or else the number in

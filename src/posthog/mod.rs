@@ -79,6 +79,10 @@ pub(crate) enum ApiError {
         "PostHog answered 404 Not Found for {path}: check --project and --host (the app host, such as https://us.posthog.com, https://eu.posthog.com or your own domain)"
     )]
     NotFound { path: String },
+    #[error(
+        "PostHog answered HTTP {status}, a redirect to {target}/…: posthog-patterns follows no redirects. Set --host to the address PostHog really answers on (the app host, such as https://us.posthog.com or https://eu.posthog.com)"
+    )]
+    Redirected { status: u16, target: String },
     #[error("PostHog could not finish the query in time (HTTP {status})")]
     TooSlow { status: u16 },
     #[error("PostHog is throttling requests (HTTP 429: {detail})")]
@@ -224,6 +228,10 @@ impl PostHog {
         let status = reply.status;
         match status {
             200..=299 => Attempt::Done(reply),
+            300..=399 => Attempt::Fail(ApiError::Redirected {
+                status,
+                target: reply.redirect_target(&self.conn.host),
+            }),
             401 => Attempt::Fail(ApiError::Unauthorized {
                 detail: reply.detail(),
             }),

@@ -21,6 +21,46 @@ const MIN_WIDTH: Duration = Duration::seconds(1);
 const MAX_WIDTH: Duration = Duration::days(31);
 const INITIAL_WIDTH: Duration = Duration::days(1);
 
+/// A position in PostHog's order: timestamp, then the uuid as ClickHouse sorts it.
+type OrderKey = (DateTime<Utc>, (u64, u64));
+
+/// ClickHouse's UUID order: the second 64-bit half first, then the first (not string order;
+/// ../shared/posthog-api.md). Used only to check pages, never to sort them.
+fn uuid_order(uuid: &str) -> Option<(u64, u64)> {
+    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let v = u128::from_str_radix(&hex, 16).ok()?;
+    Some((v as u64, (v >> 64) as u64))
+}
+
+enum RowCheck {
+    Duplicate,
+    Next { ts: DateTime<Utc>, key: OrderKey },
+}
+
+/// The error for a row that breaks the rules: exit 1, naming the row.
+fn fault(row: &Row, why: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "PostHog's Query API returned event {} at {} although {why}; stopping before it. Nothing of this page was posted; the checkpoint stays before it. This is a fault of the server or of a proxy in front of it: running again re-reads from the checkpoint",
+        row.0,
+        row.5
+    )
+}
+
+/// Warnings given once per run.
+#[derive(Default)]
+struct Warned(std::collections::HashSet<&'static str>);
+
+impl Warned {
+    fn once(&mut self, msg: &'static str, progress: &crate::progress::Progress) {
+        if self.0.insert(msg) {
+            progress.warn(msg);
+        }
+    }
+}
+
 /// One row, in the order of `hogql::COLUMNS`.
 #[derive(Deserialize)]
 struct Row(
@@ -62,7 +102,8 @@ impl Reader {
         let mut window_end: Option<DateTime<Utc>> = None;
         let (mut window_pages, mut window_rows) = (0u32, 0usize);
         let mut slow_retries = 0u32;
-        let mut last_key: Option<(DateTime<Utc>, String)> = None;
+        let mut largest = 0usize;
+        let mut warned = Warned::default();
 
         while pos.timestamp() < self.range.end {
             let start = pos.timestamp();
@@ -104,75 +145,26 @@ impl Reader {
                 Err(other) => return Err(other.into_error("reading from PostHog's Query API")),
             };
             slow_retries = 0;
-            let full = rows.len() >= self.page_size;
+            // PostHog (or a proxy) may return fewer rows than asked: a page proves its window
+            // exhausted only when it is shorter than the largest page seen in this run.
+            largest = largest.max(rows.len());
+            let more = !rows.is_empty() && rows.len() >= largest;
             Stats::add(&progress.stats.read, rows.len() as u64);
             window_pages += 1;
             window_rows += rows.len();
 
-            let mut items = Vec::with_capacity(rows.len() + 1);
-            for row in rows {
-                let Row(
-                    uuid,
-                    event,
-                    distinct_id,
-                    properties,
-                    elements_chain,
-                    timestamp,
-                    created_at,
-                ) = row;
-                let ts = parse_ts(&timestamp)?;
-                // The events table is a ReplacingMergeTree: before a merge the same row can
-                // appear twice, side by side in this order. Send it once.
-                if last_key
-                    .as_ref()
-                    .is_some_and(|(t, u)| *t == ts && *u == uuid)
-                {
-                    Stats::add(&progress.stats.duplicates_dropped, 1);
-                    continue;
-                }
-                let properties = properties_of(properties, &uuid)?;
-                let json = Event {
-                    uuid: &uuid,
-                    event: event.as_deref().unwrap_or(""),
-                    distinct_id: distinct_id.as_deref().unwrap_or(""),
-                    timestamp: format_ts(&ts),
-                    created_at: created_at
-                        .as_deref()
-                        .map(parse_ts)
-                        .transpose()?
-                        .map(|t| format_ts(&t)),
-                    properties: &properties,
-                    elements_chain: elements_chain.as_deref().unwrap_or(""),
-                    team_id: &team,
-                }
-                .to_json();
-                let next = Cursor::After {
-                    timestamp: ts,
-                    uuid: uuid.clone(),
-                };
-                items.push(Item::Record { json, pos: next });
-                last_key = Some((ts, uuid));
-            }
-
-            if full {
+            // A page that breaks a rule is not trusted as a whole: a row that passes on its own
+            // may still have jumped over rows the server left out (a reordered page puts its
+            // last row first). The error ends the run; the checkpoint stays before the page.
+            let mut items = self.check_and_emit(rows, &pos, end, &team, &mut warned)?;
+            let last = items.last().map(|i| match i {
+                Item::Record { pos, .. } | Item::Mark(pos) => pos.clone(),
+            });
+            if more {
                 // More may follow in this window: continue after the last row.
-                let (ts, uuid) = last_key.clone().context("a full page has a last row")?;
-                if (Cursor::After {
-                    timestamp: ts,
-                    uuid: uuid.clone(),
-                }) == pos
-                {
-                    bail!(
-                        "PostHog returned the same page twice at {}; stopping rather than looping",
-                        format_ts(&ts)
-                    );
-                }
-                pos = Cursor::After {
-                    timestamp: ts,
-                    uuid,
-                };
+                pos = last.context("a page with rows has a last position")?;
             } else {
-                // A short page ends the window. Adapt the next window's width to what we saw.
+                // The window is exhausted. Adapt the next window's width to what we saw.
                 pos = Cursor::Before { timestamp: end };
                 items.push(Item::Mark(pos.clone()));
                 width = next_width(width, window_pages, window_rows, self.page_size);
@@ -186,6 +178,143 @@ impl Reader {
         }
         progress.set_done(1.0);
         Ok(())
+    }
+
+    /// Checks a page row by row against the rules PostHog's answer must follow and turns the
+    /// rows into records; the first row that breaks one is the error.
+    fn check_and_emit(
+        &self,
+        rows: Vec<Row>,
+        cursor: &Cursor,
+        end: DateTime<Utc>,
+        team: &serde_json::Value,
+        warned: &mut Warned,
+    ) -> anyhow::Result<Vec<Item<Cursor>>> {
+        let progress = self.client.progress();
+        let mut items = Vec::with_capacity(rows.len() + 1);
+        // Every row must sort after this key; `None` after a `Before` cursor (ties allowed).
+        let mut after: Option<OrderKey> = match cursor {
+            Cursor::After { timestamp, uuid } => uuid_order(uuid).map(|u| (*timestamp, u)),
+            _ => None,
+        };
+        let from = cursor.timestamp();
+        let mut last_uuid: Option<String> = None;
+        // The position after trailing rows that were left out, handed on once at the end.
+        let mut skipped_to: Option<Cursor> = None;
+        if rows.len() > self.page_size {
+            bail!(
+                "PostHog's Query API returned {} rows for a LIMIT of {}; stopping rather than trusting the page",
+                rows.len(),
+                self.page_size
+            );
+        }
+        for row in rows {
+            let checked = self.check_row(&row, from, end, after, last_uuid.as_deref());
+            let (ts, key) = match checked {
+                Ok(RowCheck::Duplicate) => {
+                    // The events table is a ReplacingMergeTree: before a merge the same row can
+                    // appear twice, side by side in this order. Send it once.
+                    Stats::add(&progress.stats.duplicates_dropped, 1);
+                    continue;
+                }
+                Ok(RowCheck::Next { ts, key }) => (ts, key),
+                Err(why) => return Err(fault(&row, &why)),
+            };
+            after = Some(key);
+            let Row(uuid, event, distinct_id, properties, elements_chain, _, created_at) = row;
+            last_uuid = Some(uuid.clone());
+            let pos = Cursor::After {
+                timestamp: ts,
+                uuid: uuid.clone(),
+            };
+            let created_at = created_at.as_deref().map(parse_ts).transpose()?;
+            // The server was asked to filter; a server (or proxy) that did not must not make
+            // us post what was not asked for, nor re-post it on every sync run.
+            let left_out = self.left_out(event.as_deref(), created_at).map_err(|why| {
+                anyhow::anyhow!("PostHog's Query API returned event {uuid} {why}")
+            })?;
+            if let Some(reason) = left_out {
+                warned.once(reason, progress);
+                Stats::add(&progress.stats.filtered, 1);
+                skipped_to = Some(pos);
+                continue;
+            }
+            let properties = properties_of(properties, &uuid)?;
+            let json = Event {
+                uuid: &uuid,
+                event: event.as_deref().unwrap_or(""),
+                distinct_id: distinct_id.as_deref().unwrap_or(""),
+                timestamp: format_ts(&ts),
+                created_at: created_at.map(|t| format_ts(&t)),
+                properties: &properties,
+                elements_chain: elements_chain.as_deref().unwrap_or(""),
+                team_id: team,
+            }
+            .to_json();
+            items.push(Item::Record { json, pos });
+            skipped_to = None;
+        }
+        items.extend(skipped_to.map(Item::Mark));
+        Ok(items)
+    }
+
+    /// One row against the rules: inside the window `[from, end)`, after the cursor, and in
+    /// PostHog's order (ClickHouse's, for uuids). The same row twice in a row is an unmerged
+    /// duplicate, not a fault.
+    fn check_row(
+        &self,
+        row: &Row,
+        from: DateTime<Utc>,
+        end: DateTime<Utc>,
+        after: Option<OrderKey>,
+        last_uuid: Option<&str>,
+    ) -> Result<RowCheck, String> {
+        let ts = parse_ts(&row.5).map_err(|e| format!("{e:#}"))?;
+        let uuid = uuid_order(&row.0).ok_or("its uuid is not a UUID")?;
+        let key = (ts, uuid);
+        if last_uuid == Some(row.0.as_str()) && after.is_some_and(|a| a == key) {
+            return Ok(RowCheck::Duplicate);
+        }
+        if ts < from || ts >= end {
+            return Err(format!(
+                "it lies outside the requested window {} → {}",
+                format_ts(&from),
+                format_ts(&end)
+            ));
+        }
+        if after.is_some_and(|a| key <= a) {
+            return Err(
+                "it is not after the row before it (a repeated or reordered page)".to_string(),
+            );
+        }
+        Ok(RowCheck::Next { ts, key })
+    }
+
+    /// Why a row the server returned must not be posted: it fails the event-name filters or
+    /// the sync run's `created_at` bounds.
+    fn left_out(
+        &self,
+        event: Option<&str>,
+        created_at: Option<DateTime<Utc>>,
+    ) -> Result<Option<&'static str>, &'static str> {
+        let name = event.unwrap_or("");
+        let f = &self.filters;
+        if !f.include.is_empty() && !f.include.iter().any(|n| n == name)
+            || f.exclude.iter().any(|n| n == name)
+        {
+            return Ok(Some(
+                "PostHog returned events that the --event/--exclude-event filters leave out; they are filtered here",
+            ));
+        }
+        if let Some((after, until)) = self.ingested {
+            let t = created_at.ok_or("without created_at, which sync needs; stopping")?;
+            if t <= after || t > until {
+                return Ok(Some(
+                    "PostHog returned events ingested outside this run's created_at bounds; they are left to the run that covers them",
+                ));
+            }
+        }
+        Ok(None)
     }
 
     async fn query_page(

@@ -23,6 +23,14 @@ pub(crate) enum PostError {
     #[error("cannot reach the webhook at {host}: {message}")]
     Transport { host: String, message: String },
     #[error(
+        "the webhook at {host} answered HTTP {status}, a redirect to {target}/…: posthog-patterns follows no redirects (a redirected POST can arrive as an empty GET, or at another host). Set --webhook-url to the URL the webhook really takes. Nothing of this batch counts as delivered, and the checkpoint holds what was delivered before"
+    )]
+    Redirected {
+        host: String,
+        status: u16,
+        target: String,
+    },
+    #[error(
         "the webhook at {host} answered HTTP {status} ({excerpt}): the webhook URL, or access to it, is wrong; check --webhook-url. Nothing of this batch was sent or set aside, and the checkpoint holds what was delivered before"
     )]
     Misconfigured {
@@ -173,6 +181,11 @@ impl Sink {
             match http::send(req).await {
                 Ok(reply) => match reply.status {
                     200..=299 => Attempt::Done(Outcome::Accepted),
+                    300..=399 => Attempt::Fail(PostError::Redirected {
+                        host: host.clone(),
+                        status: reply.status,
+                        target: reply.redirect_target(self.url.url()),
+                    }),
                     413 => Attempt::Done(Outcome::TooLarge),
                     408 | 429 | 500 | 502..=599 => Attempt::Retry {
                         after: reply.retry_after(),

@@ -9,7 +9,7 @@ pub mod posthog;
 pub mod webhook;
 
 pub use data::{StoredEvent, synthetic_events};
-pub use posthog::{PostHogConfig, PostHogStandIn};
+pub use posthog::{PageFault, PostHogConfig, PostHogStandIn};
 pub use webhook::{WebhookConfig, WebhookStandIn};
 
 use axum::Router;
@@ -25,6 +25,8 @@ pub struct Fault {
     pub body: String,
     /// Delay before answering.
     pub delay: Duration,
+    /// A `Location` header (for redirects).
+    pub location: Option<String>,
 }
 
 impl Fault {
@@ -34,6 +36,7 @@ impl Fault {
             retry_after: None,
             body: format!("{{\"detail\":\"injected fault {status}\"}}"),
             delay: Duration::ZERO,
+            location: None,
         }
     }
 
@@ -47,6 +50,16 @@ impl Fault {
                 "{{\"type\":\"throttled_error\",\"code\":\"throttled\",\"detail\":\"Request was throttled. Expected available in {secs} seconds.\",\"attr\":null}}"
             ),
             delay: Duration::ZERO,
+            location: None,
+        }
+    }
+
+    /// A redirect to `location`, as hosts answer plain `http://` or a missing trailing slash.
+    pub fn redirect(status: u16, location: &str) -> Self {
+        Fault {
+            location: Some(location.to_string()),
+            body: "<html><body>Moved</body></html>".into(),
+            ..Fault::status(status)
         }
     }
 
@@ -57,6 +70,7 @@ impl Fault {
             body: "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
                 .into(),
             delay: Duration::ZERO,
+            location: None,
         }
     }
 
@@ -64,6 +78,9 @@ impl Fault {
         let mut builder = axum::response::Response::builder().status(self.status);
         if let Some(secs) = self.retry_after {
             builder = builder.header("retry-after", secs.to_string());
+        }
+        if let Some(location) = &self.location {
+            builder = builder.header("location", location);
         }
         let kind = if self.body.starts_with('<') {
             "text/html"

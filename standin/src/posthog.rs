@@ -40,6 +40,26 @@ pub struct PostHogConfig {
     /// How far the stand-in's clock is ahead of this machine's (negative: behind). It shows
     /// in every `Date` header and in HogQL's `now()`, as PostHog's clock would.
     pub clock_offset: chrono::Duration,
+    /// Query API: return at most this many rows whatever the LIMIT (older self-hosted
+    /// versions cap HogQL results at 10,000; a proxy can cut a response).
+    pub row_cap: Option<usize>,
+    /// Query API: answer pages that break PostHog's rules (see [`PageFault`]).
+    pub page_fault: Option<PageFault>,
+}
+
+/// Ways a faulty server or proxy can break a Query API page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageFault {
+    /// The last row is an event from past the window's end.
+    RowPastEnd,
+    /// The first row is an event from before the window's start.
+    RowBeforeStart,
+    /// The rows come in reverse order.
+    Reversed,
+    /// Every other page repeats the page before the previous one: A, B, A, B, ...
+    Cycle,
+    /// The event-name and `created_at` conditions are ignored.
+    IgnoreFilters,
 }
 
 impl Default for PostHogConfig {
@@ -56,6 +76,8 @@ impl Default for PostHogConfig {
             offset_delay: Duration::from_secs(1),
             unstable_ties: false,
             clock_offset: chrono::Duration::zero(),
+            row_cap: None,
+            page_fault: None,
         }
     }
 }
@@ -78,6 +100,8 @@ pub struct State {
     pub(crate) faults: Faults,
     pub log: Vec<Logged>,
     recent: VecDeque<Instant>,
+    /// Pages answered so far, for `PageFault::Cycle`.
+    pages: Vec<Vec<Value>>,
 }
 
 pub struct PostHogStandIn {
@@ -93,6 +117,7 @@ impl PostHogStandIn {
             faults: Faults::default(),
             log: Vec::new(),
             recent: VecDeque::new(),
+            pages: Vec::new(),
         }));
         let me = PostHogStandIn {
             server: serve(router(state.clone())),
@@ -300,7 +325,7 @@ fn answer(
             if *id == s.config.project_id && s.config.query_api =>
         {
             now(match body {
-                Some(body) => run_query(&s, &body),
+                Some(body) => run_query(&mut s, &body),
                 None => error(400, "validation_error", "JSON parse error"),
             })
         }
@@ -315,7 +340,7 @@ fn answer(
 
 /// A HogQL query of the shape this tool writes: SELECT cols FROM events WHERE conds
 /// ORDER BY timestamp, uuid [LIMIT n].
-fn run_query(s: &State, body: &Value) -> Response {
+fn run_query(s: &mut State, body: &Value) -> Response {
     match evaluate(s, body) {
         Ok(v) => axum::Json(v).into_response(),
         Err((status, detail)) => error(
@@ -348,7 +373,7 @@ struct Query {
     limit: Option<usize>,
 }
 
-fn evaluate(s: &State, body: &Value) -> Result<Value, Fail> {
+fn evaluate(s: &mut State, body: &Value) -> Result<Value, Fail> {
     let q = &body["query"];
     if q["kind"] != "HogQLQuery" {
         return Err(bad("stand-in: only HogQLQuery is supported"));
@@ -387,16 +412,19 @@ fn evaluate(s: &State, body: &Value) -> Result<Value, Fail> {
             format!("Query exceeded the maximum execution time (scanned {scanned} rows)"),
         ));
     }
+    let fault = s.config.page_fault;
+    let filtered = fault != Some(PageFault::IgnoreFilters);
     let keep = |e: &StoredEvent| {
-        !(query.lo.is_some_and(|lo| e.timestamp < lo)
-            || query.after.is_some_and(|a| e.order_key() <= (a.0, a.1))
-            || query
-                .include
-                .as_ref()
-                .is_some_and(|names| !names.contains(&e.event))
+        let by_filters = query
+            .include
+            .as_ref()
+            .is_some_and(|names| !names.contains(&e.event))
             || query.exclude.contains(&e.event)
             || query.created_after.is_some_and(|t| e.created_at <= t)
-            || query.created_until.is_some_and(|t| e.created_at > t))
+            || query.created_until.is_some_and(|t| e.created_at > t);
+        !(query.lo.is_some_and(|lo| e.timestamp < lo)
+            || query.after.is_some_and(|a| e.order_key() <= (a.0, a.1))
+            || filtered && by_filters)
     };
     if query.columns == ["count()"] {
         let n = s.events[first..last.max(first)]
@@ -407,7 +435,14 @@ fn evaluate(s: &State, body: &Value) -> Result<Value, Fail> {
             json!({"results": [[n]], "columns": ["count()"], "types": ["UInt64"], "is_cached": false}),
         );
     }
-    let cap = query.limit.unwrap_or(100).min(50_000);
+    let cap = query
+        .limit
+        .unwrap_or(100)
+        .min(50_000)
+        .min(s.config.row_cap.unwrap_or(usize::MAX));
+    let row = |e: &StoredEvent| -> Value {
+        Value::Array(query.columns.iter().map(|c| column(e, c, zone)).collect())
+    };
     let mut rows = Vec::new();
     let mut has_more = false;
     for e in &s.events[first..last.max(first)] {
@@ -418,8 +453,29 @@ fn evaluate(s: &State, body: &Value) -> Result<Value, Fail> {
             has_more = true;
             break;
         }
-        let row: Vec<Value> = query.columns.iter().map(|c| column(e, c, zone)).collect();
-        rows.push(Value::Array(row));
+        rows.push(row(e));
+    }
+    match fault {
+        Some(PageFault::RowPastEnd) => {
+            if let Some(e) = s.events.get(last) {
+                rows.pop();
+                rows.push(row(e));
+            }
+        }
+        Some(PageFault::RowBeforeStart) => {
+            if let Some(e) = first.checked_sub(1).and_then(|i| s.events.get(i)) {
+                rows.pop();
+                rows.insert(0, row(e));
+            }
+        }
+        Some(PageFault::Reversed) => rows.reverse(),
+        Some(PageFault::Cycle) => {
+            if s.pages.len() >= 2 {
+                rows = s.pages[s.pages.len() - 2].clone();
+            }
+            s.pages.push(rows.clone());
+        }
+        Some(PageFault::IgnoreFilters) | None => {}
     }
     let mut out = json!({
         "results": rows,

@@ -22,6 +22,9 @@ pub struct WebhookConfig {
     pub reject_containing: Option<String>,
     /// Delay before each answer.
     pub latency: Duration,
+    /// Answer every POST to the secret path with this redirect status and `Location`; the
+    /// path `/landing` answers 200 to anything (a landing page), keeping nothing.
+    pub redirect: Option<(u16, String)>,
     /// After this many accepted batches, further requests are kept (recorded) but never
     /// answered until [`WebhookStandIn::release`].
     pub stall_after: Option<usize>,
@@ -135,10 +138,14 @@ async fn handle(shared: &Shared, uri: Uri, body: Bytes) -> Response {
         let mut s = shared.state.lock().unwrap();
         let n = s.requests;
         s.requests += 1;
-        if uri.path() != s.config.path {
+        if uri.path() == "/landing" {
+            Next::Answer((StatusCode::OK, "welcome").into_response())
+        } else if uri.path() != s.config.path {
             Next::Answer((StatusCode::NOT_FOUND, "no such webhook").into_response())
         } else if let Some(fault) = s.faults.take(n) {
             Next::Answer(fault.response())
+        } else if let Some((status, location)) = &s.config.redirect {
+            Next::Answer(Fault::redirect(*status, location).response())
         } else if s.config.max_body_bytes.is_some_and(|max| body.len() > max) {
             Next::Answer((StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response())
         } else {

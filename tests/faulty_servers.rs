@@ -1,0 +1,225 @@
+//! Servers that misbehave the way real ones do: webhooks behind redirects, PostHogs (or
+//! proxies) that cap, reorder, repeat or ignore filters. Whatever they do, a run that exits 0
+//! has delivered every event of its range, and a run that cannot stops loudly.
+
+mod common;
+
+use chrono::{Duration, Utc};
+use common::*;
+use posthog_patterns_standin::webhook::SECRET_PATH;
+use posthog_patterns_standin::{Fault, PageFault, PostHogConfig, WebhookConfig};
+
+#[test]
+fn a_webhook_that_redirects_stops_the_run_and_nothing_counts_as_delivered() {
+    for status in [301u16, 302, 303, 307, 308] {
+        let env = Env::new(
+            events(500, 70),
+            WebhookConfig {
+                redirect: Some((status, "/landing".into())),
+                ..WebhookConfig::default()
+            },
+        );
+        let run = env.run(&backfill_args(&[]));
+        run.assert_code(1);
+        let host = format!("http://{}", env.webhook.server.addr);
+        assert!(
+            run.stderr
+                .contains(&format!("HTTP {status}, a redirect to {host}/…"))
+                && run.stderr.contains("--webhook-url"),
+            "names the status, the target's scheme and host, and the fix: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains(SECRET_PATH), "{}", run.stderr);
+        assert!(env.received().is_empty(), "HTTP {status}: nothing arrived");
+        assert!(!run.stderr.contains("complete"), "{}", run.stderr);
+
+        // Fixed, the same command delivers everything: nothing was marked as sent.
+        env.webhook.with_state(|s| s.config.redirect = None);
+        env.run(&backfill_args(&[])).assert_code(0);
+        env.assert_exactly_once(in_range);
+        println!(
+            "HTTP {status} redirect: exit 1, then {} events after the fix",
+            env.received().len()
+        );
+    }
+}
+
+#[test]
+fn a_posthog_that_redirects_stops_the_run_naming_only_the_target_host() {
+    let env = Env::new(events(100, 71), WebhookConfig::default());
+    env.posthog.fault_next(Fault::redirect(
+        301,
+        "https://eu.posthog.com/api/projects/4242/query/?token=hunter2",
+    ));
+    let run = env.run(&backfill_args(&["--source", "query"]));
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("HTTP 301, a redirect to https://eu.posthog.com/…")
+            && run.stderr.contains("--host"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
+    assert!(env.received().is_empty());
+}
+
+/// A backfill against a PostHog whose pages break `fault`: it stops with exit 1 naming the
+/// fault, posts nothing outside the range, and a rerun against a healthy server completes
+/// the range without loss.
+fn stops_on(fault: PageFault, expect: &str) {
+    let env = Env::with(
+        PostHogConfig {
+            page_fault: Some(fault),
+            ..PostHogConfig::default()
+        },
+        events(3_000, 72),
+        WebhookConfig::default(),
+    );
+    let args = backfill_args(&["--page-size", "400", "--batch-size", "100"]);
+    let run = env.run(&args);
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("PostHog's Query API returned event") && run.stderr.contains(expect),
+        "{fault:?}: {}",
+        run.stderr
+    );
+    let before_fix = env.received().len();
+    let start = t(RANGE_START);
+    let end = t(RANGE_END);
+    let stray = env
+        .posthog
+        .events()
+        .into_iter()
+        .filter(|e| {
+            (e.timestamp < start || e.timestamp >= end) && env.received().contains_key(&e.uuid)
+        })
+        .count();
+    assert_eq!(stray, 0, "{fault:?}: no event outside the range was posted");
+
+    env.posthog.set_config(|c| c.page_fault = None);
+    env.run(&args).assert_code(0);
+    // Resumed from the checkpoint: at most the batches in flight when it stopped come twice.
+    let n = env.assert_delivered(in_range, 4 * 100);
+    println!("{fault:?}: exit 1 after {before_fix} events; the rerun completed all {n}");
+}
+
+#[test]
+fn a_row_past_the_window_end_stops_the_run() {
+    stops_on(PageFault::RowPastEnd, "outside the requested window");
+}
+
+#[test]
+fn a_row_before_the_window_start_stops_the_run() {
+    stops_on(PageFault::RowBeforeStart, "outside the requested window");
+}
+
+#[test]
+fn rows_out_of_order_stop_the_run() {
+    stops_on(PageFault::Reversed, "not after the row before it");
+}
+
+#[test]
+fn pages_that_cycle_stop_the_run_instead_of_looping() {
+    // Depending on where the repeated page falls, its rows are before the cursor or before
+    // the window: either way the run stops instead of looping.
+    stops_on(PageFault::Cycle, "although it");
+}
+
+#[test]
+fn a_server_capping_rows_below_the_page_size_loses_nothing() {
+    for cap in [100usize, 999] {
+        let env = Env::with(
+            PostHogConfig {
+                row_cap: Some(cap),
+                ..PostHogConfig::default()
+            },
+            events(5_000, 73),
+            WebhookConfig::default(),
+        );
+        env.run(&backfill_args(&["--page-size", "1000"]))
+            .assert_code(0);
+        let n = env.assert_exactly_once(in_range);
+        let queries = env
+            .posthog
+            .log()
+            .iter()
+            .filter(|r| {
+                r.sql
+                    .as_deref()
+                    .is_some_and(|q| q.starts_with("SELECT uuid"))
+            })
+            .count();
+        // The least possible is n / cap pages; each window may cost one verifying query more.
+        assert!(
+            queries <= n / cap + 20,
+            "cap {cap}: {queries} queries for {n} events"
+        );
+        println!("row cap {cap}, page 1000: {n} events exactly once in {queries} queries");
+    }
+}
+
+#[test]
+fn a_server_ignoring_the_event_filter_gets_only_the_asked_events_posted() {
+    let env = Env::with(
+        PostHogConfig {
+            page_fault: Some(PageFault::IgnoreFilters),
+            ..PostHogConfig::default()
+        },
+        events(2_000, 74),
+        WebhookConfig::default(),
+    );
+    let run = env.run(&backfill_args(&["--event", "signup"]));
+    run.assert_code(0);
+    let n = env.assert_exactly_once(|e| in_range(e) && e.event == "signup");
+    assert_eq!(
+        run.stderr
+            .matches("--event/--exclude-event filters leave out")
+            .count(),
+        1,
+        "warned once: {}",
+        run.stderr
+    );
+    println!("filter ignored by the server: {n} signups posted, nothing else");
+}
+
+#[test]
+fn a_server_ignoring_the_ingestion_bounds_does_not_make_each_sync_repost_everything() {
+    let now = Utc::now();
+    let env = Env::with(
+        PostHogConfig {
+            page_fault: Some(PageFault::IgnoreFilters),
+            ..PostHogConfig::default()
+        },
+        posthog_patterns_standin::synthetic_events(
+            1_000,
+            now - Duration::days(2),
+            now - Duration::hours(1),
+            75,
+        ),
+        WebhookConfig::default(),
+    );
+    let start = (now - Duration::days(3)).to_rfc3339();
+    let sync = |extra: &[&str]| {
+        let mut args = vec!["sync", "--lag", "0s", "--progress", "never"];
+        args.extend_from_slice(extra);
+        env.run(&args)
+    };
+    sync(&["--start", &start]).assert_code(0);
+    let first = env.received().len();
+    env.posthog.advance_clock(Duration::seconds(5));
+    let second = sync(&["-v"]);
+    second.assert_code(0);
+    assert_eq!(
+        env.received().len(),
+        first,
+        "the second run posts nothing again"
+    );
+    assert!(
+        second.stderr.contains("sync: 0 events posted")
+            && second.stderr.contains("created_at bounds"),
+        "{}",
+        second.stderr
+    );
+    println!("created_at filter ignored: first run {first} events, second run 0");
+}
