@@ -220,10 +220,11 @@ fn webhook_413_splits_the_batch_until_it_fits() {
 fn rejected_batches_go_to_the_dead_letter_file_and_the_run_exits_3() {
     let ev = events(1_000, 8);
     let poison = ev[300].uuid.clone();
+    let poison_uuid = poison.clone();
     let env = Env::new(
         ev,
         WebhookConfig {
-            reject_containing: Some(poison),
+            reject_containing: vec![poison],
             ..WebhookConfig::default()
         },
     );
@@ -240,8 +241,8 @@ fn rejected_batches_go_to_the_dead_letter_file_and_the_run_exits_3() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(!lines.is_empty());
-    assert_eq!(lines.len(), 100, "the one rejected batch");
+    assert_eq!(lines.len(), 1, "only the rejected event, not its batch");
+    assert_eq!(lines[0]["event"]["uuid"], poison_uuid);
     assert!(
         lines
             .iter()
@@ -267,7 +268,7 @@ fn a_rejection_without_dead_letter_stops_with_a_clear_error_and_keeps_the_checkp
     let env = Env::new(
         ev,
         WebhookConfig {
-            reject_containing: Some(poison),
+            reject_containing: vec![poison],
             ..WebhookConfig::default()
         },
     );
@@ -282,7 +283,7 @@ fn a_rejection_without_dead_letter_stops_with_a_clear_error_and_keeps_the_checkp
     assert!(run.stderr.contains("--dead-letter"), "{}", run.stderr);
     // Fix the webhook, run again: it resumes and completes without loss.
     env.webhook
-        .with_state(|s| s.config.reject_containing = None);
+        .with_state(|s| s.config.reject_containing.clear());
     let again = env.run(&backfill_args(&["--batch-size", "100"]));
     again.assert_code(0);
     assert!(again.stderr.contains("resuming from"), "{}", again.stderr);

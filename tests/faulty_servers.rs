@@ -223,3 +223,146 @@ fn a_server_ignoring_the_ingestion_bounds_does_not_make_each_sync_repost_everyth
     );
     println!("created_at filter ignored: first run {first} events, second run 0");
 }
+
+/// The dead-letter file's records.
+fn dead_letters(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every dead-letter record is whole JSON"))
+        .collect()
+}
+
+#[test]
+fn a_rejected_event_costs_only_itself_in_a_bounded_number_of_requests() {
+    let ev = events(2_000, 76);
+    let poison: Vec<String> = [10usize, 500, 501]
+        .iter()
+        .map(|i| ev[*i].uuid.clone())
+        .collect();
+    let env = Env::new(
+        ev,
+        WebhookConfig {
+            reject_containing: poison.clone(),
+            ..WebhookConfig::default()
+        },
+    );
+    let dead = env.path("dead.ndjson");
+    let run = env.run(&backfill_args(&[
+        "--batch-size",
+        "1000",
+        "--dead-letter",
+        dead.to_str().unwrap(),
+    ]));
+    run.assert_code(3);
+    let lines = dead_letters(&dead);
+    let mut rejected: Vec<String> = lines
+        .iter()
+        .map(|l| l["event"]["uuid"].as_str().unwrap().to_string())
+        .collect();
+    rejected.sort();
+    let mut expected = poison.clone();
+    expected.retain(|u| {
+        env.posthog
+            .events()
+            .iter()
+            .any(|e| &e.uuid == u && in_range(e))
+    });
+    expected.sort();
+    assert_eq!(
+        rejected, expected,
+        "exactly the rejected events were set aside"
+    );
+    env.assert_exactly_once(|e| in_range(e) && !poison.contains(&e.uuid));
+    // 3 batches (2,002 events); bisecting k = 3 rejected events in a batch of N = 1,000
+    // costs at most 2·k·⌈log₂ N⌉ requests on top of the batches.
+    let requests = env.webhook.with_state(|s| s.requests);
+    let bound = 3 + 2 * 3 * 10;
+    assert!(
+        requests <= bound,
+        "{requests} webhook requests, at most {bound}"
+    );
+    println!(
+        "3 rejected events: {requests} webhook requests (bound {bound}), 3 dead-lettered, the rest posted once"
+    );
+}
+
+#[test]
+fn a_webhook_that_rejects_everything_stops_quickly() {
+    let env = Env::new(
+        events(3_000, 77),
+        WebhookConfig {
+            reject_containing: vec!["uuid".into()],
+            ..WebhookConfig::default()
+        },
+    );
+    let dead = env.path("dead.ndjson");
+    let run = env.run(&backfill_args(&[
+        "--batch-size",
+        "1000",
+        "--concurrency",
+        "1",
+        "--dead-letter",
+        dead.to_str().unwrap(),
+    ]));
+    run.assert_code(1);
+    assert!(run.stderr.contains("has accepted none"), "{}", run.stderr);
+    let requests = env.webhook.with_state(|s| s.requests);
+    assert!(requests < 100, "{requests} requests");
+    assert!(dead_letters(&dead).len() <= 8);
+    println!("a webhook rejecting everything: exit 1 after {requests} requests");
+}
+
+#[test]
+fn a_webhook_whose_rejections_no_single_event_explains_stops_with_exit_1() {
+    let env = Env::new(
+        events(300, 78),
+        WebhookConfig {
+            reject_batches_over: Some(1),
+            ..WebhookConfig::default()
+        },
+    );
+    let dead = env.path("dead.ndjson");
+    let run = env.run(&backfill_args(&[
+        "--batch-size",
+        "16",
+        "--concurrency",
+        "1",
+        "--dead-letter",
+        dead.to_str().unwrap(),
+    ]));
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("only 0 events on their own"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        dead_letters(&dead).is_empty(),
+        "no event accepted alone was set aside"
+    );
+}
+
+#[test]
+fn a_torn_dead_letter_record_left_by_a_killed_run_is_cut_before_appending() {
+    let ev = events(500, 79);
+    let poison = ev[100].uuid.clone();
+    let env = Env::new(
+        ev,
+        WebhookConfig {
+            reject_containing: vec![poison.clone()],
+            ..WebhookConfig::default()
+        },
+    );
+    let dead = env.path("dead.ndjson");
+    // What a disk that filled mid-append leaves behind.
+    std::fs::write(&dead, "{\"status\":400,\"response\":\"x\",\"event\":{\"uuid\":\"earlier\"}}\n{\"status\":400,\"resp").unwrap();
+    env.run(&backfill_args(&["--dead-letter", dead.to_str().unwrap()]))
+        .assert_code(3);
+    let lines = dead_letters(&dead);
+    let uuids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["event"]["uuid"].as_str().unwrap())
+        .collect();
+    assert_eq!(uuids, ["earlier", poison.as_str()]);
+}

@@ -10,7 +10,9 @@ use crate::pipeline::{Deliver, Delivered};
 use crate::progress::Progress;
 use crate::secret::WebhookUrl;
 use crate::sinks::dead_letter::DeadLetter;
+use anyhow::bail;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PostError {
@@ -55,12 +57,35 @@ enum Outcome {
     Rejected(Reply),
 }
 
+/// Events rejected on their own, with nothing accepted, after which the webhook is taken to
+/// reject everything.
+const REJECTS_BEFORE_GIVING_UP: usize = 8;
+
+/// ⌈log₂ n⌉, at least 1: how many times a batch of `n` can be halved.
+fn ceil_log2(n: usize) -> usize {
+    (usize::BITS - n.saturating_sub(1).leading_zeros()).max(1) as usize
+}
+
+/// The `uuid` of an event's JSON text, for messages (events are ours: always present).
+fn uuid_of(event: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Uuid {
+        uuid: Option<String>,
+    }
+    serde_json::from_str::<Uuid>(event)
+        .ok()
+        .and_then(|u| u.uuid)
+        .unwrap_or_else(|| "(without uuid)".into())
+}
+
 pub(crate) struct Sink {
     http: reqwest::Client,
     url: WebhookUrl,
     retry: RetryPolicy,
     dead_letter: Option<Arc<DeadLetter>>,
     progress: Arc<Progress>,
+    accepted_any: AtomicBool,
+    rejected_alone: AtomicUsize,
 }
 
 impl Sink {
@@ -103,39 +128,69 @@ impl Sink {
             retry,
             dead_letter: dead_letter.map(Arc::new),
             progress,
+            accepted_any: AtomicBool::new(false),
+            rejected_alone: AtomicUsize::new(0),
         }
     }
 
     /// Delivers one batch: returns once every event is acknowledged or dead-lettered.
-    /// A 413 splits the batch in halves (in order); a rejection without `--dead-letter` is an error.
+    /// A 413 splits the batch in halves (in order). A rejection (other 4xx) with
+    /// `--dead-letter` is bisected down to the events the webhook rejects on their own, so
+    /// that one bad event costs only itself; without `--dead-letter` it is an error.
     pub(crate) async fn deliver(&self, events: &[String]) -> anyhow::Result<Delivered> {
         let mut done = Delivered::default();
-        // Parts still to post, last first; a 413 replaces a part by its two halves.
-        let mut todo = Vec::new();
-        todo.push(0..events.len());
-        while let Some(part) = todo.pop() {
+        // Parts still to post, last first, each marked when it comes from bisecting a
+        // rejection (those requests are bounded by the events found rejected on their own).
+        let mut todo = vec![(0..events.len(), false)];
+        let (mut bisect_requests, mut alone) = (0usize, 0usize);
+        while let Some((part, bisecting)) = todo.pop() {
             let slice = &events[part.clone()];
-            match self.post(slice).await? {
-                Outcome::Accepted => done.posted += slice.len(),
-                Outcome::TooLarge if slice.len() > 1 => {
-                    let mid = part.start + slice.len() / 2;
-                    self.progress.debug(&format!(
-                        "webhook answered 413 for {} events; splitting the batch",
-                        slice.len()
-                    ));
-                    todo.push(mid..part.end);
-                    todo.push(part.start..mid);
+            bisect_requests += usize::from(bisecting);
+            let outcome = self.post(slice).await?;
+            let split = match &outcome {
+                Outcome::Accepted => {
+                    done.posted += slice.len();
+                    self.accepted_any.store(true, Relaxed);
+                    continue;
                 }
-                Outcome::TooLarge => {
-                    let reply = Reply {
-                        status: 413,
-                        headers: Default::default(),
-                        body: "a single event is larger than the webhook accepts".into(),
-                    };
-                    done.dead_lettered += self.reject(slice, &reply)?;
+                _ if slice.len() == 1 => None,
+                Outcome::TooLarge => Some((413, bisecting)),
+                Outcome::Rejected(reply) if self.dead_letter.is_some() => {
+                    Some((reply.status, true))
                 }
-                Outcome::Rejected(reply) => done.dead_lettered += self.reject(slice, &reply)?,
+                Outcome::Rejected(_) => None,
+            };
+            if let Some((status, bisecting)) = split {
+                let mid = part.start + slice.len() / 2;
+                self.progress.debug(&format!(
+                    "webhook answered {status} for {} events; splitting the batch",
+                    slice.len()
+                ));
+                todo.push((mid..part.end, bisecting));
+                todo.push((part.start..mid, bisecting));
+                continue;
             }
+            let reply = match outcome {
+                Outcome::Rejected(reply) => reply,
+                _ => Reply {
+                    status: 413,
+                    headers: Default::default(),
+                    body: "a single event is larger than the webhook accepts".into(),
+                },
+            };
+            done.dead_lettered += self.reject(slice, &reply)?;
+            alone += slice.len();
+            self.check_rejects_everything(slice.len())?;
+        }
+        // Bisecting finds each of k rejected events in at most 2·⌈log₂ N⌉ requests. More
+        // means the webhook rejects parts that hold no event it rejects on its own.
+        let bound = 2 * alone * ceil_log2(events.len());
+        if bisect_requests > bound {
+            bail!(
+                "the webhook at {} rejected parts of a batch of {} events but only {alone} events on their own ({bisect_requests} requests, more than the {bound} bisecting needs): it is not rejecting single events, so nothing more was set aside. The checkpoint holds what was acknowledged before this batch",
+                self.url.redacted(),
+                events.len()
+            );
         }
         Stats::add(&self.progress.stats.posted, done.posted as u64);
         Stats::add(
@@ -146,21 +201,38 @@ impl Sink {
         Ok(done)
     }
 
+    /// A webhook that has accepted nothing in this run and rejected every one of the first
+    /// events it was sent alone rejects everything: stop instead of dead-lettering the range.
+    fn check_rejects_everything(&self, rejected: usize) -> anyhow::Result<()> {
+        let total = self.rejected_alone.fetch_add(rejected, Relaxed) + rejected;
+        if !self.accepted_any.load(Relaxed) && total >= REJECTS_BEFORE_GIVING_UP {
+            bail!(
+                "the webhook at {} rejected each of the first {total} events it was sent on its own and has accepted none: it does not take these events. Check --webhook-url and the format the webhook expects (a JSON array of objects); the rejected events are in the dead-letter file",
+                self.url.redacted()
+            );
+        }
+        Ok(())
+    }
+
     fn reject(&self, events: &[String], reply: &Reply) -> anyhow::Result<usize> {
         let excerpt = reply.excerpt();
         match &self.dead_letter {
             Some(dl) => {
                 dl.write(events, reply.status, &excerpt)?;
                 self.progress.warn(&format!(
-                    "the webhook rejected {} events (HTTP {}: {excerpt}); appended them to {}",
-                    events.len(),
+                    "the webhook rejected {} (HTTP {}: {excerpt}); appended to {}",
+                    if events.len() == 1 {
+                        format!("event {}", uuid_of(&events[0]))
+                    } else {
+                        format!("{} events", events.len())
+                    },
                     reply.status,
                     dl.path().display()
                 ));
                 Ok(events.len())
             }
-            None => anyhow::bail!(
-                "the webhook at {} rejected a batch of {} events (HTTP {}: {excerpt}); nothing after it was sent. Fix the cause and run again to resume, or pass --dead-letter PATH to set rejected batches aside and go on",
+            None => bail!(
+                "the webhook at {} rejected a batch of {} events (HTTP {}: {excerpt}). The checkpoint holds every batch acknowledged before it (with --concurrency above 1, later batches may have been acknowledged too, and are posted again on resume). Fix the cause and run again, or pass --dead-letter PATH to set rejected events aside and go on",
                 self.url.redacted(),
                 events.len(),
                 reply.status
@@ -215,5 +287,19 @@ impl Sink {
         })
         .await;
         out.map_err(|e| e.into_error("posting to the webhook"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceil_log2_counts_the_halvings() {
+        let got: Vec<usize> = [1, 2, 3, 4, 5, 1000, 1024, 1025]
+            .into_iter()
+            .map(ceil_log2)
+            .collect();
+        assert_eq!(got, [1, 1, 2, 2, 3, 10, 10, 11]);
     }
 }

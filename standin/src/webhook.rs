@@ -18,8 +18,12 @@ pub struct WebhookConfig {
     pub path: String,
     /// Bodies larger than this get 413.
     pub max_body_bytes: Option<usize>,
-    /// Batches holding an event whose text contains this get 400 (nothing of them is kept).
-    pub reject_containing: Option<String>,
+    /// Batches holding an event whose text contains one of these get 400 (nothing of them is
+    /// kept).
+    pub reject_containing: Vec<String>,
+    /// Batches of more than this many events get 400, whatever they hold (a webhook whose
+    /// rejections no single event explains).
+    pub reject_batches_over: Option<usize>,
     /// Delay before each answer.
     pub latency: Duration,
     /// Answer every POST to the secret path with this redirect status and `Location`; the
@@ -157,8 +161,13 @@ async fn handle(shared: &Shared, uri: Uri, body: Bytes) -> Response {
                     Next::Answer((StatusCode::BAD_REQUEST, "empty array").into_response())
                 }
                 Ok(events) => {
-                    let reject = s.config.reject_containing.clone();
-                    if reject.is_some_and(|r| events.iter().any(|e| e.contains(&r))) {
+                    let poisoned =
+                        |e: &String| s.config.reject_containing.iter().any(|r| e.contains(r));
+                    let too_many = s
+                        .config
+                        .reject_batches_over
+                        .is_some_and(|n| events.len() > n);
+                    if too_many || events.iter().any(poisoned) {
                         Next::Answer(
                             (StatusCode::BAD_REQUEST, "record rejected by schema").into_response(),
                         )
