@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use posthog_patterns_standin::data::tied_events;
-use posthog_patterns_standin::{PostHogConfig, StoredEvent, WebhookConfig};
+use posthog_patterns_standin::{Fault, PostHogConfig, StoredEvent, WebhookConfig};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -290,21 +290,51 @@ fn ties_returned_in_an_unstable_order_are_read_until_all_are_seen() {
 }
 
 #[test]
-fn ties_too_unstable_to_read_stop_the_run_clearly_and_it_resumes_without_loss() {
+fn a_crowded_microsecond_in_an_unstable_order_is_read_pass_after_pass_until_complete() {
+    // 5,000 events in one microsecond, pages of 1,000, a new order on every request: a pass
+    // sees about two thirds of them; passes go on until the count of distinct uuids reaches
+    // the microsecond's row count (which offset paging measures exactly).
     let env = unstable(5_000);
+    let args = backfill_args(&["--source", "events", "--concurrency", "1", "-v"]);
+    let run = env.run(&args);
+    run.assert_code(0);
+    let n = env.assert_exactly_once(in_range);
+    let passes = run.stderr.matches("reading that microsecond again").count() + 1;
+    assert!(passes > 1, "{}", run.stderr);
+    println!("5,000 unstable ties: {n} events exactly once after {passes} passes");
+}
+
+#[test]
+fn unmerged_duplicate_rows_in_a_crowded_microsecond_stop_the_run_with_exit_75_and_it_resumes_without_loss()
+ {
+    let tie = t("2024-03-02T00:00:00.000001Z");
+    let mut data = tied_events(1_500, tie, 43);
+    // Rows PostHog has not merged yet: the same events twice.
+    let doubles: Vec<_> = data.iter().take(40).cloned().collect();
+    data.extend(doubles);
+    data.extend(events(200, 44));
+    let env = Env::with(
+        PostHogConfig {
+            unstable_ties: true,
+            offset_delay: Duration::ZERO,
+            ..PostHogConfig::default()
+        },
+        data,
+        WebhookConfig::default(),
+    );
     let args = backfill_args(&["--source", "events", "--concurrency", "1"]);
     let run = env.run(&args);
-    run.assert_code(1);
+    run.assert_code(75);
     assert!(
         run.stderr
-            .contains("in a different order on each of 3 passes"),
+            .contains("duplicate rows PostHog has not merged yet")
+            && run.stderr.contains("--source query"),
         "{}",
         run.stderr
     );
     let seen = env.received();
     assert!(seen.values().all(|n| *n == 1), "nothing delivered twice");
     // Nothing after the crowded microsecond was read: a rerun starts there, skipping nothing.
-    let tie = t("2024-03-02T00:00:00.000001Z");
     let after: Vec<_> = env
         .posthog
         .events()
@@ -313,8 +343,25 @@ fn ties_too_unstable_to_read_stop_the_run_clearly_and_it_resumes_without_loss() 
         .map(|e| e.uuid)
         .collect();
     assert!(!after.is_empty() && after.iter().all(|u| !seen.contains_key(u)));
-    // Once PostHog answers in a stable order again, the same job finishes, exactly once.
-    env.posthog.set_config(|c| c.unstable_ties = false);
-    env.run(&args).assert_code(0);
+    // The Query API reads duplicate rows side by side and finishes the same range, once.
+    env.run(&backfill_args(&["--source", "query", "--restart"]))
+        .assert_code(0);
+    env.assert_delivered(in_range, seen.len());
+}
+
+#[test]
+fn a_single_504_from_the_events_api_or_the_probe_is_retried() {
+    let env = Env::with(
+        PostHogConfig {
+            query_api: false,
+            ..PostHogConfig::default()
+        },
+        events(300, 45),
+        WebhookConfig::default(),
+    );
+    env.posthog.fault_at(0, Fault::status(504)); // the `auto` probe
+    env.posthog.fault_at(3, Fault::status(504)); // an Events API page
+    let run = env.run(&backfill_args(&[]));
+    run.assert_code(0);
     env.assert_exactly_once(in_range);
 }

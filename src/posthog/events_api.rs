@@ -8,6 +8,7 @@
 //! server has already returned: the requested `limit` proves nothing (PostHog caps it silently).
 
 use super::source::{Cursor, Reader, TieSet, short};
+use crate::error::Stop;
 use crate::event::{Event, format_ts, parse_ts, team_id};
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
@@ -21,8 +22,11 @@ use tokio::sync::mpsc;
 /// Events API limits: a window of at most 366 days (we stay a day under), offsets up to 50,000.
 const MAX_WINDOW: Duration = Duration::days(365);
 pub(crate) const MAX_OFFSET: usize = 50_000;
-/// How often a microsecond's worth of ties is re-read when a pass did not see all of it.
-const TIE_PASSES: u32 = 3;
+/// How often a microsecond's worth of ties is re-read, at most, while passes still find events
+/// not seen before (the Events API's order among ties changes from request to request).
+const TIE_PASSES: u32 = 20;
+/// Passes in a row that find nothing new before the rest is taken for duplicate rows.
+const FRUITLESS_PASSES: u32 = 3;
 
 #[derive(Deserialize)]
 struct ApiEvent {
@@ -169,7 +173,9 @@ impl Reader {
             "more events share {} than a page holds; reading that microsecond with offset",
             format_ts(&ts)
         ));
-        for _ in 0..TIE_PASSES {
+        let mut fruitless = 0;
+        for pass in 1..=TIE_PASSES {
+            let seen_before = tie.seen.len();
             let mut offset = 0usize;
             loop {
                 if offset > MAX_OFFSET {
@@ -178,6 +184,11 @@ impl Reader {
                         format_ts(&ts)
                     );
                 }
+                progress.set_status(format!(
+                    "{} events seen at {} (pass {pass})",
+                    tie.seen.len(),
+                    format_ts(&ts)
+                ));
                 let rows = self
                     .events_page(Lower::From(ts), ts + Duration::microseconds(1), offset)
                     .await?;
@@ -192,10 +203,18 @@ impl Reader {
                     break;
                 }
             }
-            // `offset` events are in this microsecond; the server's order among them is not
-            // guaranteed stable across requests, so check that we saw each one.
+            // `offset` rows are in this microsecond (offset paging ended on a short page); the
+            // server's order among them changes between requests, so read until each is seen.
             if tie.seen.len() >= offset {
                 return Ok(true);
+            }
+            fruitless = if tie.seen.len() > seen_before {
+                0
+            } else {
+                fruitless + 1
+            };
+            if fruitless >= FRUITLESS_PASSES {
+                break;
             }
             progress.debug(&format!(
                 "saw {} of {offset} events at {}; reading that microsecond again",
@@ -203,11 +222,12 @@ impl Reader {
                 format_ts(&ts)
             ));
         }
-        bail!(
-            "PostHog's Events API returned the events sharing {} in a different order on each of {TIE_PASSES} passes, so only {} of them could be read with certainty; nothing after that timestamp was read. Use --source query",
+        Err(Stop::Temporary(format!(
+            "PostHog's Events API holds more rows at {} than distinct events could be read there ({} seen): the rest are most likely duplicate rows PostHog has not merged yet, which its merges remove. Nothing after that timestamp was read; run again later, or use --source query, which reads duplicate rows side by side",
             format_ts(&ts),
             tie.seen.len()
-        )
+        ))
+        .into())
     }
 
     /// Turns a page into records, dropping events already delivered. Returns the items and

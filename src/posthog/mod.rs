@@ -99,6 +99,15 @@ pub(crate) enum ApiError {
     Transport { host: String, message: String },
 }
 
+/// What a 504 or 512 (PostHog's "query too slow") means to the caller.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slow {
+    /// A passing fault: retried like a 503 (a probe, a count, an Events API page).
+    Retry,
+    /// An answer: the caller asks a smaller question (the Query reader's windows).
+    Fail,
+}
+
 pub(crate) struct PostHog {
     http: reqwest::Client,
     conn: Connection,
@@ -141,18 +150,39 @@ impl PostHog {
         self.conn.host.join(&path).expect("a relative path joins")
     }
 
-    /// POSTs a JSON body to `/api/projects/{id}/{endpoint}` and returns the 2xx body.
-    /// 504 and 512 ("too slow") are not retried here: the caller narrows its window instead.
+    /// POSTs a JSON body to `/api/projects/{id}/{endpoint}` and returns the 2xx body. A 504
+    /// or 512 ("too slow") is retried like a 503.
     pub(crate) async fn post(
         &self,
         endpoint: &str,
         body: &serde_json::Value,
     ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
+        self.post_with(endpoint, body, Slow::Retry).await
+    }
+
+    /// Like [`PostHog::post`], but a 504 or 512 comes back at once as [`ApiError::TooSlow`]:
+    /// the Query reader narrows its window instead of asking the same again.
+    pub(crate) async fn post_page(
+        &self,
+        endpoint: &str,
+        body: &serde_json::Value,
+    ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
+        self.post_with(endpoint, body, Slow::Fail).await
+    }
+
+    async fn post_with(
+        &self,
+        endpoint: &str,
+        body: &serde_json::Value,
+        slow: Slow,
+    ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
         let url = self.url(endpoint);
         let body = serde_json::to_vec(body).expect("JSON values serialize");
-        self.call(endpoint, || self.http.post(url.clone()).body(body.clone()))
-            .await
-            .map(|reply| reply.body)
+        self.call(endpoint, slow, || {
+            self.http.post(url.clone()).body(body.clone())
+        })
+        .await
+        .map(|reply| reply.body)
     }
 
     /// GETs `/api/projects/{id}/{endpoint}` with query parameters.
@@ -163,7 +193,7 @@ impl PostHog {
     ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
         let mut url = self.url(endpoint);
         url.query_pairs_mut().extend_pairs(params);
-        self.call(endpoint, || self.http.get(url.clone()))
+        self.call(endpoint, Slow::Retry, || self.http.get(url.clone()))
             .await
             .map(|reply| reply.body)
     }
@@ -181,14 +211,17 @@ impl PostHog {
                     ("before", "1970-01-01T00:00:01.000000Z"),
                     ("limit", "1"),
                 ]);
-                self.call("events/", || self.http.get(url.clone())).await?
+                self.call("events/", Slow::Retry, || self.http.get(url.clone()))
+                    .await?
             }
             SourceKind::Query | SourceKind::Auto => {
                 let url = self.url("query/");
                 let body = hogql::body("posthog-patterns clock", hogql::now());
                 let body = serde_json::to_vec(&body).expect("JSON values serialize");
-                self.call("query/", || self.http.post(url.clone()).body(body.clone()))
-                    .await?
+                self.call("query/", Slow::Retry, || {
+                    self.http.post(url.clone()).body(body.clone())
+                })
+                .await?
             }
         };
         Ok(reply.date().unwrap_or_else(|| {
@@ -201,6 +234,7 @@ impl PostHog {
     async fn call(
         &self,
         endpoint: &str,
+        slow: Slow,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Reply, GaveUp<ApiError>> {
         let what = format!("PostHog {endpoint}");
@@ -211,7 +245,7 @@ impl PostHog {
                 .bearer_auth(self.conn.api_key.expose())
                 .header("content-type", "application/json");
             match http::send(req).await {
-                Ok(reply) => self.classify(endpoint, reply),
+                Ok(reply) => self.classify(endpoint, slow, reply),
                 Err(message) => Attempt::Retry {
                     error: ApiError::Transport {
                         host: self.conn.host.as_str().trim_end_matches('/').to_string(),
@@ -224,7 +258,7 @@ impl PostHog {
         .await
     }
 
-    fn classify(&self, endpoint: &str, reply: Reply) -> Attempt<Reply, ApiError> {
+    fn classify(&self, endpoint: &str, slow: Slow, reply: Reply) -> Attempt<Reply, ApiError> {
         let status = reply.status;
         match status {
             200..=299 => Attempt::Done(reply),
@@ -248,7 +282,7 @@ impl PostHog {
                     detail: reply.detail(),
                 },
             },
-            504 | 512 => Attempt::Fail(ApiError::TooSlow { status }),
+            504 | 512 if slow == Slow::Fail => Attempt::Fail(ApiError::TooSlow { status }),
             500..=599 => Attempt::Retry {
                 error: ApiError::Unavailable {
                     status,

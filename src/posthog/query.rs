@@ -323,7 +323,7 @@ impl Reader {
         end: DateTime<Utc>,
     ) -> Result<Vec<Row>, GaveUp<ApiError>> {
         let body = hogql::page(pos, end, &self.filters, self.ingested, self.page_size);
-        let bytes = self.client.post("query/", &body).await?;
+        let bytes = self.client.post_page("query/", &body).await?;
         serde_json::from_slice::<QueryResponse>(&bytes)
             .map(|r| r.results)
             .map_err(|e| {
