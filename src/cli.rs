@@ -148,6 +148,10 @@ pub(crate) struct RetryArgs {
     /// Longest single wait a server may ask for (429 Retry-After) before the run stops (exit 75).
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub(crate) max_wait: std::time::Duration,
+    /// Stop cleanly after this long (checkpoint saved, exit 75), e.g. 50m for a cron job run
+    /// every hour, so that a stuck run never holds the lock forever.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) max_run_time: Option<std::time::Duration>,
     /// Timeout of one HTTP request.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) http_timeout: std::time::Duration,
@@ -291,6 +295,10 @@ pub(crate) struct ReadArgs {
     /// pages at 1000 by itself).
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE))]
     pub(crate) page_size: u64,
+    /// Largest PostHog answer read, e.g. 1GiB or 512MiB; a larger one stops the run (use a
+    /// smaller --page-size) instead of exhausting memory.
+    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub(crate) max_response_size: u64,
 }
 
 /// The time range `[start, end)`.
@@ -365,9 +373,11 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
         "kib" => 1024,
         "m" | "mb" => 1_000_000,
         "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
         _ => {
             return Err(format!(
-                "unknown size unit {unit:?}; use B, KB, KiB, MB or MiB"
+                "unknown size unit {unit:?}; use B, KB, KiB, MB, MiB, GB or GiB"
             ));
         }
     };
@@ -428,7 +438,8 @@ mod tests {
         assert_eq!(parse_bytes("512KiB").unwrap(), 512 * 1024);
         assert_eq!(parse_bytes("200000").unwrap(), 200_000);
         assert!(parse_bytes("12").is_err());
-        assert!(parse_bytes("1GiB").is_err());
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        assert!(parse_bytes("1TiB").is_err());
         assert_eq!(parse_duration("15m").unwrap().as_secs(), 900);
         assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
         assert!(parse_duration("soon").is_err());

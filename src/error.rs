@@ -53,19 +53,33 @@ pub(crate) fn exit_code_of(err: &anyhow::Error) -> u8 {
 pub(crate) const RESUME_HINT: &str =
     "the checkpoint holds every acknowledged batch, so running the same command again resumes";
 
-/// Ends `work` on Ctrl-C or SIGTERM with [`Stop::Interrupted`] and the text `hint` gives then.
-/// Checkpoints are written synchronously between awaits, so stopping never leaves one
-/// half-written.
+/// Ends `work` on Ctrl-C or SIGTERM with [`Stop::Interrupted`] and the text `hint` gives then,
+/// and after `deadline` (`--max-run-time`) with [`Stop::Temporary`]. Checkpoints are written
+/// synchronously between awaits, so stopping never leaves one half-written; batches in flight
+/// are abandoned, and posted again by the next run.
 pub(crate) async fn interruptible<T>(
     work: impl std::future::Future<Output = anyhow::Result<T>>,
+    deadline: Option<std::time::Duration>,
     hint: impl FnOnce() -> String,
 ) -> anyhow::Result<T> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
+    let out_of_time = async {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = work => result,
         _ = tokio::signal::ctrl_c() => Err(Stop::Interrupted(hint()).into()),
         _ = term.recv() => Err(Stop::Interrupted(hint()).into()),
+        _ = out_of_time => Err(Stop::Temporary(format!(
+            "stopped after --max-run-time ({}); {}",
+            crate::progress::human_duration(deadline.unwrap_or_default()),
+            hint()
+        ))
+        .into()),
     }
 }
 

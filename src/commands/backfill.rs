@@ -47,7 +47,7 @@ impl BackfillConfig {
 }
 
 pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect::new(&cfg.read.connection, &cfg.retries, progress)?;
+    let connect = Connect::new(&cfg.read, &cfg.retries, progress)?;
     let job::Resumed {
         store,
         mut state,

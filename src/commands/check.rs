@@ -58,7 +58,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                         state.position.unwrap_or_default()
                     );
                 }
-                let connect = Connect::new(&cfg.read.connection, &cfg.retries, &silent)?;
+                let connect = Connect::new(&cfg.read, &cfg.retries, &silent)?;
                 let kind = ask_api(&connect, cfg.read.source).await?;
                 estimate(
                     &connect,
@@ -121,7 +121,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     }
                 };
                 // The run's own plan: a run to finish first, else the next one.
-                let connect = Connect::new(&cfg.read.connection, &cfg.retries, &silent)?;
+                let connect = Connect::new(&cfg.read, &cfg.retries, &silent)?;
                 let kind = ask_api(&connect, cfg.read.source).await?;
                 let Some(next) = sync
                     .pending

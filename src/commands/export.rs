@@ -73,7 +73,7 @@ pub(crate) struct ExportPosition {
 }
 
 pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect::new(&cfg.read.connection, &cfg.retries, progress)?;
+    let connect = Connect::new(&cfg.read, &cfg.retries, progress)?;
     let Some(output) = &cfg.output else {
         let source = connect.choose(cfg.read.source, None).await?;
         let writer = NdjsonWriter::stdout(progress.clone());

@@ -61,7 +61,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
                 let progress = runner::progress(&args.deliver.output, Level::Info);
                 runner::finish(
                     &progress,
-                    runner::resumable(backfill::run(&cfg, &progress)).await,
+                    runner::resumable(backfill::run(&cfg, &progress), cfg.retries.max_run_time)
+                        .await,
                 )
             }
             Command::Sync(args) => {
@@ -70,7 +71,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
                 let progress = runner::progress(&args.deliver.output, Level::Warn);
                 runner::finish(
                     &progress,
-                    runner::resumable(sync::run(&cfg, &progress)).await,
+                    runner::resumable(sync::run(&cfg, &progress), cfg.retries.max_run_time).await,
                 )
             }
             Command::Export(args) => {
@@ -78,7 +79,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
                 let progress = runner::progress(&args.display, Level::Info);
                 runner::finish(
                     &progress,
-                    runner::resumable(export::run(&cfg, &progress)).await,
+                    runner::resumable(export::run(&cfg, &progress), cfg.retries.max_run_time).await,
                 )
             }
             Command::Send(args) => {
@@ -103,7 +104,7 @@ async fn demo(args: &crate::cli::DemoArgs) -> anyhow::Result<u8> {
     let progress = runner::progress(&args.output, Level::Info);
     runner::finish(
         &progress,
-        runner::resumable(demo::run(args, &progress)).await,
+        runner::resumable(demo::run(args, &progress), None).await,
     )
 }
 

@@ -34,11 +34,13 @@ pub(crate) fn finish(progress: &Progress, result: anyhow::Result<Report>) -> any
     Ok(report.exit)
 }
 
-/// The work of a command that keeps a checkpoint, stopped by Ctrl-C or SIGTERM.
+/// The work of a command that keeps a checkpoint, stopped by Ctrl-C, SIGTERM or
+/// `--max-run-time` (`deadline`).
 pub(crate) async fn resumable<T>(
     work: impl Future<Output = anyhow::Result<T>>,
+    deadline: Option<std::time::Duration>,
 ) -> anyhow::Result<T> {
-    crate::error::interruptible(work, || crate::error::RESUME_HINT.to_string()).await
+    crate::error::interruptible(work, deadline, || crate::error::RESUME_HINT.to_string()).await
 }
 
 /// Runs `source` through the pipeline into `sink`, showing progress, and checks the ledger

@@ -88,7 +88,7 @@ pub(crate) struct Pending {
 }
 
 pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect::new(&cfg.read.connection, &cfg.retries, progress)?;
+    let connect = Connect::new(&cfg.read, &cfg.retries, progress)?;
     let job::Resumed {
         store,
         mut state,

@@ -68,24 +68,72 @@ impl Reply {
     }
 }
 
-/// Sends a request and reads the whole body. Transport errors come back as text without the
-/// URL (the webhook URL is a secret).
-pub(crate) async fn send(req: reqwest::RequestBuilder) -> Result<Reply, String> {
-    let resp = req.send().await.map_err(describe)?;
+/// How much of an answer's body to read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Body {
+    /// All of it, up to this many bytes: a larger answer is an error, not an out-of-memory.
+    Whole(u64),
+    /// Nothing of a 2xx (its status line is the acknowledgement: a body that never ends must
+    /// not turn a delivered batch into a retry), and of anything else only enough for a message.
+    AckOrExcerpt,
+}
+
+/// The most of an error answer that is read, for messages and dead-letter records.
+const EXCERPT_BYTES: usize = 4096;
+
+/// Why no answer came back.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No answer within the request timeout.
+    Timeout,
+    /// Connecting or talking failed; the text never holds the URL (it may be a secret).
+    Transport(String),
+    /// The answer was larger than `Body::Whole` allows.
+    TooLarge(u64),
+}
+
+/// Sends a request and reads as much of the body as `body` says.
+pub(crate) async fn send(req: reqwest::RequestBuilder, body: Body) -> Result<Reply, SendError> {
+    let mut resp = req.send().await.map_err(describe)?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.bytes().await.map_err(describe)?;
+    let limit = match body {
+        Body::AckOrExcerpt if (200..300).contains(&status) => 0,
+        Body::AckOrExcerpt => EXCERPT_BYTES as u64,
+        Body::Whole(max) => {
+            if resp.content_length().is_some_and(|n| n > max) {
+                return Err(SendError::TooLarge(max));
+            }
+            max
+        }
+    };
+    let mut buf = bytes::BytesMut::new();
+    while (buf.len() as u64) < limit || matches!(body, Body::Whole(_)) {
+        let Some(chunk) = resp.chunk().await.map_err(describe)? else {
+            break;
+        };
+        buf.extend_from_slice(&chunk);
+        if let Body::Whole(max) = body
+            && buf.len() as u64 > max
+        {
+            return Err(SendError::TooLarge(max));
+        }
+    }
+    if let Body::AckOrExcerpt = body {
+        buf.truncate(limit as usize);
+    }
     Ok(Reply {
         status,
         headers,
-        body,
+        body: buf.freeze(),
     })
 }
 
-fn describe(e: reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
+fn describe(e: reqwest::Error) -> SendError {
+    if e.is_timeout() {
+        return SendError::Timeout;
+    }
+    let kind = if e.is_connect() {
         "could not connect"
     } else {
         "request failed"
@@ -98,22 +146,39 @@ fn describe(e: reqwest::Error) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
-    text
+    SendError::Transport(text)
 }
 
+/// The wait a server asks for: `Retry-After` in seconds or as an HTTP date, or else the number
+/// in PostHog's throttle text "Expected available in N seconds" (older versions send no
+/// header). A number too large for a wait is the longest wait, never a panic: it then stops
+/// the run as longer than `--max-wait`.
 pub(crate) fn retry_after(headers: &HeaderMap, body: &[u8]) -> Option<Duration> {
-    if let Some(secs) = headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-    {
-        return Some(Duration::from_secs_f64(secs));
+    if let Some(value) = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()) {
+        let value = value.trim();
+        if let Ok(secs) = value.parse::<f64>() {
+            if secs.is_finite() && secs >= 0.0 {
+                return Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));
+            }
+            if secs == f64::INFINITY {
+                return Some(Duration::MAX);
+            }
+        } else if let Ok(at) = chrono::DateTime::parse_from_rfc2822(value) {
+            let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+            return Some(wait.to_std().unwrap_or_default());
+        }
     }
     let text = String::from_utf8_lossy(body);
     let after = text.split("available in ").nth(1)?;
     let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse::<u64>().ok().map(Duration::from_secs)
+    if digits.is_empty() {
+        return None;
+    }
+    Some(
+        digits
+            .parse::<u64>()
+            .map_or(Duration::MAX, Duration::from_secs),
+    )
 }
 
 pub(crate) fn excerpt(body: &[u8], max: usize) -> String {
@@ -169,6 +234,19 @@ mod tests {
             reply.date().unwrap().to_rfc3339(),
             "1994-11-06T08:49:37+00:00"
         );
+    }
+
+    #[test]
+    fn huge_waits_are_the_longest_wait_not_a_panic() {
+        let mut h = HeaderMap::new();
+        for v in ["1e20", "18446744073709551616", "1e400"] {
+            h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            assert_eq!(retry_after(&h, b""), Some(Duration::MAX), "{v}");
+        }
+        h.insert(RETRY_AFTER, HeaderValue::from_static("-5"));
+        assert_eq!(retry_after(&h, b""), None);
+        let body = br#"{"detail":"Request was throttled. Expected available in 99999999999999999999 seconds."}"#;
+        assert_eq!(retry_after(&HeaderMap::new(), body), Some(Duration::MAX));
     }
 
     #[test]

@@ -45,8 +45,15 @@ impl RetryPolicy {
 /// What one attempt of a request came to.
 pub(crate) enum Attempt<T, E> {
     Done(T),
-    /// A failure worth retrying; `after` is the wait the server asked for, if any.
+    /// A failure worth retrying (5xx, 408, a timeout, a garbled answer): counts toward
+    /// `--max-retries`, even when the server names a wait (`after`).
     Retry {
+        error: E,
+        after: Option<Duration>,
+    },
+    /// A rate limit (429): not a failure, so it does not count toward `--max-retries`, but
+    /// each wait is bounded by `--max-wait` (and the run by `--max-run-time`).
+    Throttled {
         error: E,
         after: Option<Duration>,
     },
@@ -84,9 +91,8 @@ impl<E: std::fmt::Display> GaveUp<E> {
     }
 }
 
-/// Runs `attempt` until it is done, fails for good, or the policy's bounds are reached.
-/// Waits asked for by the server (429) do not use up the retry budget; they are bounded by
-/// `max_wait` each and by a generous count.
+/// Runs `attempt` until it is done, fails for good, or the policy's bounds are reached:
+/// `max_retries` failures, a wait longer than `max_wait`, or `MAX_THROTTLED` rate limits.
 pub(crate) async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
     progress: &Progress,
@@ -99,45 +105,49 @@ where
     Fut: Future<Output = Attempt<T, E>>,
 {
     let mut failures = 0u32;
-    let mut told_to_wait = 0u32;
+    let mut throttled = 0u32;
     loop {
-        match attempt().await {
+        let (error, wait) = match attempt().await {
             Attempt::Done(v) => return Ok(v),
             Attempt::Fail(e) => return Err(GaveUp::Fatal(e)),
             Attempt::Retry { error, after } => {
-                let wait = match after {
-                    Some(wait) => {
-                        told_to_wait += 1;
-                        if wait > policy.max_wait {
-                            return Err(GaveUp::WaitTooLong { wait, last: error });
-                        }
-                        if told_to_wait > 100 {
-                            return Err(GaveUp::Exhausted {
-                                retries: told_to_wait,
-                                last: error,
-                            });
-                        }
-                        // A little jitter on top so that parallel clients do not return together.
-                        wait + Duration::from_millis(fastrand::u64(0..250))
-                    }
-                    None => {
-                        if failures >= policy.max_retries {
-                            return Err(GaveUp::Exhausted {
-                                retries: failures,
-                                last: error,
-                            });
-                        }
-                        failures += 1;
-                        policy.backoff(failures - 1)
-                    }
-                };
-                Stats::add(&progress.stats.retries, 1);
-                progress.debug(&format!("{what}: {error}; retrying"));
-                progress.wait(&format!("{what}: {error}"), wait).await;
+                if failures >= policy.max_retries {
+                    return Err(GaveUp::Exhausted {
+                        retries: failures,
+                        last: error,
+                    });
+                }
+                failures += 1;
+                let wait = after.unwrap_or_else(|| policy.backoff(failures - 1));
+                (error, wait)
             }
+            Attempt::Throttled { error, after } => {
+                throttled += 1;
+                if throttled > MAX_THROTTLED {
+                    return Err(GaveUp::Exhausted {
+                        retries: throttled,
+                        last: error,
+                    });
+                }
+                (
+                    error,
+                    after.unwrap_or_else(|| policy.backoff(throttled - 1)),
+                )
+            }
+        };
+        if wait > policy.max_wait {
+            return Err(GaveUp::WaitTooLong { wait, last: error });
         }
+        // A little jitter on top so that parallel clients do not return together.
+        let wait = wait.saturating_add(Duration::from_millis(fastrand::u64(0..250)));
+        Stats::add(&progress.stats.retries, 1);
+        progress.debug(&format!("{what}: {error}; retrying"));
+        progress.wait(&format!("{what}: {error}"), wait).await;
     }
 }
+
+/// Rate-limit answers one request may get in a row before the run stops (exit 75).
+const MAX_THROTTLED: u32 = 100;
 
 #[cfg(test)]
 mod tests {
@@ -184,16 +194,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_server_wait_longer_than_max_wait_stops_the_run() {
+    async fn failures_count_toward_max_retries_even_with_a_retry_after() {
         let progress = Progress::silent();
-        let out: Result<(), _> = retry(&fast(), &progress, "test", || async {
-            Attempt::Retry {
-                error: "throttled",
-                after: Some(Duration::from_secs(2202)),
+        let calls = Cell::new(0);
+        let out: Result<(), _> = retry(&fast(), &progress, "test", || {
+            calls.set(calls.get() + 1);
+            async {
+                Attempt::Retry {
+                    error: "503",
+                    after: Some(Duration::ZERO),
+                }
             }
         })
         .await;
-        assert!(matches!(out, Err(GaveUp::WaitTooLong { .. })));
+        assert!(matches!(out, Err(GaveUp::Exhausted { retries: 3, .. })));
+        assert_eq!(calls.get(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_server_wait_longer_than_max_wait_stops_the_run() {
+        let progress = Progress::silent();
+        for after in [Duration::from_secs(2202), Duration::MAX] {
+            let out: Result<(), _> = retry(&fast(), &progress, "test", || async {
+                Attempt::Throttled {
+                    error: "throttled",
+                    after: Some(after),
+                }
+            })
+            .await;
+            assert!(matches!(out, Err(GaveUp::WaitTooLong { .. })));
+        }
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ pub(crate) mod hogql;
 pub(crate) mod query;
 pub(crate) mod source;
 
-use crate::net::http::{self, Reply};
+use crate::net::http::{self, Body, Reply, SendError};
 use crate::net::ratelimit::Budget;
 use crate::net::retry::{Attempt, GaveUp, RetryPolicy, retry};
 use crate::pipeline::ledger::Stats;
@@ -97,6 +97,19 @@ pub(crate) enum ApiError {
     BadResponse { status: u16, excerpt: String },
     #[error("cannot reach PostHog at {host}: {message}")]
     Transport { host: String, message: String },
+    #[error(
+        "PostHog at {host} did not answer within --http-timeout (it is reachable, but slow or stuck)"
+    )]
+    Timeout { host: String },
+    #[error(
+        "PostHog's answer is larger than --max-response-size ({}): ask for fewer rows a page with a smaller --page-size, or raise --max-response-size",
+        indicatif::HumanBytes(*max)
+    )]
+    TooLarge { max: u64 },
+    #[error(
+        "PostHog answered asynchronously (HTTP 202: {excerpt}) although a blocking answer was asked for; it is probably overloaded"
+    )]
+    Async { excerpt: String },
 }
 
 /// What a 504 or 512 (PostHog's "query too slow") means to the caller.
@@ -113,6 +126,8 @@ pub(crate) struct PostHog {
     conn: Connection,
     budget: Budget,
     retry: RetryPolicy,
+    /// The largest answer read (`--max-response-size`).
+    max_response: u64,
     progress: Arc<Progress>,
 }
 
@@ -122,6 +137,7 @@ impl PostHog {
         conn: Connection,
         budget: Budget,
         retry: RetryPolicy,
+        max_response: u64,
         progress: Arc<Progress>,
     ) -> Self {
         PostHog {
@@ -129,6 +145,7 @@ impl PostHog {
             conn,
             budget,
             retry,
+            max_response,
             progress,
         }
     }
@@ -244,15 +261,21 @@ impl PostHog {
             let req = build()
                 .bearer_auth(self.conn.api_key.expose())
                 .header("content-type", "application/json");
-            match http::send(req).await {
+            let host = || self.conn.host.as_str().trim_end_matches('/').to_string();
+            match http::send(req, Body::Whole(self.max_response)).await {
                 Ok(reply) => self.classify(endpoint, slow, reply),
-                Err(message) => Attempt::Retry {
+                Err(SendError::Timeout) => Attempt::Retry {
+                    error: ApiError::Timeout { host: host() },
+                    after: None,
+                },
+                Err(SendError::Transport(message)) => Attempt::Retry {
                     error: ApiError::Transport {
-                        host: self.conn.host.as_str().trim_end_matches('/').to_string(),
+                        host: host(),
                         message,
                     },
                     after: None,
                 },
+                Err(SendError::TooLarge(max)) => Attempt::Fail(ApiError::TooLarge { max }),
             }
         })
         .await
@@ -261,6 +284,21 @@ impl PostHog {
     fn classify(&self, endpoint: &str, slow: Slow, reply: Reply) -> Attempt<Reply, ApiError> {
         let status = reply.status;
         match status {
+            // PostHog answered asynchronously: this tool asks for blocking answers only.
+            202 => Attempt::Retry {
+                error: ApiError::Async {
+                    excerpt: reply.excerpt(),
+                },
+                after: None,
+            },
+            // A 200 that is not JSON (cut short, a proxy's page) is a passing fault.
+            200..=299 if !looks_like_json(&reply.body) => Attempt::Retry {
+                error: ApiError::BadResponse {
+                    status,
+                    excerpt: reply.excerpt(),
+                },
+                after: None,
+            },
             200..=299 => Attempt::Done(reply),
             300..=399 => Attempt::Fail(ApiError::Redirected {
                 status,
@@ -276,7 +314,7 @@ impl PostHog {
             404 => Attempt::Fail(ApiError::NotFound {
                 path: format!("/api/projects/{}/{endpoint}", self.conn.project),
             }),
-            429 => Attempt::Retry {
+            429 => Attempt::Throttled {
                 after: reply.retry_after(),
                 error: ApiError::Throttled {
                     detail: reply.detail(),

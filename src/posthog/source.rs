@@ -2,7 +2,7 @@
 //! records, each with the position to resume after it. `query` uses the HogQL Query API (the
 //! default); `events_api` the legacy Events API that some self-hosted instances only have.
 
-use super::{Connection, PostHog};
+use super::PostHog;
 use crate::pipeline::Item;
 use crate::progress::Progress;
 use crate::settings::Retries;
@@ -88,20 +88,20 @@ pub(crate) async fn resolve(
 /// Makes PostHog clients sharing one HTTP client.
 pub(crate) struct Connect<'a> {
     pub(crate) http: reqwest::Client,
-    pub(crate) connection: &'a Connection,
+    pub(crate) read: &'a crate::settings::Read,
     pub(crate) retries: &'a Retries,
     pub(crate) progress: &'a Arc<Progress>,
 }
 
 impl<'a> Connect<'a> {
     pub(crate) fn new(
-        connection: &'a Connection,
+        read: &'a crate::settings::Read,
         retries: &'a Retries,
         progress: &'a Arc<Progress>,
     ) -> anyhow::Result<Self> {
         Ok(Connect {
             http: crate::net::http::client(retries.http_timeout)?,
-            connection,
+            read,
             retries,
             progress,
         })
@@ -111,9 +111,10 @@ impl<'a> Connect<'a> {
     pub(crate) fn client(&self, kind: SourceKind) -> Arc<PostHog> {
         Arc::new(PostHog::new(
             self.http.clone(),
-            self.connection.clone(),
+            self.read.connection.clone(),
             self.retries.budget(kind),
             self.retries.policy.clone(),
+            self.read.max_response_size,
             self.progress.clone(),
         ))
     }

@@ -26,6 +26,8 @@ pub(crate) struct Read {
     pub(crate) source: SourceKind,
     pub(crate) filters: Filters,
     pub(crate) page_size: usize,
+    /// The largest PostHog answer read (`--max-response-size`).
+    pub(crate) max_response_size: u64,
 }
 
 pub(crate) fn read(args: &ReadArgs) -> anyhow::Result<Read> {
@@ -34,6 +36,7 @@ pub(crate) fn read(args: &ReadArgs) -> anyhow::Result<Read> {
         source: args.connection.source,
         filters: filters(&args.filters),
         page_size: args.page_size as usize,
+        max_response_size: args.max_response_size,
     })
 }
 
@@ -114,6 +117,8 @@ pub(crate) struct Retries {
     /// Requests per minute and per hour set by the user; `None`: the API's published limit.
     pub(crate) per_minute: Option<u32>,
     pub(crate) per_hour: Option<u32>,
+    /// `--max-run-time`: when the whole run stops (exit 75).
+    pub(crate) max_run_time: Option<Duration>,
 }
 
 impl Retries {
@@ -152,6 +157,7 @@ pub(crate) fn retries(args: &RetryArgs) -> Retries {
         http_timeout: args.http_timeout,
         per_minute: args.max_requests_per_minute,
         per_hour: args.max_requests_per_hour,
+        max_run_time: args.max_run_time,
     }
 }
 

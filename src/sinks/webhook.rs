@@ -2,7 +2,7 @@
 //! acknowledged it (any 2xx). Retries 408, 429, 5xx (not 501) and transport errors; splits a
 //! batch answered with 413; sets rejected events aside in the dead-letter file or stops.
 
-use crate::net::http::{self, Reply};
+use crate::net::http::{self, Body, Reply, SendError};
 use crate::net::retry::{Attempt, RetryPolicy, retry};
 use crate::pipeline::batcher::body;
 use crate::pipeline::ledger::Stats;
@@ -24,6 +24,8 @@ pub(crate) enum PostError {
     },
     #[error("cannot reach the webhook at {host}: {message}")]
     Transport { host: String, message: String },
+    #[error("the webhook at {host} did not answer within --http-timeout")]
+    Timeout { host: String },
     #[error(
         "the webhook at {host} answered HTTP {status}, a redirect to {target}/…: posthog-patterns follows no redirects (a redirected POST can arrive as an empty GET, or at another host). Set --webhook-url to the URL the webhook really takes. Nothing of this batch counts as delivered, and the checkpoint holds what was delivered before"
     )]
@@ -250,7 +252,7 @@ impl Sink {
                 .post(self.url.url().clone())
                 .header("content-type", "application/json")
                 .body(body.clone());
-            match http::send(req).await {
+            match http::send(req, Body::AckOrExcerpt).await {
                 Ok(reply) => match reply.status {
                     200..=299 => Attempt::Done(Outcome::Accepted),
                     300..=399 => Attempt::Fail(PostError::Redirected {
@@ -259,7 +261,15 @@ impl Sink {
                         target: reply.redirect_target(self.url.url()),
                     }),
                     413 => Attempt::Done(Outcome::TooLarge),
-                    408 | 429 | 500 | 502..=599 => Attempt::Retry {
+                    429 => Attempt::Throttled {
+                        after: reply.retry_after(),
+                        error: PostError::Status {
+                            host: host.clone(),
+                            status: reply.status,
+                            excerpt: reply.excerpt(),
+                        },
+                    },
+                    408 | 500 | 502..=599 => Attempt::Retry {
                         after: reply.retry_after(),
                         error: PostError::Status {
                             host: host.clone(),
@@ -276,13 +286,22 @@ impl Sink {
                     }),
                     _ => Attempt::Done(Outcome::Rejected(reply)),
                 },
-                Err(message) => Attempt::Retry {
+                Err(SendError::Timeout) => Attempt::Retry {
+                    error: PostError::Timeout { host: host.clone() },
+                    after: None,
+                },
+                Err(SendError::Transport(message)) => Attempt::Retry {
                     error: PostError::Transport {
                         host: host.clone(),
                         message,
                     },
                     after: None,
                 },
+                // Not produced for `Body::AckOrExcerpt`; kept total rather than panicking.
+                Err(SendError::TooLarge(_)) => Attempt::Fail(PostError::Transport {
+                    host: host.clone(),
+                    message: "the answer was too large".into(),
+                }),
             }
         })
         .await;

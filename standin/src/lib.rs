@@ -25,8 +25,10 @@ pub struct Fault {
     pub body: String,
     /// Delay before answering.
     pub delay: Duration,
-    /// A `Location` header (for redirects).
-    pub location: Option<String>,
+    /// More headers, as sent (e.g. `Location`, or a `Retry-After` no number can hold).
+    pub headers: Vec<(String, String)>,
+    /// Send the status line and headers, then the body one byte a second, never ending.
+    pub trickle: bool,
 }
 
 impl Fault {
@@ -36,7 +38,8 @@ impl Fault {
             retry_after: None,
             body: format!("{{\"detail\":\"injected fault {status}\"}}"),
             delay: Duration::ZERO,
-            location: None,
+            headers: Vec::new(),
+            trickle: false,
         }
     }
 
@@ -50,17 +53,34 @@ impl Fault {
                 "{{\"type\":\"throttled_error\",\"code\":\"throttled\",\"detail\":\"Request was throttled. Expected available in {secs} seconds.\",\"attr\":null}}"
             ),
             delay: Duration::ZERO,
-            location: None,
+            headers: Vec::new(),
+            trickle: false,
         }
     }
 
     /// A redirect to `location`, as hosts answer plain `http://` or a missing trailing slash.
     pub fn redirect(status: u16, location: &str) -> Self {
-        Fault {
-            location: Some(location.to_string()),
-            body: "<html><body>Moved</body></html>".into(),
-            ..Fault::status(status)
-        }
+        Fault::status(status)
+            .header("location", location)
+            .body("<html><body>Moved</body></html>")
+    }
+
+    /// The same answer with one more header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The same answer with this body.
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The same answer, its body sent a byte a second forever (a 2xx whose body never ends).
+    pub fn trickling(mut self) -> Self {
+        self.trickle = true;
+        self
     }
 
     pub fn html(status: u16) -> Self {
@@ -70,7 +90,8 @@ impl Fault {
             body: "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
                 .into(),
             delay: Duration::ZERO,
-            location: None,
+            headers: Vec::new(),
+            trickle: false,
         }
     }
 
@@ -79,17 +100,29 @@ impl Fault {
         if let Some(secs) = self.retry_after {
             builder = builder.header("retry-after", secs.to_string());
         }
-        if let Some(location) = &self.location {
-            builder = builder.header("location", location);
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value);
         }
         let kind = if self.body.starts_with('<') {
             "text/html"
         } else {
             "application/json"
         };
+        let body = if self.trickle {
+            let bytes = futures_util::stream::unfold(0u64, |n| async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Some((
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b" ")),
+                    n + 1,
+                ))
+            });
+            axum::body::Body::from_stream(bytes)
+        } else {
+            axum::body::Body::from(self.body.clone())
+        };
         builder
             .header("content-type", kind)
-            .body(axum::body::Body::from(self.body.clone()))
+            .body(body)
             .expect("a valid response")
     }
 }

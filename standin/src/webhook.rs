@@ -26,6 +26,8 @@ pub struct WebhookConfig {
     pub reject_batches_over: Option<usize>,
     /// Delay before each answer.
     pub latency: Duration,
+    /// Acknowledge accepted batches with a 200 whose body then trickles forever.
+    pub trickle_acks: bool,
     /// Answer every POST to the secret path with this redirect status and `Location`; the
     /// path `/landing` answers 200 to anything (a landing page), keeping nothing.
     pub redirect: Option<(u16, String)>,
@@ -196,7 +198,11 @@ async fn handle(shared: &Shared, uri: Uri, body: Bytes) -> Response {
         }
         Next::Accept(latency) => {
             tokio::time::sleep(latency).await;
-            StatusCode::OK.into_response()
+            if shared.state.lock().unwrap().config.trickle_acks {
+                Fault::status(200).trickling().response()
+            } else {
+                StatusCode::OK.into_response()
+            }
         }
     };
     let status = response.status().as_u16();

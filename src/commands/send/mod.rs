@@ -115,7 +115,7 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
                 Ok(())
             },
         );
-        let result = crate::error::interruptible(work, resume_hint).await;
+        let result = crate::error::interruptible(work, cfg.retries.max_run_time, resume_hint).await;
         if let Err(e) = result {
             return Err(
                 if crate::error::exit_code_of(&e) == crate::error::EXIT_INTERRUPTED {
@@ -171,7 +171,10 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
         from,
         |pos, done| store.commit(&mut state, *pos, done),
     );
-    let result = crate::error::interruptible(work, || crate::error::RESUME_HINT.to_string()).await;
+    let result = crate::error::interruptible(work, cfg.retries.max_run_time, || {
+        crate::error::RESUME_HINT.to_string()
+    })
+    .await;
     result?;
     state.complete = true;
     store.save(&mut state)?;

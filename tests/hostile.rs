@@ -1,0 +1,192 @@
+//! Hostile and broken answers: no panic, bounded memory and time, true messages. Each test
+//! gives the binary an answer a broken or malicious server could send.
+
+mod common;
+
+use common::*;
+use posthog_patterns_standin::{Fault, WebhookConfig};
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_retry_after_too_large_for_any_clock_stops_with_75_not_a_panic() {
+    for value in ["1e20", "18446744073709551616"] {
+        // The webhook side.
+        let env = Env::new(events(50, 80), WebhookConfig::default());
+        env.webhook
+            .fault_next(Fault::status(429).header("retry-after", value));
+        let run = env.run(&backfill_args(&[]));
+        run.assert_code(75);
+        assert!(
+            run.stderr.contains("more than --max-wait"),
+            "{}",
+            run.stderr
+        );
+        // The PostHog side.
+        let env = Env::new(events(50, 81), WebhookConfig::default());
+        env.posthog
+            .fault_next(Fault::status(429).header("retry-after", value));
+        let run = env.run(&backfill_args(&[]));
+        run.assert_code(75);
+        assert!(
+            run.stderr.contains("more than --max-wait"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn a_throttle_detail_naming_more_seconds_than_a_number_holds_is_a_long_wait() {
+    let env = Env::new(events(50, 82), WebhookConfig::default());
+    env.posthog.fault_next(Fault::status(429).body(
+        r#"{"type":"throttled_error","code":"throttled","detail":"Request was throttled. Expected available in 99999999999999999999 seconds.","attr":null}"#,
+    ));
+    let run = env.run(&backfill_args(&[]));
+    run.assert_code(75);
+    assert!(
+        run.stderr.contains("more than --max-wait"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_503_with_retry_after_zero_counts_toward_max_retries() {
+    let env = Env::new(events(50, 83), WebhookConfig::default());
+    for _ in 0..10 {
+        env.webhook
+            .fault_next(Fault::status(503).header("retry-after", "0"));
+    }
+    let run = env.run(&backfill_args(&["--max-retries", "2"]));
+    run.assert_code(75);
+    assert!(run.stderr.contains("after 2 retries"), "{}", run.stderr);
+    assert_eq!(env.webhook.with_state(|s| s.requests), 3);
+}
+
+#[test]
+fn a_2xx_whose_body_never_ends_is_an_acknowledgement_not_a_timeout() {
+    let env = Env::new(
+        events(600, 84),
+        WebhookConfig {
+            trickle_acks: true,
+            ..WebhookConfig::default()
+        },
+    );
+    let started = Instant::now();
+    let run = env.run(&backfill_args(&[
+        "--batch-size",
+        "100",
+        "--http-timeout",
+        "2s",
+    ]));
+    run.assert_code(0);
+    env.assert_exactly_once(in_range);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_garbled_200_from_posthog_is_retried_and_a_persistent_one_is_exit_75() {
+    let env = Env::new(events(300, 85), WebhookConfig::default());
+    env.posthog
+        .fault_at(1, Fault::status(200).body(r#"{"results": [["0190"#));
+    env.posthog.fault_at(2, Fault::html(200));
+    env.run(&backfill_args(&[])).assert_code(0);
+    env.assert_exactly_once(in_range);
+
+    let env = Env::new(events(300, 86), WebhookConfig::default());
+    for _ in 0..5 {
+        env.posthog.fault_next(Fault::status(200).body(""));
+    }
+    let run = env.run(&backfill_args(&["--max-retries", "2"]));
+    run.assert_code(75);
+    assert!(
+        run.stderr.contains("not the JSON expected"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn an_asynchronous_202_answer_stops_with_75_and_says_so() {
+    let env = Env::new(events(50, 87), WebhookConfig::default());
+    for _ in 0..5 {
+        env.posthog.fault_next(
+            Fault::status(202).body(r#"{"query_status": {"id": "q1", "complete": false}}"#),
+        );
+    }
+    let run = env.run(&backfill_args(&["--max-retries", "2"]));
+    run.assert_code(75);
+    assert!(
+        run.stderr.contains("answered asynchronously"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn an_answer_larger_than_max_response_size_stops_the_run_and_suggests_a_smaller_page() {
+    let env = Env::new(events(3_000, 88), WebhookConfig::default());
+    let run = env.run(&backfill_args(&[
+        "--max-response-size",
+        "64KiB",
+        "--page-size",
+        "5000",
+    ]));
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("--max-response-size") && run.stderr.contains("--page-size"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn max_run_time_stops_a_stuck_run_with_75_and_releases_the_lock() {
+    let env = Env::new(
+        events(500, 89),
+        WebhookConfig {
+            stall_after: Some(1),
+            ..WebhookConfig::default()
+        },
+    );
+    let args = backfill_args(&["--batch-size", "100", "--max-run-time", "2s"]);
+    let started = Instant::now();
+    let run = env.run(&args);
+    run.assert_code(75);
+    assert!(run.stderr.contains("--max-run-time"), "{}", run.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    env.webhook.release();
+    // The lock is free and the checkpoint holds what was acknowledged: the next run finishes.
+    env.run(&backfill_args(&["--batch-size", "100"]))
+        .assert_code(0);
+    env.assert_delivered(in_range, 4 * 100);
+}
+
+#[test]
+fn a_webhook_that_does_not_answer_is_a_timeout_not_unreachable() {
+    let env = Env::new(
+        events(50, 90),
+        WebhookConfig {
+            stall_after: Some(0),
+            ..WebhookConfig::default()
+        },
+    );
+    let run = env.run(&backfill_args(&[
+        "--http-timeout",
+        "1s",
+        "--max-retries",
+        "0",
+    ]));
+    run.assert_code(75);
+    assert!(
+        run.stderr.contains("did not answer within --http-timeout")
+            && !run.stderr.contains("cannot reach"),
+        "{}",
+        run.stderr
+    );
+    env.webhook.release();
+}
