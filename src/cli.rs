@@ -97,6 +97,7 @@ pub(crate) struct ConnectionArgs {
         long,
         value_name = "URL",
         env = "POSTHOG_HOST",
+        hide_env_values = true,
         default_value = "https://us.posthog.com"
     )]
     pub(crate) host: String,
@@ -152,6 +153,10 @@ pub(crate) struct RetryArgs {
     /// every hour, so that a stuck run never holds the lock forever.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) max_run_time: Option<std::time::Duration>,
+    /// Allow sending the API key or posting to the webhook over plain http:// to a host that
+    /// is not this machine (by default only https://, or http:// to localhost).
+    #[arg(long)]
+    pub(crate) allow_insecure_http: bool,
     /// Timeout of one HTTP request.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) http_timeout: std::time::Duration,

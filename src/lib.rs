@@ -29,7 +29,7 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             // The whole cause chain on one line; messages never carry secrets.
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", secret::redact(&format!("{err:#}")));
             ExitCode::from(error::exit_code_of(&err))
         }
     }

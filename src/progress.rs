@@ -168,6 +168,7 @@ impl Progress {
         if level > self.level {
             return;
         }
+        let msg = &crate::secret::redact(msg);
         let line = match self.format {
             LogFormat::Json => serde_json::json!({
                 "ts": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -330,7 +331,7 @@ impl Progress {
         if level <= self.level {
             match self.format {
                 LogFormat::Json => self.log(level, text),
-                LogFormat::Text => eprintln!("{text}"),
+                LogFormat::Text => eprintln!("{}", crate::secret::redact(text)),
             }
         }
     }

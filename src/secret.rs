@@ -3,6 +3,39 @@
 
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::sync::RwLock;
+
+/// Every secret of this process (the key, the webhook URL and its parts), so that text a
+/// server sends back, which may echo them, is redacted before it is printed or stored.
+static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// The shortest secret part worth redacting: shorter ones (`/`, `/hook`) would garble text.
+const MIN_SECRET_LEN: usize = 8;
+
+fn register(text: &str) {
+    if text.len() < MIN_SECRET_LEN {
+        return;
+    }
+    let mut all = SECRETS.write().unwrap_or_else(|e| e.into_inner());
+    if !all.iter().any(|s| s == text) {
+        all.push(text.to_string());
+        // Longest first, so that a secret is never half-replaced by a part of it.
+        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+}
+
+/// `text` with every known secret replaced by `<redacted>`: for anything a server sent back
+/// (error bodies, redirect targets) and for every log line and error message.
+pub(crate) fn redact(text: &str) -> String {
+    let all = SECRETS.read().unwrap_or_else(|e| e.into_inner());
+    let mut out = text.to_string();
+    for secret in all.iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "<redacted>");
+        }
+    }
+    out
+}
 
 /// A string that must never be printed. Use [`Secret::expose`] only where it is sent.
 #[derive(Clone, PartialEq, Eq)]
@@ -10,7 +43,9 @@ pub(crate) struct Secret(String);
 
 impl Secret {
     pub(crate) fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        register(&value);
+        Secret(value)
     }
 
     pub(crate) fn expose(&self) -> &str {
@@ -60,6 +95,16 @@ impl WebhookUrl {
         if url.host_str().is_none() {
             return Err("the webhook URL has no host; expected https://HOST/PATH".into());
         }
+        // A server may echo the path (Express: "Cannot POST /api/app/webhooks/<token>") or the
+        // query, encoded or not: each is a secret too.
+        register(url.path());
+        if let Ok(decoded) = percent_decode(url.path()) {
+            register(&decoded);
+        }
+        if let Some(query) = url.query() {
+            register(query);
+        }
+        register(text.trim());
         Ok(WebhookUrl {
             secret: Secret::new(url.as_str()),
             url,
@@ -92,6 +137,31 @@ impl fmt::Debug for WebhookUrl {
     }
 }
 
+/// `%XX` decoding, for a path a server may echo decoded.
+fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +179,20 @@ mod tests {
         let w = WebhookUrl::parse("https://api.patterns.app/api/app/webhooks/wh-token123").unwrap();
         assert_eq!(w.redacted(), "https://api.patterns.app/…");
         assert!(!format!("{w:?}").contains("token123"));
+    }
+
+    #[test]
+    fn echoed_secrets_are_redacted_wherever_they_appear() {
+        let _key = Secret::new("phx_redaction_test_key_123");
+        let _url =
+            WebhookUrl::parse("https://h.example/api/app/webhooks/wh%2Dtoken-77?sig=abcdef12345")
+                .unwrap();
+        let echoed = "Cannot POST /api/app/webhooks/wh-token-77 (Authorization: Bearer phx_redaction_test_key_123, sig=abcdef12345)";
+        let clean = redact(echoed);
+        assert!(!clean.contains("wh-token-77"), "{clean}");
+        assert!(!clean.contains("phx_redaction_test_key_123"), "{clean}");
+        assert!(!clean.contains("abcdef12345"), "{clean}");
+        assert!(clean.contains("Cannot POST"), "{clean}");
     }
 
     #[test]

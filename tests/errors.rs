@@ -5,20 +5,6 @@ mod common;
 use common::*;
 use posthog_patterns_standin::{Fault, WebhookConfig};
 
-const WEBHOOK_SECRET: &str = "wh-standin-secret-token-5f1e";
-
-#[track_caller]
-fn assert_no_secrets(env: &Env, run: &Run) {
-    let key = env.posthog.config().api_key;
-    for text in [&run.stdout, &run.stderr, &env.all_files_text()] {
-        assert!(!text.contains(&key), "API key leaked: {text}");
-        assert!(
-            !text.contains(WEBHOOK_SECRET),
-            "webhook path leaked: {text}"
-        );
-    }
-}
-
 #[test]
 fn secrets_never_appear_in_output_or_files_even_when_things_fail() {
     let env = Env::new(events(500, 21), WebhookConfig::default());
@@ -33,7 +19,7 @@ fn secrets_never_appear_in_output_or_files_even_when_things_fail() {
         dead.to_str().unwrap(),
     ]));
     run.assert_code(0);
-    assert_no_secrets(&env, &run);
+    env.assert_no_secrets(&run);
 
     // A webhook that does not exist and one that does not answer.
     let run = env.run(&backfill_args(&[
@@ -44,7 +30,7 @@ fn secrets_never_appear_in_output_or_files_even_when_things_fail() {
     ]));
     run.assert_code(1);
     assert!(run.stderr.contains("HTTP 404"), "{}", run.stderr);
-    assert_no_secrets(&env, &run);
+    env.assert_no_secrets(&run);
     let run = env.run(&backfill_args(&[
         "-v",
         "--restart",
@@ -60,7 +46,7 @@ fn secrets_never_appear_in_output_or_files_even_when_things_fail() {
         "{}",
         run.stderr
     );
-    assert_no_secrets(&env, &run);
+    env.assert_no_secrets(&run);
 }
 
 #[test]
@@ -227,7 +213,7 @@ fn secrets_stay_out_of_sync_export_and_send_output_and_state() {
     ];
     for run in &runs {
         run.assert_code(0);
-        assert_no_secrets(&env, run);
+        env.assert_no_secrets(run);
     }
     // And when they fail against a webhook that is not there.
     let gone = "http://127.0.0.1:9/api/app/webhooks/wh-standin-secret-token-5f1e";
@@ -241,7 +227,7 @@ fn secrets_stay_out_of_sync_export_and_send_output_and_state() {
         env.path("out.ndjson").to_str().unwrap(),
     ]);
     run.assert_code(75);
-    assert_no_secrets(&env, &run);
+    env.assert_no_secrets(&run);
 }
 
 #[test]

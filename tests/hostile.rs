@@ -190,3 +190,165 @@ fn a_webhook_that_does_not_answer_is_a_timeout_not_unreachable() {
     );
     env.webhook.release();
 }
+
+#[test]
+fn secrets_never_appear_even_when_servers_echo_them_back() {
+    use posthog_patterns_standin::PostHogConfig;
+    let ev = events(400, 91);
+    let poison = ev[50].uuid.clone();
+    let env = Env::with(
+        PostHogConfig {
+            echo_requests: true,
+            ..PostHogConfig::default()
+        },
+        ev,
+        WebhookConfig {
+            echo_requests: true,
+            reject_containing: vec![poison],
+            ..WebhookConfig::default()
+        },
+    );
+    let dead = env.path("dead.ndjson");
+    let dead = dead.to_str().unwrap();
+    let out = env.path("out.ndjson");
+    let out = out.to_str().unwrap();
+    let wrong_webhook = format!("{}-nope", env.webhook.url());
+    // The webhook echoes the secret path in its 400 and 404 answers.
+    let run = env.run(&backfill_args(&["-vv", "--dead-letter", dead]));
+    run.assert_code(3);
+    env.assert_no_secrets(&run);
+    let run = env.run(&backfill_args(&[
+        "--restart",
+        "-v",
+        "--log-format",
+        "json",
+        "--webhook-url",
+        &wrong_webhook,
+    ]));
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("Cannot POST <redacted>"),
+        "{}",
+        run.stderr
+    );
+    env.assert_no_secrets(&run);
+    // PostHog (or a proxy) echoes the Authorization header in a 401 and a 503.
+    env.posthog.fault_next(Fault::status(503));
+    env.posthog.fault_next(Fault::status(401));
+    let run = env.run(&[
+        "export",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "-vv",
+        "--output",
+        out,
+    ]);
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("Authorization: Bearer <redacted>"),
+        "{}",
+        run.stderr
+    );
+    env.assert_no_secrets(&run);
+    for args in [
+        vec![
+            "export",
+            "--start",
+            "2024-03-01",
+            "--end",
+            "2024-03-08",
+            "--output",
+            out,
+            "--log-format",
+            "json",
+            "-v",
+        ],
+        vec![
+            "send",
+            out,
+            "-vv",
+            "--dead-letter",
+            dead,
+            "--on-invalid",
+            "skip",
+        ],
+        vec![
+            "sync",
+            "--start",
+            "2024-03-01",
+            "-v",
+            "--log-format",
+            "json",
+            "--dead-letter",
+            dead,
+        ],
+        vec![
+            "config",
+            "check",
+            "backfill",
+            "--start",
+            "2024-03-01",
+            "--end",
+            "2024-03-08",
+            "-vv",
+        ],
+        vec!["backfill", "--help"],
+    ] {
+        let run = env.run(&args);
+        env.assert_no_secrets(&run);
+    }
+}
+
+#[test]
+fn a_host_with_credentials_and_plain_http_to_another_machine_are_refused() {
+    let env = Env::new(events(10, 92), WebhookConfig::default());
+    let with_password = env
+        .posthog
+        .url()
+        .replace("http://", "http://admin:hunter2secret@");
+    let run = env.run(&backfill_args(&["--host", &with_password]));
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("user name or password"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("hunter2secret"), "{}", run.stderr);
+    assert!(env.all_files_text().is_empty() || !env.all_files_text().contains("hunter2secret"));
+    // Never contacted: refused before any request.
+    let run = env.run(&backfill_args(&[
+        "--host",
+        "http://posthog.internal.example",
+    ]));
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("--allow-insecure-http"),
+        "{}",
+        run.stderr
+    );
+    let run = env.run(&backfill_args(&[
+        "--webhook-url",
+        "http://hooks.example.org/api/app/webhooks/wh-abc123456",
+    ]));
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("--allow-insecure-http"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("wh-abc123456"), "{}", run.stderr);
+    assert!(env.posthog.log().is_empty(), "PostHog was never asked");
+}
+
+#[test]
+fn help_never_shows_the_value_of_an_environment_variable_that_may_hold_a_secret() {
+    let env = Env::new(Vec::new(), WebhookConfig::default());
+    let mut cmd = env.command(&["backfill", "--help"]);
+    cmd.env("POSTHOG_HOST", "https://admin:hunter2secret@ph.example.com");
+    let run = finish(cmd.output().unwrap());
+    run.assert_code(0);
+    assert!(!run.stdout.contains("hunter2secret"), "{}", run.stdout);
+    assert!(!run.stdout.contains(&env.webhook.url()), "{}", run.stdout);
+}

@@ -28,8 +28,11 @@ impl BackfillConfig {
     pub(crate) fn from_args(args: &BackfillArgs) -> anyhow::Result<Self> {
         Ok(BackfillConfig {
             range: settings::range(args.range.start, args.range.end)?,
-            read: settings::read(&args.read)?,
-            webhook: settings::webhook(&args.deliver.webhook)?,
+            read: settings::read(&args.read, args.deliver.retry.allow_insecure_http)?,
+            webhook: settings::webhook(
+                &args.deliver.webhook,
+                args.deliver.retry.allow_insecure_http,
+            )?,
             resume: settings::resume(&args.deliver.state),
             retries: settings::retries(&args.deliver.retry),
         })

@@ -48,7 +48,7 @@ impl ExportConfig {
             ));
         }
         Ok(ExportConfig {
-            read: settings::read(&args.read)?,
+            read: settings::read(&args.read, args.retry.allow_insecure_http)?,
             range: settings::range(args.range.start, args.range.end)?,
             output: args.output.clone(),
             resume: settings::resume(&args.state),

@@ -46,8 +46,11 @@ impl SyncConfig {
             Duration::from_std(d).map_err(|_| usage("duration out of range"))
         };
         Ok(SyncConfig {
-            read: settings::read(&args.read)?,
-            webhook: settings::webhook(&args.deliver.webhook)?,
+            read: settings::read(&args.read, args.deliver.retry.allow_insecure_http)?,
+            webhook: settings::webhook(
+                &args.deliver.webhook,
+                args.deliver.retry.allow_insecure_http,
+            )?,
             start: args.start,
             lookback: duration(args.lookback)?,
             lag: duration(args.lag)?,

@@ -23,16 +23,21 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    /// The first bytes of the body, printable, for error messages.
+    /// The first bytes of the body, printable and with secrets redacted (servers echo
+    /// requests), for error messages and dead-letter records.
     pub(crate) fn excerpt(&self) -> String {
-        excerpt(&self.body, 200)
+        crate::secret::redact(&excerpt(&self.body, 200))
     }
 
     /// PostHog's error bodies carry a human `detail`; fall back to the raw excerpt.
     pub(crate) fn detail(&self) -> String {
         serde_json::from_slice::<serde_json::Value>(&self.body)
             .ok()
-            .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
+            .and_then(|v| {
+                v.get("detail")
+                    .and_then(|d| d.as_str())
+                    .map(crate::secret::redact)
+            })
             .unwrap_or_else(|| self.excerpt())
     }
 

@@ -29,13 +29,25 @@ pub(crate) struct Connection {
 impl Connection {
     /// Checks the host the user gave: the app host, not the ingestion-only `*.i.posthog.com`.
     pub(crate) fn parse_host(text: &str) -> Result<Url, String> {
+        // The text is not echoed when it may hold a password (`user:pass@host`).
+        let shown = if text.contains('@') {
+            "(a URL with credentials)".to_string()
+        } else {
+            format!("{text:?}")
+        };
         let mut url = Url::parse(text.trim()).map_err(|e| {
-            format!("--host {text:?} is not a URL ({e}); expected e.g. https://us.posthog.com")
+            format!("--host {shown} is not a URL ({e}); expected e.g. https://us.posthog.com")
         })?;
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(format!(
-                "--host must start with https:// (got {text:?}); e.g. https://eu.posthog.com"
+                "--host must start with https:// (got {shown}); e.g. https://eu.posthog.com"
             ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+                "--host must not hold a user name or password (the API key is the credential, and a URL ends up in logs and checkpoints): remove the `user:password@` part"
+                    .into(),
+            );
         }
         let host = url.host_str().unwrap_or_default().to_string();
         if host.ends_with(".i.posthog.com") {
@@ -361,6 +373,17 @@ mod tests {
             url.join("api/projects/1/query/").unwrap().as_str(),
             "https://example.com/posthog/api/projects/1/query/"
         );
+    }
+
+    #[test]
+    fn a_host_with_credentials_is_refused_without_echoing_them() {
+        let err = Connection::parse_host("https://admin:hunter2@ph.example.com").unwrap_err();
+        assert!(
+            err.contains("user name or password") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = Connection::parse_host("ftp://admin:hunter2@x").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -88,10 +88,17 @@ fn file_args(path: &Path, matches: &ArgMatches) -> anyhow::Result<Vec<OsString>>
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))
         .map_err(|e| usage(format!("{e:#}")))?;
+    // toml's own message quotes the offending line, which may hold the webhook URL or a
+    // pasted key (and cron mails it): say where, and what, but never quote the file.
     let file: ConfigFile = toml::from_str(&text).map_err(|e| {
+        let at = e.span().map_or(String::new(), |span| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" at line {line}")
+        });
         usage(format!(
-            "the config file {} is not valid: {e}",
-            path.display()
+            "the config file {} is not valid{at}: {}",
+            path.display(),
+            without_secrets(e.message())
         ))
     })?;
     let values = serde_json::to_value(&file).context("config values serialize")?;
@@ -134,17 +141,44 @@ fn file_args(path: &Path, matches: &ArgMatches) -> anyhow::Result<Vec<OsString>>
                 .no_binary_name(true)
                 .try_get_matches_from([flag.as_str(), text.as_str()])
                 .map_err(|e| {
-                    usage(format!(
+                    usage(without_secrets(&format!(
                         "config file {}, `{key}` = {text:?}: {}",
                         path.display(),
                         clap_reason(&e)
-                    ))
+                    )))
                 })?;
             out.push(flag.into());
             out.push(text.into());
         }
     }
     Ok(out)
+}
+
+/// `text` with anything that looks like a credential cut out: PostHog keys (`phx_…`, `phs_…`,
+/// `phc_…`) and URLs (all but their scheme and host). For messages about a config file, whose
+/// secrets are not known yet when it fails to parse.
+fn without_secrets(text: &str) -> String {
+    text.split_inclusive(|c: char| c.is_whitespace() || "\"'`,".contains(c))
+        .map(|word| {
+            let core = word.trim_end_matches(|c: char| c.is_whitespace() || "\"'`,".contains(c));
+            let tail = &word[core.len()..];
+            let lead = core.trim_start_matches(|c: char| "\"'`(".contains(c));
+            let head = &core[..core.len() - lead.len()];
+            if ["phx_", "phs_", "phc_"].iter().any(|p| lead.starts_with(p)) {
+                format!("{head}<redacted>{tail}")
+            } else if let Ok(url) = reqwest::Url::parse(lead)
+                && url.has_host()
+            {
+                format!(
+                    "{head}{}://{}/…{tail}",
+                    url.scheme(),
+                    url.host_str().unwrap_or("?")
+                )
+            } else {
+                word.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The reason in a clap error, without its `error:` prefix and usage lines.
@@ -180,5 +214,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn messages_about_a_config_file_never_carry_a_key_or_a_url_path() {
+        let text = without_secrets(
+            "invalid value \"phx_abcdef123456\" near 'https://api.patterns.app/api/app/webhooks/wh-123?x=1', ok",
+        );
+        assert!(
+            !text.contains("abcdef123456") && !text.contains("wh-123"),
+            "{text}"
+        );
+        assert!(
+            text.contains("https://api.patterns.app/…") && text.contains("ok"),
+            "{text}"
+        );
     }
 }

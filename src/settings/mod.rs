@@ -30,14 +30,43 @@ pub(crate) struct Read {
     pub(crate) max_response_size: u64,
 }
 
-pub(crate) fn read(args: &ReadArgs) -> anyhow::Result<Read> {
+pub(crate) fn read(args: &ReadArgs, allow_insecure_http: bool) -> anyhow::Result<Read> {
+    let connection = connection(&args.connection)?;
+    require_tls(
+        &connection.host,
+        "--host",
+        "the API key",
+        allow_insecure_http,
+    )?;
     Ok(Read {
-        connection: connection(&args.connection)?,
+        connection,
         source: args.connection.source,
         filters: filters(&args.filters),
         page_size: args.page_size as usize,
         max_response_size: args.max_response_size,
     })
+}
+
+/// Refuses plain `http://` to a host other than this machine (judged by the literal host:
+/// `localhost`, 127.0.0.0/8, `::1`): the key or the webhook URL would cross the network in
+/// clear. `--allow-insecure-http` allows it.
+fn require_tls(url: &reqwest::Url, flag: &str, what: &str, allowed: bool) -> anyhow::Result<()> {
+    if url.scheme() != "http" || allowed || is_loopback(url) {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "{flag} uses plain http:// to {}, which would send {what} unencrypted: use https://, or pass --allow-insecure-http if that network is trusted",
+        url.host_str().unwrap_or("?")
+    )))
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || literal
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Where a job's state lives and whether to discard it (`StateArgs`).
@@ -91,13 +120,20 @@ pub(crate) struct Webhook {
     pub(crate) dead_letter: Option<PathBuf>,
 }
 
-pub(crate) fn webhook(args: &WebhookArgs) -> anyhow::Result<Webhook> {
+pub(crate) fn webhook(args: &WebhookArgs, allow_insecure_http: bool) -> anyhow::Result<Webhook> {
     let text = args
         .webhook_url
         .as_deref()
         .ok_or_else(|| usage("no webhook: pass --webhook-url URL or set PATTERNS_WEBHOOK_URL"))?;
+    let url = WebhookUrl::parse(text).map_err(usage)?;
+    require_tls(
+        url.url(),
+        "--webhook-url",
+        "the webhook URL (a secret)",
+        allow_insecure_http,
+    )?;
     Ok(Webhook {
-        url: WebhookUrl::parse(text).map_err(usage)?,
+        url,
         posting: Posting {
             limits: Limits {
                 max_events: args.batch_size as usize,
@@ -196,5 +232,37 @@ pub(crate) fn filters(args: &FilterArgs) -> Filters {
     Filters {
         include: names(&args.events),
         exclude: names(&args.exclude_events),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_refused_except_to_this_machine_or_when_allowed() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        for local in [
+            "http://localhost:8000/",
+            "http://127.0.0.1/",
+            "http://127.9.9.9/",
+            "http://[::1]:80/",
+        ] {
+            assert!(
+                require_tls(&url(local), "--host", "the key", false).is_ok(),
+                "{local}"
+            );
+        }
+        let err = require_tls(&url("http://ph.example.com/"), "--host", "the key", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--allow-insecure-http") && err.contains("ph.example.com"),
+            "{err}"
+        );
+        assert!(require_tls(&url("http://ph.example.com/"), "--host", "the key", true).is_ok());
+        assert!(require_tls(&url("https://ph.example.com/"), "--host", "the key", false).is_ok());
+        // Not fooled by a name that merely starts like a loopback address.
+        assert!(require_tls(&url("http://127.0.0.1.example.com/"), "--host", "k", false).is_err());
     }
 }

@@ -127,6 +127,26 @@ impl Fault {
     }
 }
 
+/// Appends `echo` (what the client sent: its path, its headers) to an error answer's body, as
+/// servers do ("Cannot POST /api/app/webhooks/<token>"): text a client must not print as is.
+pub(crate) async fn echoed(
+    response: axum::response::Response,
+    echo: &str,
+) -> axum::response::Response {
+    if response.status().as_u16() < 400 {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let mut bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    bytes.extend_from_slice(echo.as_bytes());
+    let mut out = axum::response::Response::from_parts(parts, axum::body::Body::from(bytes));
+    out.headers_mut().remove("content-length");
+    out
+}
+
 /// Faults keyed by request number (0-based), plus a queue for "the next requests".
 #[derive(Default, Debug)]
 pub(crate) struct Faults {

@@ -45,6 +45,9 @@ pub struct PostHogConfig {
     pub row_cap: Option<usize>,
     /// Query API: answer pages that break PostHog's rules (see [`PageFault`]).
     pub page_fault: Option<PageFault>,
+    /// Error answers end with the request's path and `Authorization` header, as some proxies
+    /// and debug pages echo them.
+    pub echo_requests: bool,
 }
 
 /// Ways a faulty server or proxy can break a Query API page.
@@ -78,6 +81,7 @@ impl Default for PostHogConfig {
             clock_offset: chrono::Duration::zero(),
             row_cap: None,
             page_fault: None,
+            echo_requests: false,
         }
     }
 }
@@ -243,7 +247,20 @@ async fn handle(
             answer.0
         }
     };
-    let mut response = response;
+    let echo = state.lock().unwrap().config.echo_requests;
+    let mut response = if echo {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        super::echoed(
+            response,
+            &format!(" (request: {method} {uri}, Authorization: {auth})"),
+        )
+        .await
+    } else {
+        response
+    };
     let mut s = state.lock().unwrap();
     s.log.last_mut().expect("logged").status = response.status().as_u16();
     let now = s.now();

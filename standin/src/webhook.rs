@@ -28,6 +28,8 @@ pub struct WebhookConfig {
     pub latency: Duration,
     /// Acknowledge accepted batches with a 200 whose body then trickles forever.
     pub trickle_acks: bool,
+    /// Error answers end with the request's path and query, as many servers echo them.
+    pub echo_requests: bool,
     /// Answer every POST to the secret path with this redirect status and `Location`; the
     /// path `/landing` answers 200 to anything (a landing page), keeping nothing.
     pub redirect: Option<(u16, String)>,
@@ -147,7 +149,10 @@ async fn handle(shared: &Shared, uri: Uri, body: Bytes) -> Response {
         if uri.path() == "/landing" {
             Next::Answer((StatusCode::OK, "welcome").into_response())
         } else if uri.path() != s.config.path {
-            Next::Answer((StatusCode::NOT_FOUND, "no such webhook").into_response())
+            // Express's default answer, which echoes the (secret) path.
+            Next::Answer(
+                (StatusCode::NOT_FOUND, format!("Cannot POST {}", uri.path())).into_response(),
+            )
         } else if let Some(fault) = s.faults.take(n) {
             Next::Answer(fault.response())
         } else if let Some((status, location)) = &s.config.redirect {
@@ -204,6 +209,12 @@ async fn handle(shared: &Shared, uri: Uri, body: Bytes) -> Response {
                 StatusCode::OK.into_response()
             }
         }
+    };
+    let echo = shared.state.lock().unwrap().config.echo_requests;
+    let response = if echo {
+        super::echoed(response, &format!(" (request: POST {uri})")).await
+    } else {
+        response
     };
     let status = response.status().as_u16();
     shared.state.lock().unwrap().statuses.push(status);

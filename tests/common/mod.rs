@@ -139,6 +139,19 @@ impl Env {
         expected.len()
     }
 
+    /// Asserts that neither the API key nor the webhook URL's secret path appears in what the
+    /// run printed or in any file it left (checkpoints, dead letters, exports).
+    #[track_caller]
+    pub fn assert_no_secrets(&self, run: &Run) {
+        let key = self.posthog.config().api_key;
+        let path = posthog_patterns_standin::webhook::SECRET_PATH;
+        let token = path.rsplit('/').next().unwrap();
+        for text in [&run.stdout, &run.stderr, &self.all_files_text()] {
+            assert!(!text.contains(&key), "API key leaked: {text}");
+            assert!(!text.contains(token), "webhook path leaked: {text}");
+        }
+    }
+
     /// Every file under the temporary directory, as text (checkpoints, dead letters, ...).
     pub fn all_files_text(&self) -> String {
         fn walk(dir: &std::path::Path, out: &mut String) {

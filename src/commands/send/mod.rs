@@ -43,7 +43,10 @@ pub(crate) struct SendConfig {
 
 impl SendConfig {
     pub(crate) fn from_args(args: &SendArgs) -> anyhow::Result<Self> {
-        let mut webhook = settings::webhook(&args.deliver.webhook)?;
+        let mut webhook = settings::webhook(
+            &args.deliver.webhook,
+            args.deliver.retry.allow_insecure_http,
+        )?;
         webhook.posting.linger = Some(LINGER);
         let files: Vec<PathBuf> = args
             .files
