@@ -352,3 +352,88 @@ fn help_never_shows_the_value_of_an_environment_variable_that_may_hold_a_secret(
     assert!(!run.stdout.contains("hunter2secret"), "{}", run.stdout);
     assert!(!run.stdout.contains(&env.webhook.url()), "{}", run.stdout);
 }
+
+/// The mode bits of a file.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn files_the_tool_creates_are_private_whatever_the_umask_and_existing_files_keep_their_mode() {
+    let ev = events(300, 93);
+    let poison = ev[10].uuid.clone();
+    let env = Env::new(
+        ev,
+        WebhookConfig {
+            reject_containing: vec![poison],
+            ..WebhookConfig::default()
+        },
+    );
+    let dead = env.path("dead.ndjson");
+    let out = env.path("out.ndjson");
+    let kept = env.path("kept.ndjson");
+    std::fs::write(&kept, "").unwrap();
+    std::fs::set_permissions(&kept, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // Run the binary under umask 000, as a careless service definition would.
+    let umask0 = |args: &[&str]| {
+        let mut cmd = env.command(&[]);
+        cmd.env("BIN", BIN);
+        let mut sh = std::process::Command::new("sh");
+        sh.arg("-c")
+            .arg("umask 000; exec \"$BIN\" \"$@\"")
+            .arg("sh")
+            .args(args);
+        sh.env_clear()
+            .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        finish(sh.output().unwrap())
+    };
+    umask0(&backfill_args(&["--dead-letter", dead.to_str().unwrap()])).assert_code(3);
+    umask0(&[
+        "export",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "--output",
+        out.to_str().unwrap(),
+    ])
+    .assert_code(0);
+    umask0(&backfill_args(&[
+        "--restart",
+        "--dead-letter",
+        kept.to_str().unwrap(),
+    ]))
+    .assert_code(3);
+    let state = env.path("state");
+    assert_eq!(mode(&state), 0o700, "state directory");
+    for entry in std::fs::read_dir(&state).unwrap().flatten() {
+        assert_eq!(mode(&entry.path()), 0o600, "{}", entry.path().display());
+    }
+    assert_eq!(mode(&dead), 0o600, "dead-letter file");
+    assert_eq!(mode(&out), 0o600, "export output");
+    assert_eq!(mode(&kept), 0o644, "an existing file keeps its mode");
+}
+
+#[test]
+fn temporary_files_a_killed_run_left_are_removed_by_the_next_run_of_that_job_only() {
+    let env = Env::new(events(100, 94), WebhookConfig::default());
+    let state = env.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let checkpoint = state.join("job.json");
+    let mine = state.join(".job.json.abc123.tmp");
+    let other = state.join(".other.json.abc123.tmp");
+    std::fs::write(&mine, "{").unwrap();
+    std::fs::write(&other, "{").unwrap();
+    env.run(&backfill_args(&[
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+    ]))
+    .assert_code(0);
+    assert!(!mine.exists(), "this job's leftover is gone");
+    assert!(other.exists(), "another job's file is left alone");
+    assert!(
+        state.join("job.json.lock").exists(),
+        "the lock file is never unlinked"
+    );
+}

@@ -5,6 +5,7 @@
 use anyhow::Context;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -23,6 +24,7 @@ impl DeadLetter {
             .create(true)
             .read(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .with_context(|| format!("cannot open the dead-letter file {}", path.display()))?;
         let whole = whole_len(&file)

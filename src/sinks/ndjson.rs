@@ -12,6 +12,7 @@ use flate2::write::GzEncoder;
 use futures_util::future::BoxFuture;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,7 @@ impl NdjsonWriter {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .with_context(|| format!("cannot open {} for writing", path.display()))?;
         file.set_len(keep).with_context(|| {

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub(crate) const VERSION: u32 = 1;
@@ -116,14 +117,21 @@ impl Store {
     /// Locks `<path>.lock`; if another run holds it, fails at once with [`Stop::Locked`].
     pub(crate) fn open(path: &Path) -> anyhow::Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir)
+            // Event positions and job names are nobody else's business: 0700 (umask can only
+            // take bits away). An existing directory keeps its mode.
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
         }
         let lock_path = lock_path(path);
+        // Never unlinked: another run may be waiting on this very file.
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
         match lock.try_lock() {
@@ -138,14 +146,44 @@ impl Store {
                 return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
             }
         }
-        Ok(Store {
+        let store = Store {
             path: path.to_path_buf(),
             _lock: lock,
-        })
+        };
+        store.remove_stale_temp_files();
+        Ok(store)
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `.<state file name>.`: the temporary files of this state file only.
+    fn temp_prefix(&self) -> String {
+        format!(
+            ".{}.",
+            self.path.file_name().unwrap_or_default().to_string_lossy()
+        )
+    }
+
+    /// Removes temporary files a killed run left beside this state file. Called with the lock
+    /// held, and only for this state file's prefix: another job's files are not ours.
+    fn remove_stale_temp_files(&self) {
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let prefix = self.temp_prefix();
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && name.ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Reads the state, if any. A file that does not parse is an error, never a fresh start.
@@ -184,8 +222,12 @@ impl Store {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let write = || -> std::io::Result<()> {
-            // NamedTempFile creates the file with mode 0600.
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            // Mode 0600; named after this state file, so that only a run holding its lock
+            // cleans up what a killed run left.
+            let mut tmp = tempfile::Builder::new()
+                .prefix(&self.temp_prefix())
+                .suffix(".tmp")
+                .tempfile_in(dir)?;
             serde_json::to_writer_pretty(&mut tmp, state)?;
             tmp.write_all(b"\n")?;
             tmp.as_file().sync_all()?;
