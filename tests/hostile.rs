@@ -437,3 +437,45 @@ fn temporary_files_a_killed_run_left_are_removed_by_the_next_run_of_that_job_onl
         "the lock file is never unlinked"
     );
 }
+
+#[test]
+fn a_checkpoint_of_another_command_is_another_job_and_a_position_outside_the_range_is_refused() {
+    let env = Env::new(events(200, 95), WebhookConfig::default());
+    let state = env.path("state.json");
+    let state_arg = state.to_str().unwrap();
+    let now = chrono::Utc::now() - chrono::Duration::days(1);
+    env.run(&[
+        "sync",
+        "--start",
+        &now.to_rfc3339(),
+        "--checkpoint",
+        state_arg,
+    ])
+    .assert_code(0);
+    let run = env.run(&backfill_args(&["--checkpoint", state_arg]));
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("belongs to a different job (a sync job, not backfill)")
+            && !run.stderr.contains("corrupt"),
+        "{}",
+        run.stderr
+    );
+
+    // A position moved by hand past the end of the range.
+    let own = env.path("backfill.json");
+    env.run(&backfill_args(&["--checkpoint", own.to_str().unwrap()]))
+        .assert_code(0);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&own).unwrap()).unwrap();
+    v["complete"] = false.into();
+    v["position"]["timestamp"] = "2025-01-01T00:00:00.000000Z".into();
+    std::fs::write(&own, v.to_string()).unwrap();
+    let run = env.run(&backfill_args(&["--checkpoint", own.to_str().unwrap()]));
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("outside the job's range"),
+        "{}",
+        run.stderr
+    );
+}

@@ -74,6 +74,17 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
             path.display()
         )));
     }
+    if let Some(pos) = &state.position
+        && (pos.timestamp() < cfg.range.start || pos.timestamp() > cfg.range.end)
+    {
+        return Err(crate::error::usage(format!(
+            "the checkpoint {} holds a position ({}) outside the job's range {} → {}: it was edited, or belongs to another job; pass --restart to start the range again",
+            path.display(),
+            format_ts(&pos.timestamp()),
+            format_ts(&cfg.range.start),
+            format_ts(&cfg.range.end)
+        )));
+    }
     match &state.position {
         Some(pos) => progress.info(&format!(
             "resuming from {} ({} events posted before); checkpoint {}",

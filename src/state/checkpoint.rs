@@ -103,7 +103,7 @@ pub(crate) fn open_job<P: DeserializeOwned>(
     if resume.restart {
         store.remove()?;
     }
-    let stored = store.load()?;
+    let stored = store.load(job.get("command").map(String::as_str))?;
     Ok((store, stored))
 }
 
@@ -186,8 +186,12 @@ impl Store {
         }
     }
 
-    /// Reads the state, if any. A file that does not parse is an error, never a fresh start.
-    pub(crate) fn load<P: DeserializeOwned>(&self) -> anyhow::Result<Option<State<P>>> {
+    /// Reads the state, if any, of a `command` job (`None`: whatever wrote it). A file that
+    /// does not parse is an error, never a fresh start.
+    pub(crate) fn load<P: DeserializeOwned>(
+        &self,
+        command: Option<&str>,
+    ) -> anyhow::Result<Option<State<P>>> {
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -197,19 +201,32 @@ impl Store {
                 });
             }
         };
-        let state: State<P> = serde_json::from_str(&text).map_err(|e| {
+        let corrupt = |e: serde_json::Error| {
             anyhow::anyhow!(
                 "the checkpoint {} is corrupt ({e}); nothing was sent. Inspect or move it aside, or pass --restart to start the job from the beginning",
                 self.path.display()
             )
-        })?;
-        if state.version != VERSION {
+        };
+        // First as any state: a state file of another command is another job, not corrupt.
+        let any: State<serde_json::Value> = serde_json::from_str(&text).map_err(corrupt)?;
+        if any.version != VERSION {
             bail!(
                 "the checkpoint {} has format version {}, this posthog-patterns reads version {VERSION}; use the version that wrote it, or --restart",
                 self.path.display(),
-                state.version
+                any.version
             );
         }
+        if let Some(command) = command
+            && any.job.get("command").map(String::as_str) != Some(command)
+        {
+            return Err(Stop::Usage(format!(
+                "the checkpoint {} belongs to a different job (a {} job, not {command}); pass --restart to discard it, or choose another --checkpoint",
+                self.path.display(),
+                any.job.get("command").map_or("unknown", String::as_str)
+            ))
+            .into());
+        }
+        let state: State<P> = serde_json::from_str(&text).map_err(corrupt)?;
         Ok(Some(state))
     }
 
@@ -306,11 +323,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
         let store = Store::open(&path).unwrap();
-        assert!(store.load::<u64>().unwrap().is_none());
+        assert!(store.load::<u64>(None).unwrap().is_none());
         let mut state = State::new(job("a"));
         state.position = Some(42u64);
         store.save(&mut state).unwrap();
-        let back: State<u64> = store.load().unwrap().unwrap();
+        let back: State<u64> = store.load(None).unwrap().unwrap();
         assert_eq!(back, state);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -334,7 +351,7 @@ mod tests {
         let path = dir.path().join("s.json");
         fs::write(&path, "{\"version\":1,\"job\":{},\"posi").unwrap();
         let store = Store::open(&path).unwrap();
-        let err = store.load::<u64>().unwrap_err().to_string();
+        let err = store.load::<u64>(None).unwrap_err().to_string();
         assert!(err.contains("is corrupt"), "{err}");
         assert!(err.contains("--restart"));
     }
