@@ -479,3 +479,59 @@ fn a_checkpoint_of_another_command_is_another_job_and_a_position_outside_the_ran
         run.stderr
     );
 }
+
+#[test]
+fn events_with_bytes_json_cannot_carry_or_lone_surrogates_are_delivered_not_blocking() {
+    use posthog_patterns_standin::PostHogConfig;
+    let mut ev = events(300, 96);
+    let bad_bytes = ev[20].uuid.clone();
+    let surrogate = ev[40].uuid.clone();
+    ev[20].properties = r#"{"name":"caf<<FF>>","n":1}"#.into();
+    ev[40].properties = r#"{"name":"<<LONE>> half an emoji"}"#.into();
+    let env = Env::with(
+        PostHogConfig {
+            body_substitutions: vec![
+                ("<<FF>>".into(), vec![0xff]),
+                // In the answer's `properties` string: an escaped lone surrogate.
+                ("<<LONE>>".into(), br"\ud800".to_vec()),
+            ],
+            ..PostHogConfig::default()
+        },
+        ev,
+        WebhookConfig::default(),
+    );
+    let run = env.run(&backfill_args(&[]));
+    run.assert_code(0);
+    env.assert_exactly_once(in_range);
+    assert!(
+        run.stderr
+            .contains(&format!("event {bad_bytes} held bytes that are not UTF-8"))
+            && run.stderr.contains("repaired 1 event"),
+        "{}",
+        run.stderr
+    );
+    let received = env.webhook.with_state(|s| s.events.clone());
+    let find = |uuid: &str| received.iter().find(|e| e.contains(uuid)).unwrap().clone();
+    assert!(find(&bad_bytes).contains(r#""properties":{"name":"caf�","n":1}"#));
+    assert!(
+        find(&surrogate).contains(r#""properties":{"name":"\ud800 half an emoji"}"#),
+        "the escape passes through as PostHog sent it: {}",
+        find(&surrogate)
+    );
+
+    // Whatever export writes, send accepts.
+    let out = env.path("out.ndjson");
+    env.run(&[
+        "export",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "--output",
+        out.to_str().unwrap(),
+    ])
+    .assert_code(0);
+    let before = received.len();
+    env.run(&["send", out.to_str().unwrap()]).assert_code(0);
+    assert_eq!(env.webhook.with_state(|s| s.events.len()), 2 * before);
+}

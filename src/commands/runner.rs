@@ -123,6 +123,14 @@ pub(crate) fn figures(progress: &Progress, posted: &str) -> String {
         human_duration(progress.elapsed()),
         HumanCount((delivered as f64 / secs) as u64),
     );
+    let repaired = Stats::get(&s.repaired);
+    if repaired > 0 {
+        out.push_str(&format!(
+            "\n  repaired {} event{} (bytes that were not UTF-8 replaced by U+FFFD; the log names them)",
+            HumanCount(repaired),
+            if repaired == 1 { "" } else { "s" }
+        ));
+    }
     let dead = Stats::get(&s.dead_lettered);
     if dead > 0 {
         out.push_str(&format!(

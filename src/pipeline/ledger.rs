@@ -18,6 +18,8 @@ pub(crate) struct Stats {
     pub(crate) source_requests: AtomicU64,
     pub(crate) sink_requests: AtomicU64,
     pub(crate) retries: AtomicU64,
+    /// Events delivered with bytes that were not UTF-8 replaced by U+FFFD.
+    pub(crate) repaired: AtomicU64,
     pub(crate) waited_ms: AtomicU64,
 }
 

@@ -5,6 +5,7 @@
 pub(crate) mod events_api;
 pub(crate) mod hogql;
 pub(crate) mod query;
+mod repair;
 pub(crate) mod source;
 
 use crate::net::http::{self, Body, Reply, SendError};
@@ -352,8 +353,12 @@ impl PostHog {
     }
 }
 
+/// Whether a body is JSON, once bytes that are not UTF-8 are repaired (the reader repairs
+/// them and names the events they were in).
 fn looks_like_json(body: &[u8]) -> bool {
     serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+        || std::str::from_utf8(body).is_err()
+            && serde_json::from_str::<serde::de::IgnoredAny>(&String::from_utf8_lossy(body)).is_ok()
 }
 
 #[cfg(test)]

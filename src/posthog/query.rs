@@ -79,6 +79,19 @@ struct QueryResponse {
     results: Vec<Row>,
 }
 
+/// An answer whose rows are parsed one by one (to tell which held bytes that were repaired).
+#[derive(Deserialize)]
+struct RawResponse<'a> {
+    #[serde(borrow)]
+    results: Vec<&'a RawValue>,
+}
+
+/// One page of rows, and which of them held bytes that were not UTF-8 (now U+FFFD).
+struct Page {
+    rows: Vec<Row>,
+    repaired: Vec<usize>,
+}
+
 impl Reader {
     /// Sends every event of the range after `from` to `tx`, in order, through the Query API.
     /// Stops early (Ok) if the receiver is gone: the pipeline decides what that means.
@@ -112,7 +125,16 @@ impl Reader {
             progress.set_done(self.range.fraction(start));
 
             let rows = match self.query_page(&pos, end).await {
-                Ok(rows) => rows,
+                Ok(page) => {
+                    for i in page.repaired {
+                        Stats::add(&progress.stats.repaired, 1);
+                        progress.warn(&format!(
+                            "event {} held bytes that are not UTF-8, which JSON cannot carry: they were replaced by U+FFFD and the event delivered",
+                            page.rows[i].0
+                        ));
+                    }
+                    page.rows
+                }
                 Err(GaveUp::Fatal(ApiError::TooSlow { status })) => {
                     if end - start > MIN_WIDTH {
                         width = ((end - start) / 2).max(MIN_WIDTH);
@@ -317,21 +339,41 @@ impl Reader {
         Ok(None)
     }
 
-    async fn query_page(
-        &self,
-        pos: &Cursor,
-        end: DateTime<Utc>,
-    ) -> Result<Vec<Row>, GaveUp<ApiError>> {
+    async fn query_page(&self, pos: &Cursor, end: DateTime<Utc>) -> Result<Page, GaveUp<ApiError>> {
         let body = hogql::page(pos, end, &self.filters, self.ingested, self.page_size);
         let bytes = self.client.post_page("query/", &body).await?;
-        serde_json::from_slice::<QueryResponse>(&bytes)
-            .map(|r| r.results)
-            .map_err(|e| {
-                GaveUp::Fatal(ApiError::BadResponse {
-                    status: 200,
-                    excerpt: format!("{e}: {}", crate::net::http::excerpt(&bytes, 200)),
-                })
+        let bad = |e: serde_json::Error| {
+            GaveUp::Fatal(ApiError::BadResponse {
+                status: 200,
+                excerpt: format!("{e}: {}", crate::net::http::excerpt(&bytes, 200)),
             })
+        };
+        if std::str::from_utf8(&bytes).is_ok() {
+            let rows = serde_json::from_slice::<QueryResponse>(&bytes)
+                .map_err(bad)?
+                .results;
+            return Ok(Page {
+                rows,
+                repaired: Vec::new(),
+            });
+        }
+        // Bytes that are not UTF-8 somewhere: repair them, and find the rows they were in.
+        let (text, at) = super::repair::lossy_with_offsets(&bytes);
+        let raw: RawResponse<'_> = serde_json::from_str(&text).map_err(bad)?;
+        let mut page = Page {
+            rows: Vec::with_capacity(raw.results.len()),
+            repaired: Vec::new(),
+        };
+        for (i, row) in raw.results.into_iter().enumerate() {
+            let start = row.get().as_ptr() as usize - text.as_ptr() as usize;
+            let span = start..start + row.get().len();
+            if at.iter().any(|a| span.contains(a)) {
+                page.repaired.push(i);
+            }
+            page.rows
+                .push(serde_json::from_str(row.get()).map_err(bad)?);
+        }
+        Ok(page)
     }
 }
 
@@ -340,7 +382,11 @@ impl Reader {
 fn properties_of(raw: Option<Box<RawValue>>, uuid: &str) -> anyhow::Result<Box<RawValue>> {
     match raw {
         Some(raw) if raw.get().starts_with('"') => {
-            let text: String = serde_json::from_str(raw.get())?;
+            let text = super::repair::json_text_of_string(raw.get()).map_err(|e| {
+                anyhow::anyhow!(
+                    "PostHog returned properties that are not a JSON string for event {uuid}: {e}"
+                )
+            })?;
             properties_object(Some(&text), uuid)
         }
         Some(raw) if raw.get() != "null" => properties_object(Some(raw.get()), uuid),

@@ -48,6 +48,10 @@ pub struct PostHogConfig {
     /// Error answers end with the request's path and `Authorization` header, as some proxies
     /// and debug pages echo them.
     pub echo_requests: bool,
+    /// Query API answers have each text replaced by these raw bytes after serializing: what
+    /// JSON cannot hold (bytes that are not UTF-8) or what serde refuses (an escaped lone
+    /// surrogate in the `properties` string).
+    pub body_substitutions: Vec<(String, Vec<u8>)>,
 }
 
 /// Ways a faulty server or proxy can break a Query API page.
@@ -82,6 +86,7 @@ impl Default for PostHogConfig {
             row_cap: None,
             page_fault: None,
             echo_requests: false,
+            body_substitutions: Vec::new(),
         }
     }
 }
@@ -359,7 +364,13 @@ fn answer(
 /// ORDER BY timestamp, uuid [LIMIT n].
 fn run_query(s: &mut State, body: &Value) -> Response {
     match evaluate(s, body) {
-        Ok(v) => axum::Json(v).into_response(),
+        Ok(v) => {
+            let mut bytes = serde_json::to_vec(&v).expect("JSON values serialize");
+            for (text, raw) in &s.config.body_substitutions {
+                bytes = substitute(&bytes, text.as_bytes(), raw);
+            }
+            ([("content-type", "application/json")], bytes).into_response()
+        }
         Err((status, detail)) => error(
             status,
             if status == 400 {
@@ -370,6 +381,22 @@ fn run_query(s: &mut State, body: &Value) -> Response {
             &detail,
         ),
     }
+}
+
+/// `bytes` with every `from` replaced by `to`.
+fn substitute(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if !from.is_empty() && bytes[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 type Fail = (u16, String);

@@ -130,9 +130,14 @@ impl WebhookStandIn {
 }
 
 pub fn uuid_of(event_json: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(event_json)
+    // Only the uuid is read: other fields may hold what a `Value` refuses (lone surrogates).
+    #[derive(serde::Deserialize)]
+    struct Uuid {
+        uuid: Option<String>,
+    }
+    serde_json::from_str::<Uuid>(event_json)
         .ok()
-        .and_then(|v| v.get("uuid").and_then(|u| u.as_str()).map(str::to_owned))
+        .and_then(|u| u.uuid)
         .unwrap_or_default()
 }
 
