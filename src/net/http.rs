@@ -132,13 +132,15 @@ fn describe(e: reqwest::Error) -> String {
         text.push_str(": ");
         text.push_str(&chain(source));
     }
-    if text.contains("invalid peer certificate") {
+    if text.contains("invalid peer certificate: UnknownIssuer") {
         text.push_str(CERTIFICATE_HINT);
     }
     text
 }
 
-/// rustls says "invalid peer certificate: UnknownIssuer" and the like; the usual cause.
+/// What rustls's "invalid peer certificate: UnknownIssuer" (no trusted root vouches for the
+/// certificate) usually means. Other certificate errors (a wrong name, an expired
+/// certificate) are not cured by --ca-cert and get no hint.
 const CERTIFICATE_HINT: &str = " (if the server's certificate comes from a private CA or is self-signed, pass --ca-cert FILE with that CA's certificate in PEM; see docs/troubleshooting.md)";
 
 /// An error and its causes on one line.
