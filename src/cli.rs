@@ -170,6 +170,16 @@ pub(crate) struct RetryArgs {
     pub(crate) max_requests_per_hour: Option<u32>,
 }
 
+/// Which servers to trust, for every command that makes HTTP requests.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TlsArgs {
+    /// PEM file of CA certificates to trust, for PostHog and the webhook alike, besides the
+    /// built-in web roots and the system's store (a private CA, a self-signed server).
+    /// Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_cert: Vec<PathBuf>,
+}
+
 /// Everything about delivering to the webhook that backfill, sync and send share.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct DeliverArgs {
@@ -179,6 +189,8 @@ pub(crate) struct DeliverArgs {
     pub(crate) state: StateArgs,
     #[command(flatten)]
     pub(crate) retry: RetryArgs,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
 }
@@ -259,6 +271,8 @@ pub(crate) struct ExportArgs {
     pub(crate) state: StateArgs,
     #[command(flatten)]
     pub(crate) retry: RetryArgs,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
     #[command(flatten)]
     pub(crate) display: OutputArgs,
 }

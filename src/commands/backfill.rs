@@ -5,6 +5,7 @@ use crate::cli::BackfillArgs;
 use crate::commands::{Report, runner};
 use crate::error::{EXIT_OK, EXIT_REJECTED};
 use crate::event::format_ts;
+use crate::net::tls::CaCerts;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::source::Connect;
 use crate::posthog::source::{Cursor, Range};
@@ -22,6 +23,7 @@ pub(crate) struct BackfillConfig {
     pub(crate) webhook: settings::Webhook,
     pub(crate) resume: settings::Resume,
     pub(crate) retries: Retries,
+    pub(crate) ca_certs: CaCerts,
 }
 
 impl BackfillConfig {
@@ -35,6 +37,7 @@ impl BackfillConfig {
             )?,
             resume: settings::resume(&args.deliver.state),
             retries: settings::retries(&args.deliver.retry),
+            ca_certs: settings::ca_certs(&args.deliver.tls)?,
         })
     }
 
@@ -50,7 +53,7 @@ impl BackfillConfig {
 }
 
 pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect::new(&cfg.read, &cfg.retries, progress)?;
+    let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
     let job::Resumed {
         store,
         mut state,

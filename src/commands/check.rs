@@ -37,6 +37,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 );
                 print_filters(&cfg.read.filters);
                 println!("page size         {}", cfg.read.page_size);
+                println!("trusted roots     {}", cfg.ca_certs.describe());
                 println!(
                     "batches           {} events, {} bytes, {} at once",
                     cfg.webhook.posting.limits.max_events,
@@ -58,7 +59,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                         state.position.unwrap_or_default()
                     );
                 }
-                let connect = Connect::new(&cfg.read, &cfg.retries, &silent)?;
+                let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
                 let kind = ask_api(&connect, cfg.read.source).await?;
                 estimate(
                     &connect,
@@ -76,6 +77,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 print_connection(&cfg.read.connection, cfg.read.source);
                 println!("webhook           {}", cfg.webhook.url.redacted());
                 print_filters(&cfg.read.filters);
+                println!("trusted roots     {}", cfg.ca_certs.describe());
                 println!(
                     "lookback, lag     {}, {}",
                     human(cfg.lookback),
@@ -121,7 +123,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     }
                 };
                 // The run's own plan: a run to finish first, else the next one.
-                let connect = Connect::new(&cfg.read, &cfg.retries, &silent)?;
+                let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
                 let kind = ask_api(&connect, cfg.read.source).await?;
                 let Some(next) = sync
                     .pending
@@ -156,6 +158,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     format_ts(&cfg.range.end)
                 );
                 print_filters(&cfg.read.filters);
+                println!("trusted roots     {}", cfg.ca_certs.describe());
                 println!(
                     "output            {}",
                     cfg.output
@@ -182,6 +185,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     cfg.webhook.posting.concurrency
                 );
                 println!("invalid lines     {:?}", cfg.on_invalid);
+                println!("trusted roots     {}", cfg.ca_certs.describe());
             }
         }
         println!("settings OK");

@@ -7,6 +7,7 @@ use crate::commands::Report;
 use crate::commands::runner;
 use crate::error::{EXIT_OK, usage};
 use crate::event::format_ts;
+use crate::net::tls::CaCerts;
 use crate::pipeline;
 use crate::pipeline::batcher::Limits;
 use crate::posthog::source::Connect;
@@ -38,6 +39,7 @@ pub(crate) struct ExportConfig {
     pub(crate) output: Option<PathBuf>,
     pub(crate) resume: settings::Resume,
     pub(crate) retries: Retries,
+    pub(crate) ca_certs: CaCerts,
 }
 
 impl ExportConfig {
@@ -53,6 +55,7 @@ impl ExportConfig {
             output: args.output.clone(),
             resume: settings::resume(&args.state),
             retries: settings::retries(&args.retry),
+            ca_certs: settings::ca_certs(&args.tls)?,
         })
     }
 
@@ -73,7 +76,7 @@ pub(crate) struct ExportPosition {
 }
 
 pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect::new(&cfg.read, &cfg.retries, progress)?;
+    let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
     let Some(output) = &cfg.output else {
         let source = connect.choose(cfg.read.source, None).await?;
         let writer = NdjsonWriter::stdout(progress.clone());

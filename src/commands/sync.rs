@@ -12,6 +12,7 @@ use crate::commands::runner;
 use crate::cli::SyncArgs;
 use crate::error::{EXIT_OK, EXIT_REJECTED, usage};
 use crate::event::format_ts;
+use crate::net::tls::CaCerts;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::source::Connect;
 use crate::posthog::source::{Cursor, Range, SourceKind};
@@ -38,6 +39,7 @@ pub(crate) struct SyncConfig {
     pub(crate) lag: Duration,
     pub(crate) resume: settings::Resume,
     pub(crate) retries: Retries,
+    pub(crate) ca_certs: CaCerts,
 }
 
 impl SyncConfig {
@@ -56,6 +58,7 @@ impl SyncConfig {
             lag: duration(args.lag)?,
             resume: settings::resume(&args.deliver.state),
             retries: settings::retries(&args.deliver.retry),
+            ca_certs: settings::ca_certs(&args.deliver.tls)?,
         })
     }
 
@@ -91,7 +94,7 @@ pub(crate) struct Pending {
 }
 
 pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let connect = Connect::new(&cfg.read, &cfg.retries, progress)?;
+    let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
     let job::Resumed {
         store,
         mut state,

@@ -1,18 +1,54 @@
 //! The pieces of HTTP handling shared by the PostHog source and the webhook sink: one client
 //! builder, reading a response, and the hints a server gives about when to try again.
 
+use crate::net::tls::CaCerts;
+use crate::progress::Progress;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::time::Duration;
 
-pub(crate) fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+/// The one client of a run, for PostHog and the webhook alike. It trusts the built-in web
+/// roots, the operating system's store and `ca_certs`.
+pub(crate) fn client(
+    timeout: Duration,
+    ca_certs: &CaCerts,
+    progress: &Progress,
+) -> anyhow::Result<reqwest::Client> {
+    match builder(timeout, ca_certs).build() {
+        Ok(client) => Ok(client),
+        // A missing or empty system store is no error (a container without CA certificates);
+        // reqwest refuses one only when it found certificates there and could use none of
+        // them (a damaged bundle, SSL_CERT_FILE pointing at something else). The other roots
+        // still serve, so go on without it, and say so.
+        Err(e) => {
+            let client = builder(timeout, ca_certs)
+                .tls_built_in_native_certs(false)
+                .build()?;
+            progress.warn(&format!(
+                "the system's certificate store is unusable ({}); trusting the built-in web roots{} only",
+                chain(&e),
+                if ca_certs.certificates().is_empty() {
+                    ""
+                } else {
+                    " and --ca-cert"
+                }
+            ));
+            Ok(client)
+        }
+    }
+}
+
+fn builder(timeout: Duration, ca_certs: &CaCerts) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(15))
         .user_agent(concat!("posthog-patterns/", env!("CARGO_PKG_VERSION")))
         // Never follow: a 301/302/303 turns a POST into a body-less GET whose 200 would look
         // like an acknowledgement, and a 307/308 re-posts to another host. A 3xx is an error.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?)
+        .redirect(reqwest::redirect::Policy::none());
+    ca_certs
+        .certificates()
+        .iter()
+        .fold(builder, |b, cert| b.add_root_certificate(cert.clone()))
 }
 
 /// A finished HTTP exchange, whatever its status.
@@ -143,15 +179,33 @@ fn describe(e: reqwest::Error) -> SendError {
     } else {
         "request failed"
     };
-    // Walk the sources by hand: reqwest's own Display would include the URL.
+    // Only the sources: reqwest's own Display would include the URL.
     let mut text = kind.to_string();
-    let mut source = std::error::Error::source(&e);
+    if let Some(source) = std::error::Error::source(&e) {
+        text.push_str(": ");
+        text.push_str(&chain(source));
+    }
+    if text.contains("invalid peer certificate: UnknownIssuer") {
+        text.push_str(CERTIFICATE_HINT);
+    }
+    SendError::Transport(text)
+}
+
+/// What rustls's "invalid peer certificate: UnknownIssuer" (no trusted root vouches for the
+/// certificate) usually means. Other certificate errors (a wrong name, an expired
+/// certificate) are not cured by --ca-cert and get no hint.
+const CERTIFICATE_HINT: &str = " (if the server's certificate comes from a private CA or is self-signed, pass --ca-cert FILE with that CA's certificate in PEM; see docs/troubleshooting.md)";
+
+/// An error and its causes on one line.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
         source = s.source();
     }
-    SendError::Transport(text)
+    text
 }
 
 /// The wait a server asks for: `Retry-After` in seconds or as an HTTP date, or else the number

@@ -3,6 +3,7 @@
 //! default); `events_api` the legacy Events API that some self-hosted instances only have.
 
 use super::PostHog;
+use crate::net::tls::CaCerts;
 use crate::pipeline::Item;
 use crate::progress::Progress;
 use crate::settings::Retries;
@@ -97,10 +98,11 @@ impl<'a> Connect<'a> {
     pub(crate) fn new(
         read: &'a crate::settings::Read,
         retries: &'a Retries,
+        ca_certs: &CaCerts,
         progress: &'a Arc<Progress>,
     ) -> anyhow::Result<Self> {
         Ok(Connect {
-            http: crate::net::http::client(retries.http_timeout)?,
+            http: crate::net::http::client(retries.http_timeout, ca_certs, progress)?,
             read,
             retries,
             progress,

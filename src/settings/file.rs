@@ -22,6 +22,14 @@ enum Amount {
     Text(String),
 }
 
+/// One path, or a list of them (a key whose flag is repeatable).
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(untagged)]
+enum Paths {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
 /// The keys a file may hold, each named like the flag's value (`page_size` for
 /// `--page-size`). Unknown keys are refused, so that a typo is not silently ignored.
 #[derive(Deserialize, Serialize, Default, Debug)]
@@ -52,6 +60,7 @@ struct ConfigFile {
     max_wait: Option<Amount>,
     max_run_time: Option<Amount>,
     http_timeout: Option<Amount>,
+    ca_cert: Option<Paths>,
     max_requests_per_minute: Option<Amount>,
     max_requests_per_hour: Option<Amount>,
     progress: Option<String>,
@@ -210,6 +219,14 @@ mod tests {
         assert_eq!(v["project"], 12345);
         assert_eq!(v["lookback"], "3d");
         assert_eq!(v["events"][1], "purchase");
+        // A repeatable flag's key takes one value or a list.
+        let one: ConfigFile = toml::from_str("ca_cert = \"/etc/ca.pem\"").unwrap();
+        assert_eq!(
+            serde_json::to_value(&one).unwrap()["ca_cert"],
+            "/etc/ca.pem"
+        );
+        let many: ConfigFile = toml::from_str("ca_cert = [\"a.pem\", \"b.pem\"]").unwrap();
+        assert_eq!(serde_json::to_value(&many).unwrap()["ca_cert"][1], "b.pem");
         let err = toml::from_str::<ConfigFile>("hots = \"x\"")
             .unwrap_err()
             .to_string();

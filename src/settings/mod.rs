@@ -3,11 +3,14 @@
 
 pub(crate) mod file;
 
-use crate::cli::{ConnectionArgs, FilterArgs, ReadArgs, RetryArgs, StateArgs, WebhookArgs};
+use crate::cli::{
+    ConnectionArgs, FilterArgs, ReadArgs, RetryArgs, StateArgs, TlsArgs, WebhookArgs,
+};
 use crate::error::usage;
 use crate::event::format_ts;
 use crate::net::ratelimit::Budget;
 use crate::net::retry::RetryPolicy;
+use crate::net::tls::CaCerts;
 use crate::pipeline::Posting;
 use crate::pipeline::batcher::Limits;
 use crate::posthog::Connection;
@@ -195,6 +198,11 @@ pub(crate) fn retries(args: &RetryArgs) -> Retries {
         per_hour: args.max_requests_per_hour,
         max_run_time: args.max_run_time,
     }
+}
+
+/// The certificates of `--ca-cert`, read and checked now: a bad file is a usage error.
+pub(crate) fn ca_certs(args: &TlsArgs) -> anyhow::Result<CaCerts> {
+    CaCerts::load(&args.ca_cert)
 }
 
 /// `[start, end)` from the flags (or the config file); both required, start before end.

@@ -6,6 +6,8 @@
 pub mod data;
 mod events_api;
 pub mod posthog;
+#[cfg(feature = "tls")]
+mod tls;
 pub mod webhook;
 
 pub use data::{StoredEvent, synthetic_events};
@@ -163,7 +165,21 @@ impl Faults {
 /// A running server; it stops when dropped.
 pub struct Server {
     pub addr: SocketAddr,
+    /// For HTTPS: the server's self-signed certificate in PEM (what a client must trust).
+    pub certificate: Option<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Server {
+    /// `http://127.0.0.1:PORT`, or `https://` when the server speaks TLS.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.certificate.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
 }
 
 impl Drop for Server {
@@ -174,9 +190,32 @@ impl Drop for Server {
     }
 }
 
+/// How a server speaks to its clients.
+enum Scheme {
+    Http,
+    #[cfg(feature = "tls")]
+    Https(tokio_rustls::TlsAcceptor),
+}
+
+/// Serves `router` over plain HTTP; see [`spawn`].
+pub(crate) fn serve(router: Router) -> Server {
+    spawn(router, Scheme::Http, None)
+}
+
+/// Serves `router` over HTTPS with a self-signed certificate made for this server.
+#[cfg(feature = "tls")]
+pub(crate) fn serve_https(router: Router) -> Server {
+    let identity = tls::self_signed();
+    spawn(
+        router,
+        Scheme::Https(identity.acceptor),
+        Some(identity.certificate),
+    )
+}
+
 /// Serves `router` on 127.0.0.1 (a free port) from a thread of its own, so that it works
 /// from plain tests and from inside another runtime alike.
-pub(crate) fn serve(router: Router) -> Server {
+fn spawn(router: Router, scheme: Scheme, certificate: Option<String>) -> Server {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
@@ -192,9 +231,19 @@ pub(crate) fn serve(router: Router) -> Server {
             addr_tx
                 .send(listener.local_addr().expect("bound"))
                 .expect("caller waits");
+            let served = async move {
+                match scheme {
+                    Scheme::Http => axum::serve(listener, router).await,
+                    #[cfg(feature = "tls")]
+                    Scheme::Https(acceptor) => {
+                        let tcp = listener;
+                        axum::serve(tls::Listener { tcp, acceptor }, router).await
+                    }
+                }
+            };
             // Not a graceful shutdown: stalled requests would hold it open forever.
             tokio::select! {
-                _ = axum::serve(listener, router) => {}
+                _ = served => {}
                 _ = stop_rx => {}
             }
         });
@@ -203,6 +252,7 @@ pub(crate) fn serve(router: Router) -> Server {
     });
     Server {
         addr: addr_rx.recv().expect("the stand-in starts"),
+        certificate,
         shutdown: Some(stop_tx),
     }
 }

@@ -120,6 +120,21 @@ pub struct PostHogStandIn {
 
 impl PostHogStandIn {
     pub fn start(config: PostHogConfig, events: Vec<StoredEvent>) -> Self {
+        Self::start_with(config, events, serve)
+    }
+
+    /// The same stand-in over HTTPS, with a self-signed certificate (see
+    /// [`Server::certificate`]) that clients refuse unless told to trust it.
+    #[cfg(feature = "tls")]
+    pub fn start_https(config: PostHogConfig, events: Vec<StoredEvent>) -> Self {
+        Self::start_with(config, events, crate::serve_https)
+    }
+
+    fn start_with(
+        config: PostHogConfig,
+        events: Vec<StoredEvent>,
+        serve: fn(Router) -> Server,
+    ) -> Self {
         let state = Arc::new(Mutex::new(State {
             config,
             events: Vec::new(),
@@ -137,7 +152,7 @@ impl PostHogStandIn {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.server.addr)
+        self.server.base_url()
     }
 
     pub fn config(&self) -> PostHogConfig {

@@ -65,7 +65,18 @@ pub struct WebhookStandIn {
 pub const SECRET_PATH: &str = "/api/app/webhooks/wh-standin-secret-token-5f1e";
 
 impl WebhookStandIn {
-    pub fn start(mut config: WebhookConfig) -> Self {
+    pub fn start(config: WebhookConfig) -> Self {
+        Self::start_with(config, serve)
+    }
+
+    /// The same stand-in over HTTPS, with a self-signed certificate (see
+    /// [`Server::certificate`]) that clients refuse unless told to trust it.
+    #[cfg(feature = "tls")]
+    pub fn start_https(config: WebhookConfig) -> Self {
+        Self::start_with(config, crate::serve_https)
+    }
+
+    fn start_with(mut config: WebhookConfig, serve: fn(Router) -> Server) -> Self {
         if config.path.is_empty() {
             config.path = SECRET_PATH.into();
         }
@@ -91,7 +102,7 @@ impl WebhookStandIn {
     /// The full URL, secret path included.
     pub fn url(&self) -> String {
         let path = self.shared.state.lock().unwrap().config.path.clone();
-        format!("http://{}{path}", self.server.addr)
+        format!("{}{path}", self.server.base_url())
     }
 
     pub fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {

@@ -22,6 +22,13 @@ pub struct Env {
     pub webhook: WebhookStandIn,
 }
 
+/// Which stand-ins speak HTTPS.
+#[derive(Clone, Copy, Debug)]
+pub struct Https {
+    pub posthog: bool,
+    pub webhook: bool,
+}
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,
@@ -39,6 +46,38 @@ impl Env {
             posthog: PostHogStandIn::start(config, events),
             webhook: WebhookStandIn::start(webhook),
         }
+    }
+
+    /// Stand-ins that speak HTTPS where `https` says, each with a self-signed certificate of
+    /// its own (see [`Env::ca_file`]).
+    pub fn https(https: Https, events: Vec<StoredEvent>, webhook: WebhookConfig) -> Env {
+        let config = PostHogConfig::default();
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            posthog: if https.posthog {
+                PostHogStandIn::start_https(config, events)
+            } else {
+                PostHogStandIn::start(config, events)
+            },
+            webhook: if https.webhook {
+                WebhookStandIn::start_https(webhook)
+            } else {
+                WebhookStandIn::start(webhook)
+            },
+        }
+    }
+
+    /// Writes the certificates of the HTTPS stand-ins (one, or both: a bundle) to `name`,
+    /// as a user would save a private CA's certificate.
+    pub fn ca_file(&self, name: &str) -> PathBuf {
+        let pem: String = [&self.posthog.server, &self.webhook.server]
+            .into_iter()
+            .filter_map(|s| s.certificate.clone())
+            .collect();
+        assert!(!pem.is_empty(), "no stand-in speaks HTTPS");
+        let path = self.path(name);
+        std::fs::write(&path, pem).unwrap();
+        path
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -9,6 +9,7 @@ use crate::cli::{OnInvalid, SendArgs};
 use crate::commands::Report;
 use crate::commands::runner;
 use crate::error::{EXIT_OK, EXIT_REJECTED};
+use crate::net::tls::CaCerts;
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::source::Filters;
@@ -39,6 +40,7 @@ pub(crate) struct SendConfig {
     pub(crate) max_line_bytes: usize,
     pub(crate) resume: settings::Resume,
     pub(crate) retries: Retries,
+    pub(crate) ca_certs: CaCerts,
 }
 
 impl SendConfig {
@@ -67,6 +69,7 @@ impl SendConfig {
             max_line_bytes: args.max_line_bytes as usize,
             resume: settings::resume(&args.deliver.state),
             retries: settings::retries(&args.deliver.retry),
+            ca_certs: settings::ca_certs(&args.deliver.tls)?,
         })
     }
 
@@ -92,7 +95,7 @@ pub(crate) struct SendPosition {
 }
 
 pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let http = crate::net::http::client(cfg.retries.http_timeout)?;
+    let http = crate::net::http::client(cfg.retries.http_timeout, &cfg.ca_certs, progress)?;
     let sink = Sink::open(http, &cfg.webhook, &cfg.retries.policy, progress)?;
 
     if cfg.files.is_empty() {
