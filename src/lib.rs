@@ -19,6 +19,9 @@ mod settings;
 mod sinks;
 mod state;
 
+#[cfg(test)]
+mod properties;
+
 use std::process::ExitCode;
 
 /// The whole program: parse the command line (and `--config` file), run the command, and turn

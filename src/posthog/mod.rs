@@ -5,7 +5,7 @@
 pub(crate) mod events_api;
 pub(crate) mod hogql;
 pub(crate) mod query;
-mod repair;
+pub(crate) mod repair;
 pub(crate) mod source;
 
 use crate::net::http::{self, Body, Reply, SendError};
