@@ -46,12 +46,8 @@ fn precedence_is_flag_then_environment_then_config_file_then_default() {
             .output()
             .unwrap(),
     );
-    run.assert_code(1);
-    assert!(
-        run.stderr.contains("/api/projects/999999/"),
-        "{}",
-        run.stderr
-    );
+    run.assert_code(2);
+    assert!(run.stderr.contains("no project 999999"), "{}", run.stderr);
 }
 
 #[test]

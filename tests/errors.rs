@@ -87,9 +87,13 @@ fn a_key_without_the_scope_names_the_scope() {
 fn a_wrong_project_says_to_check_project_and_host() {
     let env = Env::new(events(10, 24), WebhookConfig::default());
     let run = env.run(&backfill_args(&["--project", "999"]));
-    run.assert_code(1);
+    // Not "this PostHog has no Query API": the Events API says the project does not exist.
+    run.assert_code(2);
     assert!(
-        run.stderr.contains("404") && run.stderr.contains("--project"),
+        run.stderr
+            .contains("has no project 999 (404 on both /query/ and /events/)")
+            && run.stderr.contains("--project")
+            && !run.stderr.contains("no Query API"),
         "{}",
         run.stderr
     );

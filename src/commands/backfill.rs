@@ -118,6 +118,7 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
     runner::read_posthog(
         reader,
         state.position.clone(),
+        cfg.range,
         cfg.webhook.posting,
         &sink,
         progress,

@@ -8,6 +8,8 @@ use crate::cli::CheckedCommand;
 use crate::commands::backfill::BackfillConfig;
 use crate::error::EXIT_OK;
 use crate::event::format_ts;
+use crate::net::retry::GaveUp;
+use crate::posthog::ApiError;
 use crate::posthog::Connection;
 use crate::posthog::hogql;
 use crate::posthog::source::Connect;
@@ -230,6 +232,9 @@ async fn ask_api(connect: &Connect<'_>, requested: SourceKind) -> anyhow::Result
     Ok(kind)
 }
 
+/// The most count() queries an estimate makes.
+const ESTIMATE_QUERIES: i32 = 12;
+
 /// Counts the events a run would read (Query API) and turns that into requests and time.
 #[allow(clippy::too_many_arguments)]
 async fn estimate(
@@ -242,16 +247,26 @@ async fn estimate(
     batch_size: usize,
 ) -> anyhow::Result<()> {
     let (per_minute, per_hour) = connect.retries.limits(kind);
+    let client = connect.client(kind);
     if kind == SourceKind::Events {
+        // One real request, so that a wrong key or project fails the check here too.
+        client
+            .now(kind)
+            .await
+            .map_err(|e| e.into_error("asking PostHog's Events API"))?;
         println!("estimate          not available from the Events API (it cannot count)");
         return Ok(());
     }
-    let client = connect.client(kind);
+    // At most ESTIMATE_QUERIES count() queries, whatever the range: windows of at least
+    // 31 days, wider for longer ranges.
+    let width = ((range.end - range.start) / ESTIMATE_QUERIES).max(Duration::days(31));
     let mut total = 0u64;
     let mut windows = 0u64;
     let mut start = range.start;
     while start < range.end {
-        let end = (start + Duration::days(31)).min(range.end);
+        let end = start
+            .checked_add_signed(width)
+            .map_or(range.end, |e| e.min(range.end));
         let from = Cursor::Before { timestamp: start };
         let selection = hogql::Selection {
             from: &from,
@@ -260,10 +275,17 @@ async fn estimate(
             ingested,
         };
         let body = hogql::body("posthog-patterns estimate", selection.count_sql());
-        let reply = client
-            .post("query/", &body)
-            .await
-            .map_err(|e| e.into_error("counting events"))?;
+        let reply = match client.post_page("query/", &body).await {
+            Ok(reply) => reply,
+            // Too slow to count is no fault of the settings: the check still passes.
+            Err(GaveUp::Fatal(ApiError::TooSlow { status })) => {
+                println!(
+                    "estimate          unavailable (PostHog could not count the events in time: HTTP {status})"
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e.into_error("counting events")),
+        };
         let v: serde_json::Value = serde_json::from_slice(&reply)?;
         total += v["results"][0][0]
             .as_u64()
@@ -285,7 +307,7 @@ async fn estimate(
     };
     let budget = std::time::Duration::from_secs((minutes * 60).max(hours * 3600));
     println!(
-        "events            about {} (count() over {windows} window(s) of at most 31 days)",
+        "events            about {} (count() over {windows} window(s))",
         HumanCount(total)
     );
     println!(

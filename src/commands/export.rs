@@ -191,5 +191,5 @@ async fn read_into(
     commit: impl FnMut(&Cursor, crate::pipeline::Delivered) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let reader = connect.reader(source, cfg.range, &cfg.read, None);
-    runner::read_posthog(reader, from, POSTING, writer, progress, commit).await
+    runner::read_posthog(reader, from, cfg.range, POSTING, writer, progress, commit).await
 }

@@ -6,7 +6,7 @@ use super::Report;
 use crate::cli::OutputArgs;
 use crate::pipeline::ledger::Stats;
 use crate::pipeline::{self, Deliver, Delivered, Item, Posting};
-use crate::posthog::source::{Cursor, Reader};
+use crate::posthog::source::{Cursor, Range, Reader};
 use crate::progress::{Level, Options, Progress, human_duration};
 use indicatif::HumanCount;
 use std::future::Future;
@@ -65,21 +65,32 @@ where
     progress.stats.check()
 }
 
-/// Reads PostHog after `from` with `reader` into `sink` (backfill, sync, export).
+/// Reads PostHog after `from` with `reader` into `sink` (backfill, sync, export). The share
+/// done shown is that of `span` (event time) up to the last position delivered, not read: a
+/// slow webhook holds the bar back, and a resumed run starts where it stands.
 pub(crate) async fn read_posthog(
     reader: Reader,
     from: Option<Cursor>,
+    span: Range,
     posting: Posting,
     sink: &dyn Deliver,
     progress: &Arc<Progress>,
-    commit: impl FnMut(&Cursor, Delivered) -> anyhow::Result<()>,
+    mut commit: impl FnMut(&Cursor, Delivered) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    if let Some(pos) = &from {
+        progress.set_done(span.fraction(pos.timestamp()));
+    }
+    let shown = progress.clone();
     pipe(
         move |tx| reader.run(from, tx),
         posting,
         sink,
         progress,
-        commit,
+        move |pos: &Cursor, done| {
+            commit(pos, done)?;
+            shown.set_done(span.fraction(pos.timestamp()));
+            Ok(())
+        },
     )
     .await
 }

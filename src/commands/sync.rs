@@ -163,9 +163,16 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
         };
         let reader = connect.reader(source, pending.range(), &cfg.read, pending.ingested(source));
         let from = pending.cursor.clone();
+        // The bar covers the event time read up to `until`, not the allowance for events
+        // stamped in the future.
+        let span = Range {
+            start: pending.start,
+            end: pending.until.max(pending.start),
+        };
         runner::read_posthog(
             reader,
             from,
+            span,
             cfg.webhook.posting,
             &sink,
             progress,

@@ -113,7 +113,6 @@ impl Reader {
                 short(window_start),
                 short(window_end)
             ));
-            progress.set_done(self.range.fraction(window_start));
             let rows = self.events_page(lower, window_end, 0).await?;
             largest = largest.max(rows.len());
             let last_page = rows.len() < largest || rows.is_empty();
@@ -155,7 +154,6 @@ impl Reader {
                 lower = Lower::From(tie.at.context("new events set the timestamp")?);
             }
         }
-        progress.set_done(1.0);
         Ok(())
     }
 

@@ -163,6 +163,11 @@ impl PostHog {
         }
     }
 
+    /// The host, for messages: `https://host[:port]` (it holds no secret).
+    pub(crate) fn host(&self) -> &str {
+        self.conn.host.as_str().trim_end_matches('/')
+    }
+
     pub(crate) fn project(&self) -> &str {
         &self.conn.project
     }

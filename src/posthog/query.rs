@@ -121,8 +121,7 @@ impl Reader {
         while pos.timestamp() < self.range.end {
             let start = pos.timestamp();
             let end = *window_end.get_or_insert_with(|| (start + width).min(self.range.end));
-            progress.set_status(format!("window {} → {}", short(start), short(end)));
-            progress.set_done(self.range.fraction(start));
+            progress.set_status(format!("reading {} → {}", short(start), short(end)));
 
             let rows = match self.query_page(&pos, end).await {
                 Ok(page) => {
@@ -198,7 +197,6 @@ impl Reader {
                 return Ok(());
             }
         }
-        progress.set_done(1.0);
         Ok(())
     }
 

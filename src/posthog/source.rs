@@ -76,12 +76,23 @@ pub(crate) async fn resolve(
     });
     match client.post("query/", &probe).await {
         Ok(_) => Ok(SourceKind::Query),
-        Err(GaveUp::Fatal(ApiError::NotFound { .. })) => {
-            client.progress().info(
-                "this PostHog has no Query API (404 on /query/); reading from the legacy Events API instead",
-            );
-            Ok(SourceKind::Events)
-        }
+        // A 404 on /query/ means no Query API, or no such project: the Events API tells them
+        // apart (it answers 200 for a project that exists), with no key scope beyond query:read.
+        Err(GaveUp::Fatal(ApiError::NotFound { .. })) => match client.now(SourceKind::Events).await
+        {
+            Ok(_) => {
+                client.progress().info(
+                    "this PostHog has no Query API (404 on /query/); reading from the legacy Events API instead",
+                );
+                Ok(SourceKind::Events)
+            }
+            Err(GaveUp::Fatal(ApiError::NotFound { .. })) => Err(crate::error::usage(format!(
+                "PostHog at {} has no project {} (404 on both /query/ and /events/): check --project (the number in your project's URL) and --host",
+                client.host(),
+                client.project()
+            ))),
+            Err(e) => Err(e.into_error("asking PostHog's Events API")),
+        },
         Err(e) => Err(e.into_error("asking PostHog's Query API")),
     }
 }

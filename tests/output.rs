@@ -1,0 +1,145 @@
+//! What a data engineer sees and relies on: progress that means delivery, JSON logs, an
+//! honest `config check`, cron comfort, webhooks that want headers.
+
+mod common;
+
+use common::*;
+use posthog_patterns_standin::WebhookConfig;
+use std::time::Duration;
+
+#[test]
+fn progress_follows_delivery_not_reading_with_a_slow_webhook() {
+    let env = Env::new(
+        events(1_500, 100),
+        WebhookConfig {
+            latency: Duration::from_millis(450),
+            ..WebhookConfig::default()
+        },
+    );
+    let run = env.run(&backfill_args(&[
+        "--batch-size",
+        "100",
+        "--concurrency",
+        "1",
+    ]));
+    run.assert_code(0);
+    let total = env.assert_exactly_once(in_range) as f64;
+    // `progress 40.0% … posted 600 (…)` every 5 s: the share shown is what was delivered.
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" progress "))
+        .collect();
+    assert!(!lines.is_empty(), "{}", run.stderr);
+    for line in lines {
+        let shown: f64 = line
+            .split("progress ")
+            .nth(1)
+            .unwrap()
+            .split('%')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let posted: f64 = line
+            .split("posted ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .replace(',', "")
+            .parse()
+            .unwrap();
+        let delivered = 100.0 * posted / total;
+        assert!(
+            (shown - delivered).abs() < 15.0,
+            "shown {shown}% with {delivered:.1}% delivered: {line}"
+        );
+        println!("{line}");
+    }
+}
+
+#[test]
+fn config_check_asks_the_api_the_run_would_use_and_fails_on_what_would_fail() {
+    use posthog_patterns_standin::PostHogConfig;
+    let env = Env::new(events(500, 101), WebhookConfig::default());
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "config",
+            "check",
+            "backfill",
+            "--start",
+            "2024-03-01",
+            "--end",
+            "2024-03-08",
+        ];
+        args.extend_from_slice(extra);
+        env.run(&args)
+    };
+    // A wrong project: not "settings OK", and named as a wrong project.
+    let run = check(&["--project", "999"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("has no project 999"), "{}", run.stderr);
+    // A bad key, with either API.
+    for source in ["query", "events", "auto"] {
+        let mut cmd = env.command(&[
+            "config",
+            "check",
+            "backfill",
+            "--start",
+            "2024-03-01",
+            "--end",
+            "2024-03-08",
+            "--source",
+            source,
+        ]);
+        cmd.env("POSTHOG_API_KEY", "phx_wrong_key_000");
+        let run = finish(cmd.output().unwrap());
+        assert_eq!(run.code, 1, "--source {source}: {}", run.stderr);
+        assert!(run.stderr.contains("HTTP 401"), "{}", run.stderr);
+        assert!(!run.stdout.contains("settings OK"));
+    }
+    // A malformed webhook URL.
+    let run = check(&["--webhook-url", "not a url"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    // Never a post to the webhook; at most 12 count() queries for 60 years.
+    let before = env.posthog.log().len();
+    let run = check(&["--start", "1970-01-01", "--end", "2030-01-01"]);
+    assert!(
+        run.stdout.contains("settings OK") || run.code != 0,
+        "{}",
+        run.stdout
+    );
+    let counts = env.posthog.log()[before..]
+        .iter()
+        .filter(|r| r.sql.as_deref().is_some_and(|q| q.contains("count()")))
+        .count();
+    assert!(counts <= 12, "{counts} count() queries");
+    assert_eq!(env.webhook.with_state(|s| s.requests), 0);
+
+    // Counting too slow for PostHog: the estimate is unavailable and the check passes.
+    let slow = Env::with(
+        PostHogConfig {
+            max_scan_rows: 10,
+            ..PostHogConfig::default()
+        },
+        events(500, 102),
+        WebhookConfig::default(),
+    );
+    let run = slow.run(&[
+        "config",
+        "check",
+        "backfill",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+    ]);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("estimate          unavailable") && run.stdout.contains("settings OK"),
+        "{}",
+        run.stdout
+    );
+}
