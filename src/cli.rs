@@ -76,6 +76,25 @@ pub(crate) enum Command {
 }
 
 impl Command {
+    /// The log format the command asked for (`--log-format`), for the error that ends it.
+    pub(crate) fn log_format(&self) -> LogFormat {
+        let output = match self {
+            Command::Backfill(a) => &a.deliver.output,
+            Command::Sync(a) => &a.deliver.output,
+            Command::Send(a) => &a.deliver.output,
+            Command::Export(a) => &a.display,
+            Command::Demo(a) => &a.output,
+            Command::Config(ConfigCommand::Check { command }) => match command {
+                CheckedCommand::Backfill(a) => &a.deliver.output,
+                CheckedCommand::Sync(a) => &a.deliver.output,
+                CheckedCommand::Send(a) => &a.deliver.output,
+                CheckedCommand::Export(a) => &a.display,
+            },
+            Command::Completions { .. } | Command::Man => return LogFormat::Text,
+        };
+        output.log_format
+    }
+
     /// Whether a `--config` file applies (not to `completions`, `man` or `demo`).
     pub(crate) fn reads_config(&self) -> bool {
         matches!(

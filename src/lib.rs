@@ -27,13 +27,28 @@ use std::process::ExitCode;
 /// The whole program: parse the command line (and `--config` file), run the command, and turn
 /// the outcome into an exit code (docs/exit-codes.md).
 pub fn main() -> ExitCode {
-    let result = settings::file::parse(std::env::args_os().collect()).and_then(commands::run);
+    let mut format = progress::LogFormat::Text;
+    let result =
+        settings::file::parse(std::env::args_os().collect(), &mut format).and_then(commands::run);
+    let json = format == progress::LogFormat::Json;
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             // The whole cause chain on one line; messages never carry secrets.
-            eprintln!("error: {}", secret::redact(&format!("{err:#}")));
-            ExitCode::from(error::exit_code_of(&err))
+            let msg = secret::redact(&format!("{err:#}"));
+            let code = error::exit_code_of(&err);
+            if json {
+                let fields = [("exit_code".to_string(), code.into())]
+                    .into_iter()
+                    .collect();
+                eprintln!(
+                    "{}",
+                    progress::json_line(progress::Level::Error, &msg, fields)
+                );
+            } else {
+                eprintln!("error: {msg}");
+            }
+            ExitCode::from(code)
         }
     }
 }

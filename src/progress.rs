@@ -165,17 +165,22 @@ impl Progress {
     }
 
     pub(crate) fn log(&self, level: Level, msg: &str) {
+        self.log_with(level, msg, serde_json::Map::new());
+    }
+
+    /// A log line; with `--log-format json`, `fields` become members of its object.
+    fn log_with(
+        &self,
+        level: Level,
+        msg: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) {
         if level > self.level {
             return;
         }
         let msg = &crate::secret::redact(msg);
         let line = match self.format {
-            LogFormat::Json => serde_json::json!({
-                "ts": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
-                "level": level.name(),
-                "msg": msg,
-            })
-            .to_string(),
+            LogFormat::Json => json_line(level, msg, fields),
             LogFormat::Text => match &self.display {
                 Display::Bars { .. } => format!("{}: {msg}", level.name()),
                 _ => format!(
@@ -326,15 +331,60 @@ impl Progress {
     }
 
     /// Prints the closing summary (to stderr), unless quiet.
+    /// Prints the closing summary (to stderr), unless quiet. As JSON: its first line as `msg`,
+    /// and every count of the ledger as a field.
     pub(crate) fn summary(&self, level: Level, text: &str) {
         self.finish();
         if level <= self.level {
             match self.format {
-                LogFormat::Json => self.log(level, text),
+                LogFormat::Json => {
+                    let first = text.lines().next().unwrap_or_default();
+                    self.log_with(level, first, self.summary_fields());
+                }
                 LogFormat::Text => eprintln!("{}", crate::secret::redact(text)),
             }
         }
     }
+
+    /// The run's figures, for a JSON summary.
+    fn summary_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let s = &self.stats;
+        let n = |c: &AtomicU64| serde_json::Value::from(Stats::get(c));
+        [
+            ("read", n(&s.read)),
+            ("posted", n(&s.posted)),
+            ("batches", n(&s.batches)),
+            ("duplicates", n(&s.duplicates_dropped)),
+            ("filtered", n(&s.filtered)),
+            ("skipped", n(&s.skipped)),
+            ("dead_lettered", n(&s.dead_lettered)),
+            ("repaired", n(&s.repaired)),
+            ("posthog_requests", n(&s.source_requests)),
+            ("webhook_requests", n(&s.sink_requests)),
+            ("retries", n(&s.retries)),
+            ("seconds", self.elapsed().as_secs_f64().into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// One JSON log line: `ts`, `level`, `msg`, then `fields`.
+pub(crate) fn json_line(
+    level: Level,
+    msg: &str,
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> String {
+    let mut line = serde_json::Map::new();
+    line.insert(
+        "ts".into(),
+        Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true).into(),
+    );
+    line.insert("level".into(), level.name().into());
+    line.insert("msg".into(), msg.into());
+    line.extend(fields);
+    serde_json::Value::Object(line).to_string()
 }
 
 pub(crate) fn human_duration(d: Duration) -> String {

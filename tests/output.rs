@@ -143,3 +143,78 @@ fn config_check_asks_the_api_the_run_would_use_and_fails_on_what_would_fail() {
         run.stdout
     );
 }
+
+#[test]
+fn with_json_logs_every_line_is_one_object_errors_and_summary_included() {
+    let env = Env::new(events(300, 103), WebhookConfig::default());
+    let lines = |stderr: &str| -> Vec<serde_json::Value> {
+        stderr
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let run = env.run(&backfill_args(&["--log-format", "json", "-v"]));
+    run.assert_code(0);
+    let all = lines(&run.stderr);
+    let summary = all.last().unwrap();
+    assert_eq!(summary["msg"].as_str().unwrap().lines().count(), 1);
+    assert_eq!(summary["posted"], 302);
+    assert_eq!(summary["read"], 302);
+    for field in [
+        "duplicates",
+        "filtered",
+        "dead_lettered",
+        "posthog_requests",
+        "webhook_requests",
+        "retries",
+        "seconds",
+    ] {
+        assert!(summary.get(field).is_some(), "{field} in {summary}");
+    }
+    // An error is a JSON line too, with its exit code.
+    let run = env.run(&backfill_args(&[
+        "--restart",
+        "--log-format",
+        "json",
+        "--webhook-url",
+        &format!("{}-nope", env.webhook.url()),
+    ]));
+    run.assert_code(1);
+    let last = lines(&run.stderr).pop().unwrap();
+    assert_eq!(last["level"], "error");
+    assert_eq!(last["exit_code"], 1);
+    // ... also from a config file that does not parse.
+    let bad = env.path("bad.toml");
+    std::fs::write(&bad, "page_size = \n").unwrap();
+    let run = env.run(&backfill_args(&[
+        "--log-format",
+        "json",
+        "--config",
+        bad.to_str().unwrap(),
+    ]));
+    run.assert_code(2);
+    assert_eq!(lines(&run.stderr).pop().unwrap()["exit_code"], 2);
+}
+
+#[test]
+fn the_key_in_the_environment_wins_over_a_key_file_named_in_the_config_file() {
+    let env = Env::new(events(100, 104), WebhookConfig::default());
+    let wrong = env.path("wrong.key");
+    std::fs::write(&wrong, "phx_wrong_key_from_the_file").unwrap();
+    let config = env.path("c.toml");
+    std::fs::write(
+        &config,
+        format!("api_key_file = {:?}\n", wrong.to_str().unwrap()),
+    )
+    .unwrap();
+    // POSTHOG_API_KEY (the right key) is in the environment, as Env sets it.
+    env.run(&backfill_args(&["--config", config.to_str().unwrap()]))
+        .assert_code(0);
+    // The flag still wins over the environment.
+    let run = env.run(&backfill_args(&[
+        "--restart",
+        "--api-key-file",
+        wrong.to_str().unwrap(),
+    ]));
+    run.assert_code(1);
+}

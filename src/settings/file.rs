@@ -7,6 +7,7 @@
 
 use crate::cli::Cli;
 use crate::error::usage;
+use crate::progress::LogFormat;
 use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
@@ -68,10 +69,12 @@ struct ConfigFile {
 }
 
 /// Parses the command line and, with `--config`, fills in what it left unset from the file.
-/// Usage errors (the command line's or the file's) end the process as clap does, with exit 2.
-pub(crate) fn parse(argv: Vec<OsString>) -> anyhow::Result<Cli> {
+/// Errors of the command line end the process as clap does, with exit 2; `format` is set as
+/// soon as the log format is known (for the error of a bad config file, too).
+pub(crate) fn parse(argv: Vec<OsString>, format: &mut LogFormat) -> anyhow::Result<Cli> {
     let matches = Cli::command().get_matches_from(argv.clone());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    *format = cli.command.log_format();
     let Some(path) = cli.config.clone().filter(|_| cli.command.reads_config()) else {
         return Ok(cli);
     };
@@ -88,7 +91,9 @@ pub(crate) fn parse(argv: Vec<OsString>) -> anyhow::Result<Cli> {
         .chain(argv[at..].iter().cloned())
         .collect();
     let matches = Cli::command().get_matches_from(merged);
-    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    *format = cli.command.log_format();
+    Ok(cli)
 }
 
 /// The file's values for the command being run, as `--flag value` arguments, each checked by
@@ -132,6 +137,13 @@ fn file_args(path: &Path, matches: &ArgMatches) -> anyhow::Result<Vec<OsString>>
             m.value_source(key),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         ) {
+            continue;
+        }
+        // The key itself in the environment (POSTHOG_API_KEY) wins over a key file named in
+        // the config file: environment before file, as everywhere else.
+        if key == "api_key_file"
+            && std::env::var("POSTHOG_API_KEY").is_ok_and(|k| !k.trim().is_empty())
+        {
             continue;
         }
         let texts: Vec<String> = match value {
