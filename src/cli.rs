@@ -157,6 +157,15 @@ pub(crate) struct WebhookArgs {
     /// Append events the webhook rejects (4xx) to this NDJSON file and go on (exit 3 at the end).
     #[arg(long, value_name = "PATH")]
     pub(crate) dead_letter: Option<PathBuf>,
+    /// A header sent with every POST, e.g. 'Authorization: Bearer TOKEN' (repeatable). Its value
+    /// is treated as a secret; prefer --header-file or `headers` in a config file, since a
+    /// flag is visible to other local users in the process list.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub(crate) headers: Vec<String>,
+    /// A file of headers sent with every POST, one `Name: value` a line (blank lines and lines
+    /// starting with # are skipped).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) header_file: Option<PathBuf>,
 }
 
 /// Retries, timeouts and the request budget.

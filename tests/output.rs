@@ -218,3 +218,56 @@ fn the_key_in_the_environment_wins_over_a_key_file_named_in_the_config_file() {
     ]));
     run.assert_code(1);
 }
+
+#[test]
+fn a_webhook_that_wants_a_token_header_gets_it_from_a_flag_a_file_or_the_config_file() {
+    let token = "Bearer tok_s3cr3t_header_value_42";
+    let env = Env::new(
+        events(300, 105),
+        WebhookConfig {
+            require_header: Some(("authorization".into(), token.into())),
+            ..WebhookConfig::default()
+        },
+    );
+    // Without it: the webhook says 401, echoing what it got; the run stops (exit 1).
+    let wrong = format!("Authorization: Bearer tok_wrong_value_12345");
+    let run = env.run(&backfill_args(&["--header", &wrong]));
+    run.assert_code(1);
+    assert!(run.stderr.contains("HTTP 401"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("tok_wrong_value_12345"),
+        "a header value is a secret: {}",
+        run.stderr
+    );
+
+    let file = env.path("headers");
+    std::fs::write(
+        &file,
+        format!("# for the webhook\nX-Team: analytics\nAuthorization: {token}\n"),
+    )
+    .unwrap();
+    let run = env.run(&backfill_args(&["--header-file", file.to_str().unwrap()]));
+    run.assert_code(0);
+    env.assert_exactly_once(in_range);
+    std::fs::remove_file(&file).unwrap(); // the only file that may hold the token
+    assert!(!run.stderr.contains("s3cr3t") && !env.all_files_text().contains("s3cr3t"));
+
+    // Headers are not part of the job: a rotated token resumes the same job, and the
+    // config file's `headers` work the same way.
+    let config = env.path("c.toml");
+    std::fs::write(&config, format!("headers = [\"Authorization: {token}\"]\n")).unwrap();
+    let run = env.run(&backfill_args(&["--config", config.to_str().unwrap()]));
+    run.assert_code(0);
+    assert!(run.stderr.contains("already complete"), "{}", run.stderr);
+
+    // A malformed header is a usage error that does not repeat the value.
+    let run = env.run(&backfill_args(&["--header", "tok_s3cr3t_no_colon"]));
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("--header number 1 is not `Name: value`")
+            && !run.stderr.contains("s3cr3t"),
+        "{}",
+        run.stderr
+    );
+}

@@ -53,6 +53,8 @@ struct ConfigFile {
     max_batch_bytes: Option<Amount>,
     concurrency: Option<Amount>,
     dead_letter: Option<PathBuf>,
+    headers: Option<Vec<String>>,
+    header_file: Option<PathBuf>,
     checkpoint: Option<PathBuf>,
     output: Option<PathBuf>,
     on_invalid: Option<String>,

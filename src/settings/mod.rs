@@ -50,6 +50,63 @@ pub(crate) fn read(args: &ReadArgs, allow_insecure_http: bool) -> anyhow::Result
     })
 }
 
+/// The headers of `--header` and `--header-file`, checked. Errors name the flag or file and
+/// the line, never the value (it is usually a token).
+fn headers(args: &WebhookArgs) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let mut lines: Vec<(String, String)> = args
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (format!("--header number {}", i + 1), h.clone()))
+        .collect();
+    if let Some(path) = &args.header_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            usage(format!(
+                "cannot read the header file {}: {e}",
+                path.display()
+            ))
+        })?;
+        lines.extend(
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+                .map(|(i, l)| (format!("{}, line {}", path.display(), i + 1), l.to_string())),
+        );
+    }
+    let mut map = reqwest::header::HeaderMap::new();
+    for (origin, line) in lines {
+        let (name, value) = line.split_once(':').ok_or_else(|| {
+            usage(format!(
+                "{origin} is not `Name: value` (e.g. 'Authorization: Bearer TOKEN')"
+            ))
+        })?;
+        let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| usage(format!("{origin}: {:?} is not a header name", name.trim())))?;
+        if [
+            "content-type",
+            "content-length",
+            "host",
+            "transfer-encoding",
+        ]
+        .contains(&name.as_str())
+        {
+            return Err(usage(format!(
+                "{origin}: {name} is set by posthog-patterns itself and cannot be replaced"
+            )));
+        }
+        let value = value.trim();
+        crate::secret::Secret::new(value); // redacted wherever a server echoes it
+        let mut value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+            usage(format!(
+                "{origin}: the value of {name} holds characters a header cannot"
+            ))
+        })?;
+        value.set_sensitive(true);
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
 /// Refuses plain `http://` to a host other than this machine (judged by the literal host:
 /// `localhost`, 127.0.0.0/8, `::1`): the key or the webhook URL would cross the network in
 /// clear. `--allow-insecure-http` allows it.
@@ -119,6 +176,9 @@ fn connection(args: &ConnectionArgs) -> anyhow::Result<Connection> {
 /// The checked webhook settings.
 pub(crate) struct Webhook {
     pub(crate) url: WebhookUrl,
+    /// Sent with every POST (`--header`, `--header-file`); values are secrets. Not part of a
+    /// job's identity: rotating a token must not restart a job.
+    pub(crate) headers: reqwest::header::HeaderMap,
     pub(crate) posting: Posting,
     pub(crate) dead_letter: Option<PathBuf>,
 }
@@ -137,6 +197,7 @@ pub(crate) fn webhook(args: &WebhookArgs, allow_insecure_http: bool) -> anyhow::
     )?;
     Ok(Webhook {
         url,
+        headers: headers(args)?,
         posting: Posting {
             limits: Limits {
                 max_events: args.batch_size as usize,

@@ -83,6 +83,7 @@ fn uuid_of(event: &str) -> String {
 pub(crate) struct Sink {
     http: reqwest::Client,
     url: WebhookUrl,
+    headers: reqwest::header::HeaderMap,
     retry: RetryPolicy,
     dead_letter: Option<Arc<DeadLetter>>,
     progress: Arc<Progress>,
@@ -103,36 +104,21 @@ impl Sink {
             .as_deref()
             .map(DeadLetter::open)
             .transpose()?;
-        Ok(Sink::new(
+        Ok(Sink {
             http,
-            webhook.url.clone(),
-            retry.clone(),
-            dead_letter,
-            progress.clone(),
-        ))
+            url: webhook.url.clone(),
+            headers: webhook.headers.clone(),
+            retry: retry.clone(),
+            dead_letter: dead_letter.map(Arc::new),
+            progress: progress.clone(),
+            accepted_any: AtomicBool::new(false),
+            rejected_alone: AtomicUsize::new(0),
+        })
     }
 
     /// The dead-letter file, for other stages that set data aside (`send`'s invalid lines).
     pub(crate) fn dead_letter(&self) -> Option<Arc<DeadLetter>> {
         self.dead_letter.clone()
-    }
-
-    pub(crate) fn new(
-        http: reqwest::Client,
-        url: WebhookUrl,
-        retry: RetryPolicy,
-        dead_letter: Option<DeadLetter>,
-        progress: Arc<Progress>,
-    ) -> Self {
-        Sink {
-            http,
-            url,
-            retry,
-            dead_letter: dead_letter.map(Arc::new),
-            progress,
-            accepted_any: AtomicBool::new(false),
-            rejected_alone: AtomicUsize::new(0),
-        }
     }
 
     /// Delivers one batch: returns once every event is acknowledged or dead-lettered.
@@ -250,6 +236,7 @@ impl Sink {
             let req = self
                 .http
                 .post(self.url.url().clone())
+                .headers(self.headers.clone())
                 .header("content-type", "application/json")
                 .body(body.clone());
             match http::send(req, Body::AckOrExcerpt).await {

@@ -30,6 +30,9 @@ pub struct WebhookConfig {
     pub trickle_acks: bool,
     /// Error answers end with the request's path and query, as many servers echo them.
     pub echo_requests: bool,
+    /// A header every request must carry (most JSON webhooks want a token): 401 without it,
+    /// echoing the value it got, as careless servers do.
+    pub require_header: Option<(String, String)>,
     /// Answer every POST to the secret path with this redirect status and `Location`; the
     /// path `/landing` answers 200 to anything (a landing page), keeping nothing.
     pub redirect: Option<(u16, String)>,
@@ -89,10 +92,12 @@ impl WebhookStandIn {
             released: tokio::sync::Notify::new(),
         });
         let s = shared.clone();
-        let router = Router::new().fallback(move |uri: Uri, body: Bytes| {
-            let s = s.clone();
-            async move { handle(&s, uri, body).await }
-        });
+        let router = Router::new().fallback(
+            move |uri: Uri, headers: axum::http::HeaderMap, body: Bytes| {
+                let s = s.clone();
+                async move { handle(&s, uri, headers, body).await }
+            },
+        );
         WebhookStandIn {
             server: serve(router),
             shared,
@@ -152,7 +157,12 @@ pub fn uuid_of(event_json: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn handle(shared: &Shared, uri: Uri, body: Bytes) -> Response {
+async fn handle(
+    shared: &Shared,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     enum Next {
         Answer(Response),
         Stall,
@@ -168,6 +178,20 @@ async fn handle(shared: &Shared, uri: Uri, body: Bytes) -> Response {
             // Express's default answer, which echoes the (secret) path.
             Next::Answer(
                 (StatusCode::NOT_FOUND, format!("Cannot POST {}", uri.path())).into_response(),
+            )
+        } else if let Some((name, value)) = s.config.require_header.clone()
+            && headers.get(&name).and_then(|v| v.to_str().ok()) != Some(value.as_str())
+        {
+            let got = headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nothing");
+            Next::Answer(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    format!("invalid {name}: got {got}"),
+                )
+                    .into_response(),
             )
         } else if let Some(fault) = s.faults.take(n) {
             Next::Answer(fault.response())
