@@ -230,8 +230,8 @@ fn a_webhook_that_wants_a_token_header_gets_it_from_a_flag_a_file_or_the_config_
         },
     );
     // Without it: the webhook says 401, echoing what it got; the run stops (exit 1).
-    let wrong = format!("Authorization: Bearer tok_wrong_value_12345");
-    let run = env.run(&backfill_args(&["--header", &wrong]));
+    let wrong = "Authorization: Bearer tok_wrong_value_12345";
+    let run = env.run(&backfill_args(&["--header", wrong]));
     run.assert_code(1);
     assert!(run.stderr.contains("HTTP 401"), "{}", run.stderr);
     assert!(
