@@ -370,6 +370,18 @@ pub(crate) struct StateArgs {
     /// Discard the state and start the job from the beginning.
     #[arg(long)]
     pub(crate) restart: bool,
+    /// When another run of the same job holds its lock: fail (exit 75, with a message), skip
+    /// (exit 0 without a word, for overlapping cron runs) or wait (at most --max-wait).
+    #[arg(long, value_name = "WHAT", value_enum, default_value_t = IfLocked::Fail)]
+    pub(crate) if_locked: IfLocked,
+}
+
+/// What to do when another run holds a job's lock (`--if-locked`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum IfLocked {
+    Fail,
+    Skip,
+    Wait,
 }
 
 /// Event-name filters.

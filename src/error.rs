@@ -26,6 +26,9 @@ pub(crate) enum Stop {
     /// running the same command later resumes from the checkpoint.
     #[error("{0}")]
     Temporary(String),
+    /// Another run holds the lock and `--if-locked skip` was given: exit 0, without a word.
+    #[error("another run holds the lock; skipped")]
+    Skipped,
     /// Ctrl-C or SIGTERM; the text says how to carry on.
     #[error("interrupted; {0}")]
     Interrupted(String),
@@ -37,6 +40,7 @@ impl Stop {
             Stop::Usage(_) => EXIT_USAGE,
             Stop::Locked { .. } | Stop::Temporary(_) => EXIT_TEMPFAIL,
             Stop::Interrupted(_) => EXIT_INTERRUPTED,
+            Stop::Skipped => EXIT_OK,
         }
     }
 }

@@ -33,6 +33,8 @@ pub fn main() -> ExitCode {
     let json = format == progress::LogFormat::Json;
     match result {
         Ok(code) => ExitCode::from(code),
+        // `--if-locked skip`: another run is at work, and cron wants no mail about it.
+        Err(err) if error::exit_code_of(&err) == error::EXIT_OK => ExitCode::SUCCESS,
         Err(err) => {
             // The whole cause chain on one line; messages never carry secrets.
             let msg = secret::redact(&format!("{err:#}"));

@@ -271,3 +271,69 @@ fn a_webhook_that_wants_a_token_header_gets_it_from_a_flag_a_file_or_the_config_
         run.stderr
     );
 }
+
+#[test]
+fn an_overlapping_run_can_fail_skip_quietly_or_wait() {
+    let env = Env::new(
+        events(300, 106),
+        WebhookConfig {
+            stall_after: Some(1),
+            ..WebhookConfig::default()
+        },
+    );
+    let args = |extra: &[&'static str]| {
+        let mut v = backfill_args(&["--batch-size", "100"]);
+        v.extend_from_slice(extra);
+        v
+    };
+    // The first run holds the lock while a batch hangs at the webhook.
+    let mut first = env.spawn(&args(&[]));
+    assert!(
+        env.webhook
+            .wait_until(Duration::from_secs(60), |s| !s.stalled_events.is_empty())
+    );
+    let run = env.run(&args(&["--if-locked", "fail"]));
+    run.assert_code(75);
+    assert!(run.stderr.contains("holds the lock"), "{}", run.stderr);
+    let run = env.run(&args(&["--if-locked", "skip"]));
+    run.assert_code(0);
+    assert!(
+        run.stderr.is_empty() && run.stdout.is_empty(),
+        "without a word: {}",
+        run.stderr
+    );
+    // Waiting is bounded by --max-wait.
+    let run = env.run(&args(&["--if-locked", "wait", "--max-wait", "1s"]));
+    run.assert_code(75);
+    // Once the first run is gone, a waiting run takes over.
+    let waiting = env.spawn(&args(&["--if-locked", "wait", "--max-wait", "60s"]));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    env.webhook.release();
+    let run = finish(waiting.wait_with_output().unwrap());
+    run.assert_code(0);
+    env.assert_delivered(in_range, 4 * 100);
+}
+
+#[test]
+fn an_event_name_that_never_occurs_is_warned_about_in_backfill_not_in_sync() {
+    let env = Env::new(events(300, 107), WebhookConfig::default());
+    let run = env.run(&backfill_args(&["--event", "signup", "--event", "Signup"]));
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("no event named \"Signup\""),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("no event named \"signup\""),
+        "{}",
+        run.stderr
+    );
+    let start = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let run = env.run(&[
+        "sync", "--start", &start, "--event", "Signup", "--lag", "0s",
+    ]);
+    run.assert_code(0);
+    assert!(!run.stderr.contains("no event named"), "{}", run.stderr);
+}

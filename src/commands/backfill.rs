@@ -35,7 +35,7 @@ impl BackfillConfig {
                 &args.deliver.webhook,
                 args.deliver.retry.allow_insecure_http,
             )?,
-            resume: settings::resume(&args.deliver.state),
+            resume: settings::resume(&args.deliver.state, &args.deliver.retry),
             retries: settings::retries(&args.deliver.retry),
             ca_certs: settings::ca_certs(&args.deliver.tls)?,
         })
@@ -115,6 +115,7 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
     )?;
     let reader = connect.reader(source, cfg.range, &cfg.read, None);
 
+    let whole_range = state.position.is_none();
     runner::read_posthog(
         reader,
         state.position.clone(),
@@ -125,6 +126,9 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
         |pos, done| store.commit(&mut state, pos.clone(), done),
     )
     .await?;
+    if whole_range {
+        runner::warn_unseen_names(progress, &cfg.read.filters);
+    }
     state.complete = true;
     state.position = Some(Cursor::Before {
         timestamp: cfg.range.end,

@@ -53,7 +53,7 @@ impl ExportConfig {
             read: settings::read(&args.read, args.retry.allow_insecure_http)?,
             range: settings::range(args.range.start, args.range.end)?,
             output: args.output.clone(),
-            resume: settings::resume(&args.state),
+            resume: settings::resume(&args.state, &args.retry),
             retries: settings::retries(&args.retry),
             ca_certs: settings::ca_certs(&args.tls)?,
         })

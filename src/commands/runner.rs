@@ -65,6 +65,17 @@ where
     progress.stats.check()
 }
 
+/// Warns about each `--event` name that no event of the range carried: usually a typo (names
+/// are case-sensitive), which would otherwise pass as "0 events, exit 0". Only after a run that
+/// read the whole range (a resumed run did not see what earlier runs read).
+pub(crate) fn warn_unseen_names(progress: &Progress, filters: &crate::posthog::source::Filters) {
+    for name in progress.stats.names_not_seen(&filters.include) {
+        progress.warn(&format!(
+            "no event named {name:?} in the range: is the name right? (event names are case-sensitive, e.g. $pageview)"
+        ));
+    }
+}
+
 /// Reads PostHog after `from` with `reader` into `sink` (backfill, sync, export). The share
 /// done shown is that of `span` (event time) up to the last position delivered, not read: a
 /// slow webhook holds the bar back, and a resumed run starts where it stands.

@@ -56,7 +56,7 @@ impl SyncConfig {
             start: args.start,
             lookback: duration(args.lookback)?,
             lag: duration(args.lag)?,
-            resume: settings::resume(&args.deliver.state),
+            resume: settings::resume(&args.deliver.state, &args.deliver.retry),
             retries: settings::retries(&args.deliver.retry),
             ca_certs: settings::ca_certs(&args.deliver.tls)?,
         })

@@ -20,6 +20,9 @@ pub(crate) struct Stats {
     pub(crate) retries: AtomicU64,
     /// Events delivered with bytes that were not UTF-8 replaced by U+FFFD.
     pub(crate) repaired: AtomicU64,
+    /// The event names read (kept only while `--event` filters are in force: a name that never
+    /// occurs is probably a typo worth a warning).
+    pub(crate) names: std::sync::Mutex<std::collections::BTreeSet<String>>,
     pub(crate) waited_ms: AtomicU64,
 }
 
@@ -29,6 +32,24 @@ impl Stats {
     }
     pub(crate) fn get(counter: &AtomicU64) -> u64 {
         counter.load(Relaxed)
+    }
+
+    /// Notes an event name read.
+    pub(crate) fn saw_name(&self, name: &str) {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if !names.contains(name) {
+            names.insert(name.to_string());
+        }
+    }
+
+    /// The names of `wanted` not read in this run.
+    pub(crate) fn names_not_seen<'a>(&self, wanted: &'a [String]) -> Vec<&'a str> {
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        wanted
+            .iter()
+            .filter(|w| !names.contains(*w))
+            .map(String::as_str)
+            .collect()
     }
 
     /// Fails loudly unless every event read was delivered, dead-lettered, filtered out,

@@ -254,6 +254,9 @@ impl Reader {
             if tie.contains(ts, &row.id) {
                 continue;
             }
+            if !self.filters.include.is_empty() {
+                progress.stats.saw_name(&row.event);
+            }
             new += 1;
             Stats::add(&progress.stats.read, 1);
             if tie.at != Some(ts) {

@@ -242,6 +242,9 @@ impl Reader {
             };
             after = Some(key);
             let Row(uuid, event, distinct_id, properties, elements_chain, _, created_at) = row;
+            if !self.filters.include.is_empty() {
+                progress.stats.saw_name(event.as_deref().unwrap_or(""));
+            }
             last_uuid = Some(uuid.clone());
             let pos = Cursor::After {
                 timestamp: ts,

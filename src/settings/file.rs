@@ -56,6 +56,7 @@ struct ConfigFile {
     headers: Option<Vec<String>>,
     header_file: Option<PathBuf>,
     checkpoint: Option<PathBuf>,
+    if_locked: Option<String>,
     output: Option<PathBuf>,
     on_invalid: Option<String>,
     max_line_bytes: Option<Amount>,

@@ -134,12 +134,18 @@ pub(crate) struct Resume {
     /// An explicit state file; `None`: the job's default path.
     pub(crate) checkpoint: Option<PathBuf>,
     pub(crate) restart: bool,
+    /// What to do when another run holds the job's lock.
+    pub(crate) if_locked: crate::cli::IfLocked,
+    /// The longest `--if-locked wait` (`--max-wait`).
+    pub(crate) max_wait: Duration,
 }
 
-pub(crate) fn resume(args: &StateArgs) -> Resume {
+pub(crate) fn resume(args: &StateArgs, retry: &RetryArgs) -> Resume {
     Resume {
         checkpoint: args.checkpoint.clone(),
         restart: args.restart,
+        if_locked: args.if_locked,
+        max_wait: retry.max_wait,
     }
 }
 

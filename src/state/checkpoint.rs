@@ -99,7 +99,7 @@ pub(crate) fn open_job<P: DeserializeOwned>(
         .checkpoint
         .clone()
         .unwrap_or_else(|| default_path(kind, job));
-    let store = Store::open(&path)?;
+    let store = Store::open_when(&path, resume.if_locked, resume.max_wait)?;
     if resume.restart {
         store.remove()?;
     }
@@ -114,6 +114,32 @@ pub(crate) struct Store {
 }
 
 impl Store {
+    /// Locks `<path>.lock` as `--if-locked` says when another run holds it: fail at once
+    /// ([`Stop::Locked`], exit 75), skip ([`Stop::Skipped`], exit 0 in silence), or wait for
+    /// it at most `max_wait`.
+    pub(crate) fn open_when(
+        path: &Path,
+        if_locked: crate::cli::IfLocked,
+        max_wait: std::time::Duration,
+    ) -> anyhow::Result<Store> {
+        use crate::cli::IfLocked;
+        let deadline = std::time::Instant::now() + max_wait;
+        loop {
+            match Store::open(path) {
+                Err(e) if is_locked(&e) => match if_locked {
+                    IfLocked::Fail => return Err(e),
+                    IfLocked::Skip => return Err(Stop::Skipped.into()),
+                    IfLocked::Wait if std::time::Instant::now() < deadline => {
+                        // Blocking is fine: nothing else can go on before the job's state.
+                        std::thread::sleep(std::time::Duration::from_millis(250));
+                    }
+                    IfLocked::Wait => return Err(e),
+                },
+                other => return other,
+            }
+        }
+    }
+
     /// Locks `<path>.lock`; if another run holds it, fails at once with [`Stop::Locked`].
     pub(crate) fn open(path: &Path) -> anyhow::Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -273,6 +299,11 @@ impl Store {
             _ => Ok(()),
         }
     }
+}
+
+fn is_locked(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Stop>()
+        .is_some_and(|s| matches!(s, Stop::Locked { .. }))
 }
 
 fn lock_path(path: &Path) -> PathBuf {

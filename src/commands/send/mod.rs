@@ -67,7 +67,7 @@ impl SendConfig {
             filters: settings::filters(&args.filters),
             on_invalid: args.on_invalid,
             max_line_bytes: args.max_line_bytes as usize,
-            resume: settings::resume(&args.deliver.state),
+            resume: settings::resume(&args.deliver.state, &args.deliver.retry),
             retries: settings::retries(&args.deliver.retry),
             ca_certs: settings::ca_certs(&args.deliver.tls)?,
         })
