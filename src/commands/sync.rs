@@ -42,15 +42,16 @@ pub(crate) struct SyncConfig {
 
 impl SyncConfig {
     pub(crate) fn from_args(args: &SyncArgs) -> anyhow::Result<Self> {
-        let duration = |d: std::time::Duration| {
-            Duration::from_std(d).map_err(|_| usage("duration out of range"))
+        // The parser keeps durations within ten years; this only guards the conversion.
+        let duration = |flag: &str, d: std::time::Duration| {
+            Duration::from_std(d).map_err(|_| usage(format!("{flag} is out of range")))
         };
         Ok(SyncConfig {
             read: settings::read(&args.read)?,
             webhook: settings::webhook(&args.deliver.webhook)?,
             start: args.start,
-            lookback: duration(args.lookback)?,
-            lag: duration(args.lag)?,
+            lookback: duration("--lookback", args.lookback)?,
+            lag: duration("--lag", args.lag)?,
             resume: settings::resume(&args.deliver.state),
             retries: settings::retries(&args.deliver.retry),
         })
@@ -249,17 +250,20 @@ impl Pending {
 }
 
 /// The bounds of the next run at `now`, fixed before it starts so that a resumed run reads
-/// the same; `None` when nothing new can have been ingested since the watermark.
+/// the same; `None` when nothing new can have been ingested since the watermark. Date
+/// arithmetic is checked: a lag reaching before the first representable date means nothing
+/// can have been ingested yet, and a lookback reaching that far means "from the start".
 pub(crate) fn next_run(
     cfg: &SyncConfig,
     source: SourceKind,
     sync: &SyncState,
     now: DateTime<Utc>,
 ) -> Option<Pending> {
-    let until = now - cfg.lag;
+    let until = now.checked_sub_signed(cfg.lag)?;
     if sync.watermark.is_some_and(|w| until <= w) {
         return None;
     }
+    let ahead = now.checked_add_signed(FUTURE_SLACK)?;
     Some(match (source, sync.watermark) {
         // Events API: event time is all there is.
         (SourceKind::Events, w) => Pending {
@@ -273,15 +277,17 @@ pub(crate) fn next_run(
         (_, None) => Pending {
             until,
             start: sync.start,
-            end: now + FUTURE_SLACK,
+            end: ahead,
             ingested_after: None,
             cursor: None,
         },
         // Query API: ingested since the watermark, with event times back to the lookback.
         (_, Some(w)) => Pending {
             until,
-            start: (w - cfg.lookback).max(sync.start),
-            end: now + FUTURE_SLACK,
+            start: w
+                .checked_sub_signed(cfg.lookback)
+                .map_or(sync.start, |s| s.max(sync.start)),
+            end: ahead,
             ingested_after: Some(w),
             cursor: None,
         },
