@@ -301,7 +301,8 @@ pub(crate) struct RangeArgs {
     /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
     pub(crate) start: Option<DateTime<Utc>>,
-    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
+    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339; not later than
+    /// PostHog's current time (use `sync` for an ongoing export).
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
     pub(crate) end: Option<DateTime<Utc>>,
 }

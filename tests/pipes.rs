@@ -378,3 +378,42 @@ fn sigterm_stops_send_even_while_it_waits_for_stdin() {
     );
     drop(stdin);
 }
+
+#[test]
+fn export_refuses_an_end_later_than_posthogs_clock_to_a_file_and_to_stdout() {
+    let env = Env::new(events(100, 65), WebhookConfig::default());
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let file = env.path("future.ndjson");
+    let base = [
+        "export",
+        "--start",
+        "2024-03-01",
+        "--end",
+        tomorrow.as_str(),
+        "--progress",
+        "never",
+    ];
+    let mut to_file = base.to_vec();
+    to_file.extend(["--output", file.to_str().unwrap()]);
+    for args in [to_file, base.to_vec()] {
+        let run = env.run(&args);
+        run.assert_code(2);
+        assert!(
+            run.stderr.contains("`export` reads by event time")
+                && run.stderr.contains("up to --end")
+                && run.stderr.contains("sync"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "nothing exported");
+    }
+    assert!(!file.exists(), "no output file");
+    let state = std::fs::read_dir(env.path("state"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(state, 0, "no state marked");
+}

@@ -76,6 +76,9 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
     let connect = Connect::new(&cfg.read.connection, &cfg.retries, progress)?;
     let Some(output) = &cfg.output else {
         let source = connect.choose(cfg.read.source, None).await?;
+        connect
+            .refuse_future_end(source, &cfg.range, "export")
+            .await?;
         let writer = NdjsonWriter::stdout(progress.clone());
         return match read_into(
             cfg,
@@ -119,6 +122,9 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
         &cfg.resume,
     )
     .await?;
+    connect
+        .refuse_future_end(source, &cfg.range, "export")
+        .await?;
     let path = store.path().to_path_buf();
     let existing = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
     if fresh && existing > 0 && !cfg.resume.restart {

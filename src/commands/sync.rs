@@ -146,7 +146,9 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
                 p
             }
             None => {
-                let now = posthog_now(&connect, source, progress).await?;
+                // PostHog's clock alone decides what "ingested up to now" means: `created_at`
+                // is PostHog's time, and a cron host's clock may drift.
+                let now = connect.now(source).await?;
                 let Some(p) = next_run(cfg, source, &sync, now) else {
                     break;
                 };
@@ -203,29 +205,6 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
         exit: if dead > 0 { EXIT_REJECTED } else { EXIT_OK },
         summary,
     })
-}
-
-/// PostHog's clock, which alone decides what "ingested up to now" means: `created_at` is
-/// PostHog's time, and a cron host's clock may drift. Warns when the local clock is off.
-async fn posthog_now(
-    connect: &Connect<'_>,
-    source: SourceKind,
-    progress: &Progress,
-) -> anyhow::Result<DateTime<Utc>> {
-    let now = connect
-        .client(source)
-        .now(source)
-        .await
-        .map_err(|e| e.into_error("asking PostHog for its time"))?;
-    let drift = Utc::now() - now;
-    if drift.abs() > Duration::minutes(1) {
-        progress.warn(&format!(
-            "this machine's clock is {} {} PostHog's; sync uses PostHog's time, but check the clock (NTP)",
-            crate::progress::human_duration(drift.abs().to_std().unwrap_or_default()),
-            if drift > Duration::zero() { "ahead of" } else { "behind" }
-        ));
-    }
-    Ok(crate::event::to_micros(now))
 }
 
 impl Pending {
