@@ -417,3 +417,153 @@ fn export_refuses_an_end_later_than_posthogs_clock_to_a_file_and_to_stdout() {
         .unwrap_or(0);
     assert_eq!(state, 0, "no state marked");
 }
+
+/// `export` of the standard range into `file`, with extra arguments.
+fn export_to<'a>(file: &'a std::path::Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "export",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "--progress",
+        "never",
+        "--output",
+        file.to_str().unwrap(),
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// The uuids of an exported NDJSON file; every line must be a whole event (no NUL padding,
+/// no foreign bytes).
+fn exported_uuids(file: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read(file).unwrap();
+    assert!(!text.contains(&0), "no NUL bytes in {}", file.display());
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("a whole event per line ({e}): {l:.80}"))["uuid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Asserts that `file` holds every event of the standard range exactly once; returns how many.
+#[track_caller]
+fn assert_exported_exactly_once(env: &Env, file: &std::path::Path) -> usize {
+    let uuids = exported_uuids(file);
+    let unique: std::collections::HashSet<&String> = uuids.iter().collect();
+    assert_eq!(unique.len(), uuids.len(), "no event twice");
+    let expected: std::collections::HashSet<String> = env
+        .posthog
+        .events()
+        .into_iter()
+        .filter(in_range)
+        .map(|e| e.uuid)
+        .collect();
+    assert_eq!(unique.len(), expected.len(), "every event of the range");
+    assert!(uuids.iter().all(|u| expected.contains(u)), "nothing else");
+    uuids.len()
+}
+
+/// An export to `file` that PostHog stops after its first page: part of the file is written
+/// and checkpointed.
+fn export_partly(env: &Env, file: &std::path::Path) -> u64 {
+    for n in 3..40 {
+        env.posthog.fault_at(n, Fault::status(503));
+    }
+    let args = export_to(file, &["--page-size", "2000", "--max-retries", "0"]);
+    finish(env.command(&args).output().unwrap()).assert_code(75);
+    env.posthog.clear_faults();
+    let written = std::fs::metadata(file).unwrap().len();
+    assert!(written > 0, "part of the file was written");
+    written
+}
+
+#[test]
+fn export_starts_again_when_its_output_was_deleted_shortened_or_changed_instead_of_padding_it() {
+    type Damage = fn(&std::path::Path, u64);
+    let damages: [(&str, Damage); 3] = [
+        ("deleted", |f, _| std::fs::remove_file(f).unwrap()),
+        ("shortened", |f, len| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_len(len / 3)
+                .unwrap()
+        }),
+        ("changed", |f, len| {
+            std::fs::write(f, vec![b'x'; len as usize]).unwrap()
+        }),
+    ];
+    for (what, damage) in damages {
+        let env = Env::new(events(8_000, 66), WebhookConfig::default());
+        let file = env.path("out.ndjson");
+        let written = export_partly(&env, &file);
+        damage(&file, written);
+
+        let run = env.run(&export_to(&file, &[]));
+        run.assert_code(0);
+        assert!(
+            run.stderr
+                .contains("starting the export again from the beginning of the range"),
+            "{what}: {}",
+            run.stderr
+        );
+        let n = assert_exported_exactly_once(&env, &file);
+        println!(
+            "output {what} after {written} bytes: export started again, {n} events once each; log: {}",
+            run.stderr
+                .lines()
+                .find(|l| l.contains("starting"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn a_complete_export_whose_file_was_deleted_exports_again_instead_of_claiming_completeness() {
+    let env = Env::new(events(3_000, 67), WebhookConfig::default());
+    let file = env.path("done.ndjson");
+    env.run(&export_to(&file, &[])).assert_code(0);
+    std::fs::remove_file(&file).unwrap();
+    let run = env.run(&export_to(&file, &[]));
+    run.assert_code(0);
+    assert!(!run.stderr.contains("already complete"), "{}", run.stderr);
+    assert!(run.stderr.contains("is missing"), "{}", run.stderr);
+    let n = assert_exported_exactly_once(&env, &file);
+    println!("complete export, file deleted: exported again, {n} events");
+}
+
+#[test]
+fn an_export_whose_first_write_failed_is_resumed_by_running_it_again() {
+    let env = Env::new(events(8_000, 68), WebhookConfig::default());
+    let file = env.path("full-disk.ndjson");
+    // Files may grow to 2 KiB (ulimit -f counts 512-byte blocks): enough for the state file,
+    // not for the first batch. With SIGXFSZ ignored the write fails as on a full disk.
+    let first = finish(
+        env.command_in_shell("trap '' XFSZ; ulimit -f 4", &export_to(&file, &[]))
+            .output()
+            .unwrap(),
+    );
+    first.assert_code(1);
+    assert!(first.stderr.contains("cannot write"), "{}", first.stderr);
+    assert!(
+        std::fs::metadata(&file).unwrap().len() > 0,
+        "a partial first batch"
+    );
+
+    let run = env.run(&export_to(&file, &[]));
+    run.assert_code(0);
+    let n = assert_exported_exactly_once(&env, &file);
+    println!(
+        "first write failed ({}); run again: {n} events once each",
+        first.stderr.lines().last().unwrap_or_default()
+    );
+}
