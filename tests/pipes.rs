@@ -567,3 +567,216 @@ fn an_export_whose_first_write_failed_is_resumed_by_running_it_again() {
         first.stderr.lines().last().unwrap_or_default()
     );
 }
+
+/// NDJSON lines `{"uuid":"<prefix><i>",...}` for `i` in `range`.
+fn lines_of(prefix: &str, range: std::ops::Range<usize>) -> String {
+    range
+        .map(|i| format!("{{\"uuid\":\"{prefix}{i}\",\"event\":\"e\",\"n\":{i}}}\n"))
+        .collect()
+}
+
+fn append(file: &std::path::Path, text: &[u8]) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(file)
+        .unwrap()
+        .write_all(text)
+        .unwrap();
+}
+
+/// Asserts that the webhook received exactly the uuids `<prefix><i>` of these ranges, each once.
+#[track_caller]
+fn assert_received_once(env: &Env, expected: &[(&str, std::ops::Range<usize>)]) -> usize {
+    let want: std::collections::HashSet<String> = expected
+        .iter()
+        .flat_map(|(p, r)| r.clone().map(move |i| format!("{p}{i}")))
+        .collect();
+    let got = env.received();
+    let missing = want.iter().filter(|u| !got.contains_key(*u)).count();
+    let stray = got.keys().filter(|u| !want.contains(*u)).count();
+    let repeats: usize = got.values().map(|n| n - 1).sum();
+    assert_eq!(
+        (missing, stray, repeats),
+        (0, 0, 0),
+        "missing, unexpected, repeated"
+    );
+    want.len()
+}
+
+fn send_args(file: &std::path::Path) -> Vec<&str> {
+    vec!["send", "--progress", "never", file.to_str().unwrap()]
+}
+
+#[test]
+fn send_sends_what_was_appended_to_a_file_since_the_last_run() {
+    // A cron line `send /data/daily.ndjson`: the file grows every day.
+    let env = Env::new(vec![], WebhookConfig::default());
+    let file = env.path("daily.ndjson");
+    std::fs::write(&file, lines_of("day1-", 0..300)).unwrap();
+    env.run(&send_args(&file)).assert_code(0);
+
+    append(&file, lines_of("day2-", 0..200).as_bytes());
+    let run = env.run(&send_args(&file));
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("appended") && run.stderr.contains("after line 300"),
+        "{}",
+        run.stderr
+    );
+    let n = assert_received_once(&env, &[("day1-", 0..300), ("day2-", 0..200)]);
+
+    let again = env.run(&send_args(&file));
+    again.assert_code(0);
+    assert!(again.stderr.contains("nothing new"), "{}", again.stderr);
+    assert_received_once(&env, &[("day1-", 0..300), ("day2-", 0..200)]);
+    println!(
+        "appended file: {n} lines once each; {}",
+        run.stderr
+            .lines()
+            .find(|l| l.contains("appended"))
+            .unwrap_or_default()
+            .trim()
+    );
+}
+
+#[test]
+fn send_sends_a_replaced_file_from_its_first_line_and_says_so() {
+    let env = Env::new(vec![], WebhookConfig::default());
+    let file = env.path("daily.ndjson");
+    std::fs::write(&file, lines_of("a", 0..300)).unwrap();
+    env.run(&send_args(&file)).assert_code(0);
+
+    // Replaced by a longer file (moved into place, as most tools write files).
+    let next = env.path("next.ndjson");
+    std::fs::write(&next, lines_of("b", 0..500)).unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    let run = env.run(&send_args(&file));
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("replaced") && run.stderr.contains("sent from line 1"),
+        "{}",
+        run.stderr
+    );
+    assert_received_once(&env, &[("a", 0..300), ("b", 0..500)]);
+
+    // Rewritten in place with fewer lines.
+    std::fs::write(&file, lines_of("c", 0..40)).unwrap();
+    let short = env.run(&send_args(&file));
+    short.assert_code(0);
+    assert!(short.stderr.contains("shorter"), "{}", short.stderr);
+    let n = assert_received_once(&env, &[("a", 0..300), ("b", 0..500), ("c", 0..40)]);
+    println!(
+        "replaced file: {n} lines once each; {}",
+        run.stderr
+            .lines()
+            .find(|l| l.contains("replaced "))
+            .unwrap_or_default()
+            .trim()
+    );
+}
+
+#[test]
+fn an_interrupted_send_whose_file_was_replaced_starts_the_new_file_at_line_one_not_mid_line() {
+    let env = Env::new(
+        vec![],
+        WebhookConfig {
+            stall_after: Some(4),
+            ..WebhookConfig::default()
+        },
+    );
+    let file = env.path("big.ndjson");
+    std::fs::write(&file, lines_of("old", 0..5_000)).unwrap();
+    let mut args = send_args(&file);
+    args.extend(["--batch-size", "200", "--concurrency", "1"]);
+    env.kill_while_in_flight(&args);
+    let before: std::collections::HashSet<String> = env.received().into_keys().collect();
+    assert!(
+        !before.is_empty() && before.len() < 5_000,
+        "killed part way"
+    );
+
+    // A longer file with other lines (and other line lengths) takes its place.
+    std::fs::write(&file, lines_of("new-longer-name-", 0..8_000)).unwrap();
+    let run = env.run(&args);
+    run.assert_code(0);
+    assert!(run.stderr.contains("was replaced"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("had been sent only up to line"),
+        "says the old file's other lines were not sent: {}",
+        run.stderr
+    );
+    let got = env.received();
+    let new: Vec<&String> = got.keys().filter(|u| u.starts_with("new-")).collect();
+    assert_eq!(new.len(), 8_000, "the new file from line 1");
+    assert!(
+        got.iter()
+            .filter(|(u, _)| u.starts_with("new-"))
+            .all(|(_, n)| *n == 1),
+        "each new line once"
+    );
+    assert!(
+        got.keys()
+            .all(|u| u.starts_with("new-") || u.starts_with("old")),
+        "no line cut in the middle"
+    );
+}
+
+fn gzip_member(text: &str) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(text.as_bytes()).unwrap();
+    enc.finish().unwrap()
+}
+
+#[test]
+fn a_gzip_file_appended_to_sends_only_the_new_lines_and_a_recompressed_one_is_sent_again() {
+    let env = Env::new(vec![], WebhookConfig::default());
+    let file = env.path("events.ndjson.gz");
+    std::fs::write(&file, gzip_member(&lines_of("g1-", 0..300))).unwrap();
+    env.run(&send_args(&file)).assert_code(0);
+
+    // `gzip -c more >> events.ndjson.gz`: a second member.
+    append(&file, &gzip_member(&lines_of("g2-", 0..100)));
+    let run = env.run(&send_args(&file));
+    run.assert_code(0);
+    assert!(run.stderr.contains("appended"), "{}", run.stderr);
+    assert_received_once(&env, &[("g1-", 0..300), ("g2-", 0..100)]);
+    let again = env.run(&send_args(&file));
+    again.assert_code(0);
+    assert!(again.stderr.contains("nothing new"), "{}", again.stderr);
+
+    // Any change to the compressed bytes before the part read is a replacement.
+    std::fs::write(&file, gzip_member(&lines_of("g3-", 0..50))).unwrap();
+    let run = env.run(&send_args(&file));
+    run.assert_code(0);
+    assert!(run.stderr.contains("replaced"), "{}", run.stderr);
+    assert_received_once(&env, &[("g1-", 0..300), ("g2-", 0..100), ("g3-", 0..50)]);
+}
+
+#[test]
+fn a_send_state_without_file_identities_is_refused_rather_than_trusted() {
+    let env = Env::new(vec![], WebhookConfig::default());
+    let file = env.path("old.ndjson");
+    std::fs::write(&file, lines_of("o", 0..20)).unwrap();
+    let state = env.path("send-state.json");
+    let mut args = send_args(&file);
+    args.extend(["--checkpoint", state.to_str().unwrap()]);
+    env.run(&args).assert_code(0);
+    // The position as earlier versions wrote it: an offset, and nothing to check it against.
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    json["position"] = serde_json::json!({"file": 0, "offset": 100, "line": 5});
+    std::fs::write(&state, serde_json::to_vec(&json).unwrap()).unwrap();
+    append(&file, lines_of("p", 0..5).as_bytes());
+
+    let run = env.run(&args);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("did not record which files it read")
+            && run.stderr.contains("--restart"),
+        "{}",
+        run.stderr
+    );
+    args.push("--restart");
+    env.run(&args).assert_code(0);
+    assert_eq!(env.received().len(), 25);
+}
