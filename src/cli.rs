@@ -333,9 +333,9 @@ pub(crate) struct FilterArgs {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct DemoArgs {
-    /// Synthetic events in the PostHog stand-in.
-    #[arg(long, value_name = "N", default_value_t = 40_000)]
-    pub(crate) events: usize,
+    /// Synthetic events in the PostHog stand-in (at most 10000000: it holds them in memory).
+    #[arg(long, value_name = "N", default_value_t = 40_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub(crate) events: u64,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
 }

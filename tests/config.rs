@@ -257,6 +257,14 @@ fn huge_sizes_and_durations_on_the_command_line_are_usage_errors_naming_the_flag
             );
         }
     }
+    // The demo's event count sizes a vector: no overflow either.
+    let demo = env.run(&["demo", "--events", "18446744073709551615"]);
+    demo.assert_code(2);
+    assert!(
+        demo.stderr.contains("--events") && demo.stderr.contains("is not in 0..=10000000"),
+        "{}",
+        demo.stderr
+    );
     assert!(
         env.received().is_empty(),
         "send read nothing and sent nothing"
