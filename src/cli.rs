@@ -147,8 +147,9 @@ pub(crate) struct WebhookArgs {
     /// Events per POST.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) batch_size: u64,
-    /// Largest request body, e.g. 1MiB, 512KiB or 200000; a single larger event is sent alone.
-    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    /// Largest request body, e.g. 1MiB, 512KiB or 200000 (64 bytes to 256MiB); a single larger
+    /// event is sent alone.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_batch_bytes)]
     pub(crate) max_batch_bytes: u64,
     /// Batches posted at once. Batches may then arrive out of order, and after a crash up to
     /// this many batches can arrive twice; 1 keeps strict order.
@@ -324,8 +325,9 @@ pub(crate) struct SendArgs {
     /// What to do with a line that is not a JSON object.
     #[arg(long, value_name = "WHAT", value_enum, default_value_t = OnInvalid::Stop)]
     pub(crate) on_invalid: OnInvalid,
-    /// Longest line accepted; a longer one is an error, not an out-of-memory.
-    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    /// Longest line accepted (64 bytes to 1024MiB); a longer one is an error, not an
+    /// out-of-memory.
+    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_line_bytes)]
     pub(crate) max_line_bytes: u64,
     #[command(flatten)]
     pub(crate) deliver: DeliverArgs,
@@ -354,7 +356,8 @@ pub(crate) struct RangeArgs {
     /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
     pub(crate) start: Option<DateTime<Utc>>,
-    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
+    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339; not later than
+    /// PostHog's current time (use `sync` for an ongoing export).
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
     pub(crate) end: Option<DateTime<Utc>>,
 }
@@ -397,9 +400,9 @@ pub(crate) struct FilterArgs {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct DemoArgs {
-    /// Synthetic events in the PostHog stand-in.
-    #[arg(long, value_name = "N", default_value_t = 40_000)]
-    pub(crate) events: usize,
+    /// Synthetic events in the PostHog stand-in (at most 10000000: it holds them in memory).
+    #[arg(long, value_name = "N", default_value_t = 40_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub(crate) events: u64,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
 }
@@ -446,6 +449,40 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     }
 }
 
+/// The largest `--max-batch-bytes`: far above what webhooks take, and small enough that
+/// `--concurrency` such bodies fit in memory.
+pub(crate) const MAX_BATCH_BYTES: u64 = 256 << 20;
+/// The largest `--max-line-bytes`: a line is held in memory whole, and the reader adds one to
+/// the limit, so the limit must stay far from `u64::MAX` (which once wrapped to 0).
+pub(crate) const MAX_LINE_BYTES: u64 = 1 << 30;
+
+/// A size of at most `max` bytes.
+fn parse_bytes_up_to(text: &str, max: u64) -> Result<u64, String> {
+    let n = parse_bytes(text)?;
+    if n > max {
+        return Err(format!(
+            "{text:?} is out of range: at most {}MiB",
+            max >> 20
+        ));
+    }
+    Ok(n)
+}
+
+/// `--max-batch-bytes`: 64 bytes to 256MiB.
+pub(crate) fn parse_batch_bytes(text: &str) -> Result<u64, String> {
+    parse_bytes_up_to(text, MAX_BATCH_BYTES)
+}
+
+/// `--max-line-bytes`: 64 bytes to 1024MiB.
+pub(crate) fn parse_line_bytes(text: &str) -> Result<u64, String> {
+    parse_bytes_up_to(text, MAX_LINE_BYTES)
+}
+
+/// The longest duration any option takes. Every duration is added to or taken from a
+/// date (`--lag`, `--lookback`) or an instant (timeouts, waits); ten years keeps all of that
+/// arithmetic far from overflowing.
+pub(crate) const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
+
 /// `90s`, `15m`, `2h`, `7d`, `500ms`, or plain seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
@@ -454,22 +491,28 @@ pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> 
     let n: u64 = num
         .parse()
         .map_err(|_| format!("expected a duration like 90s, 15m, 2h or 7d, got {text:?}"))?;
-    let per_unit: u64 = match unit {
-        "ms" => return Ok(std::time::Duration::from_millis(n)),
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+    let too_long = || format!("{text:?} is out of range: at most 3650d (ten years)");
+    let seconds = |per_unit: u64| {
+        n.checked_mul(per_unit)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(too_long)
+    };
+    let d = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "" | "s" => seconds(1)?,
+        "m" => seconds(60)?,
+        "h" => seconds(3600)?,
+        "d" => seconds(86_400)?,
         _ => {
             return Err(format!(
                 "unknown duration unit {unit:?}; use ms, s, m, h or d (e.g. 15m)"
             ));
         }
     };
-    let secs = n
-        .checked_mul(per_unit)
-        .ok_or_else(|| format!("{text:?} is too long a duration"))?;
-    Ok(std::time::Duration::from_secs(secs))
+    if d > MAX_DURATION {
+        return Err(too_long());
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -510,6 +553,23 @@ mod tests {
             parse_bytes("18446744073709551615MiB").is_err(),
             "no overflow"
         );
+        assert_eq!(parse_duration("3650d").unwrap(), MAX_DURATION);
+        assert!(
+            parse_duration("3651d")
+                .unwrap_err()
+                .contains("at most 3650d")
+        );
+        assert!(parse_duration("1000000000d").is_err());
+        assert!(parse_duration("315360000001ms").is_err());
+        assert_eq!(parse_line_bytes("1024MiB").unwrap(), MAX_LINE_BYTES);
+        assert!(
+            parse_line_bytes("18446744073709551615")
+                .unwrap_err()
+                .contains("at most 1024MiB")
+        );
+        assert_eq!(parse_batch_bytes("256MiB").unwrap(), MAX_BATCH_BYTES);
+        assert!(parse_batch_bytes("257MiB").is_err());
+        assert!(parse_batch_bytes("32").is_err());
     }
 
     #[test]

@@ -63,12 +63,14 @@ fn event_filters_go_into_the_query_and_select_exactly_those_events() {
     let n =
         env.assert_exactly_once(|e| in_range(e) && (e.event == "signup" || e.event == "$pageview"));
     assert!(n > 300, "{n}");
-    let sql = env.posthog.log()[1].sql.clone().unwrap();
+    let log = env.posthog.log();
+    assert_eq!(log[0].sql.as_deref(), Some("SELECT 1"), "auto asks first");
     assert_eq!(
-        env.posthog.log()[0].sql.as_deref(),
-        Some("SELECT 1"),
-        "auto asks first"
+        log[1].sql.as_deref(),
+        Some("SELECT now()"),
+        "then PostHog's time, to check --end"
     );
+    let sql = log[2].sql.clone().unwrap();
     assert!(sql.contains("event IN ("), "{sql}");
     assert!(sql.contains("event NOT IN ("), "{sql}");
 }
@@ -189,7 +191,12 @@ fn a_finished_backfill_run_again_says_it_is_complete_and_reads_nothing() {
         "{}",
         again.stderr
     );
-    assert_eq!(env.posthog.log().len(), requests);
+    // Only PostHog's time is asked for (the range must have ended), no event is read.
+    let asked: Vec<Option<String>> = env.posthog.log()[requests..]
+        .iter()
+        .map(|l| l.sql.clone())
+        .collect();
+    assert_eq!(asked, [Some("SELECT now()".to_string())]);
     // --restart exports the range again.
     env.run(&backfill_args(&["--restart"])).assert_code(0);
     assert!(env.received().values().all(|n| *n == 2));
@@ -509,4 +516,95 @@ fn a_query_that_times_out_even_on_the_narrowest_window_stops_with_exit_75() {
         run.stderr
     );
     assert!(env.received().is_empty());
+}
+
+/// The `--end` a refusal names as the latest a run can use now.
+fn latest_end_named(stderr: &str) -> chrono::DateTime<chrono::Utc> {
+    let after = stderr
+        .split("up to --end ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("the refusal names the latest end:\n{stderr}"));
+    t(after.split_whitespace().next().unwrap())
+}
+
+#[test]
+fn an_end_later_than_posthogs_clock_is_refused_before_any_state_naming_the_latest_end_and_sync() {
+    // PostHog's clock is two days behind this machine's: "yesterday" here is still to come
+    // there, and PostHog's clock is the one that decides.
+    let env = Env::with(
+        PostHogConfig {
+            clock_offset: chrono::Duration::days(-2),
+            ..PostHogConfig::default()
+        },
+        vec![],
+        WebhookConfig::default(),
+    );
+    let posthog_now = env.posthog.now();
+    // Whole seconds, as a user types them.
+    let start = chrono::DateTime::from_timestamp(posthog_now.timestamp() - 3 * 86_400, 0).unwrap();
+    env.posthog
+        .insert(posthog_patterns_standin::synthetic_events(
+            500,
+            start,
+            posthog_now - chrono::Duration::minutes(1),
+            75,
+        ));
+    let end = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let start_arg = start.to_rfc3339();
+    let args = [
+        "backfill",
+        "--start",
+        &start_arg,
+        "--end",
+        &end,
+        "--progress",
+        "never",
+    ];
+    let run = env.run(&args);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("later than PostHog's current time")
+            && run.stderr.contains("`posthog-patterns sync`"),
+        "{}",
+        run.stderr
+    );
+    let latest = latest_end_named(&run.stderr);
+    let lag = env.posthog.now() - latest;
+    assert!(
+        lag >= chrono::Duration::zero() && lag < chrono::Duration::minutes(1),
+        "the latest end {latest} is PostHog's now, not this machine's ({})",
+        chrono::Utc::now()
+    );
+    assert!(env.received().is_empty(), "nothing sent");
+    let state_files = std::fs::read_dir(env.path("state"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(state_files, 0, "no state marked");
+
+    // `config check` says the same before a run.
+    let mut check = vec!["config", "check"];
+    check.extend(&args[..5]);
+    let checked = env.run(&check);
+    checked.assert_code(2);
+    assert!(checked.stderr.contains("up to --end"), "{}", checked.stderr);
+
+    // The end it names works, and the run again is refused rather than called complete.
+    let latest_arg = latest.to_rfc3339();
+    let ok = env.run(&[
+        "backfill",
+        "--start",
+        &start_arg,
+        "--end",
+        &latest_arg,
+        "--progress",
+        "never",
+    ]);
+    ok.assert_code(0);
+    let n = env.assert_exactly_once(|e| e.timestamp >= start && e.timestamp < latest);
+    println!("future --end refused; up to PostHog's now: {n} events delivered once");
+    env.run(&args).assert_code(2);
 }

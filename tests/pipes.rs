@@ -378,3 +378,405 @@ fn sigterm_stops_send_even_while_it_waits_for_stdin() {
     );
     drop(stdin);
 }
+
+#[test]
+fn export_refuses_an_end_later_than_posthogs_clock_to_a_file_and_to_stdout() {
+    let env = Env::new(events(100, 65), WebhookConfig::default());
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let file = env.path("future.ndjson");
+    let base = [
+        "export",
+        "--start",
+        "2024-03-01",
+        "--end",
+        tomorrow.as_str(),
+        "--progress",
+        "never",
+    ];
+    let mut to_file = base.to_vec();
+    to_file.extend(["--output", file.to_str().unwrap()]);
+    for args in [to_file, base.to_vec()] {
+        let run = env.run(&args);
+        run.assert_code(2);
+        assert!(
+            run.stderr.contains("`export` reads by event time")
+                && run.stderr.contains("up to --end")
+                && run.stderr.contains("sync"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "nothing exported");
+    }
+    assert!(!file.exists(), "no output file");
+    let state = std::fs::read_dir(env.path("state"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(state, 0, "no state marked");
+}
+
+/// `export` of the standard range into `file`, with extra arguments.
+fn export_to<'a>(file: &'a std::path::Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "export",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "--progress",
+        "never",
+        "--output",
+        file.to_str().unwrap(),
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// The uuids of an exported NDJSON file; every line must be a whole event (no NUL padding,
+/// no foreign bytes).
+fn exported_uuids(file: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read(file).unwrap();
+    assert!(!text.contains(&0), "no NUL bytes in {}", file.display());
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("a whole event per line ({e}): {l:.80}"))["uuid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Asserts that `file` holds every event of the standard range exactly once; returns how many.
+#[track_caller]
+fn assert_exported_exactly_once(env: &Env, file: &std::path::Path) -> usize {
+    let uuids = exported_uuids(file);
+    let unique: std::collections::HashSet<&String> = uuids.iter().collect();
+    assert_eq!(unique.len(), uuids.len(), "no event twice");
+    let expected: std::collections::HashSet<String> = env
+        .posthog
+        .events()
+        .into_iter()
+        .filter(in_range)
+        .map(|e| e.uuid)
+        .collect();
+    assert_eq!(unique.len(), expected.len(), "every event of the range");
+    assert!(uuids.iter().all(|u| expected.contains(u)), "nothing else");
+    uuids.len()
+}
+
+/// An export to `file` that PostHog stops after its first page: part of the file is written
+/// and checkpointed.
+fn export_partly(env: &Env, file: &std::path::Path) -> u64 {
+    for n in 3..40 {
+        env.posthog.fault_at(n, Fault::status(503));
+    }
+    let args = export_to(file, &["--page-size", "2000", "--max-retries", "0"]);
+    finish(env.command(&args).output().unwrap()).assert_code(75);
+    env.posthog.clear_faults();
+    let written = std::fs::metadata(file).unwrap().len();
+    assert!(written > 0, "part of the file was written");
+    written
+}
+
+#[test]
+fn export_starts_again_when_its_output_was_deleted_shortened_or_changed_instead_of_padding_it() {
+    type Damage = fn(&std::path::Path, u64);
+    let damages: [(&str, Damage); 3] = [
+        ("deleted", |f, _| std::fs::remove_file(f).unwrap()),
+        ("shortened", |f, len| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_len(len / 3)
+                .unwrap()
+        }),
+        ("changed", |f, len| {
+            std::fs::write(f, vec![b'x'; len as usize]).unwrap()
+        }),
+    ];
+    for (what, damage) in damages {
+        let env = Env::new(events(8_000, 66), WebhookConfig::default());
+        let file = env.path("out.ndjson");
+        let written = export_partly(&env, &file);
+        damage(&file, written);
+
+        let run = env.run(&export_to(&file, &[]));
+        run.assert_code(0);
+        assert!(
+            run.stderr
+                .contains("starting the export again from the beginning of the range"),
+            "{what}: {}",
+            run.stderr
+        );
+        let n = assert_exported_exactly_once(&env, &file);
+        println!(
+            "output {what} after {written} bytes: export started again, {n} events once each; log: {}",
+            run.stderr
+                .lines()
+                .find(|l| l.contains("starting"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn a_complete_export_whose_file_was_deleted_exports_again_instead_of_claiming_completeness() {
+    let env = Env::new(events(3_000, 67), WebhookConfig::default());
+    let file = env.path("done.ndjson");
+    env.run(&export_to(&file, &[])).assert_code(0);
+    std::fs::remove_file(&file).unwrap();
+    let run = env.run(&export_to(&file, &[]));
+    run.assert_code(0);
+    assert!(!run.stderr.contains("already complete"), "{}", run.stderr);
+    assert!(run.stderr.contains("is missing"), "{}", run.stderr);
+    let n = assert_exported_exactly_once(&env, &file);
+    println!("complete export, file deleted: exported again, {n} events");
+}
+
+#[test]
+fn an_export_whose_first_write_failed_is_resumed_by_running_it_again() {
+    let env = Env::new(events(8_000, 68), WebhookConfig::default());
+    let file = env.path("full-disk.ndjson");
+    // Files may grow to 2 KiB (ulimit -f counts 512-byte blocks): enough for the state file,
+    // not for the first batch. With SIGXFSZ ignored the write fails as on a full disk.
+    let first = finish(
+        env.command_in_shell("trap '' XFSZ; ulimit -f 4", &export_to(&file, &[]))
+            .output()
+            .unwrap(),
+    );
+    first.assert_code(1);
+    assert!(first.stderr.contains("cannot write"), "{}", first.stderr);
+    assert!(
+        std::fs::metadata(&file).unwrap().len() > 0,
+        "a partial first batch"
+    );
+
+    let run = env.run(&export_to(&file, &[]));
+    run.assert_code(0);
+    let n = assert_exported_exactly_once(&env, &file);
+    println!(
+        "first write failed ({}); run again: {n} events once each",
+        first.stderr.lines().last().unwrap_or_default()
+    );
+}
+
+/// NDJSON lines `{"uuid":"<prefix><i>",...}` for `i` in `range`.
+fn lines_of(prefix: &str, range: std::ops::Range<usize>) -> String {
+    range
+        .map(|i| format!("{{\"uuid\":\"{prefix}{i}\",\"event\":\"e\",\"n\":{i}}}\n"))
+        .collect()
+}
+
+fn append(file: &std::path::Path, text: &[u8]) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(file)
+        .unwrap()
+        .write_all(text)
+        .unwrap();
+}
+
+/// Asserts that the webhook received exactly the uuids `<prefix><i>` of these ranges, each once.
+#[track_caller]
+fn assert_received_once(env: &Env, expected: &[(&str, std::ops::Range<usize>)]) -> usize {
+    let want: std::collections::HashSet<String> = expected
+        .iter()
+        .flat_map(|(p, r)| r.clone().map(move |i| format!("{p}{i}")))
+        .collect();
+    let got = env.received();
+    let missing = want.iter().filter(|u| !got.contains_key(*u)).count();
+    let stray = got.keys().filter(|u| !want.contains(*u)).count();
+    let repeats: usize = got.values().map(|n| n - 1).sum();
+    assert_eq!(
+        (missing, stray, repeats),
+        (0, 0, 0),
+        "missing, unexpected, repeated"
+    );
+    want.len()
+}
+
+fn send_args(file: &std::path::Path) -> Vec<&str> {
+    vec!["send", "--progress", "never", file.to_str().unwrap()]
+}
+
+#[test]
+fn send_sends_what_was_appended_to_a_file_since_the_last_run() {
+    // A cron line `send /data/daily.ndjson`: the file grows every day.
+    let env = Env::new(vec![], WebhookConfig::default());
+    let file = env.path("daily.ndjson");
+    std::fs::write(&file, lines_of("day1-", 0..300)).unwrap();
+    env.run(&send_args(&file)).assert_code(0);
+
+    append(&file, lines_of("day2-", 0..200).as_bytes());
+    let run = env.run(&send_args(&file));
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("appended") && run.stderr.contains("after line 300"),
+        "{}",
+        run.stderr
+    );
+    let n = assert_received_once(&env, &[("day1-", 0..300), ("day2-", 0..200)]);
+
+    let again = env.run(&send_args(&file));
+    again.assert_code(0);
+    assert!(again.stderr.contains("nothing new"), "{}", again.stderr);
+    assert_received_once(&env, &[("day1-", 0..300), ("day2-", 0..200)]);
+    println!(
+        "appended file: {n} lines once each; {}",
+        run.stderr
+            .lines()
+            .find(|l| l.contains("appended"))
+            .unwrap_or_default()
+            .trim()
+    );
+}
+
+#[test]
+fn send_sends_a_replaced_file_from_its_first_line_and_says_so() {
+    let env = Env::new(vec![], WebhookConfig::default());
+    let file = env.path("daily.ndjson");
+    std::fs::write(&file, lines_of("a", 0..300)).unwrap();
+    env.run(&send_args(&file)).assert_code(0);
+
+    // Replaced by a longer file (moved into place, as most tools write files).
+    let next = env.path("next.ndjson");
+    std::fs::write(&next, lines_of("b", 0..500)).unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    let run = env.run(&send_args(&file));
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("replaced") && run.stderr.contains("sent from line 1"),
+        "{}",
+        run.stderr
+    );
+    assert_received_once(&env, &[("a", 0..300), ("b", 0..500)]);
+
+    // Rewritten in place with fewer lines.
+    std::fs::write(&file, lines_of("c", 0..40)).unwrap();
+    let short = env.run(&send_args(&file));
+    short.assert_code(0);
+    assert!(short.stderr.contains("shorter"), "{}", short.stderr);
+    let n = assert_received_once(&env, &[("a", 0..300), ("b", 0..500), ("c", 0..40)]);
+    println!(
+        "replaced file: {n} lines once each; {}",
+        run.stderr
+            .lines()
+            .find(|l| l.contains("replaced "))
+            .unwrap_or_default()
+            .trim()
+    );
+}
+
+#[test]
+fn an_interrupted_send_whose_file_was_replaced_starts_the_new_file_at_line_one_not_mid_line() {
+    let env = Env::new(
+        vec![],
+        WebhookConfig {
+            stall_after: Some(4),
+            ..WebhookConfig::default()
+        },
+    );
+    let file = env.path("big.ndjson");
+    std::fs::write(&file, lines_of("old", 0..5_000)).unwrap();
+    let mut args = send_args(&file);
+    args.extend(["--batch-size", "200", "--concurrency", "1"]);
+    env.kill_while_in_flight(&args);
+    let before: std::collections::HashSet<String> = env.received().into_keys().collect();
+    assert!(
+        !before.is_empty() && before.len() < 5_000,
+        "killed part way"
+    );
+
+    // A longer file with other lines (and other line lengths) takes its place.
+    std::fs::write(&file, lines_of("new-longer-name-", 0..8_000)).unwrap();
+    let run = env.run(&args);
+    run.assert_code(0);
+    assert!(run.stderr.contains("was replaced"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("had been sent only up to line"),
+        "says the old file's other lines were not sent: {}",
+        run.stderr
+    );
+    let got = env.received();
+    let new: Vec<&String> = got.keys().filter(|u| u.starts_with("new-")).collect();
+    assert_eq!(new.len(), 8_000, "the new file from line 1");
+    assert!(
+        got.iter()
+            .filter(|(u, _)| u.starts_with("new-"))
+            .all(|(_, n)| *n == 1),
+        "each new line once"
+    );
+    assert!(
+        got.keys()
+            .all(|u| u.starts_with("new-") || u.starts_with("old")),
+        "no line cut in the middle"
+    );
+}
+
+fn gzip_member(text: &str) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(text.as_bytes()).unwrap();
+    enc.finish().unwrap()
+}
+
+#[test]
+fn a_gzip_file_appended_to_sends_only_the_new_lines_and_a_recompressed_one_is_sent_again() {
+    let env = Env::new(vec![], WebhookConfig::default());
+    let file = env.path("events.ndjson.gz");
+    std::fs::write(&file, gzip_member(&lines_of("g1-", 0..300))).unwrap();
+    env.run(&send_args(&file)).assert_code(0);
+
+    // `gzip -c more >> events.ndjson.gz`: a second member.
+    append(&file, &gzip_member(&lines_of("g2-", 0..100)));
+    let run = env.run(&send_args(&file));
+    run.assert_code(0);
+    assert!(run.stderr.contains("appended"), "{}", run.stderr);
+    assert_received_once(&env, &[("g1-", 0..300), ("g2-", 0..100)]);
+    let again = env.run(&send_args(&file));
+    again.assert_code(0);
+    assert!(again.stderr.contains("nothing new"), "{}", again.stderr);
+
+    // Any change to the compressed bytes before the part read is a replacement.
+    std::fs::write(&file, gzip_member(&lines_of("g3-", 0..50))).unwrap();
+    let run = env.run(&send_args(&file));
+    run.assert_code(0);
+    assert!(run.stderr.contains("replaced"), "{}", run.stderr);
+    assert_received_once(&env, &[("g1-", 0..300), ("g2-", 0..100), ("g3-", 0..50)]);
+}
+
+#[test]
+fn a_send_state_without_file_identities_is_refused_rather_than_trusted() {
+    let env = Env::new(vec![], WebhookConfig::default());
+    let file = env.path("old.ndjson");
+    std::fs::write(&file, lines_of("o", 0..20)).unwrap();
+    let state = env.path("send-state.json");
+    let mut args = send_args(&file);
+    args.extend(["--checkpoint", state.to_str().unwrap()]);
+    env.run(&args).assert_code(0);
+    // The position as earlier versions wrote it: an offset, and nothing to check it against.
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    json["position"] = serde_json::json!({"file": 0, "offset": 100, "line": 5});
+    std::fs::write(&state, serde_json::to_vec(&json).unwrap()).unwrap();
+    append(&file, lines_of("p", 0..5).as_bytes());
+
+    let run = env.run(&args);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("did not record which files it read")
+            && run.stderr.contains("--restart"),
+        "{}",
+        run.stderr
+    );
+    args.push("--restart");
+    env.run(&args).assert_code(0);
+    assert_eq!(env.received().len(), 25);
+}

@@ -67,6 +67,10 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
         &cfg.resume,
     )
     .await?;
+    // Before anything is marked: a range still open by PostHog's clock cannot be complete.
+    connect
+        .refuse_future_end(source, &cfg.range, "backfill")
+        .await?;
     let path = store.path().to_path_buf();
     if state.complete {
         return Ok(Report::ok(format!(

@@ -2,7 +2,8 @@
 //! environment and `--config` file merged), prints them with secrets redacted, and for
 //! `backfill` and `sync` says what a run would read: the range, an estimate of the events
 //! (PostHog `count()` queries, one per month at most), the requests, and the time the request
-//! budget needs for them. Sends nothing to the webhook and writes no state.
+//! budget needs for them; for `backfill` and `export`, it refuses an `--end` in the future by
+//! PostHog's clock, as a run would. Sends nothing to the webhook and writes no state.
 
 use crate::cli::CheckedCommand;
 use crate::commands::backfill::BackfillConfig;
@@ -63,6 +64,9 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 }
                 let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
                 let kind = ask_api(&connect, cfg.read.source).await?;
+                connect
+                    .refuse_future_end(kind, &cfg.range, "backfill")
+                    .await?;
                 estimate(
                     &connect,
                     kind,
@@ -167,6 +171,11 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                         .as_ref()
                         .map_or("stdout".into(), |p| p.display().to_string())
                 );
+                let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
+                let kind = ask_api(&connect, cfg.read.source).await?;
+                connect
+                    .refuse_future_end(kind, &cfg.range, "export")
+                    .await?;
             }
             CheckedCommand::Send(args) => {
                 let cfg = crate::commands::send::SendConfig::from_args(args)?;

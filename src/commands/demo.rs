@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub(crate) async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Result<Report> {
     let start: DateTime<Utc> = "2024-01-01T00:00:00Z".parse().expect("valid");
     let end: DateTime<Utc> = "2024-01-15T00:00:00Z".parse().expect("valid");
-    let mut events = data::synthetic_events(args.events, start, end, 2024);
+    let mut events = data::synthetic_events(args.events as usize, start, end, 2024);
     // More events in one microsecond than a page holds, and rows not yet merged away.
     events.extend(data::tied_events(
         6_000,

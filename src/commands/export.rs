@@ -1,6 +1,7 @@
 //! `export`: the events of a time range as NDJSON, one posted-event object per line, to stdout
 //! or a file (`.gz`: gzip). Writing to a file is resumable: the checkpoint records how many
-//! bytes of the file are complete, and a resumed run cuts anything after them.
+//! bytes of the file are complete and their fingerprint; a resumed run cuts anything after
+//! them, and starts again from the beginning of the range if the file no longer holds them.
 
 use crate::cli::ExportArgs;
 use crate::commands::Report;
@@ -15,11 +16,13 @@ use crate::posthog::source::{Cursor, Range, SourceKind};
 use crate::progress::Progress;
 use crate::settings::{self, Retries};
 use crate::sinks::ndjson::{NdjsonWriter, OutputClosed};
-use crate::state::checkpoint::JobId;
-use crate::state::job;
+use crate::state::checkpoint::{Counters, JobId};
+use crate::state::{fingerprint, job};
+use anyhow::Context;
 use indicatif::HumanCount;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Lines written (and synced) at a time: the checkpoint granularity of a file export. One
@@ -68,17 +71,53 @@ impl ExportConfig {
     }
 }
 
-/// Where a file export stands: the read position and the bytes of the file that are complete.
+/// Where a file export stands: the read position, the bytes of the file that are complete,
+/// and their fingerprint (`state::fingerprint`), which a resumed run checks the file against.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ExportPosition {
     pub(crate) cursor: Cursor,
     pub(crate) bytes: u64,
+    /// Absent in checkpoints of earlier versions: then only the length is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fingerprint: Option<String>,
+}
+
+/// Why the output file no longer holds what the checkpoint says was written to it, if so.
+fn output_changed(output: &Path, position: &ExportPosition) -> anyhow::Result<Option<String>> {
+    let file = match File::open(output) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Some("is missing".into()));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", output.display())),
+    };
+    let len = file.metadata()?.len();
+    if len < position.bytes {
+        return Ok(Some(format!(
+            "is shorter ({len} bytes) than the {} bytes this export had written",
+            position.bytes
+        )));
+    }
+    let Some(expected) = &position.fingerprint else {
+        return Ok(None);
+    };
+    let same = fingerprint::begins_with(&file, position.bytes, expected)
+        .with_context(|| format!("cannot read {}", output.display()))?;
+    Ok((!same).then(|| {
+        format!(
+            "no longer begins with the {} bytes this export had written (it was changed or replaced)",
+            position.bytes
+        )
+    }))
 }
 
 pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
     let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
     let Some(output) = &cfg.output else {
         let source = connect.choose(cfg.read.source, None).await?;
+        connect
+            .refuse_future_end(source, &cfg.range, "export")
+            .await?;
         let writer = NdjsonWriter::stdout(progress.clone());
         return match read_into(
             cfg,
@@ -122,6 +161,9 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
         &cfg.resume,
     )
     .await?;
+    connect
+        .refuse_future_end(source, &cfg.range, "export")
+        .await?;
     let path = store.path().to_path_buf();
     let existing = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
     if fresh && existing > 0 && !cfg.resume.restart {
@@ -129,6 +171,22 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
             "{} exists and no checkpoint says how much of it is complete; move it aside, or pass --restart to overwrite it",
             output.display()
         )));
+    }
+    // Never extend a file that lost what was written to it (padding it, or keeping another
+    // file's bytes): the export starts again from the beginning of the range.
+    if let Some(position) = &state.position
+        && let Some(problem) = output_changed(&output, position)?
+    {
+        progress.warn(&format!(
+            "{} {problem}; starting the export again from the beginning of the range",
+            output.display()
+        ));
+        state.position = None;
+        state.complete = false;
+        state.counters = Counters {
+            runs: state.counters.runs,
+            ..Counters::default()
+        };
     }
     if state.complete {
         return Ok(Report::ok(format!(
@@ -146,6 +204,10 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
         ));
     }
     state.counters.runs += 1;
+    // The state exists before the file is first written: a run that fails before its first
+    // checkpoint (a full disk) leaves a file the next run knows to be this job's, to start
+    // again, instead of one it must refuse to overwrite.
+    store.save(&mut state)?;
     let writer = NdjsonWriter::file(&output, keep, progress.clone())?;
     let from = state.position.as_ref().map(|p| p.cursor.clone());
     read_into(
@@ -159,6 +221,7 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
             let position = ExportPosition {
                 cursor: cursor.clone(),
                 bytes: writer.len(),
+                fingerprint: writer.fingerprint()?,
             };
             store.commit(&mut state, position, done)
         },

@@ -44,8 +44,9 @@ pub(crate) struct SyncConfig {
 
 impl SyncConfig {
     pub(crate) fn from_args(args: &SyncArgs) -> anyhow::Result<Self> {
-        let duration = |d: std::time::Duration| {
-            Duration::from_std(d).map_err(|_| usage("duration out of range"))
+        // The parser keeps durations within ten years; this only guards the conversion.
+        let duration = |flag: &str, d: std::time::Duration| {
+            Duration::from_std(d).map_err(|_| usage(format!("{flag} is out of range")))
         };
         Ok(SyncConfig {
             read: settings::read(&args.read, args.deliver.retry.allow_insecure_http)?,
@@ -54,8 +55,8 @@ impl SyncConfig {
                 args.deliver.retry.allow_insecure_http,
             )?,
             start: args.start,
-            lookback: duration(args.lookback)?,
-            lag: duration(args.lag)?,
+            lookback: duration("--lookback", args.lookback)?,
+            lag: duration("--lag", args.lag)?,
             resume: settings::resume(&args.deliver.state, &args.deliver.retry),
             retries: settings::retries(&args.deliver.retry),
             ca_certs: settings::ca_certs(&args.deliver.tls)?,
@@ -151,7 +152,9 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
                 p
             }
             None => {
-                let now = posthog_now(&connect, source, progress).await?;
+                // PostHog's clock alone decides what "ingested up to now" means: `created_at`
+                // is PostHog's time, and a cron host's clock may drift.
+                let now = connect.now(source).await?;
                 let Some(p) = next_run(cfg, source, &sync, now) else {
                     break;
                 };
@@ -217,29 +220,6 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
     })
 }
 
-/// PostHog's clock, which alone decides what "ingested up to now" means: `created_at` is
-/// PostHog's time, and a cron host's clock may drift. Warns when the local clock is off.
-async fn posthog_now(
-    connect: &Connect<'_>,
-    source: SourceKind,
-    progress: &Progress,
-) -> anyhow::Result<DateTime<Utc>> {
-    let now = connect
-        .client(source)
-        .now(source)
-        .await
-        .map_err(|e| e.into_error("asking PostHog for its time"))?;
-    let drift = Utc::now() - now;
-    if drift.abs() > Duration::minutes(1) {
-        progress.warn(&format!(
-            "this machine's clock is {} {} PostHog's; sync uses PostHog's time, but check the clock (NTP)",
-            crate::progress::human_duration(drift.abs().to_std().unwrap_or_default()),
-            if drift > Duration::zero() { "ahead of" } else { "behind" }
-        ));
-    }
-    Ok(crate::event::to_micros(now))
-}
-
 impl Pending {
     /// The event-time range the run reads.
     pub(crate) fn range(&self) -> Range {
@@ -262,17 +242,20 @@ impl Pending {
 }
 
 /// The bounds of the next run at `now`, fixed before it starts so that a resumed run reads
-/// the same; `None` when nothing new can have been ingested since the watermark.
+/// the same; `None` when nothing new can have been ingested since the watermark. Date
+/// arithmetic is checked: a lag reaching before the first representable date means nothing
+/// can have been ingested yet, and a lookback reaching that far means "from the start".
 pub(crate) fn next_run(
     cfg: &SyncConfig,
     source: SourceKind,
     sync: &SyncState,
     now: DateTime<Utc>,
 ) -> Option<Pending> {
-    let until = now - cfg.lag;
+    let until = now.checked_sub_signed(cfg.lag)?;
     if sync.watermark.is_some_and(|w| until <= w) {
         return None;
     }
+    let ahead = now.checked_add_signed(FUTURE_SLACK)?;
     Some(match (source, sync.watermark) {
         // Events API: event time is all there is.
         (SourceKind::Events, w) => Pending {
@@ -286,15 +269,17 @@ pub(crate) fn next_run(
         (_, None) => Pending {
             until,
             start: sync.start,
-            end: now + FUTURE_SLACK,
+            end: ahead,
             ingested_after: None,
             cursor: None,
         },
         // Query API: ingested since the watermark, with event times back to the lookback.
         (_, Some(w)) => Pending {
             until,
-            start: (w - cfg.lookback).max(sync.start),
-            end: now + FUTURE_SLACK,
+            start: w
+                .checked_sub_signed(cfg.lookback)
+                .map_or(sync.start, |s| s.max(sync.start)),
+            end: ahead,
             ingested_after: Some(w),
             cursor: None,
         },

@@ -150,6 +150,43 @@ impl<'a> Connect<'a> {
         }
     }
 
+    /// PostHog's clock (to the microsecond grid events use), for every decision about "now":
+    /// a cron host's clock may drift. Warns when this machine's clock is off by more than a
+    /// minute.
+    pub(crate) async fn now(&self, kind: SourceKind) -> anyhow::Result<DateTime<Utc>> {
+        let now = self
+            .client(kind)
+            .now(kind)
+            .await
+            .map_err(|e| e.into_error("asking PostHog for its time"))?;
+        let drift = Utc::now() - now;
+        if drift.abs() > chrono::Duration::minutes(1) {
+            self.progress.warn(&format!(
+                "this machine's clock is {} {} PostHog's; posthog-patterns uses PostHog's time, but check the clock (NTP)",
+                crate::progress::human_duration(drift.abs().to_std().unwrap_or_default()),
+                if drift > chrono::Duration::zero() {
+                    "ahead of"
+                } else {
+                    "behind"
+                }
+            ));
+        }
+        Ok(crate::event::to_micros(now))
+    }
+
+    /// Refuses a range that has not ended yet by PostHog's clock. A range is read by event
+    /// time, so events stamped after "now" are still to come: calling such a range complete
+    /// would skip them for good. `command` names the command in the message.
+    pub(crate) async fn refuse_future_end(
+        &self,
+        kind: SourceKind,
+        range: &Range,
+        command: &str,
+    ) -> anyhow::Result<()> {
+        let now = self.now(kind).await?;
+        future_end(range, now, command).map_err(crate::error::usage)
+    }
+
     /// The API to read: `auto` resumes a job with the API it started with, and otherwise asks
     /// PostHog (falling back to the Events API where there is no Query API).
     pub(crate) async fn choose(
@@ -167,6 +204,27 @@ impl<'a> Connect<'a> {
             (kind, _) => resolve(kind, &self.client(kind)).await,
         }
     }
+}
+
+/// Why `range` cannot be read completely at `now`, if it cannot: the latest `--end` that can,
+/// and `sync` for an export that goes on.
+fn future_end(range: &Range, now: DateTime<Utc>, command: &str) -> Result<(), String> {
+    if range.end <= now {
+        return Ok(());
+    }
+    let latest = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let start = if range.start >= now {
+        format!(
+            "; --start ({}) is in the future too",
+            crate::event::format_ts(&range.start)
+        )
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "--end {} is later than PostHog's current time ({latest}){start}: `{command}` reads by event time and cannot promise events that have not happened yet. It can run now up to --end {latest} at the latest; for an ongoing export, use `posthog-patterns sync`",
+        crate::event::format_ts(&range.end),
+    ))
 }
 
 /// Everything needed to read: which API, from where, what.
@@ -289,6 +347,56 @@ impl<'de> Deserialize<'de> for TieSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_ending_after_now_is_refused_naming_the_latest_end_and_sync() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let now = t("2024-06-01T10:00:00.250Z");
+        let range = |start, end| Range {
+            start: t(start),
+            end: t(end),
+        };
+        assert!(
+            future_end(
+                &range("2024-05-01T00:00:00Z", "2024-06-01T10:00:00Z"),
+                now,
+                "backfill"
+            )
+            .is_ok()
+        );
+        assert!(
+            future_end(
+                &range("2024-05-01T00:00:00Z", "2024-06-01T10:00:00.250Z"),
+                now,
+                "backfill"
+            )
+            .is_ok()
+        );
+        let err = future_end(
+            &range("2024-05-01T00:00:00Z", "2024-06-02T00:00:00Z"),
+            now,
+            "backfill",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("--end 2024-06-01T10:00:00Z at the latest"),
+            "{err}"
+        );
+        assert!(
+            err.contains("`backfill` reads by event time") && err.contains("sync"),
+            "{err}"
+        );
+        let err = future_end(
+            &range("2024-07-01T00:00:00Z", "2024-08-01T00:00:00Z"),
+            now,
+            "export",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("--start (2024-07-01T00:00:00.000000Z) is in the future too"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_tie_set_remembers_its_own_prefix_and_round_trips() {

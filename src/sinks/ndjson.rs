@@ -6,6 +6,7 @@
 use crate::pipeline::ledger::Stats;
 use crate::pipeline::{Deliver, Delivered};
 use crate::progress::Progress;
+use crate::state::fingerprint;
 use anyhow::Context;
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -56,8 +57,10 @@ impl NdjsonWriter {
     /// Opens `path` for appending after its first `keep` bytes (a checkpoint's length; 0 to
     /// start afresh): anything after them, such as a torn last line, is cut off.
     pub(crate) fn file(path: &Path, keep: u64, progress: Arc<Progress>) -> anyhow::Result<Self> {
+        // Readable too: each checkpoint records a fingerprint of what the file holds.
         let file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .mode(0o600)
             .open(path)
@@ -81,6 +84,17 @@ impl NdjsonWriter {
 
     pub(crate) fn len(&self) -> u64 {
         self.len.load(Relaxed)
+    }
+
+    /// The fingerprint of the file's complete part (see `state::fingerprint`), for a checkpoint
+    /// to check the file against when the export resumes; `None` for stdout.
+    pub(crate) fn fingerprint(&self) -> anyhow::Result<Option<String>> {
+        match &*self.target.lock().unwrap() {
+            Target::Stdout(_) => Ok(None),
+            Target::File { file, path, .. } => fingerprint::prefix(file, self.len())
+                .map(Some)
+                .with_context(|| format!("cannot read back {}", path.display())),
+        }
     }
 
     fn write(&self, events: &[String]) -> anyhow::Result<()> {

@@ -88,8 +88,23 @@ impl Env {
     /// and state kept in the temporary directory.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env_clear()
+        cmd.args(args);
+        self.environment(cmd)
+    }
+
+    /// The binary started by `sh -c SCRIPT` (which then execs it), for what only a shell sets
+    /// up: resource limits (`ulimit`), ignored signals (`trap '' SIG`).
+    pub fn command_in_shell(&self, script: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("{script}; exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .args(args);
+        self.environment(cmd)
+    }
+
+    fn environment(&self, mut cmd: Command) -> Command {
+        cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
             .env("POSTHOG_PATTERNS_STATE_DIR", self.path("state"))

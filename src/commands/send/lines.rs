@@ -2,12 +2,9 @@
 //! file, with the byte offset and line number a checkpoint resumes from. A longer line is
 //! reported, not kept, so no input can exhaust memory.
 
-use crate::sinks::ndjson::is_gzip;
-use anyhow::Context;
 use flate2::read::MultiGzDecoder;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
-use std::path::Path;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -42,22 +39,47 @@ pub(crate) struct LineReader {
     pub(crate) line: u64,
 }
 
+/// A file handle shared with whoever fingerprints the file meanwhile (with positioned reads,
+/// which leave this reader's position alone).
+struct Shared(Arc<File>);
+
+impl Read for Shared {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
 impl LineReader {
-    /// Opens a file (gzip if it ends in `.gz`), counting the raw bytes read into `count`.
-    pub(crate) fn open(path: &Path, max: usize, count: Arc<AtomicU64>) -> anyhow::Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let raw = Counting { inner: file, count };
-        let inner: Box<dyn Read + Send> = if is_gzip(path) {
+    /// Reads an open file (gzip when `gzip`) from stream `offset`, which is `line` lines in: a
+    /// plain file seeks there, a gzip file is decompressed up to it. `count` is set to the raw
+    /// bytes behind the reader, and kept up to date.
+    pub(crate) fn open_at(
+        file: Arc<File>,
+        gzip: bool,
+        max: usize,
+        count: Arc<AtomicU64>,
+        (offset, line): (u64, u64),
+    ) -> io::Result<Self> {
+        let seek_to = if gzip { 0 } else { offset };
+        (&*file).seek(SeekFrom::Start(seek_to))?;
+        count.store(seek_to, Relaxed);
+        let raw = Counting {
+            inner: Shared(file),
+            count,
+        };
+        let inner: Box<dyn Read + Send> = if gzip {
             Box::new(MultiGzDecoder::new(BufReader::new(raw)))
         } else {
             Box::new(raw)
         };
-        Ok(LineReader {
+        let mut reader = LineReader {
             inner: BufReader::with_capacity(1 << 16, inner),
             max,
-            offset: 0,
+            offset: seek_to,
             line: 0,
-        })
+        };
+        reader.skip(offset - seek_to, line)?;
+        Ok(reader)
     }
 
     pub(crate) fn stdin(max: usize) -> Self {
@@ -74,18 +96,20 @@ impl LineReader {
         self.inner.buffer().is_empty()
     }
 
-    /// Skips `bytes` bytes and `lines` lines already handled by an earlier run.
-    pub(crate) fn skip(&mut self, bytes: u64, lines: u64) -> io::Result<()> {
+    /// Skips `bytes` more bytes; the reader is then `lines` lines in (handled by an earlier run).
+    fn skip(&mut self, bytes: u64, lines: u64) -> io::Result<()> {
         let copied = io::copy(&mut self.inner.by_ref().take(bytes), &mut io::sink())?;
         if copied < bytes {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
-                    "the file is shorter ({copied} bytes) than the checkpoint says ({bytes}); it changed since"
+                    "the file is shorter ({} bytes) than the checkpoint says ({}); it changed since",
+                    self.offset + copied,
+                    self.offset + bytes
                 ),
             ));
         }
-        self.offset = bytes;
+        self.offset += bytes;
         self.line = lines;
         Ok(())
     }
@@ -143,6 +167,7 @@ impl LineReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn reader(text: &[u8], max: usize) -> LineReader {
         LineReader {
@@ -183,12 +208,34 @@ mod tests {
         assert_eq!(r.offset, long.len() as u64);
     }
 
+    fn file_with(bytes: &[u8], gzip: bool) -> Arc<File> {
+        let mut f = tempfile::tempfile().unwrap();
+        if gzip {
+            let mut enc = flate2::write::GzEncoder::new(&mut f, flate2::Compression::fast());
+            enc.write_all(bytes).unwrap();
+            enc.finish().unwrap();
+        } else {
+            f.write_all(bytes).unwrap();
+        }
+        Arc::new(f)
+    }
+
     #[test]
-    fn skip_resumes_at_an_offset() {
-        let mut r = reader(b"one\ntwo\nthree\n", 100);
-        r.skip(8, 2).unwrap();
-        assert_eq!(text(r.next_line().unwrap()), "three");
-        assert_eq!(r.line, 3);
-        assert!(reader(b"short", 100).skip(50, 1).is_err());
+    fn a_plain_or_gzip_file_resumes_at_an_offset() {
+        for gzip in [false, true] {
+            let file = file_with(b"one\ntwo\nthree\n", gzip);
+            let count = Arc::new(AtomicU64::new(0));
+            let mut r = LineReader::open_at(file, gzip, 100, count.clone(), (8, 2)).unwrap();
+            assert_eq!(text(r.next_line().unwrap()), "three", "gzip: {gzip}");
+            assert_eq!((r.offset, r.line), (14, 3));
+            if !gzip {
+                assert_eq!(count.load(Relaxed), 14, "raw bytes behind the reader");
+            }
+        }
+        let short = file_with(b"short", true);
+        let err = LineReader::open_at(short, true, 100, Arc::default(), (50, 1))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("shorter"), "{err}");
     }
 }

@@ -1,8 +1,11 @@
 //! `send`: NDJSON from stdin or files (plain or `.gz`) to the webhook, through the same batcher
 //! and sink as `backfill`. Any JSON objects are accepted; `--event` filters apply to objects
-//! that have an `event` field. With files, a checkpoint records how far each was acknowledged;
-//! from stdin, a failure says how many lines were acknowledged so the rest can be fed again.
+//! that have an `event` field. With files, a checkpoint records how far each was acknowledged
+//! and how to recognise it (`files`): a file appended to since is continued after its sent
+//! part, a replaced one is sent again from its first line. From stdin, a failure says how many
+//! lines were acknowledged so the rest can be fed again.
 
+pub(crate) mod files;
 pub(crate) mod lines;
 
 use crate::cli::{OnInvalid, SendArgs};
@@ -19,9 +22,10 @@ use crate::sinks::dead_letter::DeadLetter;
 use crate::sinks::webhook::Sink;
 use crate::state::checkpoint::{self, JobId, State};
 use anyhow::Context;
+use files::{Found, SendState};
 use indicatif::HumanCount;
 use lines::{Line, LineReader};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -86,8 +90,9 @@ impl SendConfig {
 }
 
 /// How far the input has been acknowledged: everything before `offset` (bytes of the
-/// decompressed stream) of file number `file`, which is `line` lines; earlier files are done.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// decompressed stream) of file number `file`, which is `line` lines. What the state keeps per
+/// file is a `files::SendState`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SendPosition {
     pub(crate) file: usize,
     pub(crate) offset: u64,
@@ -110,17 +115,10 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
                 acked + 1
             )
         };
-        let work = deliver(
-            cfg,
-            &sink,
-            progress,
-            Input::Stdin,
-            SendPosition::default(),
-            |pos, _| {
-                acked.store(pos.line, Relaxed);
-                Ok(())
-            },
-        );
+        let work = deliver(cfg, &sink, progress, Source::Stdin, |pos, _| {
+            acked.store(pos.line, Relaxed);
+            Ok(())
+        });
         let result = crate::error::interruptible(work, cfg.retries.max_run_time, resume_hint).await;
         if let Err(e) = result {
             return Err(
@@ -143,7 +141,7 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
         std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
     }
     let job = cfg.job_id(&files);
-    let (store, stored) = checkpoint::open_job::<SendPosition>("send", &job, &cfg.resume)?;
+    let (store, stored) = checkpoint::open_job::<SendState>("send", &job, &cfg.resume)?;
     let mut state = match stored {
         Some(state) => {
             checkpoint::check_job(store.path(), &state.job, &job)?;
@@ -151,40 +149,117 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
         }
         None => State::new(job),
     };
-    if state.complete {
-        return Ok(Report::ok(format!(
-            "send already complete: {} events posted from {} file(s); pass --restart to send them again",
-            HumanCount(state.counters.posted),
-            files.len()
+    // A position without files: written before file identities were recorded, so whether a
+    // file changed since cannot be told.
+    if state.position.as_ref().is_some_and(|p| p.files.is_empty()) {
+        return Err(crate::error::usage(format!(
+            "the checkpoint {} was written by an earlier posthog-patterns that did not record which files it read, so it cannot tell whether they changed since; pass --restart to send them from their first line (the webhook may then see some events again)",
+            store.path().display()
         )));
     }
-    let from = state.position.unwrap_or_default();
-    if state.position.is_some() {
-        progress.info(&format!(
-            "resuming {} after line {}",
-            files
-                .get(from.file)
-                .map_or("the files".into(), |f| f.display().to_string()),
-            from.line
-        ));
+    let recorded = state.position.clone().unwrap_or_default().files;
+    let inputs: Vec<files::Input> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| files::Input::open(i, f, recorded.get(i).cloned().flatten()))
+        .collect::<anyhow::Result<_>>()?;
+    if inputs.iter().all(|i| i.found == Found::Unchanged) {
+        return Ok(Report::ok(format!(
+            "send already complete: nothing new in {} file(s) since the last run ({} events posted before); pass --restart to send them again",
+            files.len(),
+            HumanCount(state.counters.posted),
+        )));
     }
+    for input in &inputs {
+        tell_found(input, progress);
+    }
+    state.complete = false;
     state.counters.runs += 1;
+    let inputs = Arc::new(inputs);
+    // Files before this one have been recorded as read to their end.
+    let mut sealed = 0;
     let work = deliver(
         cfg,
         &sink,
         progress,
-        Input::Files(files.clone()),
-        from,
-        |pos, done| store.commit(&mut state, *pos, done),
+        Source::Files(inputs.clone()),
+        |pos, done| {
+            let mut sent = state.position.clone().unwrap_or_default();
+            for k in sealed..pos.file {
+                if let Some(whole) = inputs[k].sent_to_end()? {
+                    sent.record(k, whole);
+                }
+            }
+            sealed = sealed.max(pos.file);
+            if let Some(input) = inputs.get(pos.file) {
+                sent.record(pos.file, input.sent(pos.offset, pos.line, false)?);
+            }
+            store.commit(&mut state, sent, done)
+        },
     );
     let result = crate::error::interruptible(work, cfg.retries.max_run_time, || {
         crate::error::RESUME_HINT.to_string()
     })
     .await;
     result?;
+    let mut sent = state.position.clone().unwrap_or_default();
+    for (k, input) in inputs.iter().enumerate() {
+        if let Some(whole) = input.sent_to_end()? {
+            sent.record(k, whole);
+        }
+    }
+    state.position = Some(sent);
     state.complete = true;
     store.save(&mut state)?;
-    Ok(summary(cfg, progress, format!("{} file(s)", files.len())))
+    let mut report = summary(cfg, progress, format!("{} file(s)", files.len()));
+    report.summary.push_str(&changes(&inputs));
+    Ok(report)
+}
+
+/// Says what was found of a file read before, as the run starts.
+fn tell_found(input: &files::Input, progress: &Progress) {
+    let name = input.path.display();
+    let line = input.from.line;
+    match &input.found {
+        Found::New | Found::Unchanged => {}
+        Found::Continued { grew: true } => progress.info(&format!(
+            "{name} was appended to since the last run: sending the lines after line {line}"
+        )),
+        Found::Continued { grew: false } => {
+            progress.info(&format!("resuming {name} after line {line}"))
+        }
+        Found::Replaced { why } => {
+            let unsent = match &input.before {
+                Some(before) if !before.to_end => format!(
+                    "; the earlier file had been sent only up to line {}, and its other lines are gone with it",
+                    before.lines
+                ),
+                _ => String::new(),
+            };
+            progress.warn(&format!(
+                "{name} was replaced since the last run ({why}): sending it from line 1 as a new input{unsent}"
+            ));
+        }
+    }
+}
+
+/// Summary lines for the files that were appended to or replaced since the last run.
+fn changes(inputs: &[files::Input]) -> String {
+    let mut out = String::new();
+    for input in inputs {
+        let name = input.path.display();
+        match &input.found {
+            Found::Continued { grew: true } => out.push_str(&format!(
+                "\n  appended {name}: sent the lines after line {}",
+                input.from.line
+            )),
+            Found::Replaced { why } => out.push_str(&format!(
+                "\n  replaced {name} ({why}): sent from line 1 as a new input"
+            )),
+            _ => {}
+        }
+    }
+    out
 }
 
 fn summary(cfg: &SendConfig, progress: &Progress, what: String) -> Report {
@@ -207,17 +282,17 @@ fn summary(cfg: &SendConfig, progress: &Progress, what: String) -> Report {
     }
 }
 
-enum Input {
+/// What `send` reads.
+enum Source {
     Stdin,
-    Files(Vec<PathBuf>),
+    Files(Arc<Vec<files::Input>>),
 }
 
 async fn deliver(
     cfg: &SendConfig,
     sink: &Sink,
     progress: &Arc<Progress>,
-    input: Input,
-    from: SendPosition,
+    source: Source,
     commit: impl FnMut(&SendPosition, crate::pipeline::Delivered) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let reading = Reading {
@@ -229,7 +304,7 @@ async fn deliver(
     };
     runner::pipe(
         move |tx| async move {
-            tokio::task::spawn_blocking(move || reading.read(input, from, tx))
+            tokio::task::spawn_blocking(move || reading.read(source, tx))
                 .await
                 .map_err(|e| anyhow::anyhow!("the reader failed: {e}"))?
         },
@@ -258,61 +333,62 @@ struct Named {
 }
 
 impl Reading {
-    fn read(
-        self,
-        input: Input,
-        from: SendPosition,
-        tx: mpsc::Sender<Vec<Item<SendPosition>>>,
-    ) -> anyhow::Result<()> {
-        let raw_read = Arc::new(AtomicU64::new(0));
-        match input {
-            Input::Stdin => {
+    fn read(self, source: Source, tx: mpsc::Sender<Vec<Item<SendPosition>>>) -> anyhow::Result<()> {
+        match source {
+            Source::Stdin => {
                 let mut lines = LineReader::stdin(self.max_line_bytes);
                 self.read_one("stdin", &mut lines, 0, &tx)
             }
-            Input::Files(files) => {
-                let total: u64 = files
-                    .iter()
-                    .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-                    .sum();
-                let done_before: u64 = files[..from.file.min(files.len())]
-                    .iter()
-                    .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-                    .sum();
-                for (i, file) in files.iter().enumerate().skip(from.file) {
-                    let mut lines = LineReader::open(file, self.max_line_bytes, raw_read.clone())?;
-                    if i == from.file && (from.offset > 0 || from.line > 0) {
-                        lines
-                            .skip(from.offset, from.line)
-                            .with_context(|| format!("cannot resume {}", file.display()))?;
-                    }
-                    let name = file.display().to_string();
-                    self.progress.set_status(name.clone());
-                    let progress = self.progress.clone();
-                    let counted = raw_read.clone();
-                    let share = move || {
-                        progress.set_done(
-                            (done_before + counted.load(Relaxed)) as f64 / total.max(1) as f64,
-                        );
-                    };
-                    share();
-                    if !self.read_one_with(&name, &mut lines, i, &tx, &share)? {
-                        return Ok(());
-                    }
-                    // The whole file is done.
-                    let next = SendPosition {
-                        file: i + 1,
-                        offset: 0,
-                        line: 0,
-                    };
-                    if tx.blocking_send(vec![Item::Mark(next)]).is_err() {
-                        return Ok(());
-                    }
-                }
-                self.progress.set_done(1.0);
-                Ok(())
-            }
+            Source::Files(inputs) => self.read_files(&inputs, &tx),
         }
+    }
+
+    /// Reads each file from where this run starts it; an unchanged file is not opened.
+    fn read_files(
+        &self,
+        inputs: &[files::Input],
+        tx: &mpsc::Sender<Vec<Item<SendPosition>>>,
+    ) -> anyhow::Result<()> {
+        let sizes: Vec<u64> = inputs
+            .iter()
+            .map(|i| i.file.metadata().map_or(0, |m| m.len()))
+            .collect();
+        let total: u64 = sizes.iter().sum();
+        // The share done: the raw bytes behind each reader, and all of an unchanged file.
+        let share = || {
+            let done: u64 = inputs
+                .iter()
+                .zip(&sizes)
+                .map(|(i, size)| match i.found {
+                    Found::Unchanged => *size,
+                    _ => i.raw.load(Relaxed),
+                })
+                .sum();
+            self.progress.set_done(done as f64 / total.max(1) as f64);
+        };
+        for (i, input) in inputs.iter().enumerate() {
+            if input.found == Found::Unchanged {
+                continue;
+            }
+            let mut lines = LineReader::open_at(
+                input.file.clone(),
+                input.gzip,
+                self.max_line_bytes,
+                input.raw.clone(),
+                (input.from.offset, input.from.line),
+            )
+            .with_context(|| format!("cannot resume {}", input.path.display()))?;
+            let name = input.path.display().to_string();
+            self.progress.set_status(name.clone());
+            share();
+            if !self.read_one_with(&name, &mut lines, i, tx, &share)? {
+                return Ok(());
+            }
+            // Set once: each file is read once per run.
+            let _ = input.end.set((lines.offset, lines.line));
+        }
+        self.progress.set_done(1.0);
+        Ok(())
     }
 
     fn read_one(
