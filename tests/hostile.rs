@@ -535,3 +535,62 @@ fn events_with_bytes_json_cannot_carry_or_lone_surrogates_are_delivered_not_bloc
     env.run(&["send", out.to_str().unwrap()]).assert_code(0);
     assert_eq!(env.webhook.with_state(|s| s.events.len()), 2 * before);
 }
+
+#[test]
+fn send_takes_hostile_lines_as_invalid_lines_not_panics_and_skips_past_them() {
+    let env = Env::new(Vec::new(), WebhookConfig::default());
+    let input = env.path("in.ndjson");
+    let mut text = b"\xEF\xBB\xBF{\"uuid\":\"u1\",\"event\":\"a\"}\n".to_vec();
+    text.extend_from_slice(b"{\"uuid\":\"u2\",\"p\":\"bad \xff byte\"}\n");
+    text.extend_from_slice(b"[{\"uuid\":\"u3\"}]\n");
+    text.extend_from_slice(
+        format!("{{\"uuid\":\"u4\",\"p\":\"{}\"}}\n", "x".repeat(5_000)).as_bytes(),
+    );
+    text.extend_from_slice(b"{\"uuid\":\"u5\",\"event\":\"b\"}\n");
+    std::fs::write(&input, &text).unwrap();
+    let input = input.to_str().unwrap();
+
+    // Stopping at the first bad line: the line before it (BOM skipped) is posted, no panic.
+    let run = env.run(&["send", input, "--max-line-bytes", "4KiB"]);
+    run.assert_code(1);
+    assert!(run.stderr.contains("line 2: not UTF-8"), "{}", run.stderr);
+    assert_eq!(env.webhook.uuids(), ["u1"]);
+
+    // Skipping: every bad line is set aside with its line number and the reason.
+    let dead = env.path("dead.ndjson");
+    let run = env.run(&[
+        "send",
+        input,
+        "--max-line-bytes",
+        "4KiB",
+        "--on-invalid",
+        "skip",
+        "--restart",
+        "--dead-letter",
+        dead.to_str().unwrap(),
+    ]);
+    run.assert_code(3);
+    assert_eq!(env.webhook.uuids(), ["u1", "u1", "u5"]);
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines: Vec<u64> = records
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [2, 3, 4]);
+    assert!(
+        records[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("jq -c '.[]'")
+    );
+    assert!(
+        records[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("--max-line-bytes")
+    );
+}

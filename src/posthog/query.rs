@@ -40,6 +40,33 @@ enum RowCheck {
     Next { ts: DateTime<Utc>, key: OrderKey },
 }
 
+/// A Query API answer's rows. Bytes that are not UTF-8 are replaced by U+FFFD, and the rows
+/// they were in are named, so that one such event is delivered (and reported), not fatal.
+fn parse_page(bytes: &[u8]) -> Result<Page, serde_json::Error> {
+    if std::str::from_utf8(bytes).is_ok() {
+        let rows = serde_json::from_slice::<QueryResponse>(bytes)?.results;
+        return Ok(Page {
+            rows,
+            repaired: Vec::new(),
+        });
+    }
+    let (text, at) = super::repair::lossy_with_offsets(bytes);
+    let raw: RawResponse<'_> = serde_json::from_str(&text)?;
+    let mut page = Page {
+        rows: Vec::with_capacity(raw.results.len()),
+        repaired: Vec::new(),
+    };
+    for (i, row) in raw.results.into_iter().enumerate() {
+        let start = row.get().as_ptr() as usize - text.as_ptr() as usize;
+        let span = start..start + row.get().len();
+        if at.iter().any(|a| span.contains(a)) {
+            page.repaired.push(i);
+        }
+        page.rows.push(serde_json::from_str(row.get())?);
+    }
+    Ok(page)
+}
+
 /// The error for a row that breaks the rules: exit 1, naming the row.
 fn fault(row: &Row, why: &str) -> anyhow::Error {
     anyhow::anyhow!(
@@ -343,38 +370,12 @@ impl Reader {
     async fn query_page(&self, pos: &Cursor, end: DateTime<Utc>) -> Result<Page, GaveUp<ApiError>> {
         let body = hogql::page(pos, end, &self.filters, self.ingested, self.page_size);
         let bytes = self.client.post_page("query/", &body).await?;
-        let bad = |e: serde_json::Error| {
+        parse_page(&bytes).map_err(|e| {
             GaveUp::Fatal(ApiError::BadResponse {
                 status: 200,
                 excerpt: format!("{e}: {}", crate::net::http::excerpt(&bytes, 200)),
             })
-        };
-        if std::str::from_utf8(&bytes).is_ok() {
-            let rows = serde_json::from_slice::<QueryResponse>(&bytes)
-                .map_err(bad)?
-                .results;
-            return Ok(Page {
-                rows,
-                repaired: Vec::new(),
-            });
-        }
-        // Bytes that are not UTF-8 somewhere: repair them, and find the rows they were in.
-        let (text, at) = super::repair::lossy_with_offsets(&bytes);
-        let raw: RawResponse<'_> = serde_json::from_str(&text).map_err(bad)?;
-        let mut page = Page {
-            rows: Vec::with_capacity(raw.results.len()),
-            repaired: Vec::new(),
-        };
-        for (i, row) in raw.results.into_iter().enumerate() {
-            let start = row.get().as_ptr() as usize - text.as_ptr() as usize;
-            let span = start..start + row.get().len();
-            if at.iter().any(|a| span.contains(a)) {
-                page.repaired.push(i);
-            }
-            page.rows
-                .push(serde_json::from_str(row.get()).map_err(bad)?);
-        }
-        Ok(page)
+        })
     }
 }
 
@@ -440,5 +441,42 @@ mod tests {
         assert_eq!(next_width(w, 9, 85_000, 10_000), Duration::minutes(30));
         assert_eq!(next_width(Duration::days(30), 1, 0, 10_000), MAX_WIDTH);
         assert_eq!(next_width(MIN_WIDTH, 20, 200_000, 10_000), MIN_WIDTH);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// Any bytes as an answer: rows or an error, never a panic.
+        #[test]
+        fn any_answer_parses_or_is_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = parse_page(&bytes);
+        }
+
+        /// An answer whose properties hold bytes that are not UTF-8 in some rows: every row
+        /// comes back, in order, and exactly those rows are named as repaired.
+        #[test]
+        fn rows_with_bytes_that_are_not_utf8_are_kept_and_named(
+            bad in proptest::collection::vec(proptest::prelude::any::<bool>(), 1..30),
+        ) {
+            let mut body = br#"{"results":["#.to_vec();
+            for (i, is_bad) in bad.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(format!(r#"["u{i}","e","d","{{\"p\":\""#).as_bytes());
+                if *is_bad {
+                    body.push(0xff);
+                }
+                body.extend_from_slice(br#"\"}","","2024-01-01T00:00:00Z",null]"#);
+            }
+            body.extend_from_slice(br#"],"columns":[]}"#);
+            let page = parse_page(&body).unwrap();
+            proptest::prop_assert_eq!(page.rows.len(), bad.len());
+            for (i, row) in page.rows.iter().enumerate() {
+                proptest::prop_assert_eq!(&row.0, &format!("u{i}"));
+            }
+            let expected: Vec<usize> = bad.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i).collect();
+            proptest::prop_assert_eq!(page.repaired, expected);
+        }
     }
 }

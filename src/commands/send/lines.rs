@@ -238,4 +238,39 @@ mod tests {
             .unwrap();
         assert!(err.to_string().contains("shorter"), "{err}");
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Whatever the bytes and the limit: every line comes back whole, or as too long when
+        /// it is, in order; offsets and line numbers add up; nothing panics.
+        #[test]
+        fn every_line_comes_back_whole_or_as_too_long(
+            lines in proptest::collection::vec(proptest::collection::vec(any::<u8>().prop_map(|b| if b == b'\n' || b == b'\r' { b'x' } else { b }), 0..300), 1..40),
+            trailing in any::<bool>(),
+            max in 0usize..400,
+        ) {
+            let mut text = lines.join(&b'\n');
+            if trailing {
+                text.push(b'\n');
+            }
+            let mut expected = lines.clone();
+            if !trailing && expected.last().is_some_and(|l| l.is_empty()) {
+                expected.pop();
+            }
+            let mut r = reader(&text, max);
+            for (i, want) in expected.iter().enumerate() {
+                match r.next_line().unwrap() {
+                    Some(Line::Text(got)) => prop_assert!(want.len() <= max && &got == want, "line {i}"),
+                    Some(Line::TooLong) => prop_assert!(want.len() > max, "line {i}"),
+                    None => prop_assert!(false, "line {i} missing"),
+                }
+                prop_assert_eq!(r.line, i as u64 + 1);
+            }
+            prop_assert!(r.next_line().unwrap().is_none());
+            prop_assert_eq!(r.offset, text.len() as u64);
+        }
+    }
 }

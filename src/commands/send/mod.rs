@@ -101,9 +101,10 @@ pub(crate) struct SendPosition {
 
 pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
     let http = crate::net::http::client(cfg.retries.http_timeout, &cfg.ca_certs, progress)?;
-    let sink = Sink::open(http, &cfg.webhook, &cfg.retries.policy, progress)?;
 
     if cfg.files.is_empty() {
+        // No state, so no lock: the dead-letter file is opened (and a torn line cut) at once.
+        let sink = Sink::open(http, &cfg.webhook, &cfg.retries.policy, progress)?;
         progress.set_unbounded();
         progress.set_status("reading stdin".into());
         let acked = AtomicU64::new(0);
@@ -142,6 +143,8 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
     }
     let job = cfg.job_id(&files);
     let (store, stored) = checkpoint::open_job::<SendState>("send", &job, &cfg.resume)?;
+    // Under the job's lock: opening the dead-letter file may cut a torn last line.
+    let sink = Sink::open(http, &cfg.webhook, &cfg.retries.policy, progress)?;
     let mut state = match stored {
         Some(state) => {
             checkpoint::check_job(store.path(), &state.job, &job)?;
@@ -424,7 +427,14 @@ impl Reading {
                 offset: lines.offset,
                 line: lines.line,
             };
-            let Some(line) = line else { break };
+            let Some(mut line) = line else { break };
+            // A byte-order mark some editors put at the start of a file is not part of the JSON.
+            if let Line::Text(text) = &mut line
+                && lines.line == 1
+                && text.starts_with(b"\xEF\xBB\xBF")
+            {
+                text.drain(..3);
+            }
             if let Line::Text(text) = &line
                 && text.iter().all(u8::is_ascii_whitespace)
             {
@@ -455,13 +465,12 @@ impl Reading {
                         );
                     }
                     Stats::add(&stats.skipped, 1);
-                    if let (Some(dl), Line::Text(text)) = (&self.dead_letter, &line) {
-                        dl.write_invalid(
-                            name,
-                            lines.line,
-                            &problem,
-                            &String::from_utf8_lossy(text),
-                        )?;
+                    if let Some(dl) = &self.dead_letter {
+                        let text = match &line {
+                            Line::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                            Line::TooLong => "(longer than --max-line-bytes: not kept)".into(),
+                        };
+                        dl.write_invalid(name, lines.line, &problem, &text)?;
                     }
                     self.progress
                         .warn(&format!("{name}, line {}: {problem}; skipped", lines.line));
@@ -470,9 +479,11 @@ impl Reading {
                 }
             };
             let Line::Text(text) = line else {
-                unreachable!("a line too long is a problem, handled above")
+                continue; // a line too long is a problem, handled above
             };
-            let json = String::from_utf8(text).expect("checked as UTF-8 JSON");
+            // Checked as UTF-8 above; lossy only to stay total.
+            let json = String::from_utf8(text)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             let json = json.trim().to_string();
             if let Some(event) = event.as_deref()
                 && (!self.filters.include.is_empty()
@@ -503,8 +514,21 @@ impl Reading {
 /// string `event` field (another type, or a duplicate key, means no name: it is not filtered).
 fn check(text: &[u8]) -> Result<Option<String>, String> {
     let trimmed = text.trim_ascii();
+    if trimmed.starts_with(b"[") {
+        return Err(
+            "a JSON array, not an object (to send its elements, one a line: jq -c '.[]' FILE | posthog-patterns send)"
+                .into(),
+        );
+    }
     if !trimmed.starts_with(b"{") {
         return Err("not a JSON object".into());
+    }
+    // serde_json lets bytes that are not UTF-8 pass inside strings it skips over.
+    if let Err(e) = std::str::from_utf8(trimmed) {
+        return Err(format!(
+            "not UTF-8 (a byte that is not UTF-8 at column {})",
+            e.valid_up_to() + 1
+        ));
     }
     match serde_json::from_slice::<Named>(trimmed) {
         Ok(named) => Ok(named.event.and_then(|e| e.as_str().map(str::to_owned))),
@@ -533,7 +557,12 @@ mod tests {
     #[test]
     fn a_line_must_be_one_json_object() {
         assert!(check(b"  {\"a\": [1, 2]}  ").is_ok());
-        assert!(check(b"[1]").unwrap_err().contains("not a JSON object"));
+        assert!(check(b"[1]").unwrap_err().contains("jq -c '.[]'"));
+        assert!(
+            check(b"{\"a\":\"\xff\"}")
+                .unwrap_err()
+                .contains("not UTF-8")
+        );
         assert!(check(b"{\"a\":").unwrap_err().contains("not valid JSON"));
         assert!(check(b"{} {}").is_err());
         assert!(check(&[b'{', 0xff, b'}']).is_err());
