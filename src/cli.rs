@@ -340,10 +340,14 @@ pub(crate) struct ReadArgs {
     pub(crate) connection: ConnectionArgs,
     #[command(flatten)]
     pub(crate) filters: FilterArgs,
-    /// Rows per PostHog query page (at most 50000, the Query API's cap; the Events API caps
-    /// pages at 1000 by itself).
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE))]
+    /// Most rows per PostHog query page (at most 50000, the Query API's cap). Pages are
+    /// smaller while queries are slow or events heavy; the Events API caps pages at 1000.
+    #[arg(long, value_name = "N", default_value_t = MAX_PAGE_SIZE, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE))]
     pub(crate) page_size: u64,
+    /// Query API time windows read at once (1 to 3: PostHog runs at most 3 queries at once per
+    /// organisation, and dashboards share them).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3))]
+    pub(crate) fetch_concurrency: u64,
     /// Largest PostHog answer read, e.g. 1GiB or 512MiB; a larger one stops the run (use a
     /// smaller --page-size) instead of exhausting memory.
     #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]

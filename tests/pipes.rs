@@ -92,7 +92,15 @@ fn export_to_a_gzip_file_resumes_without_losing_or_tearing_lines() {
         env.posthog.fault_at(n, Fault::status(503));
     }
     let mut first: Vec<&str> = args.to_vec();
-    first.extend(["--page-size", "500", "--max-retries", "0"]);
+    // One window at a time, so that requests 3 and on are the pages after the first.
+    first.extend([
+        "--page-size",
+        "500",
+        "--max-retries",
+        "0",
+        "--fetch-concurrency",
+        "1",
+    ]);
     finish(env.command(&first).output().unwrap()).assert_code(75);
     let partial = std::fs::metadata(&file).unwrap().len();
     assert!(partial > 0);
@@ -477,7 +485,18 @@ fn export_partly(env: &Env, file: &std::path::Path) -> u64 {
     for n in 3..40 {
         env.posthog.fault_at(n, Fault::status(503));
     }
-    let args = export_to(file, &["--page-size", "2000", "--max-retries", "0"]);
+    // One window at a time, so that "after its first page" means request 3.
+    let args = export_to(
+        file,
+        &[
+            "--page-size",
+            "2000",
+            "--max-retries",
+            "0",
+            "--fetch-concurrency",
+            "1",
+        ],
+    );
     finish(env.command(&args).output().unwrap()).assert_code(75);
     env.posthog.clear_faults();
     let written = std::fs::metadata(file).unwrap().len();

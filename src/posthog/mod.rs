@@ -137,7 +137,7 @@ enum Slow {
 pub(crate) struct PostHog {
     http: reqwest::Client,
     conn: Connection,
-    budget: Budget,
+    budget: Arc<Budget>,
     retry: RetryPolicy,
     /// The largest answer read (`--max-response-size`).
     max_response: u64,
@@ -148,7 +148,7 @@ impl PostHog {
     pub(crate) fn new(
         http: reqwest::Client,
         conn: Connection,
-        budget: Budget,
+        budget: Arc<Budget>,
         retry: RetryPolicy,
         max_response: u64,
         progress: Arc<Progress>,

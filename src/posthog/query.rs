@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// PostHog caps an explicit LIMIT at this many rows (../shared/posthog-api.md).
@@ -48,6 +49,7 @@ fn parse_page(bytes: &[u8]) -> Result<Page, serde_json::Error> {
         return Ok(Page {
             rows,
             repaired: Vec::new(),
+            bytes: bytes.len(),
         });
     }
     let (text, at) = super::repair::lossy_with_offsets(bytes);
@@ -55,6 +57,7 @@ fn parse_page(bytes: &[u8]) -> Result<Page, serde_json::Error> {
     let mut page = Page {
         rows: Vec::with_capacity(raw.results.len()),
         repaired: Vec::new(),
+        bytes: bytes.len(),
     };
     for (i, row) in raw.results.into_iter().enumerate() {
         let start = row.get().as_ptr() as usize - text.as_ptr() as usize;
@@ -76,13 +79,13 @@ fn fault(row: &Row, why: &str) -> anyhow::Error {
     )
 }
 
-/// Warnings given once per run.
+/// Warnings given once per run, whichever window meets them first.
 #[derive(Default)]
-struct Warned(std::collections::HashSet<&'static str>);
+struct Warned(Mutex<std::collections::HashSet<&'static str>>);
 
 impl Warned {
-    fn once(&mut self, msg: &'static str, progress: &crate::progress::Progress) {
-        if self.0.insert(msg) {
+    fn once(&self, msg: &'static str, progress: &crate::progress::Progress) {
+        if self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(msg) {
             progress.warn(msg);
         }
     }
@@ -117,19 +120,21 @@ struct RawResponse<'a> {
 struct Page {
     rows: Vec<Row>,
     repaired: Vec<usize>,
+    /// The size of the answer, to size later pages.
+    bytes: usize,
 }
 
 impl Reader {
     /// Sends every event of the range after `from` to `tx`, in order, through the Query API.
-    /// Stops early (Ok) if the receiver is gone: the pipeline decides what that means.
+    /// Up to `fetch_concurrency` windows are read at once, each by its own task into its own
+    /// small queue; they are handed on strictly in order, so positions (and checkpoints)
+    /// never run ahead of an unfinished window. Stops early (Ok) if the receiver is gone.
     pub(super) async fn read_query(
-        &self,
+        self: Arc<Self>,
         from: Option<Cursor>,
         tx: mpsc::Sender<Vec<Item<Cursor>>>,
     ) -> anyhow::Result<()> {
-        let progress = self.client.progress().clone();
-        let team = crate::event::team_id(self.client.project());
-        let mut pos = match from {
+        let mut next = match from {
             None => Cursor::Before {
                 timestamp: self.range.start,
             },
@@ -138,36 +143,83 @@ impl Reader {
             }
             Some(pos) => pos,
         };
-        let mut width = INITIAL_WIDTH;
-        let mut window_end: Option<DateTime<Utc>> = None;
-        let (mut window_pages, mut window_rows) = (0u32, 0usize);
-        let mut slow_retries = 0u32;
-        let mut largest = 0usize;
-        let mut warned = Warned::default();
-
-        while pos.timestamp() < self.range.end {
-            let start = pos.timestamp();
-            let end = *window_end.get_or_insert_with(|| (start + width).min(self.range.end));
-            progress.set_status(format!("reading {} → {}", short(start), short(end)));
-
-            let rows = match self.query_page(&pos, end).await {
-                Ok(page) => {
-                    for i in page.repaired {
-                        Stats::add(&progress.stats.repaired, 1);
-                        progress.warn(&format!(
-                            "event {} held bytes that are not UTF-8, which JSON cannot carry: they were replaced by U+FFFD and the event delivered",
-                            page.rows[i].0
-                        ));
-                    }
-                    page.rows
+        let tuning = Arc::new(Mutex::new(Tuning::new(self.page_size)));
+        let warned = Arc::new(Warned::default());
+        let mut in_flight = std::collections::VecDeque::new();
+        loop {
+            // Launch windows up to the concurrency allowed; each ends where the next begins.
+            while in_flight.len() < self.fetch_concurrency.max(1)
+                && next.timestamp() < self.range.end
+            {
+                let start = next.timestamp();
+                let width = tuning.lock().unwrap_or_else(|e| e.into_inner()).width;
+                let end = start
+                    .checked_add_signed(width)
+                    .map_or(self.range.end, |e| e.min(self.range.end));
+                let (wtx, wrx) = mpsc::channel(1);
+                let reader = self.clone();
+                let (tuning, warned) = (tuning.clone(), warned.clone());
+                let from = next.clone();
+                let task = tokio::spawn(async move {
+                    reader.read_window(from, end, wtx, &tuning, &warned).await
+                });
+                in_flight.push_back((wrx, task));
+                next = Cursor::Before { timestamp: end };
+            }
+            let Some((mut wrx, task)) = in_flight.pop_front() else {
+                return Ok(());
+            };
+            while let Some(items) = wrx.recv().await {
+                if tx.send(items).await.is_err() {
+                    return Ok(());
                 }
+            }
+            task.await
+                .map_err(|e| anyhow::anyhow!("a window reader failed: {e}"))??;
+        }
+    }
+
+    /// Reads the window `[from, end)` page after page into `tx`, ending with a mark at `end`.
+    /// On a 504/512 it reads the rest in narrower pieces (the window's end is fixed: the next
+    /// window may already be reading from it); what it learns tunes later pages and windows.
+    async fn read_window(
+        &self,
+        from: Cursor,
+        end: DateTime<Utc>,
+        tx: mpsc::Sender<Vec<Item<Cursor>>>,
+        tuning: &Mutex<Tuning>,
+        warned: &Warned,
+    ) -> anyhow::Result<()> {
+        let progress = self.client.progress().clone();
+        let team = crate::event::team_id(self.client.project());
+        let window_start = from.timestamp();
+        let mut pos = from;
+        let mut piece_end = end;
+        // After a timeout, the rest of the window is read in pieces of this width.
+        let mut piece_width: Option<Duration> = None;
+        let (mut pages, mut rows_read) = (0u32, 0usize);
+        let mut slowest = std::time::Duration::ZERO;
+        let mut slow_retries = 0u32;
+        while pos.timestamp() < end {
+            let start = pos.timestamp();
+            progress.set_status(format!("reading {} → {}", short(start), short(piece_end)));
+            let limit = tuning.lock().unwrap_or_else(|e| e.into_inner()).limit;
+            let asked = std::time::Instant::now();
+            let page = match self.query_page(&pos, piece_end, limit).await {
+                Ok(page) => page,
                 Err(GaveUp::Fatal(ApiError::TooSlow { status })) => {
-                    if end - start > MIN_WIDTH {
-                        width = ((end - start) / 2).max(MIN_WIDTH);
-                        window_end = Some(start + width);
+                    let tried = piece_end - start;
+                    if tried > MIN_WIDTH {
+                        let narrower = (tried / 2).max(MIN_WIDTH);
+                        piece_end = start + narrower;
+                        piece_width = Some(narrower);
+                        tuning
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .timed_out(tried, limit);
                         progress.debug(&format!(
-                            "PostHog answered {status} (query too slow): narrowing the window to {}",
-                            human(width)
+                            "PostHog answered {status} (query too slow): reading {} at a time",
+                            human(narrower)
                         ));
                     } else {
                         slow_retries += 1;
@@ -193,37 +245,55 @@ impl Reader {
                 Err(other) => return Err(other.into_error("reading from PostHog's Query API")),
             };
             slow_retries = 0;
-            // PostHog (or a proxy) may return fewer rows than asked: a page proves its window
+            let took = asked.elapsed();
+            slowest = slowest.max(took);
+            for i in &page.repaired {
+                Stats::add(&progress.stats.repaired, 1);
+                progress.warn(&format!(
+                    "event {} held bytes that are not UTF-8, which JSON cannot carry: they were replaced by U+FFFD and the event delivered",
+                    page.rows[*i].0
+                ));
+            }
+            let rows = page.rows;
+            // PostHog (or a proxy) may return fewer rows than asked: a page proves its piece
             // exhausted only when it is shorter than the largest page seen in this run.
-            largest = largest.max(rows.len());
-            let more = !rows.is_empty() && rows.len() >= largest;
+            let more = {
+                let mut t = tuning.lock().unwrap_or_else(|e| e.into_inner());
+                t.page_done(rows.len(), page.bytes, took, limit);
+                // A full page, or one as long as the longest PostHog returned (a silent cap).
+                !rows.is_empty() && (rows.len() >= limit || rows.len() >= t.largest)
+            };
             Stats::add(&progress.stats.read, rows.len() as u64);
-            window_pages += 1;
-            window_rows += rows.len();
+            pages += 1;
+            rows_read += rows.len();
 
             // A page that breaks a rule is not trusted as a whole: a row that passes on its own
             // may still have jumped over rows the server left out (a reordered page puts its
             // last row first). The error ends the run; the checkpoint stays before the page.
-            let mut items = self.check_and_emit(rows, &pos, end, &team, &mut warned)?;
+            let mut items = self.check_and_emit(rows, &pos, piece_end, &team, warned)?;
             let last = items.last().map(|i| match i {
                 Item::Record { pos, .. } | Item::Mark(pos) => pos.clone(),
             });
             if more {
-                // More may follow in this window: continue after the last row.
+                // More may follow in this piece: continue after the last row.
                 pos = last.context("a page with rows has a last position")?;
             } else {
-                // The window is exhausted. Adapt the next window's width to what we saw.
-                pos = Cursor::Before { timestamp: end };
+                pos = Cursor::Before {
+                    timestamp: piece_end,
+                };
                 items.push(Item::Mark(pos.clone()));
-                width = next_width(width, window_pages, window_rows, self.page_size);
-                window_end = None;
-                window_pages = 0;
-                window_rows = 0;
+                piece_end = piece_width
+                    .and_then(|w| piece_end.checked_add_signed(w))
+                    .map_or(end, |e| e.min(end));
             }
             if tx.send(items).await.is_err() {
                 return Ok(());
             }
         }
+        tuning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .window_done(end - window_start, pages, rows_read, slowest);
         Ok(())
     }
 
@@ -235,7 +305,7 @@ impl Reader {
         cursor: &Cursor,
         end: DateTime<Utc>,
         team: &serde_json::Value,
-        warned: &mut Warned,
+        warned: &Warned,
     ) -> anyhow::Result<Vec<Item<Cursor>>> {
         let progress = self.client.progress();
         let mut items = Vec::with_capacity(rows.len() + 1);
@@ -367,8 +437,13 @@ impl Reader {
         Ok(None)
     }
 
-    async fn query_page(&self, pos: &Cursor, end: DateTime<Utc>) -> Result<Page, GaveUp<ApiError>> {
-        let body = hogql::page(pos, end, &self.filters, self.ingested, self.page_size);
+    async fn query_page(
+        &self,
+        pos: &Cursor,
+        end: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Page, GaveUp<ApiError>> {
+        let body = hogql::page(pos, end, &self.filters, self.ingested, limit);
         let bytes = self.client.post_page("query/", &body).await?;
         parse_page(&bytes).map_err(|e| {
             GaveUp::Fatal(ApiError::BadResponse {
@@ -396,19 +471,96 @@ fn properties_of(raw: Option<Box<RawValue>>, uuid: &str) -> anyhow::Result<Box<R
     }
 }
 
-/// The next window's width: wider after a window that fit easily in one page, narrower after
-/// one that took many pages (each page re-scans the window, so wide busy windows get slow).
-fn next_width(width: Duration, pages: u32, rows: usize, page_size: usize) -> Duration {
-    let next = if pages <= 1 && rows < page_size / 4 {
-        width * 4
-    } else if pages <= 1 && rows < page_size / 2 {
-        width * 2
-    } else if pages > 4 {
-        width / 2
-    } else {
-        width
-    };
-    next.clamp(MIN_WIDTH, MAX_WIDTH)
+/// How long a query may take before pages and windows shrink: well inside PostHog's 10 s.
+const TARGET_RTT: std::time::Duration = std::time::Duration::from_secs(3);
+/// The answer size pages aim at, whatever the events weigh: what memory holds per window.
+const PAGE_BYTES: f64 = 32.0 * 1024.0 * 1024.0;
+/// Rows asked for first, before anything is known of the events' size or PostHog's speed.
+const START_LIMIT: usize = 10_000;
+const MIN_LIMIT: usize = 500;
+
+/// What the reader has learned about PostHog and the data, shared by the windows in flight:
+/// it asks for as many rows a page as PostHog allows while queries come back fast and answers
+/// stay within `PAGE_BYTES`, and widens windows only while they are cheap for PostHog.
+struct Tuning {
+    /// The next window's width.
+    width: Duration,
+    /// Widths stay below one that timed out (PostHog scans every row of a window, whatever
+    /// the filters keep, so a width that was too slow stays too slow).
+    ceiling: Duration,
+    /// Rows asked for a page, at most `cap` (`--page-size`).
+    limit: usize,
+    cap: usize,
+    /// The largest page PostHog returned: a shorter page ends a window, an equal one does not
+    /// (PostHog or a proxy may cap rows below the LIMIT without saying so).
+    largest: usize,
+    /// Bytes an event weighs in PostHog's answers (a moving average).
+    row_bytes: f64,
+}
+
+impl Tuning {
+    fn new(cap: usize) -> Self {
+        Tuning {
+            width: INITIAL_WIDTH,
+            ceiling: MAX_WIDTH,
+            limit: cap.clamp(1, START_LIMIT),
+            cap: cap.max(1),
+            largest: 0,
+            row_bytes: 0.0,
+        }
+    }
+
+    /// A page of `rows` rows and `bytes` bytes came back in `took` for a LIMIT of `limit`.
+    fn page_done(&mut self, rows: usize, bytes: usize, took: std::time::Duration, limit: usize) {
+        self.largest = self.largest.max(rows);
+        if rows > 0 {
+            let per_row = bytes as f64 / rows as f64;
+            self.row_bytes = if self.row_bytes == 0.0 {
+                per_row
+            } else {
+                0.7 * self.row_bytes + 0.3 * per_row
+            };
+        }
+        let mut next = if took > TARGET_RTT {
+            (limit as f64 * TARGET_RTT.as_secs_f64() / took.as_secs_f64()) as usize
+        } else if rows >= limit && took < TARGET_RTT / 2 {
+            limit.saturating_mul(2)
+        } else {
+            limit
+        };
+        if self.row_bytes > 0.0 {
+            next = next.min((PAGE_BYTES / self.row_bytes) as usize);
+        }
+        self.limit = next.clamp(MIN_LIMIT.min(self.cap), self.cap);
+    }
+
+    /// A window of `width` timed out with pages of `limit` rows.
+    fn timed_out(&mut self, width: Duration, limit: usize) {
+        self.ceiling = self.ceiling.min((width / 2).max(MIN_WIDTH));
+        self.width = self.width.min(self.ceiling);
+        self.limit = (limit / 2).clamp(MIN_LIMIT.min(self.cap), self.cap);
+    }
+
+    /// A window of `width` took `pages` pages for `rows` rows, the slowest in `slowest`:
+    /// wider after a window that was cheap in rows and in time, narrower after a costly one.
+    fn window_done(
+        &mut self,
+        width: Duration,
+        pages: u32,
+        rows: usize,
+        slowest: std::time::Duration,
+    ) {
+        let next = if pages <= 1 && rows < self.limit / 4 && slowest < TARGET_RTT / 4 {
+            width * 4
+        } else if pages <= 1 && rows < self.limit / 2 && slowest < TARGET_RTT / 2 {
+            width * 2
+        } else if pages > 4 || slowest > TARGET_RTT {
+            width / 2
+        } else {
+            width
+        };
+        self.width = next.clamp(MIN_WIDTH, self.ceiling.min(MAX_WIDTH));
+    }
 }
 
 fn human(d: Duration) -> String {
@@ -433,14 +585,56 @@ mod tests {
     }
 
     #[test]
-    fn window_width_grows_when_sparse_and_shrinks_when_dense() {
+    fn window_width_grows_when_cheap_shrinks_when_costly_and_stays_below_a_timeout() {
+        let ms = std::time::Duration::from_millis;
+        let mut t = Tuning::new(50_000);
         let w = Duration::hours(1);
-        assert_eq!(next_width(w, 1, 0, 10_000), Duration::hours(4));
-        assert_eq!(next_width(w, 1, 4_000, 10_000), Duration::hours(2));
-        assert_eq!(next_width(w, 3, 25_000, 10_000), w);
-        assert_eq!(next_width(w, 9, 85_000, 10_000), Duration::minutes(30));
-        assert_eq!(next_width(Duration::days(30), 1, 0, 10_000), MAX_WIDTH);
-        assert_eq!(next_width(MIN_WIDTH, 20, 200_000, 10_000), MIN_WIDTH);
+        t.window_done(w, 1, 0, ms(100));
+        assert_eq!(t.width, Duration::hours(4), "few rows, fast: x4");
+        t.window_done(w, 1, 0, ms(2_000));
+        assert_eq!(
+            t.width, w,
+            "few rows but slow for PostHog (it scanned many): no growth"
+        );
+        t.window_done(w, 1, 4_000, ms(1_000));
+        assert_eq!(t.width, Duration::hours(2));
+        t.window_done(w, 9, 85_000, ms(500));
+        assert_eq!(t.width, Duration::minutes(30));
+        // After a timeout at 8 h, no window reaches 8 h again, however sparse.
+        t.timed_out(Duration::hours(8), 10_000);
+        for _ in 0..10 {
+            let now = t.width;
+            t.window_done(now, 1, 0, ms(10));
+        }
+        assert_eq!(t.width, Duration::hours(4));
+        t.window_done(MIN_WIDTH, 20, 200_000, ms(100));
+        assert_eq!(t.width, MIN_WIDTH);
+    }
+
+    #[test]
+    fn pages_grow_to_the_cap_while_fast_and_shrink_for_slow_queries_and_heavy_events() {
+        let ms = std::time::Duration::from_millis;
+        let mut t = Tuning::new(50_000);
+        assert_eq!(t.limit, 10_000);
+        // Full, fast pages of 300-byte events: double up to the cap.
+        for _ in 0..4 {
+            let limit = t.limit;
+            t.page_done(limit, limit * 300, ms(200), limit);
+        }
+        assert_eq!(t.limit, 50_000);
+        // A slow page: in proportion to the time it took.
+        t.page_done(50_000, 50_000 * 300, ms(6_000), 50_000);
+        assert_eq!(t.limit, 25_000);
+        // 3 KB events: a page stays within PAGE_BYTES.
+        let mut t = Tuning::new(50_000);
+        for _ in 0..10 {
+            let limit = t.limit;
+            t.page_done(limit, limit * 3_000, ms(200), limit);
+        }
+        assert!(t.limit as f64 * 3_000.0 <= PAGE_BYTES, "{}", t.limit);
+        assert!(t.limit > 10_000, "{}", t.limit);
+        // A page size below the start stays where the user put it.
+        assert_eq!(Tuning::new(400).limit, 400);
     }
 
     proptest::proptest! {

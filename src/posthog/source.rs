@@ -103,6 +103,9 @@ pub(crate) struct Connect<'a> {
     pub(crate) read: &'a crate::settings::Read,
     pub(crate) retries: &'a Retries,
     pub(crate) progress: &'a Arc<Progress>,
+    /// One request budget per API for the whole process: the `auto` probe, the clock, the
+    /// counts of `config check` and every page draw on the same one.
+    budgets: [Arc<crate::net::ratelimit::Budget>; 2],
 }
 
 impl<'a> Connect<'a> {
@@ -117,6 +120,10 @@ impl<'a> Connect<'a> {
             read,
             retries,
             progress,
+            budgets: [
+                Arc::new(retries.budget(SourceKind::Query)),
+                Arc::new(retries.budget(SourceKind::Events)),
+            ],
         })
     }
 
@@ -125,7 +132,7 @@ impl<'a> Connect<'a> {
         Arc::new(PostHog::new(
             self.http.clone(),
             self.read.connection.clone(),
-            self.retries.budget(kind),
+            self.budgets[usize::from(kind == SourceKind::Events)].clone(),
             self.retries.policy.clone(),
             self.read.max_response_size,
             self.progress.clone(),
@@ -146,6 +153,7 @@ impl<'a> Connect<'a> {
             range,
             filters: read.filters.clone(),
             page_size: read.page_size,
+            fetch_concurrency: read.fetch_concurrency,
             ingested,
         }
     }
@@ -234,6 +242,8 @@ pub(crate) struct Reader {
     pub(crate) range: Range,
     pub(crate) filters: Filters,
     pub(crate) page_size: usize,
+    /// Query API: windows read at once (`--fetch-concurrency`).
+    pub(crate) fetch_concurrency: usize,
     /// Query API only: keep events whose `created_at` is in `(after, until]` (for `sync`).
     pub(crate) ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
@@ -247,7 +257,7 @@ impl Reader {
     ) -> anyhow::Result<()> {
         match self.kind {
             SourceKind::Events => self.read_events_api(from, tx).await,
-            SourceKind::Query | SourceKind::Auto => self.read_query(from, tx).await,
+            SourceKind::Query | SourceKind::Auto => Arc::new(self).read_query(from, tx).await,
         }
     }
 }

@@ -48,6 +48,7 @@ struct ConfigFile {
     lookback: Option<Amount>,
     lag: Option<Amount>,
     page_size: Option<Amount>,
+    fetch_concurrency: Option<Amount>,
     max_response_size: Option<Amount>,
     batch_size: Option<Amount>,
     max_batch_bytes: Option<Amount>,

@@ -29,6 +29,8 @@ pub(crate) struct Read {
     pub(crate) source: SourceKind,
     pub(crate) filters: Filters,
     pub(crate) page_size: usize,
+    /// Query API windows read at once (`--fetch-concurrency`).
+    pub(crate) fetch_concurrency: usize,
     /// The largest PostHog answer read (`--max-response-size`).
     pub(crate) max_response_size: u64,
 }
@@ -46,6 +48,7 @@ pub(crate) fn read(args: &ReadArgs, allow_insecure_http: bool) -> anyhow::Result
         source: args.connection.source,
         filters: filters(&args.filters),
         page_size: args.page_size as usize,
+        fetch_concurrency: args.fetch_concurrency as usize,
         max_response_size: args.max_response_size,
     })
 }
