@@ -40,7 +40,7 @@ pub(crate) enum Item<P> {
     Mark(P),
 }
 
-/// Pages (or chunks) the source may run ahead of the sink.
+/// Chunks (of up to a few thousand records) the source may run ahead of the sink.
 pub(crate) const QUEUE_DEPTH: usize = 4;
 
 type InFlight<'a, P> = BoxFuture<'a, (P, anyhow::Result<Delivered>)>;

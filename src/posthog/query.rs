@@ -286,8 +286,13 @@ impl Reader {
                     .and_then(|w| piece_end.checked_add_signed(w))
                     .map_or(end, |e| e.min(end));
             }
-            if tx.send(items).await.is_err() {
-                return Ok(());
+            // In chunks, so that what waits in queues is bounded by records, not pages: a
+            // window ahead of its turn holds one page at most.
+            while !items.is_empty() {
+                let rest = items.split_off(items.len().min(CHUNK));
+                if tx.send(std::mem::replace(&mut items, rest)).await.is_err() {
+                    return Ok(());
+                }
             }
         }
         tuning
@@ -470,6 +475,9 @@ fn properties_of(raw: Option<Box<RawValue>>, uuid: &str) -> anyhow::Result<Box<R
         _ => properties_object(None, uuid),
     }
 }
+
+/// Records handed on at a time (a page of 50,000 is handed on in 25 chunks).
+const CHUNK: usize = 2_000;
 
 /// How long a query may take before pages and windows shrink: well inside PostHog's 10 s.
 const TARGET_RTT: std::time::Duration = std::time::Duration::from_secs(3);
