@@ -4,6 +4,7 @@
 
 pub(crate) mod backfill;
 pub(crate) mod check;
+pub(crate) mod completions;
 #[cfg(feature = "demo")]
 pub(crate) mod demo;
 pub(crate) mod export;
@@ -36,12 +37,7 @@ use clap::CommandFactory;
 pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "posthog-patterns",
-                &mut std::io::stdout(),
-            );
+            print_stdout(completions::script(shell).as_bytes())?;
             return Ok(EXIT_OK);
         }
         Command::Man => {
@@ -97,6 +93,16 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
     // A reader blocked on stdin (send) must not keep an interrupted process alive.
     runtime.shutdown_background();
     result
+}
+
+/// Writes `text` to stdout; a reader that stops early (`| head`) is not an error.
+fn print_stdout(text: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }
 
 #[cfg(feature = "demo")]

@@ -1,0 +1,196 @@
+//! What a user sees of the command line itself: shell completions loaded into real shells,
+//! the man pages, `--help`, and the messages of a wrong setting.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+/// The binary with a clean environment (no connection settings, no config file).
+fn bare(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd
+}
+
+fn run(args: &[&str]) -> Run {
+    finish(bare(args).output().unwrap())
+}
+
+/// The completion script for `shell`, written to `dir/name`.
+fn completion_script(shell: &str, dir: &Path, name: &str) -> std::path::PathBuf {
+    let out = run(&["completions", shell]);
+    out.assert_code(0);
+    let path = dir.join(name);
+    std::fs::write(&path, out.stdout).unwrap();
+    path
+}
+
+fn has(shell: &str) -> bool {
+    let found = Command::new(shell)
+        .arg("-c")
+        .arg("exit 0")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        println!("note: {shell} is not installed; its completion test is skipped");
+    }
+    found
+}
+
+/// What bash offers for the last of `words`, as after pressing Tab: the script is sourced,
+/// and the function it registered for `posthog-patterns` is called as bash calls it.
+fn bash_complete(script: &Path, words: &[&str]) -> Vec<String> {
+    let driver = r#"
+        source "$1" || exit 3
+        spec=$(complete -p posthog-patterns) || exit 4
+        fn=${spec##*-F }; fn=${fn%% *}
+        shift
+        COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 ))
+        COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
+        "$fn" "${COMP_WORDS[0]}" "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+        printf '%s\n' "${COMPREPLY[@]}"
+    "#;
+    let out = finish(
+        Command::new("bash")
+            .args(["--norc", "--noprofile", "-c", driver, "bash"])
+            .arg(script)
+            .args(words)
+            .output()
+            .unwrap(),
+    );
+    out.assert_code(0);
+    out.stdout
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn bash_completes_the_options_of_every_command_despite_the_hyphenated_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = completion_script("bash", dir.path(), "posthog-patterns.bash");
+    let offered = bash_complete(&script, &["posthog-patterns", "backfill", "--so"]);
+    println!("backfill --so: {offered:?}");
+    assert_eq!(offered, ["--source"]);
+    // Two levels down, and a command of another kind.
+    let offered = bash_complete(
+        &script,
+        &["posthog-patterns", "config", "check", "sync", "--lo"],
+    );
+    println!("config check sync --lo: {offered:?}");
+    assert!(offered.contains(&"--lookback".to_string()), "{offered:?}");
+    let offered = bash_complete(&script, &["posthog-patterns", "send", "--on"]);
+    assert_eq!(offered, ["--on-invalid"]);
+    // Values of an option.
+    let offered = bash_complete(&script, &["posthog-patterns", "export", "--source", "e"]);
+    assert_eq!(offered, ["events"]);
+}
+
+/// What zsh offers for `line` + Tab: an interactive zsh on a pseudo-terminal (zpty) with
+/// compinit and the script in its `fpath`; `compadd` prints each candidate.
+fn zsh_complete(dir: &Path, line: &str) -> Vec<String> {
+    std::fs::write(
+        dir.join("init.zsh"),
+        r#"
+autoload -U compinit; compinit -u -D
+compadd () {
+    if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then
+        builtin compadd "$@"
+        return $?
+    fi
+    typeset -a hits
+    builtin compadd -A hits "$@"
+    local h
+    for h in $hits; do print -r -- "<hit>$h</hit>"; done
+}
+_done() { print -r -- '<done>' }
+zle -N _done
+bindkey '^Xd' _done
+print '<ready>'
+"#,
+    )
+    .unwrap();
+    // Each step waits for what the shell prints when it is ready for the next: typed-ahead
+    // input could be discarded while zsh sets up its terminal.
+    let driver = r#"
+zmodload zsh/zpty
+zpty z 'PS1="<prompt>" zsh -f -i'
+zpty -r -m z out '*<prompt>*'
+zpty -w z "fpath=($1 \$fpath); source $1/init.zsh"
+zpty -r -m z out '*<ready>*'
+zpty -w -n z "$2"$'\t\C-xd'
+zpty -r -m z out '*<done>*'
+zpty -d z
+print -r -- "$out"
+"#;
+    // zpty waits for its pattern; `timeout` ends a run whose pattern never comes.
+    let out = finish(
+        Command::new("timeout")
+            .args(["60", "zsh", "-f", "-c", driver, "zsh"])
+            .arg(dir)
+            .arg(line)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    out.stdout
+        .split("<hit>")
+        .skip(1)
+        .filter_map(|h| h.split_once("</hit>").map(|(hit, _)| hit.to_string()))
+        .collect()
+}
+
+#[test]
+fn zsh_completes_the_options_of_every_command() {
+    if !has("zsh") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    completion_script("zsh", dir.path(), "_posthog-patterns");
+    let offered = zsh_complete(dir.path(), "posthog-patterns backfill --so");
+    println!("backfill --so: {offered:?}");
+    assert!(offered.contains(&"--source".to_string()), "{offered:?}");
+    let offered = zsh_complete(dir.path(), "posthog-patterns config check sync --lo");
+    println!("config check sync --lo: {offered:?}");
+    assert!(offered.contains(&"--lookback".to_string()), "{offered:?}");
+}
+
+/// What fish offers for `line` (`complete -C`), first column only.
+fn fish_complete(script: &Path, line: &str) -> Vec<String> {
+    let out = finish(
+        Command::new("fish")
+            .args(["--no-config", "-c"])
+            .arg(format!(
+                "source {} ; and complete -C '{line}'",
+                script.display()
+            ))
+            .output()
+            .unwrap(),
+    );
+    out.assert_code(0);
+    assert!(out.stderr.is_empty(), "fish: {}", out.stderr);
+    out.stdout
+        .lines()
+        .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn fish_completes_the_options_of_every_command() {
+    if !has("fish") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = completion_script("fish", dir.path(), "posthog-patterns.fish");
+    let offered = fish_complete(&script, "posthog-patterns backfill --so");
+    println!("backfill --so: {offered:?}");
+    assert_eq!(offered, ["--source"]);
+    let offered = fish_complete(&script, "posthog-patterns config check sync --lo");
+    println!("config check sync --lo: {offered:?}");
+    assert!(offered.contains(&"--lookback".to_string()), "{offered:?}");
+}
