@@ -13,7 +13,7 @@ use std::path::PathBuf;
     name = "posthog-patterns",
     version,
     about = "Move PostHog events into a Patterns webhook (or any webhook that takes JSON arrays).",
-    after_help = "Docs: README.md and docs/ in the source tree. Exit codes: 0 ok, 1 failure, 2 usage, 3 finished with rejected events, 75 temporary failure (lock held, retries exhausted), 130 interrupted."
+    after_help = "Example:\n  export POSTHOG_API_KEY=phx_... PATTERNS_WEBHOOK_URL=https://...\n  posthog-patterns backfill --project 12345 --start 2024-01-01 --end 2024-02-01\n\nEach command has its own --help and man page (posthog-patterns man --output DIR). Docs: README.md and docs/ in the source tree. Exit codes: 0 ok, 1 failure, 2 usage, 3 finished with rejected events, 75 temporary failure (lock held, retries exhausted), 130 interrupted."
 )]
 pub(crate) struct Cli {
     /// TOML file with settings for any command (flags and environment variables win).
@@ -32,16 +32,19 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Export every event of a time range into the webhook, resumably.
     #[command(
+        override_usage = "posthog-patterns backfill [OPTIONS] --start <DATE> --end <DATE>",
         after_help = "Example:\n  export POSTHOG_API_KEY=phx_...\n  posthog-patterns backfill --host https://us.posthog.com --project 12345 \\\n    --webhook-url https://api.patterns.app/api/app/webhooks/wh... \\\n    --start 2024-01-01 --end 2024-02-01\n\nRun the same command again after an interruption: it resumes from the checkpoint."
     )]
     Backfill(Box<BackfillArgs>),
     /// Export what PostHog ingested since the last run (for cron), then stop.
     #[command(
+        override_usage = "posthog-patterns sync [OPTIONS] [--start <DATE>]",
         after_help = "Example (crontab):\n  */15 * * * * posthog-patterns sync --config /etc/posthog-patterns.toml\n\nThe first run needs --start; later runs continue from the state file. Silent on success unless -v."
     )]
     Sync(Box<SyncArgs>),
     /// Export events of a time range as NDJSON, to stdout or a file (.gz: gzip).
     #[command(
+        override_usage = "posthog-patterns export [OPTIONS] --start <DATE> --end <DATE>",
         after_help = "Examples:\n  posthog-patterns export --start 2024-01-01 --end 2024-02-01 > events.ndjson\n  posthog-patterns export --start 2024-01-01 --end 2024-02-01 --output jan.ndjson.gz\n  posthog-patterns export ... | jq -c 'select(.event == \"signup\")' | posthog-patterns send"
     )]
     Export(Box<ExportArgs>),
@@ -91,6 +94,7 @@ impl Command {
 
 /// Where to read from.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
 pub(crate) struct ConnectionArgs {
     /// PostHog app host (not the ingestion host *.i.posthog.com).
     #[arg(
@@ -116,6 +120,7 @@ pub(crate) struct ConnectionArgs {
 
 /// Where to post and how.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Webhook")]
 pub(crate) struct WebhookArgs {
     /// Webhook to POST batches to; the URL is treated as a secret and never printed.
     #[arg(
@@ -126,23 +131,25 @@ pub(crate) struct WebhookArgs {
     )]
     pub(crate) webhook_url: Option<String>,
     /// Events per POST.
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", help_heading = "Batching", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) batch_size: u64,
     /// Largest request body, e.g. 1MiB, 512KiB or 200000; a single larger event is sent alone.
-    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", help_heading = "Batching", default_value = "1MiB", value_parser = parse_bytes)]
     pub(crate) max_batch_bytes: u64,
     /// Batches posted at once. Batches may then arrive out of order, and after a crash up to
     /// this many batches can arrive twice; 1 keeps strict order.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, value_name = "N", help_heading = "Batching", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub(crate) concurrency: u64,
     /// Append events the webhook rejects (4xx) to this NDJSON file and go on (exit 3 at the end).
     #[arg(long, value_name = "PATH")]
     pub(crate) dead_letter: Option<PathBuf>,
 }
 
-/// Retries, timeouts and the request budget.
+/// Retries, timeouts and, for the commands that read PostHog, the request budget (`B`:
+/// [`BudgetArgs`], or [`NoBudget`] for `send`, whose help then shows no PostHog-only option).
 #[derive(Args, Debug, Clone)]
-pub(crate) struct RetryArgs {
+#[command(next_help_heading = "Retries")]
+pub(crate) struct RetryArgs<B: Args = BudgetArgs> {
     /// Retries of one request after 5xx answers, timeouts or connection errors.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub(crate) max_retries: u32,
@@ -155,11 +162,19 @@ pub(crate) struct RetryArgs {
     pub(crate) max_run_time: Option<std::time::Duration>,
     /// Allow sending the API key or posting to the webhook over plain http:// to a host that
     /// is not this machine (by default only https://, or http:// to localhost).
-    #[arg(long)]
+    #[arg(long, help_heading = "Connection")]
     pub(crate) allow_insecure_http: bool,
     /// Timeout of one HTTP request.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) http_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) budget: B,
+}
+
+/// How many requests PostHog may be sent.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Retries")]
+pub(crate) struct BudgetArgs {
     /// PostHog requests allowed per minute (0: no limit). Default: the published limit of the
     /// API in use (240 for both APIs). Lower it when other tools share the key.
     #[arg(long, value_name = "N")]
@@ -170,8 +185,37 @@ pub(crate) struct RetryArgs {
     pub(crate) max_requests_per_hour: Option<u32>,
 }
 
+/// No request budget: `send` asks PostHog nothing.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct NoBudget {}
+
+/// The budget flags of a command, if it has them (`None`: the API's published limit).
+pub(crate) trait RequestLimits {
+    fn per_minute(&self) -> Option<u32>;
+    fn per_hour(&self) -> Option<u32>;
+}
+
+impl RequestLimits for BudgetArgs {
+    fn per_minute(&self) -> Option<u32> {
+        self.max_requests_per_minute
+    }
+    fn per_hour(&self) -> Option<u32> {
+        self.max_requests_per_hour
+    }
+}
+
+impl RequestLimits for NoBudget {
+    fn per_minute(&self) -> Option<u32> {
+        None
+    }
+    fn per_hour(&self) -> Option<u32> {
+        None
+    }
+}
+
 /// Which servers to trust, for every command that makes HTTP requests.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
 pub(crate) struct TlsArgs {
     /// PEM file of CA certificates to trust, for PostHog and the webhook alike, besides the
     /// built-in web roots and the system's store (a private CA, a self-signed server).
@@ -182,13 +226,13 @@ pub(crate) struct TlsArgs {
 
 /// Everything about delivering to the webhook that backfill, sync and send share.
 #[derive(Args, Debug, Clone)]
-pub(crate) struct DeliverArgs {
+pub(crate) struct DeliverArgs<B: Args = BudgetArgs> {
     #[command(flatten)]
     pub(crate) webhook: WebhookArgs,
     #[command(flatten)]
     pub(crate) state: StateArgs,
     #[command(flatten)]
-    pub(crate) retry: RetryArgs,
+    pub(crate) retry: RetryArgs<B>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
     #[command(flatten)]
@@ -197,6 +241,7 @@ pub(crate) struct DeliverArgs {
 
 /// What the run shows.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Output")]
 pub(crate) struct OutputArgs {
     /// Print only errors.
     #[arg(short, long)]
@@ -215,9 +260,9 @@ pub(crate) struct OutputArgs {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct BackfillArgs {
     #[command(flatten)]
-    pub(crate) read: ReadArgs,
-    #[command(flatten)]
     pub(crate) range: RangeArgs,
+    #[command(flatten)]
+    pub(crate) read: ReadArgs,
     #[command(flatten)]
     pub(crate) deliver: DeliverArgs,
 }
@@ -234,26 +279,37 @@ pub(crate) enum ConfigCommand {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum CheckedCommand {
+    /// Check the settings of `backfill` and count the events of its range.
+    #[command(
+        override_usage = "posthog-patterns config check backfill [OPTIONS] --start <DATE> --end <DATE>"
+    )]
     Backfill(Box<BackfillArgs>),
+    /// Check the settings of `sync` and count the events its next run would read.
+    #[command(override_usage = "posthog-patterns config check sync [OPTIONS] [--start <DATE>]")]
     Sync(Box<SyncArgs>),
+    /// Check the settings of `export`.
+    #[command(
+        override_usage = "posthog-patterns config check export [OPTIONS] --start <DATE> --end <DATE>"
+    )]
     Export(Box<ExportArgs>),
+    /// Check the settings of `send`.
     Send(Box<SendArgs>),
 }
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct SyncArgs {
-    #[command(flatten)]
-    pub(crate) read: ReadArgs,
     /// Where the first run starts (event time): YYYY-MM-DD or RFC 3339. Later runs ignore it.
-    #[arg(long, value_name = "DATE", value_parser = parse_time)]
+    #[arg(long, value_name = "DATE", help_heading = "Range", value_parser = parse_time)]
     pub(crate) start: Option<DateTime<Utc>>,
     /// How far back in event time to look for events ingested late (Query API).
-    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", help_heading = "Range", default_value = "7d", value_parser = parse_duration)]
     pub(crate) lookback: std::time::Duration,
     /// Room left for PostHog's own ingestion delay: a run exports what was ingested up to
     /// this long ago.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", help_heading = "Range", default_value = "5m", value_parser = parse_duration)]
     pub(crate) lag: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) read: ReadArgs,
     #[command(flatten)]
     pub(crate) deliver: DeliverArgs,
 }
@@ -261,11 +317,11 @@ pub(crate) struct SyncArgs {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ExportArgs {
     #[command(flatten)]
-    pub(crate) read: ReadArgs,
-    #[command(flatten)]
     pub(crate) range: RangeArgs,
+    #[command(flatten)]
+    pub(crate) read: ReadArgs,
     /// Write to this file instead of stdout (a .gz name writes gzip). Resumable.
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", help_heading = "Output")]
     pub(crate) output: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) state: StateArgs,
@@ -294,58 +350,63 @@ pub(crate) struct SendArgs {
     #[command(flatten)]
     pub(crate) filters: FilterArgs,
     /// What to do with a line that is not a JSON object.
-    #[arg(long, value_name = "WHAT", value_enum, default_value_t = OnInvalid::Stop)]
+    #[arg(long, value_name = "WHAT", help_heading = "Input", value_enum, default_value_t = OnInvalid::Stop)]
     pub(crate) on_invalid: OnInvalid,
     /// Longest line accepted; a longer one is an error, not an out-of-memory.
-    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", help_heading = "Input", default_value = "16MiB", value_parser = parse_bytes)]
     pub(crate) max_line_bytes: u64,
     #[command(flatten)]
-    pub(crate) deliver: DeliverArgs,
+    pub(crate) deliver: DeliverArgs<NoBudget>,
 }
 
 /// What to read from PostHog.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ReadArgs {
     #[command(flatten)]
-    pub(crate) connection: ConnectionArgs,
-    #[command(flatten)]
     pub(crate) filters: FilterArgs,
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
     /// Rows per PostHog query page (at most 50000, the Query API's cap; the Events API caps
     /// pages at 1000 by itself).
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE))]
+    #[arg(long, value_name = "N", help_heading = "Batching", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE))]
     pub(crate) page_size: u64,
     /// Largest PostHog answer read, e.g. 1GiB or 512MiB; a larger one stops the run (use a
     /// smaller --page-size) instead of exhausting memory.
-    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", help_heading = "Batching", default_value = "1GiB", value_parser = parse_bytes)]
     pub(crate) max_response_size: u64,
 }
 
-/// The time range `[start, end)`.
+/// The time range `[start, end)`. Required, but not by clap: a `--config` file may give it.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Range")]
 pub(crate) struct RangeArgs {
-    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
+    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339. Required,
+    /// here or as `start` in the --config file.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
     pub(crate) start: Option<DateTime<Utc>>,
-    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
+    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339. Required, here or
+    /// as `end` in the --config file.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
     pub(crate) end: Option<DateTime<Utc>>,
 }
 
-/// The job's state file.
+/// The job's state file: under the general options (`help_heading = None`), not under the
+/// heading of the group flattened before it.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct StateArgs {
     /// State file to resume from (default: derived from the job, under
     /// $POSTHOG_PATTERNS_STATE_DIR, $XDG_STATE_HOME/posthog-patterns or
     /// ~/.local/state/posthog-patterns).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = None)]
     pub(crate) checkpoint: Option<PathBuf>,
     /// Discard the state and start the job from the beginning.
-    #[arg(long)]
+    #[arg(long, help_heading = None)]
     pub(crate) restart: bool,
 }
 
 /// Event-name filters.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Events")]
 pub(crate) struct FilterArgs {
     /// Only these event names (repeatable, or a comma-separated list).
     #[arg(long = "event", value_name = "NAME", value_delimiter = ',')]

@@ -194,3 +194,137 @@ fn fish_completes_the_options_of_every_command() {
     println!("config check sync --lo: {offered:?}");
     assert!(offered.contains(&"--lookback".to_string()), "{offered:?}");
 }
+
+/// The lines of `help` under `heading` (e.g. "Connection:"), up to the next heading.
+fn section<'a>(help: &'a str, heading: &str) -> &'a str {
+    let start = help
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("no {heading} in:\n{help}"));
+    let body = &help[start + heading.len() + 2..];
+    // Under `--help`, a blank line also separates the options of a heading.
+    let end = body
+        .match_indices("\n\n")
+        .map(|(i, _)| i)
+        .find(|&i| !body[i + 2..].starts_with(' '))
+        .unwrap_or(body.len());
+    &body[..end]
+}
+
+#[test]
+fn backfill_help_groups_options_under_headings_and_shows_the_range_in_the_usage_line() {
+    let out = run(&["backfill", "--help"]);
+    out.assert_code(0);
+    let help = &out.stdout;
+    println!("{}", help.lines().take(12).collect::<Vec<_>>().join("\n"));
+    assert!(
+        help.contains("Usage: posthog-patterns backfill [OPTIONS] --start <DATE> --end <DATE>"),
+        "{help}"
+    );
+    for (heading, options) in [
+        ("Range:", &["--start", "--end"][..]),
+        (
+            "Connection:",
+            &[
+                "--host",
+                "--project",
+                "--api-key-file",
+                "--source",
+                "--ca-cert",
+            ],
+        ),
+        ("Webhook:", &["--webhook-url", "--dead-letter"]),
+        (
+            "Batching:",
+            &[
+                "--batch-size",
+                "--max-batch-bytes",
+                "--concurrency",
+                "--page-size",
+            ],
+        ),
+        (
+            "Retries:",
+            &["--max-retries", "--max-wait", "--http-timeout"],
+        ),
+        ("Output:", &["--quiet", "--progress", "--log-format"]),
+    ] {
+        let body = section(help, heading);
+        for option in options {
+            assert!(
+                body.contains(option),
+                "{option} not under {heading}:\n{body}"
+            );
+        }
+    }
+    assert!(!section(help, "Range:").contains("--host"), "{help}");
+    // Not clap-required: a config file may hold them.
+    let out = run(&["sync", "--help"]);
+    assert!(
+        out.stdout
+            .contains("Usage: posthog-patterns sync [OPTIONS] [--start <DATE>]"),
+        "{}",
+        out.stdout
+    );
+    let out = run(&["export", "--help"]);
+    assert!(
+        out.stdout
+            .contains("Usage: posthog-patterns export [OPTIONS] --start <DATE> --end <DATE>"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn top_level_help_shows_an_example() {
+    let out = run(&["--help"]);
+    out.assert_code(0);
+    let example = section(&out.stdout, "Example:");
+    println!("{example}");
+    assert!(
+        example.contains("posthog-patterns backfill") && example.contains("--start 2024-01-01"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn send_help_has_no_posthog_only_options() {
+    let out = run(&["send", "--help"]);
+    out.assert_code(0);
+    for posthog_only in [
+        "--max-requests-per-minute",
+        "--max-requests-per-hour",
+        "--host",
+        "--project",
+        "--api-key-file",
+        "--source",
+        "--page-size",
+        "--max-response-size",
+        "PostHog requests",
+    ] {
+        assert!(
+            !out.stdout.contains(posthog_only),
+            "{posthog_only} in send --help:\n{}",
+            out.stdout
+        );
+    }
+    // Not only hidden: refused.
+    let out = run(&["send", "--max-requests-per-minute", "10"]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("unexpected argument"), "{}", out.stderr);
+}
+
+#[test]
+fn config_check_commands_describe_themselves() {
+    // Each used to take the description of the last option group it flattens
+    // ("What the run shows").
+    for command in ["backfill", "sync", "export", "send"] {
+        let out = run(&["config", "check", command, "--help"]);
+        out.assert_code(0);
+        let first = out.stdout.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("Check the settings of `{command}`")),
+            "{first}"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 pub(crate) mod file;
 
 use crate::cli::{
-    ConnectionArgs, FilterArgs, ReadArgs, RetryArgs, StateArgs, TlsArgs, WebhookArgs,
+    ConnectionArgs, FilterArgs, ReadArgs, RequestLimits, RetryArgs, StateArgs, TlsArgs, WebhookArgs,
 };
 use crate::error::usage;
 use crate::event::format_ts;
@@ -186,7 +186,7 @@ impl Retries {
 const QUERY_API_LIMITS: (u32, u32) = (240, 2400);
 const EVENTS_API_LIMITS: (u32, u32) = (240, 1200);
 
-pub(crate) fn retries(args: &RetryArgs) -> Retries {
+pub(crate) fn retries<B: clap::Args + RequestLimits>(args: &RetryArgs<B>) -> Retries {
     Retries {
         policy: RetryPolicy {
             max_retries: args.max_retries,
@@ -194,8 +194,8 @@ pub(crate) fn retries(args: &RetryArgs) -> Retries {
             ..RetryPolicy::default()
         },
         http_timeout: args.http_timeout,
-        per_minute: args.max_requests_per_minute,
-        per_hour: args.max_requests_per_hour,
+        per_minute: args.budget.per_minute(),
+        per_hour: args.budget.per_hour(),
         max_run_time: args.max_run_time,
     }
 }
