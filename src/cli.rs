@@ -6,7 +6,7 @@ use crate::posthog::source::SourceKind;
 use crate::progress::{LogFormat, ProgressMode};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -16,13 +16,9 @@ use std::path::PathBuf;
     after_help = "Example:\n  export POSTHOG_API_KEY=phx_... PATTERNS_WEBHOOK_URL=https://...\n  posthog-patterns backfill --project 12345 --start 2024-01-01 --end 2024-02-01\n\nEach command has its own --help and man page (posthog-patterns man --output DIR). Docs: README.md and docs/ in the source tree. Exit codes: 0 ok, 1 failure, 2 usage, 3 finished with rejected events, 75 temporary failure (lock held, retries exhausted), 130 interrupted."
 )]
 pub(crate) struct Cli {
-    /// TOML file with settings for any command (flags and environment variables win).
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        env = "POSTHOG_PATTERNS_CONFIG"
-    )]
+    /// TOML file with settings for backfill, sync, export, send and config check (flags and
+    /// environment variables win); also accepted after the command.
+    #[arg(long, value_name = "FILE", env = "POSTHOG_PATTERNS_CONFIG")]
     pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -78,18 +74,37 @@ pub(crate) enum Command {
     Demo(DemoArgs),
 }
 
-impl Command {
-    /// Whether a `--config` file applies (not to `completions`, `man` or `demo`).
-    pub(crate) fn reads_config(&self) -> bool {
-        matches!(
-            self,
-            Command::Backfill(_)
-                | Command::Sync(_)
-                | Command::Export(_)
-                | Command::Send(_)
-                | Command::Config(_)
-        )
+impl Cli {
+    /// The `--config` file to read: the one given after the command, else the one before it
+    /// or in POSTHOG_PATTERNS_CONFIG. None for `completions`, `man` and `demo`, which take no
+    /// settings: a broken file must not keep a user from their completions or man page.
+    pub(crate) fn config_file(&self) -> Option<&Path> {
+        let after = match &self.command {
+            Command::Backfill(args) => &args.file,
+            Command::Sync(args) => &args.file,
+            Command::Export(args) => &args.file,
+            Command::Send(args) => &args.file,
+            Command::Config(ConfigCommand::Check { file, command }) => match command {
+                CheckedCommand::Backfill(args) if args.file.config.is_some() => &args.file,
+                CheckedCommand::Sync(args) if args.file.config.is_some() => &args.file,
+                CheckedCommand::Export(args) if args.file.config.is_some() => &args.file,
+                CheckedCommand::Send(args) if args.file.config.is_some() => &args.file,
+                _ => file,
+            },
+            Command::Completions { .. } | Command::Man | Command::Demo(_) => return None,
+        };
+        after.config.as_deref().or(self.config.as_deref())
     }
+}
+
+/// `--config` after the command. Only the top-level flag reads POSTHOG_PATTERNS_CONFIG, so
+/// that a file named here is known to come from the command line and beats the variable.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ConfigFileArgs {
+    /// TOML file with settings for this command (flags and environment variables win); also
+    /// POSTHOG_PATTERNS_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
 }
 
 /// Where to read from.
@@ -260,6 +275,8 @@ pub(crate) struct OutputArgs {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct BackfillArgs {
     #[command(flatten)]
+    pub(crate) file: ConfigFileArgs,
+    #[command(flatten)]
     pub(crate) range: RangeArgs,
     #[command(flatten)]
     pub(crate) read: ReadArgs,
@@ -272,6 +289,8 @@ pub(crate) enum ConfigCommand {
     /// Validate the settings of a command and show them resolved, e.g.
     /// `posthog-patterns config check --config /etc/posthog-patterns.toml sync`.
     Check {
+        #[command(flatten)]
+        file: ConfigFileArgs,
         #[command(subcommand)]
         command: CheckedCommand,
     },
@@ -298,6 +317,8 @@ pub(crate) enum CheckedCommand {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct SyncArgs {
+    #[command(flatten)]
+    pub(crate) file: ConfigFileArgs,
     /// Where the first run starts (event time): YYYY-MM-DD or RFC 3339. Later runs ignore it.
     #[arg(long, value_name = "DATE", help_heading = "Range", value_parser = parse_time)]
     pub(crate) start: Option<DateTime<Utc>>,
@@ -316,6 +337,8 @@ pub(crate) struct SyncArgs {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ExportArgs {
+    #[command(flatten)]
+    pub(crate) file: ConfigFileArgs,
     #[command(flatten)]
     pub(crate) range: RangeArgs,
     #[command(flatten)]
@@ -347,6 +370,8 @@ pub(crate) struct SendArgs {
     /// NDJSON files to send (.gz files too); none, or -, reads stdin.
     #[arg(value_name = "FILE")]
     pub(crate) files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) file: ConfigFileArgs,
     #[command(flatten)]
     pub(crate) filters: FilterArgs,
     /// What to do with a line that is not a JSON object.

@@ -328,3 +328,58 @@ fn config_check_commands_describe_themselves() {
         );
     }
 }
+
+#[test]
+fn a_broken_config_file_does_not_break_completions_or_the_man_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "hots = \"https://eu.posthog.com\"\n").unwrap();
+    let broken = broken.to_str().unwrap();
+    for args in [&["completions", "bash"][..], &["man"]] {
+        let out = finish(
+            bare(args)
+                .env("POSTHOG_PATTERNS_CONFIG", broken)
+                .output()
+                .unwrap(),
+        );
+        out.assert_code(0);
+        let mut before = vec!["--config", broken];
+        before.extend_from_slice(args);
+        run(&before).assert_code(0);
+    }
+    // They take no --config of their own, and do not offer one.
+    for command in ["completions", "man", "demo"] {
+        let out = run(&[command, "--help"]);
+        assert!(!out.stdout.contains("--config"), "{}", out.stdout);
+    }
+    let out = run(&["completions", "bash", "--config", broken]);
+    out.assert_code(2);
+    // The commands that take settings still read it, before or after the command.
+    for args in [
+        &["sync", "--config", broken][..],
+        &["--config", broken, "sync"],
+        &["config", "check", "--config", broken, "sync"],
+        &["config", "check", "sync", "--config", broken],
+    ] {
+        let out = run(args);
+        out.assert_code(2);
+        assert!(
+            out.stderr.contains("unknown field `hots`"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        // A file named on the command line beats POSTHOG_PATTERNS_CONFIG.
+        let missing = dir.path().join("missing.toml");
+        let out = finish(
+            bare(args)
+                .env("POSTHOG_PATTERNS_CONFIG", &missing)
+                .output()
+                .unwrap(),
+        );
+        assert!(
+            out.stderr.contains("unknown field `hots`"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}

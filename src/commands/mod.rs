@@ -44,7 +44,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             return Ok(EXIT_OK);
         }
-        Command::Config(ConfigCommand::Check { command }) => return check::run(&command),
+        Command::Config(ConfigCommand::Check { command, .. }) => return check::run(&command),
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -72,7 +72,7 @@ struct ConfigFile {
 pub(crate) fn parse(argv: Vec<OsString>) -> anyhow::Result<Cli> {
     let matches = Cli::command().get_matches_from(argv.clone());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let Some(path) = cli.config.clone().filter(|_| cli.command.reads_config()) else {
+    let Some(path) = cli.config_file().map(Path::to_path_buf) else {
         return Ok(cli);
     };
     let extra = file_args(&path, &matches)?;
