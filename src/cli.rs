@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 #[command(
     name = "posthog-patterns",
     version,
+    subcommand_value_name = "COMMAND",
     about = "Move PostHog events into a Patterns webhook (or any webhook that takes JSON arrays).",
     after_help = "Example:\n  export POSTHOG_API_KEY=phx_... PATTERNS_WEBHOOK_URL=https://...\n  posthog-patterns backfill --project 12345 --start 2024-01-01 --end 2024-02-01\n\nEach command has its own --help and man page (posthog-patterns man --output DIR). Docs: README.md and docs/ in the source tree. Exit codes: 0 ok, 1 failure, 2 usage, 3 finished with rejected events, 75 temporary failure (lock held, retries exhausted), 130 interrupted."
 )]
@@ -61,11 +62,16 @@ pub(crate) enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
+    /// Print the man page (roff), or write one per command into a directory.
     #[command(
-        after_help = "Example:\n  posthog-patterns man > /usr/local/share/man/man1/posthog-patterns.1"
+        after_help = "Examples:\n  posthog-patterns man | man -l -\n  posthog-patterns man --output /usr/local/share/man/man1"
     )]
-    Man,
+    Man {
+        /// Write every page into this directory (created if missing): posthog-patterns.1 and
+        /// posthog-patterns-COMMAND.1 for each command.
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
     /// Run a real backfill against built-in stand-ins for PostHog and a webhook, on loopback,
     /// and check that every event arrived exactly once.
     #[command(
@@ -91,7 +97,7 @@ impl Cli {
                 CheckedCommand::Send(args) if args.file.config.is_some() => &args.file,
                 _ => file,
             },
-            Command::Completions { .. } | Command::Man | Command::Demo(_) => return None,
+            Command::Completions { .. } | Command::Man { .. } | Command::Demo(_) => return None,
         };
         after.config.as_deref().or(self.config.as_deref())
     }
@@ -288,6 +294,7 @@ pub(crate) struct BackfillArgs {
 pub(crate) enum ConfigCommand {
     /// Validate the settings of a command and show them resolved, e.g.
     /// `posthog-patterns config check --config /etc/posthog-patterns.toml sync`.
+    #[command(subcommand_value_name = "COMMAND")]
     Check {
         #[command(flatten)]
         file: ConfigFileArgs,

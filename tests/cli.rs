@@ -383,3 +383,117 @@ fn a_broken_config_file_does_not_break_completions_or_the_man_page() {
         );
     }
 }
+
+/// The pages named `NAME(1)` in a man page's text.
+fn page_references(text: &str) -> Vec<String> {
+    text.match_indices("(1)")
+        .filter_map(|(end, _)| {
+            let start = text[..end]
+                .rfind(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+                .map_or(0, |i| i + 1);
+            let name = &text[start..end];
+            name.starts_with("posthog-patterns")
+                .then(|| name.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn man_writes_a_page_per_command_with_its_options_environment_and_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let man1 = dir.path().join("man1");
+    let out = run(&["man", "--output", man1.to_str().unwrap()]);
+    out.assert_code(0);
+    println!("{}", out.stderr.trim());
+    let pages: &[(&str, &[&str])] = &[
+        ("posthog-patterns", &["--config", "--version"]),
+        (
+            "posthog-patterns-backfill",
+            &[
+                "--source",
+                "--start",
+                "--end",
+                "--webhook-url",
+                "--batch-size",
+            ],
+        ),
+        ("posthog-patterns-sync", &["--start", "--lookback", "--lag"]),
+        ("posthog-patterns-export", &["--output", "--page-size"]),
+        (
+            "posthog-patterns-send",
+            &["--on-invalid", "--max-line-bytes"],
+        ),
+        ("posthog-patterns-config-check", &["--config"]),
+        ("posthog-patterns-completions", &["SHELL"]),
+        ("posthog-patterns-man", &["--output"]),
+        ("posthog-patterns-demo", &["--events"]),
+    ];
+    let mut written: Vec<String> = std::fs::read_dir(&man1)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let mut expected: Vec<String> = pages.iter().map(|(name, _)| format!("{name}.1")).collect();
+    expected.sort();
+    assert_eq!(written, expected);
+    for (name, options) in pages {
+        // roff writes every '-' as '\-'.
+        let text = std::fs::read_to_string(man1.join(format!("{name}.1")))
+            .unwrap()
+            .replace("\\-", "-");
+        assert!(
+            text.contains(&format!("\n.TH {} 1", name.to_uppercase())),
+            "{name}: {}",
+            &text[..200]
+        );
+        for option in *options {
+            assert!(text.contains(option), "{name}: no {option}");
+        }
+        for section in [
+            ".SH OPTIONS",
+            ".SH ENVIRONMENT",
+            ".SH \"EXIT STATUS\"",
+            ".SH \"SEE ALSO\"",
+        ] {
+            assert!(text.contains(section), "{name}: no {section}");
+        }
+        let references = page_references(&text);
+        assert!(!references.is_empty(), "{name} names no other page");
+        for page in references {
+            assert!(
+                man1.join(format!("{page}.1")).exists(),
+                "{name} names {page}(1), which does not exist"
+            );
+        }
+    }
+    let backfill = std::fs::read_to_string(man1.join("posthog-patterns-backfill.1"))
+        .unwrap()
+        .replace("\\-", "-");
+    for expected in [
+        "POSTHOG_API_KEY",
+        "PATTERNS_WEBHOOK_URL",
+        "POSTHOG_PATTERNS_STATE_DIR",
+        "\\fB75\\fR",
+        "\\fB130\\fR",
+        ".SS Connection",
+    ] {
+        assert!(backfill.contains(expected), "backfill: no {expected}");
+    }
+    assert_eq!(
+        page_references(&backfill),
+        ["posthog-patterns", "posthog-patterns-config-check"]
+    );
+    let send = std::fs::read_to_string(man1.join("posthog-patterns-send.1"))
+        .unwrap()
+        .replace("\\-", "-");
+    assert!(!send.contains("POSTHOG_API_KEY") && !send.contains("--max-requests-per-minute"));
+
+    // Without --output: the program's page, to stdout.
+    let out = run(&["man"]);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("\n.TH POSTHOG-PATTERNS 1"),
+        "{}",
+        &out.stdout[..200]
+    );
+}

@@ -8,6 +8,7 @@ pub(crate) mod completions;
 #[cfg(feature = "demo")]
 pub(crate) mod demo;
 pub(crate) mod export;
+pub(crate) mod man;
 pub(crate) mod runner;
 pub(crate) mod send;
 pub(crate) mod sync;
@@ -31,7 +32,6 @@ impl Report {
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::error::EXIT_OK;
 use crate::progress::Level;
-use clap::CommandFactory;
 
 /// Runs a parsed command line; returns the exit code, or the error that ended the run.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -40,8 +40,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
             print_stdout(completions::script(shell).as_bytes())?;
             return Ok(EXIT_OK);
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        Command::Man { output } => {
+            man::run(output.as_deref())?;
             return Ok(EXIT_OK);
         }
         Command::Config(ConfigCommand::Check { command, .. }) => return check::run(&command),
@@ -85,7 +85,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
                 runner::finish(&progress, send::run(&cfg, &progress).await)
             }
             Command::Demo(args) => demo(&args).await,
-            Command::Completions { .. } | Command::Man | Command::Config(_) => {
+            Command::Completions { .. } | Command::Man { .. } | Command::Config(_) => {
                 unreachable!("handled above")
             }
         }
