@@ -497,3 +497,85 @@ fn man_writes_a_page_per_command_with_its_options_environment_and_exit_status() 
         &out.stdout[..200]
     );
 }
+
+#[test]
+fn an_empty_api_key_file_is_named_as_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("key");
+    std::fs::write(&empty, "\n").unwrap();
+    let args = [
+        "backfill",
+        "--project",
+        "12345",
+        "--api-key-file",
+        empty.to_str().unwrap(),
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-02-01",
+    ];
+    let out = run(&args);
+    out.assert_code(2);
+    println!("{}", out.stderr.trim());
+    // The error first, then what to do.
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: the API key file {} (--api-key-file) is empty: it must hold a personal API key",
+            empty.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    // An empty variable is not a missing one either.
+    let out = finish(
+        bare(&args[..3])
+            .args(&args[5..])
+            .env("POSTHOG_API_KEY", " ")
+            .output()
+            .unwrap(),
+    );
+    out.assert_code(2);
+    println!("{}", out.stderr.trim());
+    assert!(
+        out.stderr
+            .starts_with("error: POSTHOG_API_KEY is empty: set it to"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn summaries_count_in_the_singular_and_the_plural() {
+    // A handful of events: one batch, one webhook request.
+    let env = Env::new(
+        events(1, 91),
+        posthog_patterns_standin::WebhookConfig::default(),
+    );
+    let run = env.run(&backfill_args(&[]));
+    run.assert_code(0);
+    let summary = run
+        .stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("backfill complete"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    println!("{summary}");
+    assert!(
+        summary.contains(" in 1 batch, 1 webhook request\n"),
+        "{summary}"
+    );
+    assert!(summary.contains("over 1 run;"), "{summary}");
+    let run = env.run(&["sync", "--start", "2024-03-01", "-v", "--progress", "never"]);
+    run.assert_code(0);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("sync: "))
+        .unwrap_or_default();
+    println!("{line}");
+    assert!(
+        line.contains(", 1 webhook request, 0 retries)"),
+        "{}",
+        run.stderr
+    );
+}
