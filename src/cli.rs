@@ -6,23 +6,20 @@ use crate::posthog::source::SourceKind;
 use crate::progress::{LogFormat, ProgressMode};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "posthog-patterns",
     version,
+    subcommand_value_name = "COMMAND",
     about = "Move PostHog events into a Patterns webhook (or any webhook that takes JSON arrays).",
-    after_help = "Docs: README.md and docs/ in the source tree. Exit codes: 0 ok, 1 failure, 2 usage, 3 finished with rejected events, 75 temporary failure (lock held, retries exhausted), 130 interrupted."
+    after_help = "Example:\n  export POSTHOG_API_KEY=phx_... PATTERNS_WEBHOOK_URL=https://...\n  posthog-patterns backfill --project 12345 --start 2024-01-01 --end 2024-02-01\n\nEach command has its own --help and man page (posthog-patterns man --output DIR). Docs: README.md and docs/ in the source tree. Exit codes: 0 ok, 1 failure, 2 usage, 3 finished with rejected events, 75 temporary failure (lock held, retries exhausted), 130 interrupted."
 )]
 pub(crate) struct Cli {
-    /// TOML file with settings for any command (flags and environment variables win).
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        env = "POSTHOG_PATTERNS_CONFIG"
-    )]
+    /// TOML file with settings for backfill, sync, export, send and config check (flags and
+    /// environment variables win); also accepted after the command.
+    #[arg(long, value_name = "FILE", env = "POSTHOG_PATTERNS_CONFIG")]
     pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -32,16 +29,19 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Export every event of a time range into the webhook, resumably.
     #[command(
+        override_usage = "posthog-patterns backfill [OPTIONS] --start <DATE> --end <DATE>",
         after_help = "Example:\n  export POSTHOG_API_KEY=phx_...\n  posthog-patterns backfill --host https://us.posthog.com --project 12345 \\\n    --webhook-url https://api.patterns.app/api/app/webhooks/wh... \\\n    --start 2024-01-01 --end 2024-02-01\n\nRun the same command again after an interruption: it resumes from the checkpoint."
     )]
     Backfill(Box<BackfillArgs>),
     /// Export what PostHog ingested since the last run (for cron), then stop.
     #[command(
+        override_usage = "posthog-patterns sync [OPTIONS] [--start <DATE>]",
         after_help = "Example (crontab):\n  */15 * * * * posthog-patterns sync --config /etc/posthog-patterns.toml\n\nThe first run needs --start; later runs continue from the state file. Silent on success unless -v."
     )]
     Sync(Box<SyncArgs>),
     /// Export events of a time range as NDJSON, to stdout or a file (.gz: gzip).
     #[command(
+        override_usage = "posthog-patterns export [OPTIONS] --start <DATE> --end <DATE>",
         after_help = "Examples:\n  posthog-patterns export --start 2024-01-01 --end 2024-02-01 > events.ndjson\n  posthog-patterns export --start 2024-01-01 --end 2024-02-01 --output jan.ndjson.gz\n  posthog-patterns export ... | jq -c 'select(.event == \"signup\")' | posthog-patterns send"
     )]
     Export(Box<ExportArgs>),
@@ -62,11 +62,16 @@ pub(crate) enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
+    /// Print the man page (roff), or write one per command into a directory.
     #[command(
-        after_help = "Example:\n  posthog-patterns man > /usr/local/share/man/man1/posthog-patterns.1"
+        after_help = "Examples:\n  posthog-patterns man | man -l -\n  posthog-patterns man --output /usr/local/share/man/man1"
     )]
-    Man,
+    Man {
+        /// Write every page into this directory (created if missing): posthog-patterns.1 and
+        /// posthog-patterns-COMMAND.1 for each command.
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
     /// Run a real backfill against built-in stand-ins for PostHog and a webhook, on loopback,
     /// and check that every event arrived exactly once.
     #[command(
@@ -84,32 +89,54 @@ impl Command {
             Command::Send(a) => &a.deliver.output,
             Command::Export(a) => &a.display,
             Command::Demo(a) => &a.output,
-            Command::Config(ConfigCommand::Check { command }) => match command {
+            Command::Config(ConfigCommand::Check { command, .. }) => match command {
                 CheckedCommand::Backfill(a) => &a.deliver.output,
                 CheckedCommand::Sync(a) => &a.deliver.output,
                 CheckedCommand::Send(a) => &a.deliver.output,
                 CheckedCommand::Export(a) => &a.display,
             },
-            Command::Completions { .. } | Command::Man => return LogFormat::Text,
+            Command::Completions { .. } | Command::Man { .. } => return LogFormat::Text,
         };
         output.log_format
     }
+}
 
-    /// Whether a `--config` file applies (not to `completions`, `man` or `demo`).
-    pub(crate) fn reads_config(&self) -> bool {
-        matches!(
-            self,
-            Command::Backfill(_)
-                | Command::Sync(_)
-                | Command::Export(_)
-                | Command::Send(_)
-                | Command::Config(_)
-        )
+impl Cli {
+    /// The `--config` file to read: the one given after the command, else the one before it
+    /// or in POSTHOG_PATTERNS_CONFIG. None for `completions`, `man` and `demo`, which take no
+    /// settings: a broken file must not keep a user from their completions or man page.
+    pub(crate) fn config_file(&self) -> Option<&Path> {
+        let after = match &self.command {
+            Command::Backfill(args) => &args.file,
+            Command::Sync(args) => &args.file,
+            Command::Export(args) => &args.file,
+            Command::Send(args) => &args.file,
+            Command::Config(ConfigCommand::Check { file, command }) => match command {
+                CheckedCommand::Backfill(args) if args.file.config.is_some() => &args.file,
+                CheckedCommand::Sync(args) if args.file.config.is_some() => &args.file,
+                CheckedCommand::Export(args) if args.file.config.is_some() => &args.file,
+                CheckedCommand::Send(args) if args.file.config.is_some() => &args.file,
+                _ => file,
+            },
+            Command::Completions { .. } | Command::Man { .. } | Command::Demo(_) => return None,
+        };
+        after.config.as_deref().or(self.config.as_deref())
     }
+}
+
+/// `--config` after the command. Only the top-level flag reads POSTHOG_PATTERNS_CONFIG, so
+/// that a file named here is known to come from the command line and beats the variable.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ConfigFileArgs {
+    /// TOML file with settings for this command (flags and environment variables win); also
+    /// POSTHOG_PATTERNS_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
 }
 
 /// Where to read from.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
 pub(crate) struct ConnectionArgs {
     /// PostHog app host (not the ingestion host *.i.posthog.com).
     #[arg(
@@ -135,6 +162,7 @@ pub(crate) struct ConnectionArgs {
 
 /// Where to post and how.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Webhook")]
 pub(crate) struct WebhookArgs {
     /// Webhook to POST batches to; the URL is treated as a secret and never printed.
     #[arg(
@@ -145,15 +173,15 @@ pub(crate) struct WebhookArgs {
     )]
     pub(crate) webhook_url: Option<String>,
     /// Events per POST.
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", help_heading = "Batching", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) batch_size: u64,
     /// Largest request body, e.g. 1MiB, 512KiB or 200000 (64 bytes to 256MiB); a single larger
     /// event is sent alone.
-    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_batch_bytes)]
+    #[arg(long, value_name = "BYTES", help_heading = "Batching", default_value = "1MiB", value_parser = parse_batch_bytes)]
     pub(crate) max_batch_bytes: u64,
     /// Batches posted at once. Batches may then arrive out of order, and after a crash up to
     /// this many batches can arrive twice; 1 keeps strict order.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, value_name = "N", help_heading = "Batching", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub(crate) concurrency: u64,
     /// Append events the webhook rejects (4xx) to this NDJSON file and go on (exit 3 at the end).
     #[arg(long, value_name = "PATH")]
@@ -169,9 +197,11 @@ pub(crate) struct WebhookArgs {
     pub(crate) header_file: Option<PathBuf>,
 }
 
-/// Retries, timeouts and the request budget.
+/// Retries, timeouts and, for the commands that read PostHog, the request budget (`B`:
+/// [`BudgetArgs`], or [`NoBudget`] for `send`, whose help then shows no PostHog-only option).
 #[derive(Args, Debug, Clone)]
-pub(crate) struct RetryArgs {
+#[command(next_help_heading = "Retries")]
+pub(crate) struct RetryArgs<B: Args = BudgetArgs> {
     /// Retries of one request after 5xx answers, timeouts or connection errors.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub(crate) max_retries: u32,
@@ -184,11 +214,19 @@ pub(crate) struct RetryArgs {
     pub(crate) max_run_time: Option<std::time::Duration>,
     /// Allow sending the API key or posting to the webhook over plain http:// to a host that
     /// is not this machine (by default only https://, or http:// to localhost).
-    #[arg(long)]
+    #[arg(long, help_heading = "Connection")]
     pub(crate) allow_insecure_http: bool,
     /// Timeout of one HTTP request.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) http_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) budget: B,
+}
+
+/// How many requests PostHog may be sent.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Retries")]
+pub(crate) struct BudgetArgs {
     /// PostHog requests allowed per minute (0: no limit). Default: the published limit of the
     /// API in use (240 for both APIs). Lower it when other tools share the key.
     #[arg(long, value_name = "N")]
@@ -199,8 +237,37 @@ pub(crate) struct RetryArgs {
     pub(crate) max_requests_per_hour: Option<u32>,
 }
 
+/// No request budget: `send` asks PostHog nothing.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct NoBudget {}
+
+/// The budget flags of a command, if it has them (`None`: the API's published limit).
+pub(crate) trait RequestLimits {
+    fn per_minute(&self) -> Option<u32>;
+    fn per_hour(&self) -> Option<u32>;
+}
+
+impl RequestLimits for BudgetArgs {
+    fn per_minute(&self) -> Option<u32> {
+        self.max_requests_per_minute
+    }
+    fn per_hour(&self) -> Option<u32> {
+        self.max_requests_per_hour
+    }
+}
+
+impl RequestLimits for NoBudget {
+    fn per_minute(&self) -> Option<u32> {
+        None
+    }
+    fn per_hour(&self) -> Option<u32> {
+        None
+    }
+}
+
 /// Which servers to trust, for every command that makes HTTP requests.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
 pub(crate) struct TlsArgs {
     /// PEM file of CA certificates to trust, for PostHog and the webhook alike, besides the
     /// built-in web roots and the system's store (a private CA, a self-signed server).
@@ -211,13 +278,13 @@ pub(crate) struct TlsArgs {
 
 /// Everything about delivering to the webhook that backfill, sync and send share.
 #[derive(Args, Debug, Clone)]
-pub(crate) struct DeliverArgs {
+pub(crate) struct DeliverArgs<B: Args = BudgetArgs> {
     #[command(flatten)]
     pub(crate) webhook: WebhookArgs,
     #[command(flatten)]
     pub(crate) state: StateArgs,
     #[command(flatten)]
-    pub(crate) retry: RetryArgs,
+    pub(crate) retry: RetryArgs<B>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
     #[command(flatten)]
@@ -226,6 +293,7 @@ pub(crate) struct DeliverArgs {
 
 /// What the run shows.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Output")]
 pub(crate) struct OutputArgs {
     /// Print only errors.
     #[arg(short, long)]
@@ -244,9 +312,11 @@ pub(crate) struct OutputArgs {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct BackfillArgs {
     #[command(flatten)]
-    pub(crate) read: ReadArgs,
+    pub(crate) file: ConfigFileArgs,
     #[command(flatten)]
     pub(crate) range: RangeArgs,
+    #[command(flatten)]
+    pub(crate) read: ReadArgs,
     #[command(flatten)]
     pub(crate) deliver: DeliverArgs,
 }
@@ -255,7 +325,10 @@ pub(crate) struct BackfillArgs {
 pub(crate) enum ConfigCommand {
     /// Validate the settings of a command and show them resolved, e.g.
     /// `posthog-patterns config check --config /etc/posthog-patterns.toml sync`.
+    #[command(subcommand_value_name = "COMMAND")]
     Check {
+        #[command(flatten)]
+        file: ConfigFileArgs,
         #[command(subcommand)]
         command: CheckedCommand,
     },
@@ -263,26 +336,39 @@ pub(crate) enum ConfigCommand {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum CheckedCommand {
+    /// Check the settings of `backfill` and count the events of its range.
+    #[command(
+        override_usage = "posthog-patterns config check backfill [OPTIONS] --start <DATE> --end <DATE>"
+    )]
     Backfill(Box<BackfillArgs>),
+    /// Check the settings of `sync` and count the events its next run would read.
+    #[command(override_usage = "posthog-patterns config check sync [OPTIONS] [--start <DATE>]")]
     Sync(Box<SyncArgs>),
+    /// Check the settings of `export`.
+    #[command(
+        override_usage = "posthog-patterns config check export [OPTIONS] --start <DATE> --end <DATE>"
+    )]
     Export(Box<ExportArgs>),
+    /// Check the settings of `send`.
     Send(Box<SendArgs>),
 }
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct SyncArgs {
     #[command(flatten)]
-    pub(crate) read: ReadArgs,
+    pub(crate) file: ConfigFileArgs,
     /// Where the first run starts (event time): YYYY-MM-DD or RFC 3339. Later runs ignore it.
-    #[arg(long, value_name = "DATE", value_parser = parse_time)]
+    #[arg(long, value_name = "DATE", help_heading = "Range", value_parser = parse_time)]
     pub(crate) start: Option<DateTime<Utc>>,
     /// How far back in event time to look for events ingested late (Query API).
-    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", help_heading = "Range", default_value = "7d", value_parser = parse_duration)]
     pub(crate) lookback: std::time::Duration,
     /// Room left for PostHog's own ingestion delay: a run exports what was ingested up to
     /// this long ago.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", help_heading = "Range", default_value = "5m", value_parser = parse_duration)]
     pub(crate) lag: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) read: ReadArgs,
     #[command(flatten)]
     pub(crate) deliver: DeliverArgs,
 }
@@ -290,11 +376,13 @@ pub(crate) struct SyncArgs {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ExportArgs {
     #[command(flatten)]
-    pub(crate) read: ReadArgs,
+    pub(crate) file: ConfigFileArgs,
     #[command(flatten)]
     pub(crate) range: RangeArgs,
+    #[command(flatten)]
+    pub(crate) read: ReadArgs,
     /// Write to this file instead of stdout (a .gz name writes gzip). Resumable.
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", help_heading = "Output")]
     pub(crate) output: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) state: StateArgs,
@@ -321,65 +409,71 @@ pub(crate) struct SendArgs {
     #[arg(value_name = "FILE")]
     pub(crate) files: Vec<PathBuf>,
     #[command(flatten)]
+    pub(crate) file: ConfigFileArgs,
+    #[command(flatten)]
     pub(crate) filters: FilterArgs,
     /// What to do with a line that is not a JSON object.
-    #[arg(long, value_name = "WHAT", value_enum, default_value_t = OnInvalid::Stop)]
+    #[arg(long, value_name = "WHAT", help_heading = "Input", value_enum, default_value_t = OnInvalid::Stop)]
     pub(crate) on_invalid: OnInvalid,
     /// Longest line accepted (64 bytes to 1024MiB); a longer one is an error, not an
     /// out-of-memory.
-    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_line_bytes)]
+    #[arg(long, value_name = "BYTES", help_heading = "Input", default_value = "16MiB", value_parser = parse_line_bytes)]
     pub(crate) max_line_bytes: u64,
     #[command(flatten)]
-    pub(crate) deliver: DeliverArgs,
+    pub(crate) deliver: DeliverArgs<NoBudget>,
 }
 
 /// What to read from PostHog.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ReadArgs {
     #[command(flatten)]
-    pub(crate) connection: ConnectionArgs,
-    #[command(flatten)]
     pub(crate) filters: FilterArgs,
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
     /// Most rows per PostHog query page (at most 50000, the Query API's cap). Pages are
     /// smaller while queries are slow or events heavy; the Events API caps pages at 1000.
-    #[arg(long, value_name = "N", default_value_t = MAX_PAGE_SIZE, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE))]
+    #[arg(long, value_name = "N", help_heading = "Batching", default_value_t = MAX_PAGE_SIZE, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE))]
     pub(crate) page_size: u64,
     /// Query API time windows read at once (1 to 3: PostHog runs at most 3 queries at once per
     /// organisation, and dashboards share them).
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3))]
+    #[arg(long, value_name = "N", help_heading = "Batching", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3))]
     pub(crate) fetch_concurrency: u64,
     /// Largest PostHog answer read, e.g. 1GiB or 512MiB; a larger one stops the run (use a
     /// smaller --page-size) instead of exhausting memory.
-    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", help_heading = "Batching", default_value = "1GiB", value_parser = parse_bytes)]
     pub(crate) max_response_size: u64,
 }
 
-/// The time range `[start, end)`.
+/// The time range `[start, end)`. Required, but not by clap: a `--config` file may give it.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Range")]
 pub(crate) struct RangeArgs {
-    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339.
+    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339. Required,
+    /// here or as `start` in the --config file.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
     pub(crate) start: Option<DateTime<Utc>>,
     /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339; not later than
-    /// PostHog's current time (use `sync` for an ongoing export).
+    /// PostHog's current time (use `sync` for an ongoing export). Required, here or as `end`
+    /// in the --config file.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
     pub(crate) end: Option<DateTime<Utc>>,
 }
 
-/// The job's state file.
+/// The job's state file: under the general options (`help_heading = None`), not under the
+/// heading of the group flattened before it.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct StateArgs {
     /// State file to resume from (default: derived from the job, under
     /// $POSTHOG_PATTERNS_STATE_DIR, $XDG_STATE_HOME/posthog-patterns or
     /// ~/.local/state/posthog-patterns).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = None)]
     pub(crate) checkpoint: Option<PathBuf>,
     /// Discard the state and start the job from the beginning.
-    #[arg(long)]
+    #[arg(long, help_heading = None)]
     pub(crate) restart: bool,
     /// When another run of the same job holds its lock: fail (exit 75, with a message), skip
     /// (exit 0 without a word, for overlapping cron runs) or wait (at most --max-wait).
-    #[arg(long, value_name = "WHAT", value_enum, default_value_t = IfLocked::Fail)]
+    #[arg(long, value_name = "WHAT", help_heading = None, value_enum, default_value_t = IfLocked::Fail)]
     pub(crate) if_locked: IfLocked,
 }
 
@@ -393,6 +487,7 @@ pub(crate) enum IfLocked {
 
 /// Event-name filters.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Events")]
 pub(crate) struct FilterArgs {
     /// Only these event names (repeatable, or a comma-separated list).
     #[arg(long = "event", value_name = "NAME", value_delimiter = ',')]

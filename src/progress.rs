@@ -247,12 +247,12 @@ impl Progress {
         let read = Stats::get(&s.read);
         let posted = Stats::get(&s.posted);
         let mut line = format!(
-            "read {} ({}/s) · posted {} ({}/s) in {} batches · requests {} · retries {}",
+            "read {} ({}/s) · posted {} ({}/s) in {} · requests {} · retries {}",
             HumanCount(read),
             HumanCount((read as f64 / secs) as u64),
             HumanCount(posted),
             HumanCount((posted as f64 / secs) as u64),
-            HumanCount(Stats::get(&s.batches)),
+            count(Stats::get(&s.batches), "batch", "batches"),
             HumanCount(Stats::get(&s.source_requests) + Stats::get(&s.sink_requests)),
             Stats::get(&s.retries),
         );
@@ -387,6 +387,11 @@ pub(crate) fn json_line(
     serde_json::Value::Object(line).to_string()
 }
 
+/// `n` with thousands separators and the noun that agrees with it: "1 batch", "2,000 batches".
+pub(crate) fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", HumanCount(n), if n == 1 { one } else { many })
+}
+
 pub(crate) fn human_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 3600 {
@@ -401,6 +406,13 @@ pub(crate) fn human_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(count(0, "batch", "batches"), "0 batches");
+        assert_eq!(count(1, "batch", "batches"), "1 batch");
+        assert_eq!(count(2_000, "batch", "batches"), "2,000 batches");
+    }
 
     #[test]
     fn durations_read_naturally() {

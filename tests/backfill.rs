@@ -171,7 +171,7 @@ fn resume_after_kill_loses_nothing_and_duplicates_at_most_the_in_flight_batches(
         }
         let expected = env.posthog.events().into_iter().filter(in_range).count();
         assert_eq!(counts.len(), expected, "every event arrived");
-        assert!(run.stderr.contains("over 2 run(s)"), "{}", run.stderr);
+        assert!(run.stderr.contains("over 2 runs"), "{}", run.stderr);
         println!(
             "kill -9 and resume, --concurrency {concurrency}: {expected} events expected, {} distinct arrived, {duplicates} arrived twice (bound {limit})",
             counts.len()

@@ -9,7 +9,7 @@ use crate::net::tls::CaCerts;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::source::Connect;
 use crate::posthog::source::{Cursor, Range};
-use crate::progress::Progress;
+use crate::progress::{Progress, count};
 use crate::settings::{self, Retries};
 use crate::sinks::webhook::Sink;
 use crate::state::checkpoint::JobId;
@@ -74,10 +74,10 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
     let path = store.path().to_path_buf();
     if state.complete {
         return Ok(Report::ok(format!(
-            "backfill already complete: {} events posted ({} dead-lettered) over {} run(s); nothing to do. Pass --restart to export the range again. Checkpoint: {}",
-            HumanCount(state.counters.posted),
+            "backfill already complete: {} posted ({} dead-lettered) over {}; nothing to do. Pass --restart to export the range again. Checkpoint: {}",
+            count(state.counters.posted, "event", "events"),
             HumanCount(state.counters.dead_lettered),
-            state.counters.runs,
+            count(state.counters.runs, "run", "runs"),
             path.display()
         )));
     }
@@ -94,9 +94,9 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
     }
     match &state.position {
         Some(pos) => progress.info(&format!(
-            "resuming from {} ({} events posted before); checkpoint {}",
+            "resuming from {} ({} posted before); checkpoint {}",
             format_ts(&pos.timestamp()),
-            HumanCount(state.counters.posted),
+            count(state.counters.posted, "event", "events"),
             path.display()
         )),
         None => progress.info(&format!(
@@ -140,13 +140,13 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
     store.save(&mut state)?;
 
     let mut summary = format!(
-        "backfill complete: {} → {}, project {}\n{}\n  in all   {} events posted over {} run(s); checkpoint {}",
+        "backfill complete: {} → {}, project {}\n{}\n  in all   {} posted over {}; checkpoint {}",
         format_ts(&cfg.range.start),
         format_ts(&cfg.range.end),
         cfg.read.connection.project,
         runner::figures(progress, "posted"),
-        HumanCount(state.counters.posted),
-        state.counters.runs,
+        count(state.counters.posted, "event", "events"),
+        count(state.counters.runs, "run", "runs"),
         path.display(),
     );
     let dead = Stats::get(&progress.stats.dead_lettered);

@@ -15,7 +15,7 @@ use crate::posthog::Connection;
 use crate::posthog::hogql;
 use crate::posthog::source::Connect;
 use crate::posthog::source::{Cursor, Filters, Range, SourceKind};
-use crate::progress::{Progress, human_duration};
+use crate::progress::{Progress, count, human_duration};
 use crate::state::checkpoint::{self, State};
 use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
@@ -42,8 +42,12 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 println!("page size         {}", cfg.read.page_size);
                 println!("trusted roots     {}", cfg.ca_certs.describe());
                 println!(
-                    "batches           {} events, {} bytes, {} at once",
-                    cfg.webhook.posting.limits.max_events,
+                    "batches           {}, {} bytes, {} at once",
+                    count(
+                        cfg.webhook.posting.limits.max_events as u64,
+                        "event",
+                        "events"
+                    ),
                     cfg.webhook.posting.limits.max_bytes,
                     cfg.webhook.posting.concurrency
                 );
@@ -185,13 +189,17 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     if cfg.files.is_empty() {
                         "stdin".into()
                     } else {
-                        format!("{} file(s)", cfg.files.len())
+                        count(cfg.files.len() as u64, "file", "files")
                     }
                 );
                 print_filters(&cfg.filters);
                 println!(
-                    "batches           {} events, {} bytes, {} at once",
-                    cfg.webhook.posting.limits.max_events,
+                    "batches           {}, {} bytes, {} at once",
+                    count(
+                        cfg.webhook.posting.limits.max_events as u64,
+                        "event",
+                        "events"
+                    ),
                     cfg.webhook.posting.limits.max_bytes,
                     cfg.webhook.posting.concurrency
                 );
@@ -316,8 +324,9 @@ async fn estimate(
     };
     let budget = std::time::Duration::from_secs((minutes * 60).max(hours * 3600));
     println!(
-        "events            about {} (count() over {windows} window(s))",
-        HumanCount(total)
+        "events            about {} (count() over {})",
+        HumanCount(total),
+        count(windows, "window", "windows")
     );
     println!(
         "requests          about {} to PostHog, {} to the webhook",

@@ -4,9 +4,11 @@
 
 pub(crate) mod backfill;
 pub(crate) mod check;
+pub(crate) mod completions;
 #[cfg(feature = "demo")]
 pub(crate) mod demo;
 pub(crate) mod export;
+pub(crate) mod man;
 pub(crate) mod runner;
 pub(crate) mod send;
 pub(crate) mod sync;
@@ -30,25 +32,19 @@ impl Report {
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::error::EXIT_OK;
 use crate::progress::Level;
-use clap::CommandFactory;
 
 /// Runs a parsed command line; returns the exit code, or the error that ended the run.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "posthog-patterns",
-                &mut std::io::stdout(),
-            );
+            print_stdout(completions::script(shell).as_bytes())?;
             return Ok(EXIT_OK);
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        Command::Man { output } => {
+            man::run(output.as_deref())?;
             return Ok(EXIT_OK);
         }
-        Command::Config(ConfigCommand::Check { command }) => return check::run(&command),
+        Command::Config(ConfigCommand::Check { command, .. }) => return check::run(&command),
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -89,7 +85,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
                 runner::finish(&progress, send::run(&cfg, &progress).await)
             }
             Command::Demo(args) => demo(&args).await,
-            Command::Completions { .. } | Command::Man | Command::Config(_) => {
+            Command::Completions { .. } | Command::Man { .. } | Command::Config(_) => {
                 unreachable!("handled above")
             }
         }
@@ -97,6 +93,16 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
     // A reader blocked on stdin (send) must not keep an interrupted process alive.
     runtime.shutdown_background();
     result
+}
+
+/// Writes `text` to stdout; a reader that stops early (`| head`) is not an error.
+fn print_stdout(text: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }
 
 #[cfg(feature = "demo")]

@@ -7,7 +7,7 @@ use crate::cli::OutputArgs;
 use crate::pipeline::ledger::Stats;
 use crate::pipeline::{self, Deliver, Delivered, Item, Posting};
 use crate::posthog::source::{Cursor, Range, Reader};
-use crate::progress::{Level, Options, Progress, human_duration};
+use crate::progress::{Level, Options, Progress, count, human_duration};
 use indicatif::HumanCount;
 use std::future::Future;
 use std::sync::Arc;
@@ -117,28 +117,31 @@ pub(crate) fn figures(progress: &Progress, posted: &str) -> String {
     );
     let delivered = Stats::get(&s.posted);
     let secs = progress.elapsed().as_secs_f64().max(0.001);
-    let notes: Vec<String> = [(dups, "duplicate rows dropped"), (filtered, "filtered out")]
-        .into_iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, what)| format!("{} {what}", HumanCount(n)))
-        .collect();
+    let notes: Vec<String> = [
+        (dups, "duplicate row dropped", "duplicate rows dropped"),
+        (filtered, "filtered out", "filtered out"),
+    ]
+    .into_iter()
+    .filter(|(n, _, _)| *n > 0)
+    .map(|(n, one, many)| count(n, one, many))
+    .collect();
     let mut out = format!(
-        "  read     {} events{}{}\n  {posted:<8} {} events in {} batches{}\n  retries  {}, waited {}\n  took     {} ({} events/s)",
-        HumanCount(read),
+        "  read     {}{}{}\n  {posted:<8} {} in {}{}\n  retries  {}, waited {}\n  took     {} ({} events/s)",
+        count(read, "event", "events"),
         match Stats::get(&s.source_requests) {
             0 => String::new(),
-            n => format!(" in {} PostHog requests", HumanCount(n)),
+            n => format!(" in {}", count(n, "PostHog request", "PostHog requests")),
         },
         if notes.is_empty() {
             String::new()
         } else {
             format!(" ({})", notes.join(", "))
         },
-        HumanCount(delivered),
-        HumanCount(Stats::get(&s.batches)),
+        count(delivered, "event", "events"),
+        count(Stats::get(&s.batches), "batch", "batches"),
         match Stats::get(&s.sink_requests) {
             0 => String::new(),
-            n => format!(", {} webhook requests", HumanCount(n)),
+            n => format!(", {}", count(n, "webhook request", "webhook requests")),
         },
         Stats::get(&s.retries),
         human_duration(std::time::Duration::from_millis(Stats::get(&s.waited_ms))),
@@ -148,16 +151,15 @@ pub(crate) fn figures(progress: &Progress, posted: &str) -> String {
     let repaired = Stats::get(&s.repaired);
     if repaired > 0 {
         out.push_str(&format!(
-            "\n  repaired {} event{} (bytes that were not UTF-8 replaced by U+FFFD; the log names them)",
-            HumanCount(repaired),
-            if repaired == 1 { "" } else { "s" }
+            "\n  repaired {} (bytes that were not UTF-8 replaced by U+FFFD; the log names them)",
+            count(repaired, "event", "events")
         ));
     }
     let dead = Stats::get(&s.dead_lettered);
     if dead > 0 {
         out.push_str(&format!(
-            "\n  dead-lettered {} events the webhook rejected",
-            HumanCount(dead)
+            "\n  dead-lettered {} the webhook rejected",
+            count(dead, "event", "events")
         ));
     }
     out

@@ -16,7 +16,7 @@ use crate::net::tls::CaCerts;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::source::Connect;
 use crate::posthog::source::{Cursor, Range, SourceKind};
-use crate::progress::Progress;
+use crate::progress::{Progress, count};
 use crate::settings::{self, Retries};
 use crate::sinks::webhook::Sink;
 use crate::state::checkpoint::JobId;
@@ -200,8 +200,8 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
     let posted = Stats::get(&s.posted);
     let dead = Stats::get(&s.dead_lettered);
     let summary = format!(
-        "sync: {} events posted{} in {} (watermark {} → {}; {} PostHog and {} webhook requests, {} retries)",
-        HumanCount(posted),
+        "sync: {} posted{} in {} (watermark {} → {}; {}, {}, {})",
+        count(posted, "event", "events"),
         if dead > 0 {
             format!(", {} dead-lettered", HumanCount(dead))
         } else {
@@ -210,9 +210,17 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
         crate::progress::human_duration(progress.elapsed()),
         watermark_before.map_or("none".into(), |w| format_ts(&w)),
         sync.watermark.map_or("none".into(), |w| format_ts(&w)),
-        Stats::get(&s.source_requests),
-        Stats::get(&s.sink_requests),
-        Stats::get(&s.retries),
+        count(
+            Stats::get(&s.source_requests),
+            "PostHog request",
+            "PostHog requests"
+        ),
+        count(
+            Stats::get(&s.sink_requests),
+            "webhook request",
+            "webhook requests"
+        ),
+        count(Stats::get(&s.retries), "retry", "retries"),
     );
     Ok(Report {
         exit: if dead > 0 { EXIT_REJECTED } else { EXIT_OK },

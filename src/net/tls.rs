@@ -48,8 +48,8 @@ impl CaCerts {
         }
         let names: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
         format!(
-            "{base}, {} certificate(s) from {}",
-            self.certs.len(),
+            "{base}, {} from {}",
+            crate::progress::count(self.certs.len() as u64, "certificate", "certificates"),
             names.join(", ")
         )
     }

@@ -79,7 +79,7 @@ pub(crate) fn parse(argv: Vec<OsString>, format: &mut LogFormat) -> anyhow::Resu
     let matches = Cli::command().get_matches_from(argv.clone());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     *format = cli.command.log_format();
-    let Some(path) = cli.config.clone().filter(|_| cli.command.reads_config()) else {
+    let Some(path) = cli.config_file().map(Path::to_path_buf) else {
         return Ok(cli);
     };
     let extra = file_args(&path, &matches)?;

@@ -4,7 +4,7 @@
 pub(crate) mod file;
 
 use crate::cli::{
-    ConnectionArgs, FilterArgs, ReadArgs, RetryArgs, StateArgs, TlsArgs, WebhookArgs,
+    ConnectionArgs, FilterArgs, ReadArgs, RequestLimits, RetryArgs, StateArgs, TlsArgs, WebhookArgs,
 };
 use crate::error::usage;
 use crate::event::format_ts;
@@ -143,7 +143,7 @@ pub(crate) struct Resume {
     pub(crate) max_wait: Duration,
 }
 
-pub(crate) fn resume(args: &StateArgs, retry: &RetryArgs) -> Resume {
+pub(crate) fn resume<B: clap::Args>(args: &StateArgs, retry: &RetryArgs<B>) -> Resume {
     Resume {
         checkpoint: args.checkpoint.clone(),
         restart: args.restart,
@@ -158,18 +158,35 @@ fn connection(args: &ConnectionArgs) -> anyhow::Result<Connection> {
         usage("no PostHog project: pass --project ID or set POSTHOG_PROJECT_ID (the number in your project's URL)")
     })?;
     let project = Connection::check_project(project).map_err(usage)?;
+    const WANTED: &str = "a personal API key (phx_..., with the query:read scope)";
     let key = match &args.api_key_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the API key file {}", path.display()))
-            .map_err(|e| usage(format!("{e:#}")))?,
-        None => std::env::var("POSTHOG_API_KEY").unwrap_or_default(),
+        Some(path) => {
+            let key = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the API key file {}", path.display()))
+                .map_err(|e| usage(format!("{e:#}")))?;
+            if key.trim().is_empty() {
+                return Err(usage(format!(
+                    "the API key file {} (--api-key-file) is empty: it must hold {WANTED}",
+                    path.display()
+                )));
+            }
+            key
+        }
+        None => match std::env::var("POSTHOG_API_KEY") {
+            Ok(key) if key.trim().is_empty() => {
+                return Err(usage(format!(
+                    "POSTHOG_API_KEY is empty: set it to {WANTED}, or pass --api-key-file PATH"
+                )));
+            }
+            Ok(key) => key,
+            Err(_) => {
+                return Err(usage(format!(
+                    "no PostHog API key: set POSTHOG_API_KEY or pass --api-key-file PATH, with {WANTED}"
+                )));
+            }
+        },
     };
     let key = key.trim();
-    if key.is_empty() {
-        return Err(usage(
-            "no PostHog API key: set POSTHOG_API_KEY or pass --api-key-file PATH (a personal API key, phx_..., with the query:read scope)",
-        ));
-    }
     if key.starts_with("phc_") {
         return Err(usage(
             "the PostHog key is a project token (phc_...), which cannot read events; create a personal API key (phx_...) with the query:read scope",
@@ -256,7 +273,7 @@ impl Retries {
 const QUERY_API_LIMITS: (u32, u32) = (240, 2400);
 const EVENTS_API_LIMITS: (u32, u32) = (240, 1200);
 
-pub(crate) fn retries(args: &RetryArgs) -> Retries {
+pub(crate) fn retries<B: clap::Args + RequestLimits>(args: &RetryArgs<B>) -> Retries {
     Retries {
         policy: RetryPolicy {
             max_retries: args.max_retries,
@@ -264,8 +281,8 @@ pub(crate) fn retries(args: &RetryArgs) -> Retries {
             ..RetryPolicy::default()
         },
         http_timeout: args.http_timeout,
-        per_minute: args.max_requests_per_minute,
-        per_hour: args.max_requests_per_hour,
+        per_minute: args.budget.per_minute(),
+        per_hour: args.budget.per_hour(),
         max_run_time: args.max_run_time,
     }
 }
