@@ -87,6 +87,17 @@ pub(crate) async fn interruptible<T>(
     }
 }
 
+/// `err` followed by `hint` ("error; what to do"), keeping the exit code `err` had.
+pub(crate) fn with_hint(err: anyhow::Error, hint: &str) -> anyhow::Error {
+    let msg = format!("{err:#}; {hint}");
+    match exit_code_of(&err) {
+        EXIT_USAGE => Stop::Usage(msg).into(),
+        EXIT_TEMPFAIL => Stop::Temporary(msg).into(),
+        EXIT_INTERRUPTED => err,
+        _ => anyhow::anyhow!(msg),
+    }
+}
+
 pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
     Stop::Usage(msg.into()).into()
 }

@@ -242,7 +242,11 @@ fn on_invalid_skip_sets_bad_lines_aside_and_exits_3() {
         env.received().len(),
         (1..=300).filter(|i| *i != 150 && i % 3 != 0).count()
     );
-    assert!(run.stderr.contains("skipped  1 lines"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("skipped  1 line (not JSON objects)"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -232,13 +232,13 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
     Ok(Report {
         exit: EXIT_OK,
         summary: format!(
-            "export complete: {} → {} into {}\n{}\n  in all   {} events over {} run(s); checkpoint {}",
+            "export complete: {} → {} into {}\n{}\n  in all   {} events over {}; checkpoint {}",
             format_ts(&cfg.range.start),
             format_ts(&cfg.range.end),
             output.display(),
             runner::figures(progress, "written"),
             HumanCount(state.counters.posted),
-            state.counters.runs,
+            crate::progress::count(state.counters.runs, "run", "runs"),
             path.display()
         ),
     })

@@ -220,9 +220,9 @@ impl Sink {
                 Ok(events.len())
             }
             None => bail!(
-                "the webhook at {} rejected a batch of {} events (HTTP {}: {excerpt}). The checkpoint holds every batch acknowledged before it (with --concurrency above 1, later batches may have been acknowledged too, and are posted again on resume). Fix the cause and run again, or pass --dead-letter PATH to set rejected events aside and go on",
+                "the webhook at {} rejected a batch of {} (HTTP {}: {excerpt}). The checkpoint holds every batch acknowledged before it (with --concurrency above 1, later batches may have been acknowledged too, and are posted again on resume). Fix the cause and run again, or pass --dead-letter PATH to set rejected events aside and go on",
                 self.url.redacted(),
-                events.len(),
+                crate::progress::count(events.len() as u64, "event", "events"),
                 reply.status
             ),
         }

@@ -17,6 +17,7 @@ use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::source::Filters;
 use crate::progress::Progress;
+use crate::progress::count;
 use crate::settings::{self, Retries};
 use crate::sinks::dead_letter::DeadLetter;
 use crate::sinks::webhook::Sink;
@@ -126,7 +127,7 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
                 if crate::error::exit_code_of(&e) == crate::error::EXIT_INTERRUPTED {
                     e
                 } else {
-                    e.context(resume_hint())
+                    crate::error::with_hint(e, &resume_hint())
                 },
             );
         }
@@ -168,8 +169,8 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
         .collect::<anyhow::Result<_>>()?;
     if inputs.iter().all(|i| i.found == Found::Unchanged) {
         return Ok(Report::ok(format!(
-            "send already complete: nothing new in {} file(s) since the last run ({} events posted before); pass --restart to send them again",
-            files.len(),
+            "send already complete: nothing new in {} since the last run ({} events posted before); pass --restart to send them again",
+            count(files.len() as u64, "file", "files"),
             HumanCount(state.counters.posted),
         )));
     }
@@ -214,7 +215,7 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
     state.position = Some(sent);
     state.complete = true;
     store.save(&mut state)?;
-    let mut report = summary(cfg, progress, format!("{} file(s)", files.len()));
+    let mut report = summary(cfg, progress, count(files.len() as u64, "file", "files"));
     report.summary.push_str(&changes(&inputs));
     Ok(report)
 }
@@ -275,8 +276,8 @@ fn summary(cfg: &SendConfig, progress: &Progress, what: String) -> Report {
     );
     if Stats::get(&s.skipped) > 0 {
         text.push_str(&format!(
-            "\n  skipped  {} lines that are not JSON objects",
-            HumanCount(Stats::get(&s.skipped))
+            "\n  skipped  {} (not JSON objects)",
+            count(Stats::get(&s.skipped), "line", "lines")
         ));
     }
     Report {
