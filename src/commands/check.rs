@@ -41,16 +41,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 print_filters(&cfg.read.filters);
                 println!("page size         {}", cfg.read.page_size);
                 println!("trusted roots     {}", cfg.ca_certs.describe());
-                println!(
-                    "batches           {}, {} bytes, {} at once",
-                    count(
-                        cfg.webhook.posting.limits.max_events as u64,
-                        "event",
-                        "events"
-                    ),
-                    cfg.webhook.posting.limits.max_bytes,
-                    cfg.webhook.posting.concurrency
-                );
+                print_batches(&cfg.webhook.posting);
                 let path = cfg
                     .resume
                     .checkpoint
@@ -193,16 +184,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     }
                 );
                 print_filters(&cfg.filters);
-                println!(
-                    "batches           {}, {} bytes, {} at once",
-                    count(
-                        cfg.webhook.posting.limits.max_events as u64,
-                        "event",
-                        "events"
-                    ),
-                    cfg.webhook.posting.limits.max_bytes,
-                    cfg.webhook.posting.concurrency
-                );
+                print_batches(&cfg.webhook.posting);
                 println!("invalid lines     {:?}", cfg.on_invalid);
                 println!("trusted roots     {}", cfg.ca_certs.describe());
             }
@@ -221,6 +203,15 @@ fn print_connection(c: &Connection, source: SourceKind) {
         c.api_key.fingerprint()
     );
     println!("source            {}", source.name());
+}
+
+fn print_batches(posting: &crate::pipeline::Posting) {
+    println!(
+        "batches           {}, {} bytes, {} at once",
+        count(posting.limits.max_events as u64, "event", "events"),
+        posting.limits.max_bytes,
+        posting.concurrency
+    );
 }
 
 fn print_filters(f: &Filters) {

@@ -175,40 +175,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn gives_up_after_max_retries_and_counts_them() {
-        let progress = Progress::silent();
-        let calls = Cell::new(0);
-        let out: Result<(), _> = retry(&fast(), &progress, "test", || {
-            calls.set(calls.get() + 1);
-            async {
-                Attempt::Retry {
-                    error: "boom",
-                    after: None,
+    async fn gives_up_after_max_retries_and_counts_them_even_when_the_server_names_a_wait() {
+        for after in [None, Some(Duration::ZERO)] {
+            let progress = Progress::silent();
+            let calls = Cell::new(0);
+            let out: Result<(), _> = retry(&fast(), &progress, "test", || {
+                calls.set(calls.get() + 1);
+                async move {
+                    Attempt::Retry {
+                        error: "503",
+                        after,
+                    }
                 }
-            }
-        })
-        .await;
-        assert!(matches!(out, Err(GaveUp::Exhausted { retries: 3, .. })));
-        assert_eq!(calls.get(), 4);
-        assert_eq!(Stats::get(&progress.stats.retries), 3);
-    }
-
-    #[tokio::test]
-    async fn failures_count_toward_max_retries_even_with_a_retry_after() {
-        let progress = Progress::silent();
-        let calls = Cell::new(0);
-        let out: Result<(), _> = retry(&fast(), &progress, "test", || {
-            calls.set(calls.get() + 1);
-            async {
-                Attempt::Retry {
-                    error: "503",
-                    after: Some(Duration::ZERO),
-                }
-            }
-        })
-        .await;
-        assert!(matches!(out, Err(GaveUp::Exhausted { retries: 3, .. })));
-        assert_eq!(calls.get(), 4);
+            })
+            .await;
+            assert!(
+                matches!(out, Err(GaveUp::Exhausted { retries: 3, .. })),
+                "{after:?}"
+            );
+            assert_eq!(calls.get(), 4);
+            assert_eq!(Stats::get(&progress.stats.retries), 3);
+        }
     }
 
     #[tokio::test]

@@ -3,9 +3,8 @@
 //! before the checkpoint moves past them.
 
 use anyhow::Context;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -20,12 +19,7 @@ impl DeadLetter {
     /// filled, mid-append) is cut first, so that every record in the file stays whole.
     /// Called by a command holding its job's lock (or reading stdin, which has no state).
     pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
+        let file = super::open_private(path)
             .with_context(|| format!("cannot open the dead-letter file {}", path.display()))?;
         let whole = whole_len(&file)
             .with_context(|| format!("cannot read the dead-letter file {}", path.display()))?;

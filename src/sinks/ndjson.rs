@@ -11,9 +11,8 @@ use anyhow::Context;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use futures_util::future::BoxFuture;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -58,12 +57,7 @@ impl NdjsonWriter {
     /// start afresh): anything after them, such as a torn last line, is cut off.
     pub(crate) fn file(path: &Path, keep: u64, progress: Arc<Progress>) -> anyhow::Result<Self> {
         // Readable too: each checkpoint records a fingerprint of what the file holds.
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
+        let file = super::open_private(path)
             .with_context(|| format!("cannot open {} for writing", path.display()))?;
         file.set_len(keep).with_context(|| {
             format!(
