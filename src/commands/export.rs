@@ -254,5 +254,10 @@ async fn read_into(
     commit: impl FnMut(&Cursor, crate::pipeline::Delivered) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let reader = connect.reader(source, cfg.range, &cfg.read, None);
-    runner::read_posthog(reader, from, cfg.range, POSTING, writer, progress, commit).await
+    let whole_range = from.is_none();
+    runner::read_posthog(reader, from, cfg.range, POSTING, writer, progress, commit).await?;
+    if whole_range {
+        runner::warn_unseen_names(progress, &cfg.read.filters);
+    }
+    Ok(())
 }
