@@ -330,6 +330,21 @@ fn an_event_name_that_never_occurs_is_warned_about_in_backfill_not_in_sync() {
         "{}",
         run.stderr
     );
+    let run = env.run(&[
+        "export",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "--event",
+        "Signup",
+    ]);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("no event named \"Signup\""),
+        "{}",
+        run.stderr
+    );
     let start = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
     let run = env.run(&[
         "sync", "--start", &start, "--event", "Signup", "--lag", "0s",
