@@ -335,3 +335,34 @@ async fn events_api_offset_rules_window_limit_and_default_range() {
     let (_, body) = events_api(&ph, "").await;
     assert!(ids(&body).is_empty(), "no `after`: only the last 24 hours");
 }
+
+#[tokio::test]
+async fn the_webhook_inflates_gzip_bodies_or_refuses_them_with_415() {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(br#"[{"uuid":"a"},{"uuid":"b"}]"#).unwrap();
+    let body = gz.finish().unwrap();
+    let post = |url: String, body: Vec<u8>| async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("content-encoding", "gzip")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let wh = WebhookStandIn::start(WebhookConfig::default());
+    assert_eq!(post(wh.url(), body.clone()).await, 200);
+    assert_eq!(wh.uuids(), ["a", "b"]);
+    assert_eq!(wh.with_state(|s| s.gzip_requests), 1);
+    assert_eq!(post(wh.url(), b"not gzip".to_vec()).await, 400);
+
+    let plain_only = WebhookStandIn::start(WebhookConfig {
+        refuse_gzip: true,
+        ..WebhookConfig::default()
+    });
+    assert_eq!(post(plain_only.url(), body).await, 415);
+    assert!(plain_only.uuids().is_empty());
+}
