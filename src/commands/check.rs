@@ -41,12 +41,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 print_filters(&cfg.read.filters);
                 println!("page size         {}", cfg.read.page_size);
                 println!("trusted roots     {}", cfg.ca_certs.describe());
-                println!(
-                    "batches           {} events, {} bytes, {} at once",
-                    cfg.webhook.posting.limits.max_events,
-                    cfg.webhook.posting.limits.max_bytes,
-                    cfg.webhook.posting.concurrency
-                );
+                print_batches(&cfg.webhook);
                 let path = cfg
                     .resume
                     .checkpoint
@@ -189,12 +184,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     }
                 );
                 print_filters(&cfg.filters);
-                println!(
-                    "batches           {} events, {} bytes, {} at once",
-                    cfg.webhook.posting.limits.max_events,
-                    cfg.webhook.posting.limits.max_bytes,
-                    cfg.webhook.posting.concurrency
-                );
+                print_batches(&cfg.webhook);
                 println!("invalid lines     {:?}", cfg.on_invalid);
                 println!("trusted roots     {}", cfg.ca_certs.describe());
             }
@@ -213,6 +203,19 @@ fn print_connection(c: &Connection, source: SourceKind) {
         c.api_key.fingerprint()
     );
     println!("source            {}", source.name());
+}
+
+fn print_batches(webhook: &crate::settings::Webhook) {
+    let limits = webhook.posting.limits;
+    println!(
+        "batches           {} events, {} bytes of JSON, {} at once",
+        limits.max_events, limits.max_bytes, webhook.posting.concurrency
+    );
+    let compress = match webhook.compress {
+        crate::cli::Compress::None => "none",
+        crate::cli::Compress::Gzip => "gzip (Content-Encoding: gzip)",
+    };
+    println!("compression       {compress}");
 }
 
 fn print_filters(f: &Filters) {
