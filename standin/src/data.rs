@@ -65,6 +65,17 @@ pub fn uuid_key(uuid: &str) -> (u64, u64) {
     (v as u64, (v >> 64) as u64)
 }
 
+/// A uuid as a number (for compact sets of uuids); `None` if it is not 32 hex digits.
+pub fn uuid_number(uuid: &str) -> Option<u128> {
+    let mut v: u128 = 0;
+    let mut digits = 0;
+    for c in uuid.bytes().filter(|c| *c != b'-') {
+        v = v.checked_mul(16)? | u128::from((c as char).to_digit(16)?);
+        digits += 1;
+    }
+    (digits == 32).then_some(v)
+}
+
 pub fn format_uuid(v: u128) -> String {
     let h = format!("{v:032x}");
     format!(
@@ -186,6 +197,14 @@ mod tests {
         let b = "ffffffff-ffff-ffff-0000-000000000000";
         assert!(a < b);
         assert!(uuid_key(a) > uuid_key(b));
+    }
+
+    #[test]
+    fn uuids_round_trip_through_numbers() {
+        let v = 0x0190c6b5_9f0e_7c1a_8d2b_3f4e5a6b7c8d_u128;
+        assert_eq!(uuid_number(&format_uuid(v)), Some(v));
+        assert_eq!(uuid_number("not-a-uuid"), None);
+        assert_eq!(uuid_number("0190c6b5-9f0e"), None);
     }
 
     #[test]

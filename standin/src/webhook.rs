@@ -2,8 +2,10 @@
 //! webhook, remembers every event it was given, and misbehaves on demand: size limits (413),
 //! rejections (400), faults by request number, latency, and stalling so that a test can kill
 //! a client while batches are in flight. Bodies sent with `Content-Encoding: gzip` are
-//! decompressed first, unless it is told to refuse them (415).
+//! decompressed first, unless it is told to refuse them (415). For the benchmark it can count
+//! instead of keeping: events, bytes and uuids only.
 
+use super::data::uuid_number;
 use super::{Fault, Faults, Server, serve};
 use axum::Router;
 use axum::body::Bytes;
@@ -11,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::io::Read;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -45,6 +48,24 @@ pub struct WebhookConfig {
     /// After this many accepted batches, further requests are kept (recorded) but never
     /// answered until [`WebhookStandIn::release`].
     pub stall_after: Option<usize>,
+    /// Count what arrives (see [`Counted`]) instead of keeping the events: a million 3 KB
+    /// events would take 3 GB. `reject_*` and `stall_after` do not apply then.
+    pub count_only: bool,
+}
+
+/// What a counting webhook received: enough to check exactly-once delivery and to measure
+/// throughput, without the events' text.
+#[derive(Clone, Debug, Default)]
+pub struct Counted {
+    pub events: u64,
+    /// JSON received, after inflating gzip bodies.
+    pub json_bytes: u64,
+    /// Every uuid received, as a number.
+    pub uuids: HashSet<u128>,
+    /// Events whose uuid had arrived before.
+    pub repeats: u64,
+    /// Events without a uuid that reads as one.
+    pub without_uuid: u64,
 }
 
 #[derive(Default)]
@@ -57,6 +78,10 @@ pub struct State {
     pub requests: usize,
     /// Requests whose body came gzip-compressed.
     pub gzip_requests: usize,
+    /// Request body bytes as sent (compressed or not), over all requests.
+    pub wire_bytes: u64,
+    /// With `count_only`: what the accepted requests held.
+    pub counted: Counted,
     pub accepted_batches: usize,
     pub statuses: Vec<u16>,
     pub(crate) faults: Faults,
@@ -175,6 +200,7 @@ async fn handle(shared: &Shared, uri: Uri, headers: HeaderMap, body: Bytes) -> R
         let mut s = shared.state.lock().unwrap();
         let n = s.requests;
         s.requests += 1;
+        s.wire_bytes += body.len() as u64;
         decide(&mut s, n, &uri, &headers, &body)
     };
     shared.changed.notify_all();
@@ -267,6 +293,9 @@ fn take(s: &mut State, json: &[u8]) -> Next {
     if s.config.max_body_bytes.is_some_and(|max| json.len() > max) {
         return Next::Answer((StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response());
     }
+    if s.config.count_only {
+        return count(s, json);
+    }
     let events = match parse(json) {
         Err(e) => {
             let text = format!("invalid JSON: {e}");
@@ -295,6 +324,46 @@ fn take(s: &mut State, json: &[u8]) -> Next {
         return Next::Stall;
     }
     s.events.extend(events);
+    s.accepted_batches += 1;
+    Next::Accept(s.config.latency)
+}
+
+/// Counts a body's events, bytes and uuids; keeps nothing else.
+fn count(s: &mut State, json: &[u8]) -> Next {
+    #[derive(serde::Deserialize)]
+    struct Uuid<'a> {
+        #[serde(borrow)]
+        uuid: Option<Cow<'a, str>>,
+    }
+    // By the first byte, as `parse` does: an untagged enum would buffer every event.
+    let one = json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let parsed = match one {
+        true => serde_json::from_slice::<Uuid>(json).map(|e| vec![e]),
+        false => serde_json::from_slice::<Vec<Uuid>>(json),
+    };
+    let events = match parsed {
+        Ok(events) if events.is_empty() => {
+            return Next::Answer((StatusCode::BAD_REQUEST, "empty array").into_response());
+        }
+        Ok(events) => events,
+        Err(e) => {
+            let text = format!("invalid JSON: {e}");
+            return Next::Answer((StatusCode::BAD_REQUEST, text).into_response());
+        }
+    };
+    let c = &mut s.counted;
+    c.events += events.len() as u64;
+    c.json_bytes += json.len() as u64;
+    for uuid in events
+        .iter()
+        .map(|e| e.uuid.as_deref().and_then(uuid_number))
+    {
+        match uuid {
+            Some(v) if !c.uuids.insert(v) => c.repeats += 1,
+            Some(_) => {}
+            None => c.without_uuid += 1,
+        }
+    }
     s.accepted_batches += 1;
     Next::Accept(s.config.latency)
 }

@@ -366,3 +366,37 @@ async fn the_webhook_inflates_gzip_bodies_or_refuses_them_with_415() {
     assert_eq!(post(plain_only.url(), body).await, 415);
     assert!(plain_only.uuids().is_empty());
 }
+
+#[tokio::test]
+async fn a_counting_webhook_counts_events_bytes_and_uuids_but_keeps_no_event() {
+    let wh = WebhookStandIn::start(WebhookConfig {
+        count_only: true,
+        ..WebhookConfig::default()
+    });
+    let a = "0190c6b5-9f0e-7c1a-8d2b-3f4e5a6b7c8d";
+    let b = "0190c6b5-9f0e-7c1a-8d2b-3f4e5a6b7c8e";
+    let bodies = [
+        format!(r#"[{{"uuid":"{a}","properties":{{"x":[1,{{"y":null}}]}}}},{{"uuid":"{b}"}}]"#),
+        format!(r#"{{"uuid":"{a}"}}"#),
+        r#"[{"event":"no uuid"}]"#.to_string(),
+    ];
+    let client = reqwest::Client::new();
+    for body in &bodies {
+        let status = client
+            .post(wh.url())
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status.status().as_u16(), 200);
+    }
+    let status = client.post(wh.url()).body("[]").send().await.unwrap();
+    assert_eq!(status.status().as_u16(), 400);
+    let counted = wh.with_state(|s| s.counted.clone());
+    assert_eq!(counted.events, 4);
+    assert_eq!(counted.uuids.len(), 2);
+    assert_eq!((counted.repeats, counted.without_uuid), (1, 1));
+    let json: usize = bodies.iter().map(String::len).sum();
+    assert_eq!(counted.json_bytes, json as u64);
+    assert!(wh.uuids().is_empty(), "no event text was kept");
+}
