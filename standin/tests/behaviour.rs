@@ -400,3 +400,36 @@ async fn a_counting_webhook_counts_events_bytes_and_uuids_but_keeps_no_event() {
     assert_eq!(counted.json_bytes, json as u64);
     assert!(wh.uuids().is_empty(), "no event text was kept");
 }
+
+/// Five `SELECT 1` queries at once; their statuses, sorted.
+async fn five_at_once(ph: &PostHogStandIn) -> Vec<u16> {
+    let queries = (0..5).map(|_| query(ph, "SELECT 1", json!({}), true));
+    let mut statuses: Vec<u16> = futures_util::future::join_all(queries)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    statuses.sort();
+    statuses
+}
+
+#[tokio::test]
+async fn at_most_three_queries_run_at_once_and_a_fourth_waits_then_gets_429() {
+    let capped = |latency_ms, wait_ms| PostHogConfig {
+        query_latency: std::time::Duration::from_millis(latency_ms),
+        max_concurrent_queries: Some(3),
+        query_slot_wait: std::time::Duration::from_millis(wait_ms),
+        ..PostHogConfig::default()
+    };
+    // Slots come free in time: everything runs, three at a time.
+    let ph = PostHogStandIn::start(capped(300, 5_000), Vec::new());
+    let started = std::time::Instant::now();
+    assert_eq!(five_at_once(&ph).await, [200; 5]);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(600));
+    assert_eq!(ph.with_state(|s| s.queries_running_peak), 3);
+
+    // They do not: two are refused, as PostHog refuses after its 30 s.
+    let ph = PostHogStandIn::start(capped(2_000, 100), Vec::new());
+    assert_eq!(five_at_once(&ph).await, [200, 200, 200, 429, 429]);
+    assert_eq!(ph.with_state(|s| s.queries_refused_for_concurrency), 2);
+}
