@@ -194,7 +194,8 @@ impl PostHogStandIn {
             e.created_at = data::to_micros(e.created_at);
             e
         }));
-        s.events.sort_by_key(StoredEvent::order_key);
+        // Cached: the key parses a uuid, and the benchmark sorts a million events.
+        s.events.sort_by_cached_key(StoredEvent::order_key);
     }
 
     pub fn events(&self) -> Vec<StoredEvent> {
