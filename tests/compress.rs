@@ -158,6 +158,20 @@ fn compress_in_a_config_file_applies_to_send() {
     assert_eq!(received.len(), 250);
     assert!(received.values().all(|n| *n == 1));
     assert_eq!(env.webhook.with_state(|s| s.gzip_requests), 3);
+    let check = env.run(&[
+        "config",
+        "check",
+        "--config",
+        env.path("pp.toml").to_str().unwrap(),
+        "send",
+        env.path("in.ndjson").to_str().unwrap(),
+    ]);
+    check.assert_code(0);
+    assert!(
+        check.stdout.contains("compression       gzip"),
+        "{}",
+        check.stdout
+    );
 
     std::fs::write(env.path("pp.toml"), "compress = \"brotli\"\n").unwrap();
     let run = env.run(&[
