@@ -1,143 +1,485 @@
-//! The benchmark: the real binary (release build) exports synthetic events from the PostHog
-//! stand-in to the webhook stand-in, both in this process on loopback. Prints, per scenario,
-//! the median of several runs: events/s, the binary's peak memory, and requests made; and
-//! checks every run delivered each event exactly once.
+//! The benchmark: the real binary (release build) runs `backfill` from the PostHog stand-in
+//! and `send` from an NDJSON file of the same events, into a webhook stand-in that counts
+//! what arrives; all stand-ins in this process, on loopback. The events are realistic
+//! (posthog-js-shaped, about 2 KB or 3 KB each). Prints, per scenario, the median of several
+//! runs: events/s, MB/s of posted JSON, the binary's own CPU seconds per million events and
+//! per GB, its peak memory, requests made, events per PostHog query; then a run against a
+//! PostHog whose queries take time and of which 3 run at once, next to its lower bound.
+//! Every run is checked: each event arrived exactly once, or the benchmark fails.
 //!
-//!     cargo bench --bench throughput            # BENCH_RUNS=5 for more runs
+//!     cargo bench --bench throughput
+//!
+//! Environment: BENCH_RUNS (runs per scenario, default 3), BENCH_RUNS_1M (runs of the
+//! million-event scenarios, default BENCH_RUNS), BENCH_ONLY=text (only scenarios whose name
+//! holds it), BENCH_QUICK=1 (a hundredth of the events: checks the benchmark itself).
 
+use chrono::{DateTime, Duration as Days, Utc};
+use posthog_patterns_standin::data::uuid_number;
 use posthog_patterns_standin::{
-    PostHogConfig, PostHogStandIn, WebhookConfig, WebhookStandIn, synthetic_events,
+    HEAVY_EVENT_BYTES, PostHogConfig, PostHogStandIn, StoredEvent, TYPICAL_EVENT_BYTES,
+    WebhookConfig, WebhookStandIn, realistic_events,
 };
 use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+const BIN: &str = env!("CARGO_BIN_EXE_posthog-patterns");
+const START: &str = "2024-01-01T00:00:00Z";
+/// Lean events for the events-per-query target (≤ 1 KB on average as posted).
+const LEAN_EVENT_BYTES: usize = 800;
+/// The latency run: what one query takes, and PostHog's cap on queries at once.
+const QUERY_LATENCY: Duration = Duration::from_millis(500);
+const POSTHOG_MAX_CONCURRENT_QUERIES: usize = 3;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Backfill,
+    Send,
+}
+
+struct Scenario {
+    name: String,
+    kind: Kind,
+    events: usize,
+    event_bytes: usize,
+    /// The range's length: the same events over fewer days are denser.
+    days: i64,
+    extra: &'static [&'static str],
+}
+
+/// What one run measured.
+#[derive(Clone, Copy)]
 struct Sample {
-    events_per_sec: f64,
+    secs: f64,
+    cpu_secs: f64,
     peak_rss_mib: f64,
+    events: usize,
+    json_bytes: u64,
+    wire_bytes: u64,
     posthog_requests: usize,
+    posthog_queries: usize,
     webhook_requests: usize,
 }
 
 fn main() {
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let scenarios: [(&str, usize, u64, &str); 4] = [
-        ("200k events, webhook answers at once", 200_000, 0, "4"),
-        ("200k events, webhook takes 20 ms", 200_000, 20, "4"),
-        ("same, --concurrency 1", 200_000, 20, "1"),
-        ("1M events, webhook answers at once", 1_000_000, 0, "4"),
-    ];
-    println!("posthog-patterns benchmark: median of {runs} runs, page 10000, batch 1000");
+    let settings = Settings::from_env();
+    let scenarios = scenarios(settings.scale);
     println!(
-        "{:<40} {:>12} {:>14} {:>10} {:>10}",
-        "scenario", "events/s", "peak RSS MiB", "PH reqs", "WH reqs"
+        "posthog-patterns benchmark: median of {} runs ({} for 1M events), {} CPU cores; default settings{}",
+        settings.runs,
+        settings.runs_1m,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if settings.scale > 1 {
+            " (BENCH_QUICK: a hundredth of the events)"
+        } else {
+            ""
+        }
     );
-    for (name, n, latency_ms, concurrency) in scenarios {
-        let start = "2024-01-01T00:00:00Z".parse().unwrap();
-        let end = "2024-01-31T00:00:00Z".parse().unwrap();
-        let events = synthetic_events(n, start, end, 42);
-        let expected: HashSet<String> = events
-            .iter()
-            .filter(|e| e.timestamp >= start && e.timestamp < end)
-            .map(|e| e.uuid.clone())
-            .collect();
-        let mut samples: Vec<Sample> = (0..runs)
-            .map(|_| run_once(&events, &expected, latency_ms, concurrency))
-            .collect();
-        let median = |f: &dyn Fn(&Sample) -> f64, samples: &mut Vec<Sample>| {
-            samples.sort_by(|a, b| f(a).total_cmp(&f(b)));
-            f(&samples[samples.len() / 2])
+    print_header();
+    for scenario in scenarios.iter().filter(|s| s.name.contains(&settings.only)) {
+        let runs = if scenario.events >= 1_000_000 / settings.scale {
+            settings.runs_1m
+        } else {
+            settings.runs
         };
-        let eps = median(&|s| s.events_per_sec, &mut samples);
-        let rss = median(&|s| s.peak_rss_mib, &mut samples);
-        println!(
-            "{:<40} {:>12.0} {:>14.1} {:>10} {:>10}",
-            name, eps, rss, samples[0].posthog_requests, samples[0].webhook_requests
-        );
+        let samples = run_scenario(scenario, runs);
+        print_row(&scenario.name, &samples);
+    }
+    latency_run(200_000 / settings.scale, settings.runs, &settings.only);
+}
+
+struct Settings {
+    runs: usize,
+    runs_1m: usize,
+    only: String,
+    scale: usize,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let number = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        let runs = number("BENCH_RUNS").unwrap_or(3).max(1);
+        Settings {
+            runs,
+            runs_1m: number("BENCH_RUNS_1M").unwrap_or(runs).max(1),
+            only: std::env::var("BENCH_ONLY").unwrap_or_default(),
+            scale: if number("BENCH_QUICK").unwrap_or(0) == 1 {
+                100
+            } else {
+                1
+            },
+        }
     }
 }
 
-fn run_once(
-    events: &[posthog_patterns_standin::StoredEvent],
-    expected: &HashSet<String>,
-    latency_ms: u64,
-    concurrency: &str,
-) -> Sample {
-    let posthog = PostHogStandIn::start(PostHogConfig::default(), events.to_vec());
+fn scenarios(scale: usize) -> Vec<Scenario> {
+    let mut out = Vec::new();
+    for (kind, command) in [(Kind::Backfill, "backfill"), (Kind::Send, "send")] {
+        for (bytes, size) in [(TYPICAL_EVENT_BYTES, "2 KB"), (HEAVY_EVENT_BYTES, "3 KB")] {
+            for (n, count) in [(100_000, "100k"), (1_000_000, "1M")] {
+                out.push(Scenario {
+                    name: format!("{command} {count} × {size}"),
+                    kind,
+                    events: n / scale,
+                    event_bytes: bytes,
+                    days: 30,
+                    extra: &[],
+                });
+            }
+        }
+    }
+    out.push(Scenario {
+        name: "backfill 1M × 1 KB, dense (7 days)".into(),
+        kind: Kind::Backfill,
+        events: 1_000_000 / scale,
+        event_bytes: LEAN_EVENT_BYTES,
+        days: 7,
+        extra: &[],
+    });
+    out.push(Scenario {
+        name: "backfill 100k × 2 KB, --compress gzip".into(),
+        kind: Kind::Backfill,
+        events: 100_000 / scale,
+        event_bytes: TYPICAL_EVENT_BYTES,
+        days: 30,
+        extra: &["--compress", "gzip"],
+    });
+    out
+}
+
+fn start() -> DateTime<Utc> {
+    START.parse().expect("a valid time")
+}
+
+/// The events of a scenario, and the uuids of those inside its range (what must arrive).
+fn generate(s: &Scenario) -> (Vec<StoredEvent>, HashSet<u128>) {
+    let end = start() + Days::days(s.days);
+    let events = realistic_events(s.events, start(), end, 42, s.event_bytes);
+    let expected = events
+        .iter()
+        .filter(|e| e.timestamp >= start() && e.timestamp < end)
+        .filter_map(|e| uuid_number(&e.uuid))
+        .collect();
+    (events, expected)
+}
+
+/// Where a scenario's events come from: the PostHog stand-in, or an NDJSON file.
+enum Input {
+    PostHog(PostHogStandIn),
+    /// The directory is held so that the file lives as long as the scenario.
+    File {
+        path: PathBuf,
+        _dir: tempfile::TempDir,
+    },
+}
+
+fn run_scenario(s: &Scenario, runs: usize) -> Vec<Sample> {
+    let (events, expected) = generate(s);
+    let input = match s.kind {
+        Kind::Backfill => Input::PostHog(PostHogStandIn::start(PostHogConfig::default(), events)),
+        Kind::Send => {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let path = dir.path().join("events.ndjson");
+            write_ndjson(&path, events, s);
+            Input::File { path, _dir: dir }
+        }
+    };
+    (0..runs).map(|_| run_once(s, &input, &expected)).collect()
+}
+
+/// The events of the scenario's range as `backfill` would post them, one a line.
+fn write_ndjson(path: &Path, events: Vec<StoredEvent>, s: &Scenario) {
+    let end = start() + Days::days(s.days);
+    let file = std::fs::File::create(path).expect("the NDJSON file");
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    for e in events
+        .iter()
+        .filter(|e| e.timestamp >= start() && e.timestamp < end)
+    {
+        writeln!(out, "{}", e.posted_json(4242)).expect("writing the NDJSON file");
+    }
+    out.flush().expect("writing the NDJSON file");
+}
+
+fn run_once(s: &Scenario, input: &Input, expected: &HashSet<u128>) -> Sample {
     let webhook = WebhookStandIn::start(WebhookConfig {
-        latency: Duration::from_millis(latency_ms),
+        count_only: true,
         ..WebhookConfig::default()
     });
-    let state = tempfile::tempdir().unwrap();
-    let cfg = posthog.config();
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_posthog-patterns"))
-        .args([
-            "backfill",
-            "--start",
-            "2024-01-01",
-            "--end",
-            "2024-01-31",
-            "--quiet",
-            "--concurrency",
-            concurrency,
-        ])
-        .args([
-            "--max-requests-per-minute",
-            "0",
-            "--max-requests-per-hour",
-            "0",
-        ])
-        .env("POSTHOG_HOST", posthog.url())
-        .env("POSTHOG_PROJECT_ID", &cfg.project_id)
-        .env("POSTHOG_API_KEY", &cfg.api_key)
-        .env("PATTERNS_WEBHOOK_URL", webhook.url())
-        .env("POSTHOG_PATTERNS_STATE_DIR", state.path())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (status, peak_kib) = wait_tracking_peak(child);
-    let secs = started.elapsed().as_secs_f64();
-    assert_eq!(status, 0, "the backfill failed");
-    let received = webhook.uuids();
-    let unique: HashSet<&String> = received.iter().collect();
-    assert!(
-        received.len() == expected.len()
-            && unique.len() == expected.len()
-            && unique.iter().all(|u| expected.contains(*u)),
-        "not exactly once: received {} ({} unique), expected {}",
-        received.len(),
-        unique.len(),
-        expected.len()
-    );
+    let state = tempfile::tempdir().expect("a state directory");
+    let mut cmd = Command::new(BIN);
+    cmd.env("PATTERNS_WEBHOOK_URL", webhook.url())
+        .env("POSTHOG_PATTERNS_STATE_DIR", state.path());
+    let logged_before = match input {
+        Input::PostHog(posthog) => {
+            cmd.args(backfill_args(s.days));
+            connect(&mut cmd, posthog);
+            posthog.with_state(|st| st.log.len())
+        }
+        Input::File { path, .. } => {
+            cmd.arg("send").arg(path);
+            0
+        }
+    };
+    cmd.arg("--quiet").args(s.extra);
+    let measured = measure(&mut cmd);
+    assert_eq!(measured.status, 0, "{}: the run failed", s.name);
+    let (posthog_requests, posthog_queries) = match input {
+        Input::PostHog(posthog) => requests_since(posthog, logged_before),
+        Input::File { .. } => (0, 0),
+    };
+    let (json_bytes, wire_bytes, webhook_requests) =
+        check_exactly_once(&s.name, &webhook, expected);
     Sample {
-        events_per_sec: expected.len() as f64 / secs,
-        peak_rss_mib: peak_kib as f64 / 1024.0,
-        posthog_requests: posthog.log().len(),
-        webhook_requests: webhook.with_state(|s| s.requests),
+        secs: measured.secs,
+        cpu_secs: measured.cpu_secs,
+        peak_rss_mib: measured.peak_rss_kib as f64 / 1024.0,
+        events: expected.len(),
+        json_bytes,
+        wire_bytes,
+        posthog_requests,
+        posthog_queries,
+        webhook_requests,
     }
 }
 
-/// Waits for the child, sampling its peak resident memory (VmHWM, KiB) every 10 ms.
-/// (Not wait4's ru_maxrss: Linux carries the parent's memory into it across exec, and this
-/// process holds the stand-ins' data.)
-fn wait_tracking_peak(mut child: std::process::Child) -> (i32, u64) {
-    let status_file = format!("/proc/{}/status", child.id());
+/// `backfill` over `days` days from [`START`]. The request budget is off: the benchmark
+/// measures the tool, not PostHog's published limits.
+fn backfill_args(days: i64) -> Vec<String> {
+    let end = start() + Days::days(days);
+    [
+        "backfill",
+        "--start",
+        START,
+        "--end",
+        &end.to_rfc3339(),
+        "--max-requests-per-minute",
+        "0",
+        "--max-requests-per-hour",
+        "0",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn connect(cmd: &mut Command, posthog: &PostHogStandIn) {
+    let cfg = posthog.config();
+    cmd.env("POSTHOG_HOST", posthog.url())
+        .env("POSTHOG_PROJECT_ID", &cfg.project_id)
+        .env("POSTHOG_API_KEY", &cfg.api_key);
+}
+
+/// PostHog requests since the log held `before` entries, and how many were queries.
+fn requests_since(posthog: &PostHogStandIn, before: usize) -> (usize, usize) {
+    posthog.with_state(|s| {
+        let new = &s.log[before..];
+        let queries = new.iter().filter(|l| l.path.contains("/query")).count();
+        (new.len(), queries)
+    })
+}
+
+/// Asserts that the webhook received exactly the expected events, each once; returns the
+/// JSON and wire bytes it received and its requests.
+fn check_exactly_once(
+    name: &str,
+    webhook: &WebhookStandIn,
+    expected: &HashSet<u128>,
+) -> (u64, u64, usize) {
+    webhook.with_state(|s| {
+        let c = &s.counted;
+        assert!(
+            c.events == expected.len() as u64
+                && c.repeats == 0
+                && c.without_uuid == 0
+                && c.uuids == *expected,
+            "{name}: not exactly once: received {} events ({} unique, {} repeats), expected {}",
+            c.events,
+            c.uuids.len(),
+            c.repeats,
+            expected.len()
+        );
+        (c.json_bytes, s.wire_bytes, s.requests)
+    })
+}
+
+struct Measured {
+    status: i32,
+    secs: f64,
+    cpu_secs: f64,
+    peak_rss_kib: u64,
+}
+
+/// Runs `cmd` to its end: wall time, its own CPU time (user + system, from `wait4`'s
+/// rusage: this process's stand-ins are not in it), and its peak resident memory (VmHWM,
+/// sampled every 10 ms: `ru_maxrss` would carry this process's memory, which the child
+/// shares until it execs, and this process holds the stand-ins' events).
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4 below"
+)]
+fn measure(cmd: &mut Command) -> Measured {
+    let started = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let pid = child.id() as libc::pid_t;
+    let status_file = format!("/proc/{pid}/status");
     let mut peak = 0;
     loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file) {
-            let hwm = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
-            peak = peak.max(hwm.unwrap_or(0));
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status.code().unwrap_or(-1), peak);
+        peak = peak.max(vm_hwm_kib(&status_file).unwrap_or(0));
+        let mut status = 0;
+        // SAFETY: plain out-parameters; `pid` is our child, reaped here and nowhere else
+        // (the `Child` is dropped without waiting).
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if reaped == pid {
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            return Measured {
+                status: if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    -1
+                },
+                secs: started.elapsed().as_secs_f64(),
+                cpu_secs: secs(usage.ru_utime) + secs(usage.ru_stime),
+                peak_rss_kib: peak,
+            };
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+fn vm_hwm_kib(status_file: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(status_file).ok()?;
+    let line = text.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+fn median(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+    let mut v: Vec<f64> = samples.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn print_header() {
+    println!(
+        "{:<38} {:>8} {:>9} {:>7} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9}",
+        "scenario",
+        "event B",
+        "events/s",
+        "MB/s",
+        "CPU s/1M",
+        "CPU s/GB",
+        "RSS MiB",
+        "PH reqs",
+        "WH reqs",
+        "wire %",
+        "ev/query"
+    );
+}
+
+fn print_row(name: &str, samples: &[Sample]) {
+    let first = samples[0];
+    let per_query = match first.posthog_queries {
+        0 => "-".to_string(),
+        q => format!("{:.0}", first.events as f64 / q as f64),
+    };
+    println!(
+        "{:<38} {:>8.0} {:>9.0} {:>7.1} {:>10.2} {:>9.2} {:>9.1} {:>8} {:>8} {:>8.0} {:>9}",
+        name,
+        first.json_bytes as f64 / first.events as f64,
+        median(samples, |s| s.events as f64 / s.secs),
+        median(samples, |s| s.json_bytes as f64 / 1e6 / s.secs),
+        median(samples, |s| s.cpu_secs / s.events as f64 * 1e6),
+        median(samples, |s| s.cpu_secs / (s.json_bytes as f64 / 1e9)),
+        median(samples, |s| s.peak_rss_mib),
+        first.posthog_requests,
+        first.webhook_requests,
+        100.0 * first.wire_bytes as f64 / first.json_bytes as f64,
+        per_query,
+    );
+}
+
+/// `--fetch-concurrency N` where the binary has it (PostHog queries at once), else 1.
+fn fetch_concurrency() -> usize {
+    let help = Command::new(BIN)
+        .args(["backfill", "--help"])
+        .output()
+        .expect("the binary starts");
+    let has = String::from_utf8_lossy(&help.stdout).contains("--fetch-concurrency");
+    if has {
+        POSTHOG_MAX_CONCURRENT_QUERIES
+    } else {
+        1
+    }
+}
+
+/// A backfill from a PostHog whose queries each take [`QUERY_LATENCY`], at most 3 at once,
+/// next to the least time those queries need: ⌈queries / N⌉ × latency.
+fn latency_run(n: usize, runs: usize, only: &str) {
+    let scenario = Scenario {
+        name: format!(
+            "latency: backfill {}k × 2 KB, {} ms per query, {} at once",
+            n / 1000,
+            QUERY_LATENCY.as_millis(),
+            POSTHOG_MAX_CONCURRENT_QUERIES
+        ),
+        kind: Kind::Backfill,
+        events: n,
+        event_bytes: TYPICAL_EVENT_BYTES,
+        days: 30,
+        extra: &[],
+    };
+    if !scenario.name.contains(only) {
+        return;
+    }
+    let fetch = fetch_concurrency();
+    let extra: &'static [&'static str] = if fetch > 1 {
+        &["--fetch-concurrency", "3"]
+    } else {
+        &[]
+    };
+    let scenario = Scenario { extra, ..scenario };
+    let (events, expected) = generate(&scenario);
+    let posthog = PostHogStandIn::start(
+        PostHogConfig {
+            query_latency: QUERY_LATENCY,
+            max_concurrent_queries: Some(POSTHOG_MAX_CONCURRENT_QUERIES),
+            ..PostHogConfig::default()
+        },
+        events,
+    );
+    let input = Input::PostHog(posthog);
+    let samples: Vec<Sample> = (0..runs)
+        .map(|_| run_once(&scenario, &input, &expected))
+        .collect();
+    let Input::PostHog(posthog) = &input else {
+        unreachable!("started above")
+    };
+    let (refused, peak) =
+        posthog.with_state(|s| (s.queries_refused_for_concurrency, s.queries_running_peak));
+    let queries = samples[0].posthog_queries;
+    let bound = queries.div_ceil(fetch) as f64 * QUERY_LATENCY.as_secs_f64();
+    let wall = median(&samples, |s| s.secs);
+    println!();
+    println!(
+        "{}: --fetch-concurrency {}{}",
+        scenario.name,
+        fetch,
+        if fetch > 1 {
+            ""
+        } else {
+            " (the binary has no --fetch-concurrency: 1 query at a time)"
+        }
+    );
+    println!(
+        "  wall {wall:.1} s; lower bound ⌈{queries} queries / {fetch}⌉ × {:.1} s = {bound:.1} s; ratio {:.2}; queries refused for concurrency: {refused}; most at once: {peak}",
+        QUERY_LATENCY.as_secs_f64(),
+        wall / bound
+    );
 }

@@ -175,8 +175,8 @@ pub(crate) struct WebhookArgs {
     /// Events per POST.
     #[arg(long, value_name = "N", help_heading = "Batching", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) batch_size: u64,
-    /// Largest request body, e.g. 1MiB, 512KiB or 200000 (64 bytes to 256MiB); a single larger
-    /// event is sent alone.
+    /// Largest request body as JSON (before --compress), e.g. 1MiB, 512KiB or 200000 (64 bytes
+    /// to 256MiB); a single larger event is sent alone.
     #[arg(long, value_name = "BYTES", help_heading = "Batching", default_value = "1MiB", value_parser = parse_batch_bytes)]
     pub(crate) max_batch_bytes: u64,
     /// Batches posted at once. Batches may then arrive out of order, and after a crash up to
@@ -195,6 +195,19 @@ pub(crate) struct WebhookArgs {
     /// starting with # are skipped).
     #[arg(long, value_name = "FILE")]
     pub(crate) header_file: Option<PathBuf>,
+    /// Compress each POST body: gzip (sent with `Content-Encoding: gzip`, for webhooks that
+    /// accept it) or none. --max-batch-bytes still counts the uncompressed JSON.
+    #[arg(long, value_name = "WHAT", value_enum, default_value_t = Compress::None)]
+    pub(crate) compress: Compress,
+}
+
+/// How a POST body is encoded (`--compress`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Compress {
+    /// Plain JSON.
+    None,
+    /// gzip, with `Content-Encoding: gzip`.
+    Gzip,
 }
 
 /// Retries, timeouts and, for the commands that read PostHog, the request budget (`B`:

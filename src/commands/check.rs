@@ -41,7 +41,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 print_filters(&cfg.read.filters);
                 println!("page size         {}", cfg.read.page_size);
                 println!("trusted roots     {}", cfg.ca_certs.describe());
-                print_batches(&cfg.webhook.posting);
+                print_batches(&cfg.webhook);
                 let path = cfg
                     .resume
                     .checkpoint
@@ -184,7 +184,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     }
                 );
                 print_filters(&cfg.filters);
-                print_batches(&cfg.webhook.posting);
+                print_batches(&cfg.webhook);
                 println!("invalid lines     {:?}", cfg.on_invalid);
                 println!("trusted roots     {}", cfg.ca_certs.describe());
             }
@@ -205,13 +205,19 @@ fn print_connection(c: &Connection, source: SourceKind) {
     println!("source            {}", source.name());
 }
 
-fn print_batches(posting: &crate::pipeline::Posting) {
+fn print_batches(webhook: &crate::settings::Webhook) {
+    let limits = webhook.posting.limits;
     println!(
-        "batches           {}, {} bytes, {} at once",
-        count(posting.limits.max_events as u64, "event", "events"),
-        posting.limits.max_bytes,
-        posting.concurrency
+        "batches           {}, {} bytes of JSON, {} at once",
+        count(limits.max_events as u64, "event", "events"),
+        limits.max_bytes,
+        webhook.posting.concurrency
     );
+    let compress = match webhook.compress {
+        crate::cli::Compress::None => "none",
+        crate::cli::Compress::Gzip => "gzip (Content-Encoding: gzip)",
+    };
+    println!("compression       {compress}");
 }
 
 fn print_filters(f: &Filters) {

@@ -56,6 +56,7 @@ struct ConfigFile {
     dead_letter: Option<PathBuf>,
     headers: Option<Vec<String>>,
     header_file: Option<PathBuf>,
+    compress: Option<String>,
     checkpoint: Option<PathBuf>,
     if_locked: Option<String>,
     output: Option<PathBuf>,

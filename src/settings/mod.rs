@@ -4,7 +4,8 @@
 pub(crate) mod file;
 
 use crate::cli::{
-    ConnectionArgs, FilterArgs, ReadArgs, RequestLimits, RetryArgs, StateArgs, TlsArgs, WebhookArgs,
+    Compress, ConnectionArgs, FilterArgs, ReadArgs, RequestLimits, RetryArgs, StateArgs, TlsArgs,
+    WebhookArgs,
 };
 use crate::error::usage;
 use crate::event::format_ts;
@@ -87,14 +88,21 @@ fn headers(args: &WebhookArgs) -> anyhow::Result<reqwest::header::HeaderMap> {
             .map_err(|_| usage(format!("{origin}: {:?} is not a header name", name.trim())))?;
         if [
             "content-type",
+            "content-encoding",
             "content-length",
             "host",
             "transfer-encoding",
         ]
         .contains(&name.as_str())
         {
+            // A Content-Encoding the body does not have would make the webhook misread it.
+            let hint = if name == "content-encoding" {
+                " (use --compress gzip)"
+            } else {
+                ""
+            };
             return Err(usage(format!(
-                "{origin}: {name} is set by posthog-patterns itself and cannot be replaced"
+                "{origin}: {name} is set by posthog-patterns itself and cannot be replaced{hint}"
             )));
         }
         let value = value.trim();
@@ -207,6 +215,8 @@ pub(crate) struct Webhook {
     pub(crate) headers: reqwest::header::HeaderMap,
     pub(crate) posting: Posting,
     pub(crate) dead_letter: Option<PathBuf>,
+    /// How each POST body is encoded (`--compress`); batches are cut by their JSON size.
+    pub(crate) compress: Compress,
 }
 
 pub(crate) fn webhook(args: &WebhookArgs, allow_insecure_http: bool) -> anyhow::Result<Webhook> {
@@ -233,6 +243,7 @@ pub(crate) fn webhook(args: &WebhookArgs, allow_insecure_http: bool) -> anyhow::
             linger: None,
         },
         dead_letter: args.dead_letter.clone(),
+        compress: args.compress,
     })
 }
 

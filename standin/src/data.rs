@@ -1,5 +1,11 @@
 //! Events as the PostHog stand-in stores them, and a generator of synthetic ones with the
 //! awkward cases real data has: timestamp ties, whole seconds, unicode, escapes, big numbers.
+//! [`realistic_events`] makes heavier ones, shaped like posthog-js web events, for the
+//! benchmark.
+
+mod realistic;
+
+pub use realistic::{HEAVY_EVENT_BYTES, TYPICAL_EVENT_BYTES, realistic_events};
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -16,6 +22,24 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// The event as posthog-patterns posts it (docs/event-format.md: `properties` verbatim,
+    /// times in UTC with six fractional digits), e.g. for an NDJSON file `send` reads. (The
+    /// product has its own: this crate must not depend on it.)
+    pub fn posted_json(&self, team_id: u64) -> String {
+        let text = |s: &str| serde_json::to_string(s).expect("a string serializes");
+        let time = |t: &DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%S%.6fZ");
+        format!(
+            r#"{{"uuid":{},"event":{},"distinct_id":{},"timestamp":"{}","created_at":"{}","properties":{},"elements_chain":{},"team_id":{team_id}}}"#,
+            text(&self.uuid),
+            text(&self.event),
+            text(&self.distinct_id),
+            time(&self.timestamp),
+            time(&self.created_at),
+            self.properties,
+            text(&self.elements_chain),
+        )
+    }
+
     /// Drops anything finer than a microsecond, as PostHog's `DateTime64(6)` columns do. (The
     /// product has its own copy: this crate must not depend on it.)
     pub fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -39,6 +63,17 @@ pub fn uuid_key(uuid: &str) -> (u64, u64) {
     let hex: String = uuid.chars().filter(|c| *c != '-').collect();
     let v = u128::from_str_radix(&hex, 16).unwrap_or(0);
     (v as u64, (v >> 64) as u64)
+}
+
+/// A uuid as a number (for compact sets of uuids); `None` if it is not 32 hex digits.
+pub fn uuid_number(uuid: &str) -> Option<u128> {
+    let mut v: u128 = 0;
+    let mut digits = 0;
+    for c in uuid.bytes().filter(|c| *c != b'-') {
+        v = v.checked_mul(16)? | u128::from((c as char).to_digit(16)?);
+        digits += 1;
+    }
+    (digits == 32).then_some(v)
 }
 
 pub fn format_uuid(v: u128) -> String {
@@ -72,6 +107,17 @@ pub fn synthetic_events(
     end: DateTime<Utc>,
     seed: u64,
 ) -> Vec<StoredEvent> {
+    spread(n, start, end, seed, event)
+}
+
+/// `n` events made by `make`, with the timestamps [`synthetic_events`] describes.
+pub(crate) fn spread(
+    n: usize,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    seed: u64,
+    mut make: impl FnMut(&mut fastrand::Rng, usize, DateTime<Utc>) -> StoredEvent,
+) -> Vec<StoredEvent> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let span = (end - start).num_microseconds().unwrap_or(i64::MAX).max(1);
     let mut out: Vec<StoredEvent> = Vec::with_capacity(n + 4);
@@ -85,7 +131,7 @@ pub fn synthetic_events(
         } else {
             start + Duration::microseconds(rng.i64(0..span))
         };
-        out.push(event(&mut rng, i, ts));
+        out.push(make(&mut rng, i, ts));
     }
     for (i, ts) in [
         start,
@@ -96,7 +142,7 @@ pub fn synthetic_events(
     .into_iter()
     .enumerate()
     {
-        out.push(event(&mut rng, n + i, ts));
+        out.push(make(&mut rng, n + i, ts));
     }
     out
 }
@@ -151,6 +197,14 @@ mod tests {
         let b = "ffffffff-ffff-ffff-0000-000000000000";
         assert!(a < b);
         assert!(uuid_key(a) > uuid_key(b));
+    }
+
+    #[test]
+    fn uuids_round_trip_through_numbers() {
+        let v = 0x0190c6b5_9f0e_7c1a_8d2b_3f4e5a6b7c8d_u128;
+        assert_eq!(uuid_number(&format_uuid(v)), Some(v));
+        assert_eq!(uuid_number("not-a-uuid"), None);
+        assert_eq!(uuid_number("0190c6b5-9f0e"), None);
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub mod posthog;
 mod tls;
 pub mod webhook;
 
-pub use data::{StoredEvent, synthetic_events};
+pub use data::{
+    HEAVY_EVENT_BYTES, StoredEvent, TYPICAL_EVENT_BYTES, realistic_events, synthetic_events,
+};
 pub use posthog::{PageFault, PostHogConfig, PostHogStandIn};
 pub use webhook::{WebhookConfig, WebhookStandIn};
 

@@ -1,7 +1,8 @@
 //! The PostHog stand-in: the Query API's HogQL endpoint for the queries this tool writes,
 //! with PostHog's rules (../shared/posthog-api.md): bearer auth with scopes, LIMIT capped at
 //! 50,000 (100 without LIMIT), OFFSET refused, ClickHouse uuid order, project time zone
-//! unless `convertToProjectTimezone: false`, 504 for queries that scan too much, throttling.
+//! unless `convertToProjectTimezone: false`, 504 for queries that scan too much, throttling,
+//! and on demand the time a query takes and the cap on queries running at once.
 //! It parses only the SQL shapes it knows and answers 400 to anything else, as HogQL would.
 
 use super::data::{self, StoredEvent, uuid_key};
@@ -30,6 +31,14 @@ pub struct PostHogConfig {
     pub rate_limit: Option<(usize, Duration)>,
     /// Whether throttle answers carry `Retry-After` (older PostHog versions do not).
     pub retry_after_header: bool,
+    /// Query API: how long each query runs before it is answered (a real one takes a second
+    /// or more).
+    pub query_latency: Duration,
+    /// Query API: at most this many queries run at once (PostHog: 3 per organisation); one
+    /// more waits up to `query_slot_wait` for a slot, then gets 429. Read at start.
+    pub max_concurrent_queries: Option<usize>,
+    /// How long a query waits for a slot before its 429 (PostHog: 30 s).
+    pub query_slot_wait: Duration,
     /// Whether `/query/` exists (old self-hosted instances have only the Events API).
     pub query_api: bool,
     /// The Events API's server-side sleep for every request with an `offset` (1 s in PostHog).
@@ -79,6 +88,9 @@ impl Default for PostHogConfig {
             max_scan_rows: 200_000,
             rate_limit: None,
             retry_after_header: true,
+            query_latency: Duration::ZERO,
+            max_concurrent_queries: None,
+            query_slot_wait: Duration::from_secs(30),
             query_api: true,
             offset_delay: Duration::from_secs(1),
             unstable_ties: false,
@@ -111,6 +123,13 @@ pub struct State {
     recent: VecDeque<Instant>,
     /// Pages answered so far, for `PageFault::Cycle`.
     pages: Vec<Vec<Value>>,
+    /// The query slots of `max_concurrent_queries`.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Queries running now, the most that ever ran at once, and those refused (429) because
+    /// no slot came free in time.
+    pub queries_running: usize,
+    pub queries_running_peak: usize,
+    pub queries_refused_for_concurrency: usize,
 }
 
 pub struct PostHogStandIn {
@@ -135,8 +154,15 @@ impl PostHogStandIn {
         events: Vec<StoredEvent>,
         serve: fn(Router) -> Server,
     ) -> Self {
+        let slots = config
+            .max_concurrent_queries
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         let state = Arc::new(Mutex::new(State {
             config,
+            slots,
+            queries_running: 0,
+            queries_running_peak: 0,
+            queries_refused_for_concurrency: 0,
             events: Vec::new(),
             faults: Faults::default(),
             log: Vec::new(),
@@ -168,7 +194,8 @@ impl PostHogStandIn {
             e.created_at = data::to_micros(e.created_at);
             e
         }));
-        s.events.sort_by_key(StoredEvent::order_key);
+        // Cached: the key parses a uuid, and the benchmark sorts a million events.
+        s.events.sort_by_cached_key(StoredEvent::order_key);
     }
 
     pub fn events(&self) -> Vec<StoredEvent> {
@@ -206,6 +233,11 @@ impl PostHogStandIn {
 
     pub fn log(&self) -> Vec<Logged> {
         self.state.lock().unwrap().log.clone()
+    }
+
+    /// Reads the state (counters, the request log) without copying it.
+    pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.lock().unwrap())
     }
 }
 
@@ -255,7 +287,7 @@ async fn handle(
             fault.response()
         }
         None => {
-            let answer = answer(
+            let (response, delay) = answer(
                 state,
                 &method,
                 &path,
@@ -263,8 +295,12 @@ async fn handle(
                 &headers,
                 parsed,
             );
-            tokio::time::sleep(answer.1).await;
-            answer.0
+            if method == Method::POST && runs_a_query(&path, response.status()) {
+                run_in_slot(state, response, delay).await
+            } else {
+                tokio::time::sleep(delay).await;
+                response
+            }
         }
     };
     let echo = state.lock().unwrap().config.echo_requests;
@@ -290,6 +326,60 @@ async fn handle(
         date.parse().expect("a valid header value"),
     );
     response
+}
+
+/// Whether a request reached ClickHouse: a query that passed authentication, the project
+/// check and the rate limit.
+fn runs_a_query(path: &str, status: StatusCode) -> bool {
+    path.trim_end_matches('/').ends_with("/query")
+        && ![401, 403, 404, 429].contains(&status.as_u16())
+}
+
+/// Runs a query for `query_latency` (plus `delay`), in one of the `max_concurrent_queries`
+/// slots when there is a cap: waiting for one up to `query_slot_wait`, else answering 429 as
+/// PostHog does. (Inferred: PostHog raises DRF's `Throttled` without a wait, so the answer
+/// has no `Retry-After`.)
+async fn run_in_slot(state: &Mutex<State>, response: Response, delay: Duration) -> Response {
+    let (slots, wait, latency) = {
+        let s = state.lock().unwrap();
+        (
+            s.slots.clone(),
+            s.config.query_slot_wait,
+            s.config.query_latency,
+        )
+    };
+    let _permit = match &slots {
+        None => None,
+        Some(slots) => match tokio::time::timeout(wait, slots.acquire()).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                state.lock().unwrap().queries_refused_for_concurrency += 1;
+                let body = json!({"type": "throttled_error", "code": "throttled", "detail": "Request was throttled. Too many queries are running at once for this organization.", "attr": null});
+                return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+            }
+        },
+    };
+    let _running = Running::start(state);
+    tokio::time::sleep(latency + delay).await;
+    response
+}
+
+/// Counts a query as running until dropped (also when its client hangs up mid-query).
+struct Running<'a>(&'a Mutex<State>);
+
+impl<'a> Running<'a> {
+    fn start(state: &'a Mutex<State>) -> Self {
+        let mut s = state.lock().unwrap();
+        s.queries_running += 1;
+        s.queries_running_peak = s.queries_running_peak.max(s.queries_running);
+        Running(state)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().queries_running -= 1;
+    }
 }
 
 impl State {

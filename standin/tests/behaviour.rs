@@ -335,3 +335,101 @@ async fn events_api_offset_rules_window_limit_and_default_range() {
     let (_, body) = events_api(&ph, "").await;
     assert!(ids(&body).is_empty(), "no `after`: only the last 24 hours");
 }
+
+#[tokio::test]
+async fn the_webhook_inflates_gzip_bodies_or_refuses_them_with_415() {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(br#"[{"uuid":"a"},{"uuid":"b"}]"#).unwrap();
+    let body = gz.finish().unwrap();
+    let post = |url: String, body: Vec<u8>| async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("content-encoding", "gzip")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let wh = WebhookStandIn::start(WebhookConfig::default());
+    assert_eq!(post(wh.url(), body.clone()).await, 200);
+    assert_eq!(wh.uuids(), ["a", "b"]);
+    assert_eq!(wh.with_state(|s| s.gzip_requests), 1);
+    assert_eq!(post(wh.url(), b"not gzip".to_vec()).await, 400);
+
+    let plain_only = WebhookStandIn::start(WebhookConfig {
+        refuse_gzip: true,
+        ..WebhookConfig::default()
+    });
+    assert_eq!(post(plain_only.url(), body).await, 415);
+    assert!(plain_only.uuids().is_empty());
+}
+
+#[tokio::test]
+async fn a_counting_webhook_counts_events_bytes_and_uuids_but_keeps_no_event() {
+    let wh = WebhookStandIn::start(WebhookConfig {
+        count_only: true,
+        ..WebhookConfig::default()
+    });
+    let a = "0190c6b5-9f0e-7c1a-8d2b-3f4e5a6b7c8d";
+    let b = "0190c6b5-9f0e-7c1a-8d2b-3f4e5a6b7c8e";
+    let bodies = [
+        format!(r#"[{{"uuid":"{a}","properties":{{"x":[1,{{"y":null}}]}}}},{{"uuid":"{b}"}}]"#),
+        format!(r#"{{"uuid":"{a}"}}"#),
+        r#"[{"event":"no uuid"}]"#.to_string(),
+    ];
+    let client = reqwest::Client::new();
+    for body in &bodies {
+        let status = client
+            .post(wh.url())
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status.status().as_u16(), 200);
+    }
+    let status = client.post(wh.url()).body("[]").send().await.unwrap();
+    assert_eq!(status.status().as_u16(), 400);
+    let counted = wh.with_state(|s| s.counted.clone());
+    assert_eq!(counted.events, 4);
+    assert_eq!(counted.uuids.len(), 2);
+    assert_eq!((counted.repeats, counted.without_uuid), (1, 1));
+    let json: usize = bodies.iter().map(String::len).sum();
+    assert_eq!(counted.json_bytes, json as u64);
+    assert!(wh.uuids().is_empty(), "no event text was kept");
+}
+
+/// Five `SELECT 1` queries at once; their statuses, sorted.
+async fn five_at_once(ph: &PostHogStandIn) -> Vec<u16> {
+    let queries = (0..5).map(|_| query(ph, "SELECT 1", json!({}), true));
+    let mut statuses: Vec<u16> = futures_util::future::join_all(queries)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    statuses.sort();
+    statuses
+}
+
+#[tokio::test]
+async fn at_most_three_queries_run_at_once_and_a_fourth_waits_then_gets_429() {
+    let capped = |latency_ms, wait_ms| PostHogConfig {
+        query_latency: std::time::Duration::from_millis(latency_ms),
+        max_concurrent_queries: Some(3),
+        query_slot_wait: std::time::Duration::from_millis(wait_ms),
+        ..PostHogConfig::default()
+    };
+    // Slots come free in time: everything runs, three at a time.
+    let ph = PostHogStandIn::start(capped(300, 5_000), Vec::new());
+    let started = std::time::Instant::now();
+    assert_eq!(five_at_once(&ph).await, [200; 5]);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(600));
+    assert_eq!(ph.with_state(|s| s.queries_running_peak), 3);
+
+    // They do not: two are refused, as PostHog refuses after its 30 s.
+    let ph = PostHogStandIn::start(capped(2_000, 100), Vec::new());
+    assert_eq!(five_at_once(&ph).await, [200, 200, 200, 429, 429]);
+    assert_eq!(ph.with_state(|s| s.queries_refused_for_concurrency), 2);
+}
