@@ -239,8 +239,7 @@ impl PostHog {
     pub(crate) async fn now(&self, kind: SourceKind) -> Result<DateTime<Utc>, GaveUp<ApiError>> {
         let reply = match kind {
             SourceKind::Events => {
-                let url = self.url("events/");
-                let mut url = url;
+                let mut url = self.url("events/");
                 url.query_pairs_mut().extend_pairs([
                     ("after", "1970-01-01T00:00:00.000000Z"),
                     ("before", "1970-01-01T00:00:01.000000Z"),

@@ -270,7 +270,7 @@ impl Reader {
             // A page that breaks a rule is not trusted as a whole: a row that passes on its own
             // may still have jumped over rows the server left out (a reordered page puts its
             // last row first). The error ends the run; the checkpoint stays before the page.
-            let mut items = self.check_and_emit(rows, &pos, piece_end, &team, warned)?;
+            let mut items = self.check_and_emit(rows, &pos, piece_end, &team, warned, limit)?;
             let last = items.last().map(|i| match i {
                 Item::Record { pos, .. } | Item::Mark(pos) => pos.clone(),
             });
@@ -311,6 +311,7 @@ impl Reader {
         end: DateTime<Utc>,
         team: &serde_json::Value,
         warned: &Warned,
+        limit: usize,
     ) -> anyhow::Result<Vec<Item<Cursor>>> {
         let progress = self.client.progress();
         let mut items = Vec::with_capacity(rows.len() + 1);
@@ -323,11 +324,10 @@ impl Reader {
         let mut last_uuid: Option<String> = None;
         // The position after trailing rows that were left out, handed on once at the end.
         let mut skipped_to: Option<Cursor> = None;
-        if rows.len() > self.page_size {
+        if rows.len() > limit {
             bail!(
-                "PostHog's Query API returned {} rows for a LIMIT of {}; stopping rather than trusting the page",
-                rows.len(),
-                self.page_size
+                "PostHog's Query API returned {} rows for a LIMIT of {limit}; stopping rather than trusting the page",
+                rows.len()
             );
         }
         for row in rows {
