@@ -56,6 +56,8 @@ pub(crate) struct Reply {
     pub(crate) status: u16,
     pub(crate) headers: HeaderMap,
     pub(crate) body: bytes::Bytes,
+    /// A 2xx answer's body, still to be read ([`Body::Stream`]).
+    pub(crate) stream: Option<reqwest::Response>,
 }
 
 impl Reply {
@@ -117,7 +119,15 @@ pub(crate) enum Body {
     /// Nothing of a 2xx (its status line is the acknowledgement: a body that never ends must
     /// not turn a delivered batch into a retry), and of anything else only enough for a message.
     AckOrExcerpt,
+    /// Nothing of a 2xx: its body is left for the caller to read as it arrives, with
+    /// [`next_chunk`]. Anything else is read whole, up to `max` bytes. `idle` bounds the wait
+    /// for the answer's head (the client's timeout would also count the time the caller takes
+    /// between reads of a body it reads slowly on purpose).
+    Stream { max: u64, idle: Duration },
 }
+
+/// How long a streamed answer may take overall: its reads are bounded one by one instead.
+const STREAM_TOTAL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The most of an error answer that is read, for messages and dead-letter records.
 const EXCERPT_BYTES: usize = 4096;
@@ -135,13 +145,48 @@ pub(crate) enum SendError {
 
 /// Sends a request and reads as much of the body as `body` says.
 pub(crate) async fn send(req: reqwest::RequestBuilder, body: Body) -> Result<Reply, SendError> {
-    let mut resp = req.send().await.map_err(describe)?;
+    if let Body::Stream { max, idle } = body {
+        let whole = async {
+            let resp = req.timeout(STREAM_TOTAL).send().await.map_err(describe)?;
+            if resp.status().is_success() {
+                if resp.content_length().is_some_and(|n| n > max) {
+                    return Err(SendError::TooLarge(max));
+                }
+                return Ok(Reply {
+                    status: resp.status().as_u16(),
+                    headers: resp.headers().clone(),
+                    body: bytes::Bytes::new(),
+                    stream: Some(resp),
+                });
+            }
+            read(resp, Body::Whole(max)).await
+        };
+        return tokio::time::timeout(idle, whole)
+            .await
+            .unwrap_or(Err(SendError::Timeout));
+    }
+    read(req.send().await.map_err(describe)?, body).await
+}
+
+/// The next piece of a streamed answer's body, within `idle`; `None` at its end.
+pub(crate) async fn next_chunk(
+    resp: &mut reqwest::Response,
+    idle: Duration,
+) -> Result<Option<bytes::Bytes>, SendError> {
+    tokio::time::timeout(idle, resp.chunk())
+        .await
+        .map_err(|_| SendError::Timeout)?
+        .map_err(describe)
+}
+
+/// Reads as much of an answer's body as `body` says.
+async fn read(mut resp: reqwest::Response, body: Body) -> Result<Reply, SendError> {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let limit = match body {
         Body::AckOrExcerpt if (200..300).contains(&status) => 0,
         Body::AckOrExcerpt => EXCERPT_BYTES as u64,
-        Body::Whole(max) => {
+        Body::Whole(max) | Body::Stream { max, .. } => {
             if resp.content_length().is_some_and(|n| n > max) {
                 return Err(SendError::TooLarge(max));
             }
@@ -149,15 +194,14 @@ pub(crate) async fn send(req: reqwest::RequestBuilder, body: Body) -> Result<Rep
         }
     };
     let mut buf = bytes::BytesMut::new();
-    while (buf.len() as u64) < limit || matches!(body, Body::Whole(_)) {
+    let whole = !matches!(body, Body::AckOrExcerpt);
+    while (buf.len() as u64) < limit || whole {
         let Some(chunk) = resp.chunk().await.map_err(describe)? else {
             break;
         };
         buf.extend_from_slice(&chunk);
-        if let Body::Whole(max) = body
-            && buf.len() as u64 > max
-        {
-            return Err(SendError::TooLarge(max));
+        if whole && buf.len() as u64 > limit {
+            return Err(SendError::TooLarge(limit));
         }
     }
     if let Body::AckOrExcerpt = body {
@@ -167,6 +211,7 @@ pub(crate) async fn send(req: reqwest::RequestBuilder, body: Body) -> Result<Rep
         status,
         headers,
         body: buf.freeze(),
+        stream: None,
     })
 }
 
@@ -288,6 +333,7 @@ mod tests {
             status: 200,
             headers,
             body: bytes::Bytes::new(),
+            stream: None,
         };
         assert_eq!(
             reply.date().unwrap().to_rfc3339(),

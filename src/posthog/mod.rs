@@ -6,6 +6,7 @@ pub(crate) mod events_api;
 pub(crate) mod hogql;
 pub(crate) mod query;
 pub(crate) mod repair;
+mod rows;
 pub(crate) mod source;
 
 use crate::net::http::{self, Body, Reply, SendError};
@@ -141,6 +142,8 @@ pub(crate) struct PostHog {
     retry: RetryPolicy,
     /// The largest answer read (`--max-response-size`).
     max_response: u64,
+    /// `--http-timeout`, for answers read as they arrive.
+    timeout: std::time::Duration,
     progress: Arc<Progress>,
 }
 
@@ -151,6 +154,7 @@ impl PostHog {
         budget: Arc<Budget>,
         retry: RetryPolicy,
         max_response: u64,
+        timeout: std::time::Duration,
         progress: Arc<Progress>,
     ) -> Self {
         PostHog {
@@ -159,6 +163,7 @@ impl PostHog {
             budget,
             retry,
             max_response,
+            timeout,
             progress,
         }
     }
@@ -180,6 +185,14 @@ impl PostHog {
         &self.progress
     }
 
+    pub(crate) fn max_response(&self) -> u64 {
+        self.max_response
+    }
+
+    pub(crate) fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
+
     fn url(&self, endpoint: &str) -> Url {
         let path = format!("api/projects/{}/{endpoint}", self.conn.project);
         self.conn.host.join(&path).expect("a relative path joins")
@@ -192,17 +205,41 @@ impl PostHog {
         endpoint: &str,
         body: &serde_json::Value,
     ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
-        self.post_with(endpoint, body, Slow::Retry).await
+        self.post_with(endpoint, body, Slow::Retry, Body::Whole(self.max_response))
+            .await
+            .map(|reply| reply.body)
     }
 
     /// Like [`PostHog::post`], but a 504 or 512 comes back at once as [`ApiError::TooSlow`]:
-    /// the Query reader narrows its window instead of asking the same again.
+    /// the caller asks a smaller question instead of the same again.
     pub(crate) async fn post_page(
         &self,
         endpoint: &str,
         body: &serde_json::Value,
     ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
-        self.post_with(endpoint, body, Slow::Fail).await
+        self.post_with(endpoint, body, Slow::Fail, self.whole())
+            .await
+            .map(|reply| reply.body)
+    }
+
+    /// Like [`PostHog::post_page`], but the 2xx answer's body is left to be read as it arrives
+    /// ([`http::next_chunk`]): the Query reader hands rows on as they are parsed.
+    pub(crate) async fn post_stream(
+        &self,
+        endpoint: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, GaveUp<ApiError>> {
+        let read = Body::Stream {
+            max: self.max_response,
+            idle: self.timeout,
+        };
+        let reply = self.post_with(endpoint, body, Slow::Fail, read).await?;
+        reply.stream.ok_or_else(|| {
+            GaveUp::Fatal(ApiError::BadResponse {
+                status: reply.status,
+                excerpt: "an answer without a body".into(),
+            })
+        })
     }
 
     async fn post_with(
@@ -210,14 +247,14 @@ impl PostHog {
         endpoint: &str,
         body: &serde_json::Value,
         slow: Slow,
-    ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
+        read: Body,
+    ) -> Result<Reply, GaveUp<ApiError>> {
         let url = self.url(endpoint);
         let body = serde_json::to_vec(body).expect("JSON values serialize");
-        self.call(endpoint, slow, || {
+        self.call(endpoint, slow, read, || {
             self.http.post(url.clone()).body(body.clone())
         })
         .await
-        .map(|reply| reply.body)
     }
 
     /// GETs `/api/projects/{id}/{endpoint}` with query parameters.
@@ -228,9 +265,11 @@ impl PostHog {
     ) -> Result<bytes::Bytes, GaveUp<ApiError>> {
         let mut url = self.url(endpoint);
         url.query_pairs_mut().extend_pairs(params);
-        self.call(endpoint, Slow::Retry, || self.http.get(url.clone()))
-            .await
-            .map(|reply| reply.body)
+        self.call(endpoint, Slow::Retry, self.whole(), || {
+            self.http.get(url.clone())
+        })
+        .await
+        .map(|reply| reply.body)
     }
 
     /// PostHog's clock: the `Date` of an answer to a request that costs PostHog next to
@@ -245,14 +284,16 @@ impl PostHog {
                     ("before", "1970-01-01T00:00:01.000000Z"),
                     ("limit", "1"),
                 ]);
-                self.call("events/", Slow::Retry, || self.http.get(url.clone()))
-                    .await?
+                self.call("events/", Slow::Retry, self.whole(), || {
+                    self.http.get(url.clone())
+                })
+                .await?
             }
             SourceKind::Query | SourceKind::Auto => {
                 let url = self.url("query/");
                 let body = hogql::body("posthog-patterns clock", hogql::now());
                 let body = serde_json::to_vec(&body).expect("JSON values serialize");
-                self.call("query/", Slow::Retry, || {
+                self.call("query/", Slow::Retry, self.whole(), || {
                     self.http.post(url.clone()).body(body.clone())
                 })
                 .await?
@@ -265,10 +306,15 @@ impl PostHog {
         }))
     }
 
+    fn whole(&self) -> Body {
+        Body::Whole(self.max_response)
+    }
+
     async fn call(
         &self,
         endpoint: &str,
         slow: Slow,
+        read: Body,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Reply, GaveUp<ApiError>> {
         let what = format!("PostHog {endpoint}");
@@ -279,7 +325,7 @@ impl PostHog {
                 .bearer_auth(self.conn.api_key.expose())
                 .header("content-type", "application/json");
             let host = || self.conn.host.as_str().trim_end_matches('/').to_string();
-            match http::send(req, Body::Whole(self.max_response)).await {
+            match http::send(req, read).await {
                 Ok(reply) => self.classify(endpoint, slow, reply),
                 Err(SendError::Timeout) => Attempt::Retry {
                     error: ApiError::Timeout { host: host() },
@@ -308,8 +354,9 @@ impl PostHog {
                 },
                 after: None,
             },
-            // A 200 that is not JSON (cut short, a proxy's page) is a passing fault.
-            200..=299 if !looks_like_json(&reply.body) => Attempt::Retry {
+            // A 200 that is not JSON (cut short, a proxy's page) is a passing fault. (A body
+            // read as it arrives is checked by its reader.)
+            200..=299 if reply.stream.is_none() && !looks_like_json(&reply.body) => Attempt::Retry {
                 error: ApiError::BadResponse {
                     status,
                     excerpt: reply.excerpt(),

@@ -3,8 +3,10 @@
 //! back short. Uuid order is ClickHouse's, so the server does every comparison.
 
 use super::hogql;
+use super::rows::{Broken, Rows, Step};
 use super::source::{Cursor, Reader, short};
 use crate::event::{Event, format_ts, parse_ts, properties_object};
+use crate::net::http::SendError;
 use crate::net::retry::GaveUp;
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
@@ -13,6 +15,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -41,39 +44,10 @@ enum RowCheck {
     Next { ts: DateTime<Utc>, key: OrderKey },
 }
 
-/// A Query API answer's rows. Bytes that are not UTF-8 are replaced by U+FFFD, and the rows
-/// they were in are named, so that one such event is delivered (and reported), not fatal.
-fn parse_page(bytes: &[u8]) -> Result<Page, serde_json::Error> {
-    if std::str::from_utf8(bytes).is_ok() {
-        let rows = serde_json::from_slice::<QueryResponse>(bytes)?.results;
-        return Ok(Page {
-            rows,
-            repaired: Vec::new(),
-            bytes: bytes.len(),
-        });
-    }
-    let (text, at) = super::repair::lossy_with_offsets(bytes);
-    let raw: RawResponse<'_> = serde_json::from_str(&text)?;
-    let mut page = Page {
-        rows: Vec::with_capacity(raw.results.len()),
-        repaired: Vec::new(),
-        bytes: bytes.len(),
-    };
-    for (i, row) in raw.results.into_iter().enumerate() {
-        let start = row.get().as_ptr() as usize - text.as_ptr() as usize;
-        let span = start..start + row.get().len();
-        if at.iter().any(|a| span.contains(a)) {
-            page.repaired.push(i);
-        }
-        page.rows.push(serde_json::from_str(row.get())?);
-    }
-    Ok(page)
-}
-
 /// The error for a row that breaks the rules: exit 1, naming the row.
-fn fault(row: &Row, why: &str) -> anyhow::Error {
+fn fault(row: &Row<'_>, why: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "PostHog's Query API returned event {} at {} although {why}; stopping before it. Nothing of this page was posted; the checkpoint stays before it. This is a fault of the server or of a proxy in front of it: running again re-reads from the checkpoint",
+        "PostHog's Query API returned event {} at {} although {why}; stopping before it. Rows of this page before it may have been posted, but the checkpoint stays before the page. This is a fault of the server or of a proxy in front of it: running again re-reads from the checkpoint",
         row.0,
         row.5
     )
@@ -91,37 +65,181 @@ impl Warned {
     }
 }
 
-/// One row, in the order of `hogql::COLUMNS`.
+/// One row, in the order of `hogql::COLUMNS`, borrowed from the answer where it can be.
 #[derive(Deserialize)]
-struct Row(
-    String,
+struct Row<'a>(
+    #[serde(borrow)] Cow<'a, str>,
     Option<String>,
     Option<String>,
     /// JSON text in a string, as PostHog sends it; an object is accepted too.
-    Option<Box<RawValue>>,
+    #[serde(borrow)]
+    Option<&'a RawValue>,
     Option<String>,
-    String,
+    #[serde(borrow)] Cow<'a, str>,
     Option<String>,
 );
 
-#[derive(Deserialize)]
-struct QueryResponse {
-    results: Vec<Row>,
+/// How reading one page ended.
+enum PageEnd {
+    Read {
+        rows: usize,
+        bytes: u64,
+        /// Until PostHog's answer began (its query's time, not our reading's).
+        took: std::time::Duration,
+        /// The position after the page's last row.
+        last: Option<Cursor>,
+        /// The LIMIT asked for.
+        asked: usize,
+    },
+    /// PostHog answered 504/512: ask a smaller question.
+    TooSlow(u16),
+    /// The pipeline is gone (it stopped on an error of its own).
+    Stopped,
 }
 
-/// An answer whose rows are parsed one by one (to tell which held bytes that were repaired).
-#[derive(Deserialize)]
-struct RawResponse<'a> {
-    #[serde(borrow)]
-    results: Vec<&'a RawValue>,
+/// Why reading an answer stopped part-way.
+enum Cut {
+    /// A passing fault (cut short, garbled, a broken connection): ask again.
+    Again(ApiError),
+    Fatal(anyhow::Error),
+    Stopped,
+    /// The rows to skip are not those handed on before: ask for the page whole.
+    Mismatch,
 }
 
-/// One page of rows, and which of them held bytes that were not UTF-8 (now U+FFFD).
-struct Page {
-    rows: Vec<Row>,
-    repaired: Vec<usize>,
-    /// The size of the answer, to size later pages.
+/// The first rows of a page that were handed on before (by a run that stopped inside the page,
+/// or by an answer cut short), and the digest their order keys chain to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Skip {
+    rows: u64,
+    digest: u64,
+}
+
+/// The digest of no rows.
+const DIGEST_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Chains a row's order key to the digest of the rows before it (FNV-1a: fixed, so a digest
+/// written by one build is understood by the next).
+fn chain(digest: u64, key: &OrderKey) -> u64 {
+    let (ts, (lo, hi)) = key;
+    let bytes = ts
+        .timestamp_micros()
+        .to_le_bytes()
+        .into_iter()
+        .chain(lo.to_le_bytes())
+        .chain(hi.to_le_bytes());
+    bytes.fold(digest, |d, b| (d ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The rules a page's rows must follow, row after row: inside the window `[from, end)`, after
+/// the cursor, and in PostHog's order (ClickHouse's, for uuids).
+struct PageRules {
+    from: DateTime<Utc>,
+    end: DateTime<Utc>,
+    /// Every row must sort after this key; `None` after a `Before` cursor (ties allowed).
+    after: Option<OrderKey>,
+    last_uuid: String,
+}
+
+impl PageRules {
+    fn new(cursor: &Cursor, end: DateTime<Utc>) -> Self {
+        PageRules {
+            from: cursor.timestamp(),
+            end,
+            after: match cursor {
+                Cursor::After { timestamp, uuid } => uuid_order(uuid).map(|u| (*timestamp, u)),
+                _ => None,
+            },
+            last_uuid: String::new(),
+        }
+    }
+
+    /// One row against the rules. The same row twice in a row is an unmerged duplicate, not
+    /// a fault.
+    fn check(&mut self, row: &Row<'_>) -> Result<RowCheck, String> {
+        let ts = parse_ts(&row.5).map_err(|e| format!("{e:#}"))?;
+        let uuid = uuid_order(&row.0).ok_or("its uuid is not a UUID")?;
+        let key = (ts, uuid);
+        if self.last_uuid == row.0 && self.after == Some(key) {
+            return Ok(RowCheck::Duplicate);
+        }
+        if ts < self.from || ts >= self.end {
+            return Err(format!(
+                "it lies outside the requested window {} → {}",
+                format_ts(&self.from),
+                format_ts(&self.end)
+            ));
+        }
+        if self.after.is_some_and(|a| key <= a) {
+            return Err(
+                "it is not after the row before it (a repeated or reordered page)".to_string(),
+            );
+        }
+        self.after = Some(key);
+        self.last_uuid.clear();
+        self.last_uuid.push_str(&row.0);
+        Ok(RowCheck::Next { ts, key })
+    }
+}
+
+/// A page being read: its rules, its records and what earlier tries of it handed on.
+struct Page<'a> {
+    rules: PageRules,
+    /// The position every record of the page carries until the page is wholly checked.
+    start: &'a Cursor,
+    chunk: Chunk,
+    /// Rows of this answer so far, and the digest of their order keys.
+    count: usize,
+    digest: u64,
+    /// Rows at the start of the answer that were handed on before, if they chain to the same.
+    skip: Option<Skip>,
+}
+
+impl Page<'_> {
+    /// Where a new try of the page may begin to hand rows on.
+    fn handed_on(&self) -> Option<Skip> {
+        match self.skip {
+            Some(skip) => Some(skip),
+            None => (self.count > 0).then_some(Skip {
+                rows: self.count as u64,
+                digest: self.digest,
+            }),
+        }
+    }
+
+    /// The position after the last row read.
+    fn last(&self) -> Option<Cursor> {
+        self.rules.after.map(|(timestamp, _)| Cursor::After {
+            timestamp,
+            uuid: self.rules.last_uuid.clone(),
+        })
+    }
+}
+
+/// Records handed on together, with what they weigh.
+struct Chunk {
+    items: Vec<Item<Cursor>>,
     bytes: usize,
+}
+
+impl Chunk {
+    fn new() -> Self {
+        Chunk {
+            items: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.items.len() >= CHUNK || self.bytes >= CHUNK_BYTES
+    }
+
+    /// Hands the chunk on; false if the pipeline is gone.
+    async fn send(&mut self, tx: &mpsc::Sender<Vec<Item<Cursor>>>) -> bool {
+        self.bytes = 0;
+        let items = std::mem::take(&mut self.items);
+        items.is_empty() || tx.send(items).await.is_ok()
+    }
 }
 
 impl Reader {
@@ -134,14 +252,20 @@ impl Reader {
         from: Option<Cursor>,
         tx: mpsc::Sender<Vec<Item<Cursor>>>,
     ) -> anyhow::Result<()> {
-        let mut next = match from {
-            None => Cursor::Before {
-                timestamp: self.range.start,
-            },
+        let (mut next, mut skip) = match from {
+            None => (
+                Cursor::Before {
+                    timestamp: self.range.start,
+                },
+                None,
+            ),
             Some(Cursor::Seen { .. }) => {
                 bail!("this checkpoint was written by the Events API source; use --source events")
             }
-            Some(pos) => pos,
+            Some(Cursor::Within { page, rows, digest }) => {
+                (*page, (rows > 0).then_some(Skip { rows, digest }))
+            }
+            Some(pos) => (pos, None),
         };
         let tuning = Arc::new(Mutex::new(Tuning::new(self.page_size)));
         let warned = Arc::new(Warned::default());
@@ -160,8 +284,11 @@ impl Reader {
                 let reader = self.clone();
                 let (tuning, warned) = (tuning.clone(), warned.clone());
                 let from = next.clone();
+                let skip = skip.take();
                 let task = tokio::spawn(async move {
-                    reader.read_window(from, end, wtx, &tuning, &warned).await
+                    reader
+                        .read_window(from, skip, end, wtx, &tuning, &warned)
+                        .await
                 });
                 in_flight.push_back((wrx, task));
                 next = Cursor::Before { timestamp: end };
@@ -185,6 +312,7 @@ impl Reader {
     async fn read_window(
         &self,
         from: Cursor,
+        mut skip: Option<Skip>,
         end: DateTime<Utc>,
         tx: mpsc::Sender<Vec<Item<Cursor>>>,
         tuning: &Mutex<Tuning>,
@@ -204,10 +332,19 @@ impl Reader {
             let start = pos.timestamp();
             progress.set_status(format!("reading {} → {}", short(start), short(piece_end)));
             let limit = tuning.lock().unwrap_or_else(|e| e.into_inner()).limit;
-            let asked = std::time::Instant::now();
-            let page = match self.query_page(&pos, piece_end, limit).await {
-                Ok(page) => page,
-                Err(GaveUp::Fatal(ApiError::TooSlow { status })) => {
+            let (rows, bytes, took, last, limit) = match self
+                .read_page(&pos, piece_end, limit, skip.take(), &tx, &team, warned)
+                .await?
+            {
+                PageEnd::Read {
+                    rows,
+                    bytes,
+                    took,
+                    last,
+                    asked,
+                } => (rows, bytes, took, last, asked),
+                PageEnd::Stopped => return Ok(()),
+                PageEnd::TooSlow(status) => {
                     let tried = piece_end - start;
                     if tried > MIN_WIDTH {
                         let narrower = (tried / 2).max(MIN_WIDTH);
@@ -242,38 +379,19 @@ impl Reader {
                     }
                     continue;
                 }
-                Err(other) => return Err(other.into_error("reading from PostHog's Query API")),
             };
             slow_retries = 0;
-            let took = asked.elapsed();
             slowest = slowest.max(took);
-            for i in &page.repaired {
-                Stats::add(&progress.stats.repaired, 1);
-                progress.warn(&format!(
-                    "event {} held bytes that are not UTF-8, which JSON cannot carry: they were replaced by U+FFFD and the event delivered",
-                    page.rows[*i].0
-                ));
-            }
-            let rows = page.rows;
             // PostHog (or a proxy) may return fewer rows than asked: a page proves its piece
             // exhausted only when it is shorter than the largest page seen in this run.
             let more = {
                 let mut t = tuning.lock().unwrap_or_else(|e| e.into_inner());
-                t.page_done(rows.len(), page.bytes, took, limit);
+                t.page_done(rows, bytes, took, limit, self.client.max_response());
                 // A full page, or one as long as the longest PostHog returned (a silent cap).
-                !rows.is_empty() && (rows.len() >= limit || rows.len() >= t.largest)
+                rows > 0 && (rows >= limit || rows >= t.largest)
             };
-            Stats::add(&progress.stats.read, rows.len() as u64);
             pages += 1;
-            rows_read += rows.len();
-
-            // A page that breaks a rule is not trusted as a whole: a row that passes on its own
-            // may still have jumped over rows the server left out (a reordered page puts its
-            // last row first). The error ends the run; the checkpoint stays before the page.
-            let mut items = self.check_and_emit(rows, &pos, piece_end, &team, warned, limit)?;
-            let last = items.last().map(|i| match i {
-                Item::Record { pos, .. } | Item::Mark(pos) => pos.clone(),
-            });
+            rows_read += rows;
             if more {
                 // More may follow in this piece: continue after the last row.
                 pos = last.context("a page with rows has a last position")?;
@@ -281,18 +399,14 @@ impl Reader {
                 pos = Cursor::Before {
                     timestamp: piece_end,
                 };
-                items.push(Item::Mark(pos.clone()));
                 piece_end = piece_width
                     .and_then(|w| piece_end.checked_add_signed(w))
                     .map_or(end, |e| e.min(end));
             }
-            // In chunks, so that what waits in queues is bounded by records, not pages: a
-            // window ahead of its turn holds one page at most.
-            while !items.is_empty() {
-                let rest = items.split_off(items.len().min(CHUNK));
-                if tx.send(std::mem::replace(&mut items, rest)).await.is_err() {
-                    return Ok(());
-                }
+            // The page's records carry its start as their position: only now, with every row
+            // checked, may the checkpoint move past them.
+            if tx.send(vec![Item::Mark(pos.clone())]).await.is_err() {
+                return Ok(());
             }
         }
         tuning
@@ -302,117 +416,268 @@ impl Reader {
         Ok(())
     }
 
-    /// Checks a page row by row against the rules PostHog's answer must follow and turns the
-    /// rows into records; the first row that breaks one is the error.
-    fn check_and_emit(
+    /// Reads one page of `[pos, end)` as it arrives, checks its rows one by one against the
+    /// rules PostHog's answer must follow and hands its records on in chunks. A row that breaks
+    /// a rule ends the run before it is posted. Rows before it may have been posted, but their
+    /// records carry a [`Cursor::Within`] the page, so the checkpoint never moves past a page
+    /// that was not wholly checked. An answer cut short or garbled is asked for again, and the
+    /// rows it had handed on are skipped if the new answer begins with the same ones.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_page(
         &self,
-        rows: Vec<Row>,
-        cursor: &Cursor,
+        pos: &Cursor,
         end: DateTime<Utc>,
+        limit: usize,
+        mut skip: Option<Skip>,
+        tx: &mpsc::Sender<Vec<Item<Cursor>>>,
         team: &serde_json::Value,
         warned: &Warned,
-        limit: usize,
-    ) -> anyhow::Result<Vec<Item<Cursor>>> {
+    ) -> anyhow::Result<PageEnd> {
         let progress = self.client.progress();
-        let mut items = Vec::with_capacity(rows.len() + 1);
-        // Every row must sort after this key; `None` after a `Before` cursor (ties allowed).
-        let mut after: Option<OrderKey> = match cursor {
-            Cursor::After { timestamp, uuid } => uuid_order(uuid).map(|u| (*timestamp, u)),
-            _ => None,
-        };
-        let from = cursor.timestamp();
-        let mut last_uuid: Option<String> = None;
-        // The position after trailing rows that were left out, handed on once at the end.
-        let mut skipped_to: Option<Cursor> = None;
-        if rows.len() > limit {
-            bail!(
-                "PostHog's Query API returned {} rows for a LIMIT of {limit}; stopping rather than trusting the page",
-                rows.len()
-            );
-        }
-        for row in rows {
-            let checked = self.check_row(&row, from, end, after, last_uuid.as_deref());
-            let (ts, key) = match checked {
-                Ok(RowCheck::Duplicate) => {
-                    // The events table is a ReplacingMergeTree: before a merge the same row can
-                    // appear twice, side by side in this order. Send it once.
-                    Stats::add(&progress.stats.duplicates_dropped, 1);
+        let mut failures = 0u32;
+        loop {
+            // Ask for at least the rows to skip, so that the answer can show they are the same.
+            let asked = skip.map_or(limit, |s| {
+                limit.max(usize::try_from(s.rows).unwrap_or(usize::MAX).min(MAX_PAGE_SIZE as usize))
+            });
+            let body = hogql::page(pos, end, &self.filters, self.ingested, asked);
+            let started = std::time::Instant::now();
+            let mut resp = match self.client.post_stream("query/", &body).await {
+                Ok(resp) => resp,
+                Err(GaveUp::Fatal(ApiError::TooSlow { status })) => {
+                    return Ok(PageEnd::TooSlow(status));
+                }
+                Err(e) => return Err(e.into_error("reading from PostHog's Query API")),
+            };
+            let took = started.elapsed();
+            let mut rows = Rows::new();
+            let mut page = Page {
+                rules: PageRules::new(pos, end),
+                start: pos,
+                chunk: Chunk::new(),
+                count: 0,
+                digest: DIGEST_START,
+                skip,
+            };
+            let mut read = self
+                .read_answer(&mut resp, &mut rows, &mut page, asked, tx, team, warned)
+                .await;
+            if read.is_ok() && page.skip.is_some() {
+                // The answer ended before the rows to skip did.
+                read = Err(Cut::Mismatch);
+            }
+            if !page.chunk.send(tx).await {
+                return Ok(PageEnd::Stopped);
+            }
+            let error = match read {
+                Ok(()) => {
+                    return Ok(PageEnd::Read {
+                        rows: page.count,
+                        bytes: rows.received(),
+                        took,
+                        last: page.last(),
+                        asked,
+                    });
+                }
+                Err(Cut::Stopped) => return Ok(PageEnd::Stopped),
+                Err(Cut::Fatal(e)) => return Err(e),
+                Err(Cut::Mismatch) => {
+                    progress.warn(&format!(
+                        "PostHog's answer for {} no longer begins with the events already handed on from it; handing it on whole (those events arrive twice)",
+                        format_ts(&pos.timestamp())
+                    ));
+                    skip = None;
                     continue;
                 }
-                Ok(RowCheck::Next { ts, key }) => (ts, key),
-                Err(why) => return Err(fault(&row, &why)),
+                Err(Cut::Again(e)) => e,
             };
-            after = Some(key);
-            let Row(uuid, event, distinct_id, properties, elements_chain, _, created_at) = row;
-            if !self.filters.include.is_empty() {
-                progress.stats.saw_name(event.as_deref().unwrap_or(""));
+            // What was handed on before the fault is not handed on again.
+            skip = page.handed_on();
+            let policy = self.client.retry_policy();
+            if failures >= policy.max_retries {
+                return Err(GaveUp::Exhausted {
+                    retries: failures,
+                    last: error,
+                }
+                .into_error("reading from PostHog's Query API"));
             }
-            last_uuid = Some(uuid.clone());
-            let pos = Cursor::After {
-                timestamp: ts,
-                uuid: uuid.clone(),
-            };
-            let created_at = created_at.as_deref().map(parse_ts).transpose()?;
-            // The server was asked to filter; a server (or proxy) that did not must not make
-            // us post what was not asked for, nor re-post it on every sync run.
-            let left_out = self.left_out(event.as_deref(), created_at).map_err(|why| {
-                anyhow::anyhow!("PostHog's Query API returned event {uuid} {why}")
-            })?;
-            if let Some(reason) = left_out {
-                warned.once(reason, progress);
-                Stats::add(&progress.stats.filtered, 1);
-                skipped_to = Some(pos);
-                continue;
-            }
-            let properties = properties_of(properties, &uuid)?;
-            let json = Event {
-                uuid: &uuid,
-                event: event.as_deref().unwrap_or(""),
-                distinct_id: distinct_id.as_deref().unwrap_or(""),
-                timestamp: format_ts(&ts),
-                created_at: created_at.map(|t| format_ts(&t)),
-                properties: &properties,
-                elements_chain: elements_chain.as_deref().unwrap_or(""),
-                team_id: team,
-            }
-            .to_json();
-            items.push(Item::Record { json, pos });
-            skipped_to = None;
+            failures += 1;
+            Stats::add(&progress.stats.retries, 1);
+            progress
+                .wait(&error.to_string(), policy.backoff(failures))
+                .await;
         }
-        items.extend(skipped_to.map(Item::Mark));
-        Ok(items)
     }
 
-    /// One row against the rules: inside the window `[from, end)`, after the cursor, and in
-    /// PostHog's order (ClickHouse's, for uuids). The same row twice in a row is an unmerged
-    /// duplicate, not a fault.
-    fn check_row(
+    /// Reads an answer's body to its end, handing on each row as it is parsed.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_answer(
         &self,
-        row: &Row,
-        from: DateTime<Utc>,
-        end: DateTime<Utc>,
-        after: Option<OrderKey>,
-        last_uuid: Option<&str>,
-    ) -> Result<RowCheck, String> {
-        let ts = parse_ts(&row.5).map_err(|e| format!("{e:#}"))?;
-        let uuid = uuid_order(&row.0).ok_or("its uuid is not a UUID")?;
-        let key = (ts, uuid);
-        if last_uuid == Some(row.0.as_str()) && after.is_some_and(|a| a == key) {
-            return Ok(RowCheck::Duplicate);
+        resp: &mut reqwest::Response,
+        rows: &mut Rows,
+        page: &mut Page<'_>,
+        limit: usize,
+        tx: &mpsc::Sender<Vec<Item<Cursor>>>,
+        team: &serde_json::Value,
+        warned: &Warned,
+    ) -> Result<(), Cut> {
+        let host = || self.client.host().to_string();
+        let max = self.client.max_response();
+        loop {
+            match crate::net::http::next_chunk(resp, self.client.timeout()).await {
+                Ok(Some(bytes)) => rows.feed(&bytes),
+                Ok(None) => rows.end(),
+                Err(SendError::Timeout) => return Err(Cut::Again(ApiError::Timeout { host: host() })),
+                Err(SendError::Transport(message)) => {
+                    return Err(Cut::Again(ApiError::Transport {
+                        host: host(),
+                        message,
+                    }));
+                }
+                Err(SendError::TooLarge(max)) => {
+                    return Err(Cut::Fatal(ApiError::TooLarge { max }.into()));
+                }
+            }
+            if rows.received() > max {
+                return Err(Cut::Fatal(ApiError::TooLarge { max }.into()));
+            }
+            loop {
+                let (row, repaired) = match rows.next::<Row<'_>>() {
+                    Ok(Step::Row { row, repaired }) => (row, repaired),
+                    Ok(Step::More) => break,
+                    Ok(Step::Done) => return Ok(()),
+                    Err(Broken::Garbled(excerpt)) => {
+                        return Err(Cut::Again(ApiError::BadResponse {
+                            status: 200,
+                            excerpt,
+                        }));
+                    }
+                    Err(Broken::Unexpected(excerpt)) => {
+                        return Err(Cut::Fatal(
+                            ApiError::BadResponse {
+                                status: 200,
+                                excerpt,
+                            }
+                            .into(),
+                        ));
+                    }
+                };
+                if page.count >= limit {
+                    return Err(Cut::Fatal(anyhow::anyhow!(
+                        "PostHog's Query API returned more than {limit} rows for a LIMIT of {limit}; stopping rather than trusting the page"
+                    )));
+                }
+                self.take_row(row, repaired, page, team, warned)?;
+                if page.chunk.full() && !page.chunk.send(tx).await {
+                    return Err(Cut::Stopped);
+                }
+            }
         }
-        if ts < from || ts >= end {
-            return Err(format!(
-                "it lies outside the requested window {} → {}",
-                format_ts(&from),
-                format_ts(&end)
+    }
+
+    /// Checks one row and turns it into a record in the page's chunk, unless an earlier try
+    /// of the page handed it on already.
+    fn take_row(
+        &self,
+        row: Row<'_>,
+        repaired: bool,
+        page: &mut Page<'_>,
+        team: &serde_json::Value,
+        warned: &Warned,
+    ) -> Result<(), Cut> {
+        let progress = self.client.progress();
+        let checked = page
+            .rules
+            .check(&row)
+            .map_err(|why| Cut::Fatal(fault(&row, &why)))?;
+        let (ts, key) = match checked {
+            // A duplicate has the key of the row before it.
+            RowCheck::Duplicate => (None, page.rules.after.unwrap_or_default()),
+            RowCheck::Next { ts, key } => (Some(ts), key),
+        };
+        page.count += 1;
+        page.digest = chain(page.digest, &key);
+        // An earlier run or try handed this row on: it is not handed on again, once the rows
+        // up to the last of those are known to be the same.
+        if let Some(skip) = page.skip {
+            match (page.count as u64).cmp(&skip.rows) {
+                std::cmp::Ordering::Less => return Ok(()),
+                std::cmp::Ordering::Equal if page.digest == skip.digest => {
+                    page.skip = None;
+                    return Ok(());
+                }
+                _ => return Err(Cut::Mismatch),
+            }
+        }
+        Stats::add(&progress.stats.read, 1);
+        let Some(ts) = ts else {
+            // The events table is a ReplacingMergeTree: before a merge the same row can appear
+            // twice, side by side in this order. Send it once.
+            Stats::add(&progress.stats.duplicates_dropped, 1);
+            return Ok(());
+        };
+        let Some(json) = self
+            .record(row, ts, repaired, team, warned)
+            .map_err(Cut::Fatal)?
+        else {
+            return Ok(());
+        };
+        page.chunk.bytes += json.len();
+        page.chunk.items.push(Item::Record {
+            json,
+            pos: Cursor::Within {
+                page: Box::new(page.start.clone()),
+                rows: page.count as u64,
+                digest: page.digest,
+            },
+        });
+        Ok(())
+    }
+
+    /// A checked row as the event to post, or `None` if it must not be posted.
+    fn record(
+        &self,
+        row: Row<'_>,
+        ts: DateTime<Utc>,
+        repaired: bool,
+        team: &serde_json::Value,
+        warned: &Warned,
+    ) -> anyhow::Result<Option<String>> {
+        let progress = self.client.progress();
+        let Row(uuid, event, distinct_id, properties, elements_chain, _, created_at) = row;
+        if repaired {
+            Stats::add(&progress.stats.repaired, 1);
+            progress.warn(&format!(
+                "event {uuid} held bytes that are not UTF-8, which JSON cannot carry: they were replaced by U+FFFD and the event delivered"
             ));
         }
-        if after.is_some_and(|a| key <= a) {
-            return Err(
-                "it is not after the row before it (a repeated or reordered page)".to_string(),
-            );
+        if !self.filters.include.is_empty() {
+            progress.stats.saw_name(event.as_deref().unwrap_or(""));
         }
-        Ok(RowCheck::Next { ts, key })
+        let created_at = created_at.as_deref().map(parse_ts).transpose()?;
+        // The server was asked to filter; a server (or proxy) that did not must not make us
+        // post what was not asked for, nor re-post it on every sync run.
+        let left_out = self
+            .left_out(event.as_deref(), created_at)
+            .map_err(|why| anyhow::anyhow!("PostHog's Query API returned event {uuid} {why}"))?;
+        if let Some(reason) = left_out {
+            warned.once(reason, progress);
+            Stats::add(&progress.stats.filtered, 1);
+            return Ok(None);
+        }
+        let properties = properties_of(properties, &uuid)?;
+        let json = Event {
+            uuid: &uuid,
+            event: event.as_deref().unwrap_or(""),
+            distinct_id: distinct_id.as_deref().unwrap_or(""),
+            timestamp: format_ts(&ts),
+            created_at: created_at.map(|t| format_ts(&t)),
+            properties: &properties,
+            elements_chain: elements_chain.as_deref().unwrap_or(""),
+            team_id: team,
+        }
+        .to_json();
+        Ok(Some(json))
     }
 
     /// Why a row the server returned must not be posted: it fails the event-name filters or
@@ -441,27 +706,11 @@ impl Reader {
         }
         Ok(None)
     }
-
-    async fn query_page(
-        &self,
-        pos: &Cursor,
-        end: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Page, GaveUp<ApiError>> {
-        let body = hogql::page(pos, end, &self.filters, self.ingested, limit);
-        let bytes = self.client.post_page("query/", &body).await?;
-        parse_page(&bytes).map_err(|e| {
-            GaveUp::Fatal(ApiError::BadResponse {
-                status: 200,
-                excerpt: format!("{e}: {}", crate::net::http::excerpt(&bytes, 200)),
-            })
-        })
-    }
 }
 
 /// `properties` as the JSON object PostHog stored: usually its text in a JSON string (decoded
 /// once, kept verbatim); an object as it is; nothing as `{}`.
-fn properties_of(raw: Option<Box<RawValue>>, uuid: &str) -> anyhow::Result<Box<RawValue>> {
+fn properties_of(raw: Option<&RawValue>, uuid: &str) -> anyhow::Result<Box<RawValue>> {
     match raw {
         Some(raw) if raw.get().starts_with('"') => {
             let text = super::repair::json_text_of_string(raw.get()).map_err(|e| {
@@ -476,22 +725,21 @@ fn properties_of(raw: Option<Box<RawValue>>, uuid: &str) -> anyhow::Result<Box<R
     }
 }
 
-/// Records handed on at a time (a page of 50,000 is handed on in 25 chunks).
+/// Records handed on at a time, at most (a page of 50,000 is handed on in 25 chunks or more).
 const CHUNK: usize = 2_000;
+/// Bytes of records handed on at a time, at most: what a window ahead of its turn holds.
+const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// How long a query may take before pages and windows shrink: well inside PostHog's 10 s.
 const TARGET_RTT: std::time::Duration = std::time::Duration::from_secs(3);
-/// The answer size pages aim at, whatever the events weigh: what memory holds per window (a
-/// page is held about twice while it is parsed and turned into records). 32 MiB gave 40,000
-/// events a query for 1 KB events but 430 MiB of peak memory with two windows in flight.
-const PAGE_BYTES: f64 = 16.0 * 1024.0 * 1024.0;
 /// Rows asked for first, before anything is known of the events' size or PostHog's speed.
 const START_LIMIT: usize = 10_000;
 const MIN_LIMIT: usize = 500;
 
 /// What the reader has learned about PostHog and the data, shared by the windows in flight:
-/// it asks for as many rows a page as PostHog allows while queries come back fast and answers
-/// stay within `PAGE_BYTES`, and widens windows only while they are cheap for PostHog.
+/// it asks for as many rows a page as PostHog allows while queries come back fast (answers are
+/// read as they arrive, so a page's size costs no memory; it only has to stay well within
+/// `--max-response-size`), and widens windows only while they are cheap for PostHog.
 struct Tuning {
     /// The next window's width.
     width: Duration,
@@ -520,8 +768,16 @@ impl Tuning {
         }
     }
 
-    /// A page of `rows` rows and `bytes` bytes came back in `took` for a LIMIT of `limit`.
-    fn page_done(&mut self, rows: usize, bytes: usize, took: std::time::Duration, limit: usize) {
+    /// A page of `rows` rows and `bytes` bytes began to come back after `took`, for a LIMIT of
+    /// `limit`; answers may be at most `max_bytes` long.
+    fn page_done(
+        &mut self,
+        rows: usize,
+        bytes: u64,
+        took: std::time::Duration,
+        limit: usize,
+        max_bytes: u64,
+    ) {
         self.largest = self.largest.max(rows);
         if rows > 0 {
             let per_row = bytes as f64 / rows as f64;
@@ -539,7 +795,7 @@ impl Tuning {
             limit
         };
         if self.row_bytes > 0.0 {
-            next = next.min((PAGE_BYTES / self.row_bytes) as usize);
+            next = next.min((max_bytes as f64 / 2.0 / self.row_bytes) as usize);
         }
         self.limit = next.clamp(MIN_LIMIT.min(self.cap), self.cap);
     }
@@ -582,16 +838,13 @@ mod tests {
     use super::*;
     #[test]
     fn properties_come_as_json_text_or_as_an_object() {
-        let raw = |s: &str| Some(RawValue::from_string(s.into()).unwrap());
-        let text = properties_of(raw(r#""{\"a\": 1e400, \"b\": \"\\u00e9\"}""#), "u").unwrap();
+        let of = |s: &str| properties_of(Some(&RawValue::from_string(s.into()).unwrap()), "u");
+        let text = of(r#""{\"a\": 1e400, \"b\": \"\\u00e9\"}""#).unwrap();
         assert_eq!(text.get(), r#"{"a": 1e400, "b": "\u00e9"}"#);
-        assert_eq!(
-            properties_of(raw(r#"{"a":1}"#), "u").unwrap().get(),
-            r#"{"a":1}"#
-        );
-        assert_eq!(properties_of(raw("null"), "u").unwrap().get(), "{}");
-        assert!(properties_of(raw("[1]"), "u").is_err());
-        assert!(properties_of(raw(r#""not json""#), "u").is_err());
+        assert_eq!(of(r#"{"a":1}"#).unwrap().get(), r#"{"a":1}"#);
+        assert_eq!(of("null").unwrap().get(), "{}");
+        assert!(of("[1]").is_err());
+        assert!(of(r#""not json""#).is_err());
     }
 
     #[test]
@@ -629,31 +882,61 @@ mod tests {
         // Full, fast pages of 300-byte events: double up to the cap.
         for _ in 0..4 {
             let limit = t.limit;
-            t.page_done(limit, limit * 300, ms(200), limit);
+            t.page_done(limit, limit as u64 * 300, ms(200), limit, GIB);
         }
         assert_eq!(t.limit, 50_000);
         // A slow page: in proportion to the time it took.
-        t.page_done(50_000, 50_000 * 300, ms(6_000), 50_000);
+        t.page_done(50_000, 50_000 * 300, ms(6_000), 50_000, GIB);
         assert_eq!(t.limit, 25_000);
-        // 3 KB events: a page stays within PAGE_BYTES.
+        // 3 KB events and --max-response-size 64 MiB: answers stay within half of it.
+        let max = 64 << 20;
         let mut t = Tuning::new(50_000);
         for _ in 0..10 {
             let limit = t.limit;
-            t.page_done(limit, limit * 3_000, ms(200), limit);
+            t.page_done(limit, limit as u64 * 3_000, ms(200), limit, max);
         }
-        assert!(t.limit as f64 * 3_000.0 <= PAGE_BYTES, "{}", t.limit);
-        assert!(t.limit as f64 * 3_000.0 > PAGE_BYTES / 2.0, "{}", t.limit);
+        assert!(t.limit as u64 * 3_000 <= max / 2, "{}", t.limit);
+        assert!(t.limit as u64 * 3_000 > max / 4, "{}", t.limit);
+        // With the default 1 GiB, 3 KB events get PostHog's largest pages.
+        let mut t = Tuning::new(50_000);
+        for _ in 0..10 {
+            let limit = t.limit;
+            t.page_done(limit, limit as u64 * 3_000, ms(200), limit, GIB);
+        }
+        assert_eq!(t.limit, 50_000);
         // A page size below the start stays where the user put it.
         assert_eq!(Tuning::new(400).limit, 400);
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    /// The uuids of an answer's rows read in pieces of `piece` bytes, and which were repaired.
+    fn rows_of(answer: &[u8], piece: usize) -> Result<Vec<(String, bool)>, Broken> {
+        let mut rows = Rows::new();
+        let mut out = Vec::new();
+        for part in answer.chunks(piece).map(Some).chain([None]) {
+            match part {
+                Some(part) => rows.feed(part),
+                None => rows.end(),
+            }
+            loop {
+                match rows.next::<Row<'_>>()? {
+                    Step::Row { row, repaired } => out.push((row.0.into_owned(), repaired)),
+                    Step::More => break,
+                    Step::Done => return Ok(out),
+                }
+            }
+        }
+        Err(Broken::Garbled("no end".into()))
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
 
-        /// Any bytes as an answer: rows or an error, never a panic.
+        /// Any bytes as an answer, in any pieces: rows or an error, never a panic.
         #[test]
-        fn any_answer_parses_or_is_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
-            let _ = parse_page(&bytes);
+        fn any_answer_parses_or_is_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), piece in 1usize..50) {
+            let _ = rows_of(&bytes, piece);
         }
 
         /// An answer whose properties hold bytes that are not UTF-8 in some rows: every row
@@ -661,6 +944,7 @@ mod tests {
         #[test]
         fn rows_with_bytes_that_are_not_utf8_are_kept_and_named(
             bad in proptest::collection::vec(proptest::prelude::any::<bool>(), 1..30),
+            piece in 1usize..100,
         ) {
             let mut body = br#"{"results":["#.to_vec();
             for (i, is_bad) in bad.iter().enumerate() {
@@ -674,13 +958,9 @@ mod tests {
                 body.extend_from_slice(br#"\"}","","2024-01-01T00:00:00Z",null]"#);
             }
             body.extend_from_slice(br#"],"columns":[]}"#);
-            let page = parse_page(&body).unwrap();
-            proptest::prop_assert_eq!(page.rows.len(), bad.len());
-            for (i, row) in page.rows.iter().enumerate() {
-                proptest::prop_assert_eq!(&row.0, &format!("u{i}"));
-            }
-            let expected: Vec<usize> = bad.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i).collect();
-            proptest::prop_assert_eq!(page.repaired, expected);
+            let rows = rows_of(&body, piece).unwrap();
+            let expected: Vec<(String, bool)> = bad.iter().enumerate().map(|(i, b)| (format!("u{i}"), *b)).collect();
+            proptest::prop_assert_eq!(rows, expected);
         }
     }
 }

@@ -1,22 +1,7 @@
 //! What PostHog's answers may hold that JSON in Rust cannot: bytes that are not UTF-8, and
 //! escaped lone surrogates (`\ud800`) in the JSON text PostHog keeps `properties` as. One such
 //! event must never block a backfill: bytes that are not UTF-8 are replaced by U+FFFD (and the
-//! event named), and a lone surrogate escape is kept as the escape PostHog sent.
-
-/// `bytes` as text, with every sequence that is not UTF-8 replaced by U+FFFD, and the byte
-/// offsets (in the text) of the replacements.
-pub(crate) fn lossy_with_offsets(bytes: &[u8]) -> (String, Vec<usize>) {
-    let mut text = String::with_capacity(bytes.len());
-    let mut at = Vec::new();
-    for chunk in bytes.utf8_chunks() {
-        text.push_str(chunk.valid());
-        if !chunk.invalid().is_empty() {
-            at.push(text.len());
-            text.push(char::REPLACEMENT_CHARACTER);
-        }
-    }
-    (text, at)
-}
+//! event named; `rows.rs` does that as an answer arrives), and a lone surrogate escape is kept as the escape PostHog sent.
 
 /// Decodes a JSON string literal (with its quotes) whose content is JSON text, as PostHog
 /// sends `properties`. Unlike serde_json, an escaped lone surrogate is kept as the six
@@ -87,17 +72,6 @@ fn hex4(chars: &mut std::str::Chars<'_>) -> Result<u16, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn invalid_utf8_is_replaced_and_located() {
-        let (text, at) = lossy_with_offsets(b"ab\xffcd\xc3(");
-        assert_eq!(text, "ab\u{fffd}cd\u{fffd}(");
-        assert_eq!(at, [2, 7]);
-        assert_eq!(
-            lossy_with_offsets("é".as_bytes()),
-            ("é".to_string(), vec![])
-        );
-    }
 
     #[test]
     fn a_lone_surrogate_escape_is_kept_as_its_escape() {

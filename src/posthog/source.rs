@@ -135,6 +135,7 @@ impl<'a> Connect<'a> {
             self.budgets[usize::from(kind == SourceKind::Events)].clone(),
             self.retries.policy.clone(),
             self.read.max_response_size,
+            self.retries.http_timeout,
             self.progress.clone(),
         ))
     }
@@ -284,6 +285,17 @@ pub(crate) enum Cursor {
         timestamp: DateTime<Utc>,
         uuids: TieSet,
     },
+    /// Query API, inside a page not yet wholly checked: everything before `page` is done, and
+    /// so are the first `rows` rows PostHog answered after it, whose order keys chain to
+    /// `digest`. A resumed run asks for that page again and skips its first `rows` rows only
+    /// if they chain to the same digest; otherwise it hands the page on whole. (The position
+    /// of a row itself is trusted only once its page has passed every check: a reordered
+    /// page's first row can pass on its own and still lie past rows the server left out.)
+    Within {
+        page: Box<Cursor>,
+        rows: u64,
+        digest: u64,
+    },
 }
 
 impl Cursor {
@@ -292,6 +304,7 @@ impl Cursor {
             Cursor::Before { timestamp }
             | Cursor::After { timestamp, .. }
             | Cursor::Seen { timestamp, .. } => *timestamp,
+            Cursor::Within { page, .. } => page.timestamp(),
         }
     }
 }

@@ -190,6 +190,7 @@ impl Sink {
                     status: 413,
                     headers: Default::default(),
                     body: "a single event is larger than the webhook accepts".into(),
+                    stream: None,
                 },
             };
             done.dead_lettered += self.reject(slice, &reply)?;
