@@ -7,7 +7,7 @@ mod common;
 use chrono::{Duration, Utc};
 use common::*;
 use posthog_patterns_standin::webhook::SECRET_PATH;
-use posthog_patterns_standin::{Fault, PageFault, PostHogConfig, WebhookConfig};
+use posthog_patterns_standin::{Fault, PageFault, PostHogConfig, Spoil, WebhookConfig};
 
 #[test]
 fn a_webhook_that_redirects_stops_the_run_and_nothing_counts_as_delivered() {
@@ -399,8 +399,8 @@ fn windows_read_in_parallel_are_delivered_in_order_exactly_once_within_posthogs_
     );
     assert!(peak <= 3, "{peak}");
     // With --concurrency 1 the webhook saw the events in PostHog's order.
-    let order: Vec<(chrono::DateTime<chrono::Utc>, String)> = {
-        let by_uuid: std::collections::HashMap<String, chrono::DateTime<chrono::Utc>> = env
+    let order: Vec<(chrono::DateTime<Utc>, String)> = {
+        let by_uuid: std::collections::HashMap<String, chrono::DateTime<Utc>> = env
             .posthog
             .events()
             .into_iter()
@@ -419,4 +419,112 @@ fn windows_read_in_parallel_are_delivered_in_order_exactly_once_within_posthogs_
     println!(
         "{n} events exactly once and in order; at most {peak} queries at once, {refused} refused for concurrency"
     );
+}
+
+#[test]
+fn an_answer_cut_short_or_garbled_part_way_is_asked_again_and_nothing_is_sent_twice() {
+    let env = Env::new(events(6_000, 81), WebhookConfig::default());
+    // Pages of 2,000 rows, read as they arrive: by the time each answer breaks, hundreds of
+    // its rows have been handed on (and, with batches of 100, posted).
+    env.posthog.spoil_next_answers([
+        Spoil::Cut(0.5),
+        Spoil::Garble(0.3),
+        Spoil::Cut(0.9),
+        Spoil::Cut(0.2),
+    ]);
+    let args = backfill_args(&["--page-size", "2000", "--batch-size", "100", "-v"]);
+    let run = env.run(&args);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("PostHog") && run.stderr.contains("retry"),
+        "{}",
+        run.stderr
+    );
+    let n = env.assert_exactly_once(in_range);
+    let queries = env
+        .posthog
+        .log()
+        .iter()
+        .filter(|l| l.path.ends_with("/query/"))
+        .count();
+    println!("4 answers broken part-way: all {n} events exactly once in {queries} queries");
+}
+
+#[test]
+fn a_run_killed_inside_a_page_resumes_inside_it_unless_posthogs_answer_changed() {
+    for late in [false, true] {
+        let env = Env::new(
+            events(5_000, 82),
+            WebhookConfig {
+                stall_after: Some(12),
+                ..WebhookConfig::default()
+            },
+        );
+        let cp = env.path("job.json");
+        let cp = cp.to_str().unwrap();
+        let args = backfill_args(&[
+            "--page-size",
+            "5000",
+            "--batch-size",
+            "100",
+            "--concurrency",
+            "1",
+            "--checkpoint",
+            cp,
+        ]);
+        env.kill_while_in_flight(&args);
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(cp).unwrap()).unwrap();
+        let position = &state["position"];
+        assert_eq!(position["kind"], "within", "{state}");
+        assert!(position["rows"].as_u64().unwrap() >= 100, "{state}");
+        if late {
+            // An event ingested since, which sorts first in the page the run stopped in.
+            let page = &position["page"];
+            let at: chrono::DateTime<Utc> = match page["kind"].as_str().unwrap() {
+                "before" => page["timestamp"].as_str().unwrap().parse().unwrap(),
+                _ => {
+                    page["timestamp"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<chrono::DateTime<Utc>>()
+                        .unwrap()
+                        + Duration::microseconds(1)
+                }
+            };
+            let mut e = env.posthog.events()[0].clone();
+            e.uuid = "00000000-0000-4000-8000-00000000beef".into();
+            e.timestamp = at;
+            env.posthog.insert(vec![e]);
+        }
+        let run = env.run(&args);
+        run.assert_code(0);
+        let all = env.webhook.with_state(|s| {
+            let mut v = s.events.clone();
+            v.extend(s.stalled_events.clone());
+            v
+        });
+        let mut counts = std::collections::HashMap::new();
+        for e in &all {
+            *counts
+                .entry(posthog_patterns_standin::webhook::uuid_of(e))
+                .or_insert(0) += 1;
+        }
+        let duplicates: usize = counts.values().map(|n| n - 1).sum();
+        let expected = env.posthog.events().into_iter().filter(in_range).count();
+        assert_eq!(counts.len(), expected, "every event arrived");
+        if late {
+            assert!(
+                run.stderr
+                    .contains("no longer begins with the events already handed on"),
+                "{}",
+                run.stderr
+            );
+            assert!(duplicates > 100 && duplicates <= 5_000, "{duplicates}");
+        } else {
+            // Only the stalled batch, never acknowledged, comes twice.
+            assert!(duplicates <= 100, "{duplicates} duplicates");
+        }
+        println!("late event: {late}: {duplicates} duplicates after resuming inside a page");
+    }
 }

@@ -356,13 +356,15 @@ impl PostHog {
             },
             // A 200 that is not JSON (cut short, a proxy's page) is a passing fault. (A body
             // read as it arrives is checked by its reader.)
-            200..=299 if reply.stream.is_none() && !looks_like_json(&reply.body) => Attempt::Retry {
-                error: ApiError::BadResponse {
-                    status,
-                    excerpt: reply.excerpt(),
-                },
-                after: None,
-            },
+            200..=299 if reply.stream.is_none() && !looks_like_json(&reply.body) => {
+                Attempt::Retry {
+                    error: ApiError::BadResponse {
+                        status,
+                        excerpt: reply.excerpt(),
+                    },
+                    after: None,
+                }
+            }
             200..=299 => Attempt::Done(reply),
             300..=399 => Attempt::Fail(ApiError::Redirected {
                 status,

@@ -128,7 +128,9 @@ fn chain(digest: u64, key: &OrderKey) -> u64 {
         .into_iter()
         .chain(lo.to_le_bytes())
         .chain(hi.to_le_bytes());
-    bytes.fold(digest, |d, b| (d ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    bytes.fold(digest, |d, b| {
+        (d ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// The rules a page's rows must follow, row after row: inside the window `[from, end)`, after
@@ -262,9 +264,9 @@ impl Reader {
             Some(Cursor::Seen { .. }) => {
                 bail!("this checkpoint was written by the Events API source; use --source events")
             }
-            Some(Cursor::Within { page, rows, digest }) => {
-                (*page, (rows > 0).then_some(Skip { rows, digest }))
-            }
+            Some(Cursor::Within {
+                page, rows, digest, ..
+            }) => (*page, (rows > 0).then_some(Skip { rows, digest })),
             Some(pos) => (pos, None),
         };
         let tuning = Arc::new(Mutex::new(Tuning::new(self.page_size)));
@@ -438,7 +440,11 @@ impl Reader {
         loop {
             // Ask for at least the rows to skip, so that the answer can show they are the same.
             let asked = skip.map_or(limit, |s| {
-                limit.max(usize::try_from(s.rows).unwrap_or(usize::MAX).min(MAX_PAGE_SIZE as usize))
+                limit.max(
+                    usize::try_from(s.rows)
+                        .unwrap_or(usize::MAX)
+                        .min(MAX_PAGE_SIZE as usize),
+                )
             });
             let body = hogql::page(pos, end, &self.filters, self.ingested, asked);
             let started = std::time::Instant::now();
@@ -527,7 +533,9 @@ impl Reader {
             match crate::net::http::next_chunk(resp, self.client.timeout()).await {
                 Ok(Some(bytes)) => rows.feed(&bytes),
                 Ok(None) => rows.end(),
-                Err(SendError::Timeout) => return Err(Cut::Again(ApiError::Timeout { host: host() })),
+                Err(SendError::Timeout) => {
+                    return Err(Cut::Again(ApiError::Timeout { host: host() }));
+                }
                 Err(SendError::Transport(message)) => {
                     return Err(Cut::Again(ApiError::Transport {
                         host: host(),
@@ -629,6 +637,7 @@ impl Reader {
                 page: Box::new(page.start.clone()),
                 rows: page.count as u64,
                 digest: page.digest,
+                timestamp: ts,
             },
         });
         Ok(())

@@ -148,8 +148,11 @@ impl Rows {
                 return;
             }
             self.repaired.push_back(self.base + self.buf.len() as u64);
-            self.buf
-                .extend_from_slice(char::REPLACEMENT_CHARACTER.encode_utf8(&mut [0; 4]).as_bytes());
+            self.buf.extend_from_slice(
+                char::REPLACEMENT_CHARACTER
+                    .encode_utf8(&mut [0; 4])
+                    .as_bytes(),
+            );
         }
         self.valid = self.buf.len();
     }
@@ -288,7 +291,10 @@ impl Rows {
 
 /// One JSON value at the start of `bytes`, and its length; `None` until it is complete (and
 /// followed by something, unless the answer `ended`: a number may go on in the next read).
-fn value<'a, T: Deserialize<'a>>(bytes: &'a [u8], ended: bool) -> Result<Option<(T, usize)>, Broken> {
+fn value<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+    ended: bool,
+) -> Result<Option<(T, usize)>, Broken> {
     let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<T>();
     match values.next() {
         Some(Ok(v)) => {

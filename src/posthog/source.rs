@@ -295,6 +295,8 @@ pub(crate) enum Cursor {
         page: Box<Cursor>,
         rows: u64,
         digest: u64,
+        /// The last of those rows' timestamp: how far the run got, for progress and messages.
+        timestamp: DateTime<Utc>,
     },
 }
 
@@ -303,8 +305,8 @@ impl Cursor {
         match self {
             Cursor::Before { timestamp }
             | Cursor::After { timestamp, .. }
-            | Cursor::Seen { timestamp, .. } => *timestamp,
-            Cursor::Within { page, .. } => page.timestamp(),
+            | Cursor::Seen { timestamp, .. }
+            | Cursor::Within { timestamp, .. } => *timestamp,
         }
     }
 }

@@ -64,7 +64,7 @@ impl Deliver for Sink {
 enum Outcome {
     Accepted,
     TooLarge,
-    Rejected(Reply),
+    Rejected(Box<Reply>),
 }
 
 /// Events rejected on their own, with nothing accepted, after which the webhook is taken to
@@ -185,7 +185,7 @@ impl Sink {
                 continue;
             }
             let reply = match outcome {
-                Outcome::Rejected(reply) => reply,
+                Outcome::Rejected(reply) => *reply,
                 _ => Reply {
                     status: 413,
                     headers: Default::default(),
@@ -308,7 +308,7 @@ impl Sink {
                         status: reply.status,
                         excerpt: reply.excerpt(),
                     }),
-                    _ => Attempt::Done(Outcome::Rejected(reply)),
+                    _ => Attempt::Done(Outcome::Rejected(Box::new(reply))),
                 },
                 Err(SendError::Timeout) => Attempt::Retry {
                     error: PostError::Timeout { host: host.clone() },

@@ -13,7 +13,7 @@ pub mod webhook;
 pub use data::{
     HEAVY_EVENT_BYTES, StoredEvent, TYPICAL_EVENT_BYTES, realistic_events, synthetic_events,
 };
-pub use posthog::{PageFault, PostHogConfig, PostHogStandIn};
+pub use posthog::{PageFault, PostHogConfig, PostHogStandIn, Spoil};
 pub use webhook::{WebhookConfig, WebhookStandIn};
 
 use axum::Router;

@@ -63,6 +63,15 @@ pub struct PostHogConfig {
     pub body_substitutions: Vec<(String, Vec<u8>)>,
 }
 
+/// Ways an answer with rows can end part-way, as a broken connection or a proxy ends it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Spoil {
+    /// The connection breaks after this share of the body (0.0-1.0) was sent.
+    Cut(f64),
+    /// After this share of the body, a proxy's HTML error page follows instead of the rest.
+    Garble(f64),
+}
+
 /// Ways a faulty server or proxy can break a Query API page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageFault {
@@ -123,6 +132,8 @@ pub struct State {
     recent: VecDeque<Instant>,
     /// Pages answered so far, for `PageFault::Cycle`.
     pages: Vec<Vec<Value>>,
+    /// How the next answers with rows end part-way (see [`PostHogStandIn::spoil_next_answers`]).
+    spoils: VecDeque<Spoil>,
     /// The query slots of `max_concurrent_queries`.
     slots: Option<Arc<tokio::sync::Semaphore>>,
     /// Queries running now, the most that ever ran at once, and those refused (429) because
@@ -165,6 +176,7 @@ impl PostHogStandIn {
             queries_refused_for_concurrency: 0,
             events: Vec::new(),
             faults: Faults::default(),
+            spoils: VecDeque::new(),
             log: Vec::new(),
             recent: VecDeque::new(),
             pages: Vec::new(),
@@ -210,6 +222,11 @@ impl PostHogStandIn {
     /// Answers the next request with `fault`.
     pub fn fault_next(&self, fault: Fault) {
         self.state.lock().unwrap().faults.next.push_back(fault);
+    }
+
+    /// Spoils the next Query API answers that hold more than one row, one per `Spoil`.
+    pub fn spoil_next_answers(&self, spoils: impl IntoIterator<Item = Spoil>) {
+        self.state.lock().unwrap().spoils.extend(spoils);
     }
 
     /// Forgets every injected fault not yet used.
@@ -474,7 +491,26 @@ fn run_query(s: &mut State, body: &Value) -> Response {
             for (text, raw) in &s.config.body_substitutions {
                 bytes = substitute(&bytes, text.as_bytes(), raw);
             }
-            ([("content-type", "application/json")], bytes).into_response()
+            let rows = v["results"].as_array().map_or(0, Vec::len);
+            let spoil = if rows > 1 { s.spoils.pop_front() } else { None };
+            let headers = [("content-type", "application/json")];
+            match spoil {
+                None => (headers, bytes).into_response(),
+                Some(Spoil::Cut(share)) => {
+                    bytes.truncate((bytes.len() as f64 * share) as usize);
+                    let parts: [Result<Vec<u8>, std::io::Error>; 2] = [
+                        Ok(bytes),
+                        Err(std::io::Error::other("connection broken by the stand-in")),
+                    ];
+                    let body = axum::body::Body::from_stream(futures_util::stream::iter(parts));
+                    (headers, body).into_response()
+                }
+                Some(Spoil::Garble(share)) => {
+                    bytes.truncate((bytes.len() as f64 * share) as usize);
+                    bytes.extend_from_slice(b"<html><body><h1>502 Bad Gateway</h1></body></html>");
+                    (headers, bytes).into_response()
+                }
+            }
         }
         Err((status, detail)) => error(
             status,
