@@ -61,10 +61,9 @@ impl Event<'_> {
     }
 }
 
-/// Checks that PostHog's `properties` text is a JSON object and keeps it verbatim.
-pub(crate) fn properties_object(text: Option<&str>, uuid: &str) -> anyhow::Result<Box<RawValue>> {
-    let text = text.unwrap_or("{}");
-    let raw = RawValue::from_string(text.trim().to_string()).with_context(|| {
+/// Checks that PostHog's `properties` text is a JSON object, and keeps it verbatim.
+pub(crate) fn properties_object<'a>(text: &'a str, uuid: &str) -> anyhow::Result<&'a RawValue> {
+    let raw: &RawValue = serde_json::from_str(text.trim()).with_context(|| {
         format!("PostHog returned properties that are not valid JSON for event {uuid}")
     })?;
     if !raw.get().starts_with('{') {
@@ -98,7 +97,7 @@ mod tests {
     #[test]
     fn properties_pass_through_byte_for_byte() {
         let text = r#"{"big": 123456789012345678901234567890, "f": 0.1000000000000000055511151231257827, "s": "\u00e9\ud83d\ude00 \"q\"", "n": {"a": [1, {"b": null}]}}"#;
-        let raw = properties_object(Some(text), "u").unwrap();
+        let raw = properties_object(text, "u").unwrap();
         let team = team_id("42");
         let e = Event {
             uuid: "u",
@@ -106,7 +105,7 @@ mod tests {
             distinct_id: "d",
             timestamp: "t".into(),
             created_at: None,
-            properties: &raw,
+            properties: raw,
             elements_chain: "",
             team_id: &team,
         };
@@ -117,8 +116,8 @@ mod tests {
 
     #[test]
     fn properties_must_be_an_object() {
-        assert!(properties_object(Some("[1]"), "u").is_err());
-        assert!(properties_object(Some("{broken"), "u").is_err());
-        assert_eq!(properties_object(None, "u").unwrap().get(), "{}");
+        assert!(properties_object("[1]", "u").is_err());
+        assert!(properties_object("{broken", "u").is_err());
+        assert_eq!(properties_object(" {} ", "u").unwrap().get(), "{}");
     }
 }

@@ -3,6 +3,7 @@
 //! back short. Uuid order is ClickHouse's, so the server does every comparison.
 
 use super::hogql;
+use super::repair::Escaped;
 use super::rows::{Broken, Rows, Step};
 use super::source::{Cursor, Reader, short};
 use crate::event::{Event, format_ts, parse_ts, properties_object};
@@ -14,7 +15,6 @@ use crate::posthog::ApiError;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -31,12 +31,12 @@ type OrderKey = (DateTime<Utc>, (u64, u64));
 /// ClickHouse's UUID order: the second 64-bit half first, then the first (not string order;
 /// ../shared/posthog-api.md). Used only to check pages, never to sort them.
 fn uuid_order(uuid: &str) -> Option<(u64, u64)> {
-    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 {
-        return None;
+    let (mut v, mut digits) = (0u128, 0);
+    for c in uuid.chars().filter(|c| *c != '-') {
+        v = (v << 4) | u128::from(c.to_digit(16)?);
+        digits += 1;
     }
-    let v = u128::from_str_radix(&hex, 16).ok()?;
-    Some((v as u64, (v >> 64) as u64))
+    (digits == 32).then_some((v as u64, (v >> 64) as u64))
 }
 
 enum RowCheck {
@@ -71,9 +71,9 @@ struct Row<'a>(
     #[serde(borrow)] Cow<'a, str>,
     Option<String>,
     Option<String>,
-    /// JSON text in a string, as PostHog sends it; an object is accepted too.
+    /// JSON text in a string, as PostHog sends it.
     #[serde(borrow)]
-    Option<&'a RawValue>,
+    Option<Escaped<'a>>,
     Option<String>,
     #[serde(borrow)] Cow<'a, str>,
     Option<String>,
@@ -674,14 +674,14 @@ impl Reader {
             Stats::add(&progress.stats.filtered, 1);
             return Ok(None);
         }
-        let properties = properties_of(properties, &uuid)?;
+        let properties = properties_text(properties, &uuid)?;
         let json = Event {
             uuid: &uuid,
             event: event.as_deref().unwrap_or(""),
             distinct_id: distinct_id.as_deref().unwrap_or(""),
             timestamp: format_ts(&ts),
             created_at: created_at.map(|t| format_ts(&t)),
-            properties: &properties,
+            properties: properties_object(&properties, &uuid)?,
             elements_chain: elements_chain.as_deref().unwrap_or(""),
             team_id: team,
         }
@@ -717,20 +717,16 @@ impl Reader {
     }
 }
 
-/// `properties` as the JSON object PostHog stored: usually its text in a JSON string (decoded
-/// once, kept verbatim); an object as it is; nothing as `{}`.
-fn properties_of(raw: Option<&RawValue>, uuid: &str) -> anyhow::Result<Box<RawValue>> {
+/// `properties` as the JSON text PostHog stored (checked to be an object when posted);
+/// nothing as `{}`.
+fn properties_text<'a>(raw: Option<Escaped<'a>>, uuid: &str) -> anyhow::Result<Cow<'a, str>> {
     match raw {
-        Some(raw) if raw.get().starts_with('"') => {
-            let text = super::repair::json_text_of_string(raw.get()).map_err(|e| {
-                anyhow::anyhow!(
-                    "PostHog returned properties that are not a JSON string for event {uuid}: {e}"
-                )
-            })?;
-            properties_object(Some(&text), uuid)
-        }
-        Some(raw) if raw.get() != "null" => properties_object(Some(raw.get()), uuid),
-        _ => properties_object(None, uuid),
+        Some(escaped) => escaped.text().map_err(|e| {
+            anyhow::anyhow!(
+                "PostHog returned properties that are not JSON text for event {uuid}: {e}"
+            )
+        }),
+        None => Ok(Cow::Borrowed("{}")),
     }
 }
 
@@ -846,14 +842,21 @@ fn human(d: Duration) -> String {
 mod tests {
     use super::*;
     #[test]
-    fn properties_come_as_json_text_or_as_an_object() {
-        let of = |s: &str| properties_of(Some(&RawValue::from_string(s.into()).unwrap()), "u");
+    fn properties_come_as_json_text_in_a_string() {
+        let of = |s: &str| -> anyhow::Result<String> {
+            let escaped: Escaped<'_> = serde_json::from_str(s)?;
+            let text = properties_text(Some(escaped), "u")?;
+            Ok(properties_object(&text, "u")?.get().to_string())
+        };
         let text = of(r#""{\"a\": 1e400, \"b\": \"\\u00e9\"}""#).unwrap();
-        assert_eq!(text.get(), r#"{"a": 1e400, "b": "\u00e9"}"#);
-        assert_eq!(of(r#"{"a":1}"#).unwrap().get(), r#"{"a":1}"#);
-        assert_eq!(of("null").unwrap().get(), "{}");
-        assert!(of("[1]").is_err());
+        assert_eq!(text, r#"{"a": 1e400, "b": "\u00e9"}"#);
+        assert_eq!(properties_text(None, "u").unwrap(), "{}");
+        assert!(of(r#""[1]""#).is_err());
         assert!(of(r#""not json""#).is_err());
+        assert!(
+            of(r#"{"a":1}"#).is_err(),
+            "an object, not JSON text in a string"
+        );
     }
 
     #[test]

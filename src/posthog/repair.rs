@@ -1,72 +1,86 @@
 //! What PostHog's answers may hold that JSON in Rust cannot: bytes that are not UTF-8, and
 //! escaped lone surrogates (`\ud800`) in the JSON text PostHog keeps `properties` as. One such
 //! event must never block a backfill: bytes that are not UTF-8 are replaced by U+FFFD (and the
-//! event named; `rows.rs` does that as an answer arrives), and a lone surrogate escape is kept as the escape PostHog sent.
+//! event named; `rows.rs` does that as an answer arrives), and a lone surrogate escape is kept
+//! as the escape PostHog sent.
 
-/// Decodes a JSON string literal (with its quotes) whose content is JSON text, as PostHog
-/// sends `properties`. Unlike serde_json, an escaped lone surrogate is kept as the six
-/// characters of its escape, so that the text decoded is still the JSON PostHog stored.
-pub(crate) fn json_text_of_string(literal: &str) -> Result<String, String> {
-    if let Ok(text) = serde_json::from_str::<String>(literal) {
-        return Ok(text);
-    }
-    let inner = literal
-        .strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .ok_or("not a JSON string")?;
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next().ok_or("a string ends inside an escape")? {
-            '"' => out.push('"'),
-            '\\' => out.push('\\'),
-            '/' => out.push('/'),
-            'b' => out.push('\u{8}'),
-            'f' => out.push('\u{c}'),
-            'n' => out.push('\n'),
-            'r' => out.push('\r'),
-            't' => out.push('\t'),
-            'u' => {
-                let unit = hex4(&mut chars)?;
-                if (0xD800..0xDC00).contains(&unit) {
-                    // A high surrogate: with a low one after it, one character.
-                    let rest = chars.as_str();
-                    if let Some(low) = rest
-                        .strip_prefix("\\u")
-                        .and_then(|r| r.get(..4))
-                        .and_then(|h| u16::from_str_radix(h, 16).ok())
-                        .filter(|l| (0xDC00..0xE000).contains(l))
-                    {
-                        let code = 0x10000
-                            + ((u32::from(unit) - 0xD800) << 10)
-                            + (u32::from(low) - 0xDC00);
-                        out.push(char::from_u32(code).ok_or("a bad surrogate pair")?);
-                        chars = rest[6..].chars();
-                        continue;
-                    }
-                }
-                match char::from_u32(u32::from(unit)) {
-                    Some(c) => out.push(c),
-                    // A lone surrogate: keep its escape, valid in the JSON text it stands in.
-                    None => out.push_str(&format!("\\u{unit:04x}")),
-                }
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// `properties` as PostHog sends it: JSON text inside a JSON string, unescaped by serde_json
+/// in the same pass that finds the string's end (`deserialize_bytes`, which lets escaped lone
+/// surrogates through as WTF-8 instead of failing the row).
+pub(crate) struct Escaped<'a>(pub(crate) Cow<'a, [u8]>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Escaped<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Text<'a> {
+            type Value = Cow<'a, [u8]>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("JSON text in a string")
             }
-            other => return Err(format!("an unknown escape \\{other}")),
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_vec()))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v.as_bytes()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.as_bytes().to_vec()))
+            }
         }
+        d.deserialize_bytes(Text(std::marker::PhantomData))
+            .map(Escaped)
     }
-    Ok(out)
 }
 
-fn hex4(chars: &mut std::str::Chars<'_>) -> Result<u16, String> {
-    let hex: String = chars.by_ref().take(4).collect();
-    if hex.len() != 4 {
-        return Err("a \\u escape with fewer than 4 digits".into());
+impl<'a> Escaped<'a> {
+    /// The JSON text PostHog stored. An escaped lone surrogate (which serde_json hands over as
+    /// WTF-8) is written back as the six characters of its escape, so that the text is still
+    /// the JSON PostHog stored; anything else that is not UTF-8 is an error.
+    pub(crate) fn text(self) -> Result<Cow<'a, str>, String> {
+        let bytes = match self.0 {
+            Cow::Borrowed(b) => match std::str::from_utf8(b) {
+                Ok(text) => return Ok(Cow::Borrowed(text)),
+                Err(_) => b.to_vec(),
+            },
+            Cow::Owned(v) => match String::from_utf8(v) {
+                Ok(text) => return Ok(Cow::Owned(text)),
+                Err(e) => e.into_bytes(),
+            },
+        };
+        let mut out = String::with_capacity(bytes.len() + 16);
+        let mut rest = &bytes[..];
+        loop {
+            let (valid, bad) = match std::str::from_utf8(rest) {
+                Ok(text) => {
+                    out.push_str(text);
+                    return Ok(Cow::Owned(out));
+                }
+                Err(e) => rest.split_at(e.valid_up_to()),
+            };
+            out.push_str(std::str::from_utf8(valid).map_err(|e| e.to_string())?);
+            // WTF-8 of a surrogate U+D800-U+DFFF: ED A0-BF 80-BF.
+            let [0xED, b1 @ 0xA0..=0xBF, b2 @ 0x80..=0xBF, ..] = *bad else {
+                return Err("bytes that are neither UTF-8 nor an escaped surrogate".into());
+            };
+            let unit = 0xD000 | (u16::from(b1 & 0x3F) << 6) | u16::from(b2 & 0x3F);
+            out.push_str(&format!("\\u{unit:04x}"));
+            rest = &bad[3..];
+        }
     }
-    u16::from_str_radix(&hex, 16).map_err(|_| format!("a bad \\u escape {hex:?}"))
+}
+
+/// Decodes a JSON string literal (with its quotes) whose content is JSON text, as
+/// [`Escaped::text`] does for a row's `properties`.
+#[cfg(test)]
+pub(crate) fn json_text_of_string(literal: &str) -> Result<String, String> {
+    let escaped: Escaped<'_> = serde_json::from_str(literal).map_err(|e| e.to_string())?;
+    escaped.text().map(Cow::into_owned)
 }
 
 #[cfg(test)]
