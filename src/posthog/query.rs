@@ -113,6 +113,8 @@ enum Cut {
 struct Skip {
     rows: u64,
     digest: u64,
+    /// The timestamp of the last of those rows.
+    last: DateTime<Utc>,
 }
 
 /// The digest of no rows.
@@ -202,10 +204,15 @@ impl Page<'_> {
     fn handed_on(&self) -> Option<Skip> {
         match self.skip {
             Some(skip) => Some(skip),
-            None => (self.count > 0).then_some(Skip {
-                rows: self.count as u64,
-                digest: self.digest,
-            }),
+            None => self
+                .rules
+                .after
+                .filter(|_| self.count > 0)
+                .map(|(last, _)| Skip {
+                    rows: self.count as u64,
+                    digest: self.digest,
+                    last,
+                }),
         }
     }
 
@@ -265,8 +272,18 @@ impl Reader {
                 bail!("this checkpoint was written by the Events API source; use --source events")
             }
             Some(Cursor::Within {
-                page, rows, digest, ..
-            }) => (*page, (rows > 0).then_some(Skip { rows, digest })),
+                page,
+                rows,
+                digest,
+                timestamp,
+            }) => (
+                *page,
+                (rows > 0).then_some(Skip {
+                    rows,
+                    digest,
+                    last: timestamp,
+                }),
+            ),
             Some(pos) => (pos, None),
         };
         let tuning = Arc::new(Mutex::new(Tuning::new(self.page_size)));
@@ -279,9 +296,16 @@ impl Reader {
             {
                 let start = next.timestamp();
                 let width = tuning.lock().unwrap_or_else(|e| e.into_inner()).width;
-                let end = start
+                let mut end = start
                     .checked_add_signed(width)
                     .map_or(self.range.end, |e| e.min(self.range.end));
+                // A window resumed inside a page reaches past the rows to skip, so that the
+                // answer can show they are the same ones.
+                if let Some(skip) = skip
+                    && end <= skip.last
+                {
+                    end = (skip.last + Duration::microseconds(1)).min(self.range.end);
+                }
                 let (wtx, wrx) = mpsc::channel(1);
                 let reader = self.clone();
                 let (tuning, warned) = (tuning.clone(), warned.clone());
@@ -737,9 +761,10 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// How long a query may take before pages and windows shrink: well inside PostHog's 10 s.
 const TARGET_RTT: std::time::Duration = std::time::Duration::from_secs(3);
-/// Rows asked for first, before anything is known of the events' size or PostHog's speed.
-const START_LIMIT: usize = 10_000;
 const MIN_LIMIT: usize = 500;
+/// Rows a window aims at, in full pages: a window's last page is usually short, so windows of
+/// a few pages waste little of PostHog's query budget.
+const WINDOW_PAGES: usize = 2;
 
 /// What the reader has learned about PostHog and the data, shared by the windows in flight:
 /// it asks for as many rows a page as PostHog allows while queries come back fast (answers are
@@ -766,7 +791,9 @@ impl Tuning {
         Tuning {
             width: INITIAL_WIDTH,
             ceiling: MAX_WIDTH,
-            limit: cap.clamp(1, START_LIMIT),
+            // As many as allowed from the start: answers are read as they arrive, so a big page
+            // costs no memory, and a slow one makes the next ones smaller.
+            limit: cap.max(1),
             cap: cap.max(1),
             largest: 0,
             row_bytes: 0.0,
@@ -813,7 +840,9 @@ impl Tuning {
     }
 
     /// A window of `width` took `pages` pages for `rows` rows, the slowest in `slowest`:
-    /// wider after a window that was cheap in rows and in time, narrower after a costly one.
+    /// wider after a window that was cheap in time, towards `WINDOW_PAGES` full pages; narrower
+    /// after a costly one. Time limits growth as well as rows: PostHog scans every row of the
+    /// window, not only those the filters keep, and a query's time is what shows that.
     fn window_done(
         &mut self,
         width: Duration,
@@ -821,12 +850,21 @@ impl Tuning {
         rows: usize,
         slowest: std::time::Duration,
     ) {
-        let next = if pages <= 1 && rows < self.limit / 4 && slowest < TARGET_RTT / 4 {
-            width * 4
-        } else if pages <= 1 && rows < self.limit / 2 && slowest < TARGET_RTT / 2 {
-            width * 2
-        } else if pages > 4 || slowest > TARGET_RTT {
+        let by_time: f64 = if slowest < TARGET_RTT / 4 {
+            8.0
+        } else if slowest < TARGET_RTT / 2 {
+            2.0
+        } else {
+            1.0
+        };
+        let by_rows = (WINDOW_PAGES * self.limit) as f64 / rows.max(1) as f64;
+        let next = if pages > 2 * WINDOW_PAGES as u32 || slowest > TARGET_RTT {
             width / 2
+        } else if by_rows > 1.0 {
+            let factor = by_time.min(by_rows);
+            Duration::microseconds(
+                (width.num_microseconds().unwrap_or(i64::MAX) as f64 * factor) as i64,
+            )
         } else {
             width
         };
@@ -865,7 +903,13 @@ mod tests {
         let mut t = Tuning::new(50_000);
         let w = Duration::hours(1);
         t.window_done(w, 1, 0, ms(100));
-        assert_eq!(t.width, Duration::hours(4), "few rows, fast: x4");
+        assert_eq!(t.width, Duration::hours(8), "few rows, fast: x8");
+        t.window_done(w, 1, 40_000, ms(100));
+        assert_eq!(
+            t.width,
+            Duration::minutes(150),
+            "towards two full pages a window"
+        );
         t.window_done(w, 1, 0, ms(2_000));
         assert_eq!(
             t.width, w,
@@ -890,16 +934,16 @@ mod tests {
     fn pages_grow_to_the_cap_while_fast_and_shrink_for_slow_queries_and_heavy_events() {
         let ms = std::time::Duration::from_millis;
         let mut t = Tuning::new(50_000);
-        assert_eq!(t.limit, 10_000);
-        // Full, fast pages of 300-byte events: double up to the cap.
+        assert_eq!(t.limit, 50_000, "PostHog's largest pages from the start");
+        // A slow page: in proportion to the time it took.
+        t.page_done(50_000, 50_000 * 300, ms(6_000), 50_000, GIB);
+        assert_eq!(t.limit, 25_000);
+        // Full, fast pages of 300-byte events: double up to the cap again.
         for _ in 0..4 {
             let limit = t.limit;
             t.page_done(limit, limit as u64 * 300, ms(200), limit, GIB);
         }
         assert_eq!(t.limit, 50_000);
-        // A slow page: in proportion to the time it took.
-        t.page_done(50_000, 50_000 * 300, ms(6_000), 50_000, GIB);
-        assert_eq!(t.limit, 25_000);
         // 3 KB events and --max-response-size 64 MiB: answers stay within half of it.
         let max = 64 << 20;
         let mut t = Tuning::new(50_000);
