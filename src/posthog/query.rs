@@ -850,13 +850,9 @@ impl Tuning {
         rows: usize,
         slowest: std::time::Duration,
     ) {
-        let by_time: f64 = if slowest < TARGET_RTT / 4 {
-            8.0
-        } else if slowest < TARGET_RTT / 2 {
-            2.0
-        } else {
-            1.0
-        };
+        // A query's time grows at most in proportion to the rows it scans (PostHog also has a
+        // fixed cost per query), so growing by TARGET_RTT / slowest keeps queries near it.
+        let by_time = (TARGET_RTT.as_secs_f64() / slowest.as_secs_f64().max(1e-3)).clamp(1.0, 8.0);
         let by_rows = (WINDOW_PAGES * self.limit) as f64 / rows.max(1) as f64;
         let next = if pages > 2 * WINDOW_PAGES as u32 || slowest > TARGET_RTT {
             width / 2
@@ -912,11 +908,14 @@ mod tests {
         );
         t.window_done(w, 1, 0, ms(2_000));
         assert_eq!(
-            t.width, w,
-            "few rows but slow for PostHog (it scanned many): no growth"
+            t.width,
+            Duration::minutes(90),
+            "few rows but slow for PostHog (it scanned many): little growth"
         );
+        t.window_done(w, 1, 0, ms(3_000));
+        assert_eq!(t.width, w, "as slow as the target: no growth");
         t.window_done(w, 1, 4_000, ms(1_000));
-        assert_eq!(t.width, Duration::hours(2));
+        assert_eq!(t.width, Duration::hours(3));
         t.window_done(w, 9, 85_000, ms(500));
         assert_eq!(t.width, Duration::minutes(30));
         // After a timeout at 8 h, no window reaches 8 h again, however sparse.
