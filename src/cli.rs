@@ -444,7 +444,8 @@ pub(crate) struct ReadArgs {
     #[command(flatten)]
     pub(crate) connection: ConnectionArgs,
     /// Most rows per PostHog query page (at most 50000, the Query API's cap). Pages are
-    /// smaller while queries are slow or events heavy; the Events API caps pages at 1000.
+    /// smaller while queries are slow, and stay within half of --max-response-size; the Events
+    /// API caps pages at 1000. Answers are read as they arrive: a big page costs no memory.
     #[arg(long, value_name = "N", help_heading = "Batching", default_value_t = MAX_PAGE_SIZE, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE))]
     pub(crate) page_size: u64,
     /// Query API time windows read at once (1 to 3: PostHog runs at most 3 queries at once per
@@ -452,7 +453,7 @@ pub(crate) struct ReadArgs {
     #[arg(long, value_name = "N", help_heading = "Batching", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3))]
     pub(crate) fetch_concurrency: u64,
     /// Largest PostHog answer read, e.g. 1GiB or 512MiB; a larger one stops the run (use a
-    /// smaller --page-size) instead of exhausting memory.
+    /// smaller --page-size) instead of reading forever.
     #[arg(long, value_name = "BYTES", help_heading = "Batching", default_value = "1GiB", value_parser = parse_bytes)]
     pub(crate) max_response_size: u64,
 }
