@@ -196,6 +196,18 @@ mod tests {
     }
 
     #[test]
+    fn an_excerpt_cut_inside_a_secret_shows_none_of_it() {
+        let key = "phx_excerpt_straddle_key_0123456789";
+        let _key = Secret::new(key);
+        for at in [150, 190, 199, 200] {
+            let body = format!("{}{key} and more", "x".repeat(at));
+            let shown = crate::net::http::redacted_excerpt(body.as_bytes(), 200);
+            assert!(!shown.contains("phx_excerpt"), "{at}: {shown}");
+            assert!(shown.starts_with("xxxx"), "{shown}");
+        }
+    }
+
+    #[test]
     fn bad_webhook_url_error_does_not_echo_it() {
         let err = WebhookUrl::parse("not a url wh-token123").unwrap_err();
         assert!(err.contains("does not parse"), "{err}");

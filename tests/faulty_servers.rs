@@ -436,7 +436,7 @@ fn an_answer_cut_short_or_garbled_part_way_is_asked_again_and_nothing_is_sent_tw
     let run = env.run(&args);
     run.assert_code(0);
     assert!(
-        run.stderr.contains("PostHog") && run.stderr.contains("retry"),
+        run.stderr.contains("PostHog") && run.stderr.contains("retries"),
         "{}",
         run.stderr
     );
@@ -527,4 +527,46 @@ fn a_run_killed_inside_a_page_resumes_inside_it_unless_posthogs_answer_changed()
         }
         println!("late event: {late}: {duplicates} duplicates after resuming inside a page");
     }
+}
+
+#[test]
+fn answers_that_keep_breaking_but_get_further_each_time_do_not_use_up_the_retries() {
+    let env = Env::new(events(3_000, 83), WebhookConfig::default());
+    // One page broken five times, each time further on, with --max-retries 2: every try hands
+    // on new rows, so none of them is a failure that counts toward the limit.
+    env.posthog.spoil_next_answers([
+        Spoil::Cut(0.2),
+        Spoil::Cut(0.4),
+        Spoil::Garble(0.6),
+        Spoil::Cut(0.8),
+        Spoil::Cut(0.95),
+    ]);
+    let args = backfill_args(&[
+        "--page-size",
+        "5000",
+        "--max-retries",
+        "2",
+        "--fetch-concurrency",
+        "1",
+    ]);
+    env.run(&args).assert_code(0);
+    env.assert_exactly_once(in_range);
+    // Answers that break before getting any further are failures: exit 75 after the third,
+    // and the rerun completes.
+    let env2 = Env::new(events(3_000, 84), WebhookConfig::default());
+    env2.posthog.spoil_next_answers([
+        Spoil::Cut(0.3),
+        Spoil::Cut(0.1),
+        Spoil::Cut(0.1),
+        Spoil::Cut(0.1),
+    ]);
+    let run = env2.run(&args);
+    run.assert_code(75);
+    assert!(
+        run.stderr.contains("still failing after 2 retries"),
+        "{}",
+        run.stderr
+    );
+    env2.run(&args).assert_code(0);
+    env2.assert_delivered(in_range, 0);
 }

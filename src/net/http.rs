@@ -64,7 +64,7 @@ impl Reply {
     /// The first bytes of the body, printable and with secrets redacted (servers echo
     /// requests), for error messages and dead-letter records.
     pub(crate) fn excerpt(&self) -> String {
-        crate::secret::redact(&excerpt(&self.body, 200))
+        redacted_excerpt(&self.body, 200)
     }
 
     /// PostHog's error bodies carry a human `detail`; fall back to the raw excerpt.
@@ -283,6 +283,20 @@ pub(crate) fn retry_after(headers: &HeaderMap, body: &[u8]) -> Option<Duration> 
             .parse::<u64>()
             .map_or(Duration::MAX, Duration::from_secs),
     )
+}
+
+/// [`excerpt`] with secrets redacted, before the cut: a secret cut in half would no longer be
+/// recognised. For anything a server sent (servers echo requests) or a user's input holds.
+pub(crate) fn redacted_excerpt(body: &[u8], max: usize) -> String {
+    // Wide enough for any secret that begins within the excerpt.
+    let wide = &body[..body.len().min(max.saturating_add(4096))];
+    let text = crate::secret::redact(&String::from_utf8_lossy(wide));
+    let cut = excerpt(text.as_bytes(), max);
+    if body.len() > wide.len() && !cut.ends_with('…') {
+        format!("{cut}…")
+    } else {
+        cut
+    }
 }
 
 pub(crate) fn excerpt(body: &[u8], max: usize) -> String {

@@ -337,7 +337,7 @@ impl Reader {
             .with_context(|| {
                 format!(
                     "PostHog's Events API answered with unexpected JSON: {}",
-                    crate::net::http::excerpt(&body, 200)
+                    crate::net::http::redacted_excerpt(&body, 200)
                 )
             })
     }

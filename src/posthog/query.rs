@@ -91,8 +91,8 @@ enum PageEnd {
         /// The LIMIT asked for.
         asked: usize,
     },
-    /// PostHog answered 504/512: ask a smaller question.
-    TooSlow(u16),
+    /// PostHog answered 504/512: ask a smaller question (skipping these rows, if any).
+    TooSlow(u16, Option<Skip>),
     /// The pipeline is gone (it stopped on an error of its own).
     Stopped,
 }
@@ -370,12 +370,21 @@ impl Reader {
                     asked,
                 } => (rows, bytes, took, last, asked),
                 PageEnd::Stopped => return Ok(()),
-                PageEnd::TooSlow(status) => {
+                PageEnd::TooSlow(status, kept) => {
+                    // A narrower piece still holds the rows to skip if it reaches past them;
+                    // otherwise they are handed on again (bounded duplicates, with no loss).
+                    skip = kept;
                     let tried = piece_end - start;
                     if tried > MIN_WIDTH {
                         let narrower = (tried / 2).max(MIN_WIDTH);
                         piece_end = start + narrower;
                         piece_width = Some(narrower);
+                        if skip.is_some_and(|s| piece_end <= s.last) {
+                            progress.warn(
+                                "PostHog timed out on a page part of which was handed on before; the narrower page that follows hands those events on again",
+                            );
+                            skip = None;
+                        }
                         tuning
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -475,7 +484,7 @@ impl Reader {
             let mut resp = match self.client.post_stream("query/", &body).await {
                 Ok(resp) => resp,
                 Err(GaveUp::Fatal(ApiError::TooSlow { status })) => {
-                    return Ok(PageEnd::TooSlow(status));
+                    return Ok(PageEnd::TooSlow(status, skip));
                 }
                 Err(e) => return Err(e.into_error("reading from PostHog's Query API")),
             };
@@ -521,8 +530,14 @@ impl Reader {
                 }
                 Err(Cut::Again(e)) => e,
             };
-            // What was handed on before the fault is not handed on again.
-            skip = page.handed_on();
+            // What was handed on before the fault is not handed on again. A try that handed on
+            // new rows starts the count of failures again (a slow webhook holds answers open,
+            // and proxies close idle ones): each such try moves on, so this ends.
+            let handed = page.handed_on();
+            if handed.map_or(0, |s| s.rows) > skip.map_or(0, |s| s.rows) {
+                failures = 0;
+            }
+            skip = handed;
             let policy = self.client.retry_policy();
             if failures >= policy.max_retries {
                 return Err(GaveUp::Exhausted {
@@ -554,21 +569,25 @@ impl Reader {
         let host = || self.client.host().to_string();
         let max = self.client.max_response();
         loop {
+            // Where the answer broke off: the whole rows received before are handed on first,
+            // so that the next try need not ask for them again.
+            let mut broken = None;
             match crate::net::http::next_chunk(resp, self.client.timeout()).await {
                 Ok(Some(bytes)) => rows.feed(&bytes),
                 Ok(None) => rows.end(),
-                Err(SendError::Timeout) => {
-                    return Err(Cut::Again(ApiError::Timeout { host: host() }));
-                }
+                Err(SendError::Timeout) => broken = Some(ApiError::Timeout { host: host() }),
                 Err(SendError::Transport(message)) => {
-                    return Err(Cut::Again(ApiError::Transport {
+                    broken = Some(ApiError::Transport {
                         host: host(),
                         message,
-                    }));
+                    });
                 }
                 Err(SendError::TooLarge(max)) => {
                     return Err(Cut::Fatal(ApiError::TooLarge { max }.into()));
                 }
+            }
+            if broken.is_some() {
+                rows.parse_now();
             }
             if rows.received() > max {
                 return Err(Cut::Fatal(ApiError::TooLarge { max }.into()));
@@ -576,7 +595,10 @@ impl Reader {
             loop {
                 let (row, repaired) = match rows.next::<Row<'_>>() {
                     Ok(Step::Row { row, repaired }) => (row, repaired),
-                    Ok(Step::More) => break,
+                    Ok(Step::More) => match broken.take() {
+                        Some(error) => return Err(Cut::Again(error)),
+                        None => break,
+                    },
                     Ok(Step::Done) => return Ok(()),
                     Err(Broken::Garbled(excerpt)) => {
                         return Err(Cut::Again(ApiError::BadResponse {

@@ -54,7 +54,7 @@ enum At {
 /// Rows are parsed once this much is waiting past an incomplete one (or the answer ended):
 /// an incomplete row is parsed again from its start, so trying after every small read would
 /// parse rows that straddle reads many times.
-const PARSE_AHEAD: usize = 256 * 1024;
+const PARSE_AHEAD: usize = 64 * 1024;
 
 pub(super) struct Rows {
     buf: Vec<u8>,
@@ -107,6 +107,12 @@ impl Rows {
         }
         self.buf.extend_from_slice(bytes);
         self.check_utf8();
+    }
+
+    /// Parses what has come so far at the next call, without waiting for more (the answer
+    /// broke off: its whole rows are still good).
+    pub(super) fn parse_now(&mut self) {
+        self.wait_until = 0;
     }
 
     /// The answer ended (its body was read to the end).
@@ -284,7 +290,7 @@ impl Rows {
         Broken::Garbled(format!(
             "{what} at byte {}: {}",
             self.base + self.pos as u64,
-            crate::secret::redact(&crate::net::http::excerpt(near, 200))
+            crate::net::http::redacted_excerpt(near, 200)
         ))
     }
 }
@@ -303,10 +309,12 @@ fn value<'a, T: Deserialize<'a>>(
         }
         None => Ok(None),
         Some(Err(e)) if e.is_eof() && !ended => Ok(None),
-        Some(Err(e)) if e.is_data() => Err(Broken::Unexpected(e.to_string())),
+        Some(Err(e)) if e.is_data() => {
+            Err(Broken::Unexpected(crate::secret::redact(&e.to_string())))
+        }
         Some(Err(e)) => Err(Broken::Garbled(format!(
             "{e}: {}",
-            crate::secret::redact(&crate::net::http::excerpt(bytes, 200))
+            crate::net::http::redacted_excerpt(bytes, 200)
         ))),
     }
 }

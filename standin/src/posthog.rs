@@ -498,11 +498,15 @@ fn run_query(s: &mut State, body: &Value) -> Response {
                 None => (headers, bytes).into_response(),
                 Some(Spoil::Cut(share)) => {
                     bytes.truncate((bytes.len() as f64 * share) as usize);
-                    let parts: [Result<Vec<u8>, std::io::Error>; 2] = [
-                        Ok(bytes),
-                        Err(std::io::Error::other("connection broken by the stand-in")),
-                    ];
-                    let body = axum::body::Body::from_stream(futures_util::stream::iter(parts));
+                    // The head and the first part go out before the connection breaks, as
+                    // when a connection fails part-way through an answer.
+                    use futures_util::StreamExt;
+                    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
+                    let broken = futures_util::stream::once(async {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err(std::io::Error::other("connection broken by the stand-in"))
+                    });
+                    let body = axum::body::Body::from_stream(first.chain(broken));
                     (headers, body).into_response()
                 }
                 Some(Spoil::Garble(share)) => {

@@ -454,7 +454,7 @@ impl Reading {
                 Ok(event) => event,
                 Err(problem) => {
                     let excerpt = match &line {
-                        Line::Text(t) => crate::net::http::excerpt(t, 80),
+                        Line::Text(t) => crate::net::http::redacted_excerpt(t, 80),
                         Line::TooLong => "(too long to show)".into(),
                     };
                     if self.on_invalid == OnInvalid::Stop {
