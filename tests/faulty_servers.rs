@@ -570,3 +570,30 @@ fn answers_that_keep_breaking_but_get_further_each_time_do_not_use_up_the_retrie
     env2.run(&args).assert_code(0);
     env2.assert_delivered(in_range, 0);
 }
+
+#[test]
+fn a_posthog_answer_that_trickles_forever_is_given_up_and_asked_again() {
+    let env = Env::new(events(2_000, 85), WebhookConfig::default());
+    // The first pages' answers (request 0 asks for PostHog's time): a 200 whose body comes a
+    // byte a second, never ending. Each byte comes well within --http-timeout, so only a bound
+    // on the whole answer ends it.
+    for n in 1..3 {
+        env.posthog.fault_at(n, Fault::status(200).trickling());
+    }
+    let started = std::time::Instant::now();
+    let run = env.run(&backfill_args(&[
+        "--source",
+        "query",
+        "--http-timeout",
+        "3s",
+        "-v",
+    ]));
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("sends its answer too slowly"),
+        "{}",
+        run.stderr
+    );
+    env.assert_exactly_once(in_range);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}

@@ -116,6 +116,10 @@ pub(crate) enum ApiError {
     )]
     Timeout { host: String },
     #[error(
+        "PostHog at {host} sends its answer too slowly (under 256 KiB/s once --http-timeout has passed): a stuck proxy or a very slow link"
+    )]
+    Trickling { host: String },
+    #[error(
         "PostHog's answer is larger than --max-response-size ({}): ask for fewer rows a page with a smaller --page-size, or raise --max-response-size",
         indicatif::HumanBytes(*max)
     )]

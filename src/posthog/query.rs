@@ -568,13 +568,26 @@ impl Reader {
     ) -> Result<(), Cut> {
         let host = || self.client.host().to_string();
         let max = self.client.max_response();
+        let idle = self.client.timeout();
+        // Time spent waiting for the answer's bytes (not for the pipeline to take its rows):
+        // at most --http-timeout, and then as long again as MIN_ANSWER_RATE needs for what came.
+        let mut waited = std::time::Duration::ZERO;
         loop {
             // Where the answer broke off: the whole rows received before are handed on first,
             // so that the next try need not ask for them again.
             let mut broken = None;
-            match crate::net::http::next_chunk(resp, self.client.timeout()).await {
+            let allowed =
+                idle + std::time::Duration::from_secs_f64(rows.received() as f64 / MIN_ANSWER_RATE);
+            let asked = std::time::Instant::now();
+            let next =
+                crate::net::http::next_chunk(resp, idle.min(allowed.saturating_sub(waited))).await;
+            waited += asked.elapsed();
+            match next {
                 Ok(Some(bytes)) => rows.feed(&bytes),
                 Ok(None) => rows.end(),
+                Err(SendError::Timeout) if waited >= allowed => {
+                    broken = Some(ApiError::Trickling { host: host() });
+                }
                 Err(SendError::Timeout) => broken = Some(ApiError::Timeout { host: host() }),
                 Err(SendError::Transport(message)) => {
                     broken = Some(ApiError::Transport {
@@ -775,6 +788,11 @@ fn properties_text<'a>(raw: Option<Escaped<'a>>, uuid: &str) -> anyhow::Result<C
         None => Ok(Cow::Borrowed("{}")),
     }
 }
+
+/// The slowest an answer may arrive, in bytes a second, once `--http-timeout` has passed
+/// (what the whole-answer timeout allowed before answers were read as they arrive: 16 MiB a
+/// minute). A server trickling bytes is asked again instead of holding the run for ever.
+const MIN_ANSWER_RATE: f64 = 256.0 * 1024.0;
 
 /// Records handed on at a time, at most (a page of 50,000 is handed on in 25 chunks or more).
 const CHUNK: usize = 2_000;
