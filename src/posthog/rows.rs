@@ -56,6 +56,10 @@ enum At {
 /// parse rows that straddle reads many times.
 const PARSE_AHEAD: usize = 64 * 1024;
 
+/// The largest single value (a row, or a value around the rows) read: events weigh kilobytes
+/// (../shared/posthog-api.md), so a larger row is a fault, and refusing it bounds memory.
+const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+
 pub(super) struct Rows {
     buf: Vec<u8>,
     /// `buf[..pos]` is parsed, `buf[..valid]` is UTF-8 (after repairs).
@@ -169,6 +173,11 @@ impl Rows {
         if !self.ended && self.base + (self.valid as u64) < self.wait_until {
             return Ok(Step::More);
         }
+        // Replacements in what was parsed without becoming a row are no longer needed.
+        let parsed = self.base + self.pos as u64;
+        while self.repaired.front().is_some_and(|&at| at < parsed) {
+            self.repaired.pop_front();
+        }
         loop {
             // Whitespace, then the next structural byte.
             let buf = &self.buf[..self.valid];
@@ -254,15 +263,26 @@ impl Rows {
     }
 
     /// Where the buffer must reach before parsing is tried again: twice what is waiting now,
-    /// and at least `PARSE_AHEAD` more (a value is parsed from its start at each try).
+    /// and at least `PARSE_AHEAD` more (a value is parsed from its start at each try), but no
+    /// further than just past `MAX_VALUE_BYTES`, where a value is refused.
     fn wait_until(&self) -> u64 {
         let waiting = (self.valid - self.pos) as u64;
-        self.base + self.valid as u64 + waiting.max(PARSE_AHEAD as u64)
+        let refused_at = self.base + (self.pos + MAX_VALUE_BYTES + 1) as u64;
+        (self.base + self.valid as u64 + waiting.max(PARSE_AHEAD as u64)).min(refused_at)
     }
 
     /// Nothing more can be parsed from what is buffered.
     fn more<T>(&self) -> Result<Step<T>, Broken> {
         if !self.ended {
+            // One value (a row, or something around the rows) that would not fit is refused:
+            // memory stays bounded whatever a server sends.
+            if self.valid - self.pos > MAX_VALUE_BYTES {
+                return Err(Broken::Unexpected(format!(
+                    "a single value of more than {} MiB at byte {}",
+                    MAX_VALUE_BYTES >> 20,
+                    self.base + self.pos as u64
+                )));
+            }
             return Ok(Step::More);
         }
         match self.at {
@@ -443,6 +463,33 @@ mod tests {
         assert!(matches!(rows.next::<Value>(), Ok(Step::Row { .. })));
         assert!(tries < 40, "{tries} parses");
         assert!(rows.buf.capacity() < 16 << 20, "{}", rows.buf.capacity());
+    }
+
+    #[test]
+    fn a_value_larger_than_any_event_is_refused_before_it_fills_memory() {
+        let mut rows = Rows::new();
+        rows.feed(br#"{"results": [[""#);
+        let piece = vec![b'a'; 1 << 20];
+        let mut refused = None;
+        for _ in 0..100 {
+            rows.feed(&piece);
+            match rows.next::<Value>() {
+                Ok(Step::More) => continue,
+                other => {
+                    refused = Some(other.map(|_| ()));
+                    break;
+                }
+            }
+        }
+        assert!(
+            matches!(refused, Some(Err(Broken::Unexpected(ref m))) if m.contains("64 MiB")),
+            "{refused:?}"
+        );
+        assert!(
+            rows.buf.len() < MAX_VALUE_BYTES + (2 << 20),
+            "{}",
+            rows.buf.len()
+        );
     }
 
     proptest::proptest! {
