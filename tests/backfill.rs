@@ -149,17 +149,7 @@ fn resume_after_kill_loses_nothing_and_duplicates_at_most_the_in_flight_batches(
         assert!(run.stderr.contains("resuming from"), "{}", run.stderr);
         // Stalled batches were received but never acknowledged: they are sent again. Nothing
         // else is, and nothing is missing.
-        let all = env.webhook.with_state(|s| {
-            let mut v = s.events.clone();
-            v.extend(s.stalled_events.clone());
-            v
-        });
-        let mut counts = std::collections::HashMap::new();
-        for e in &all {
-            *counts
-                .entry(posthog_patterns_standin::webhook::uuid_of(e))
-                .or_insert(0) += 1;
-        }
+        let counts = env.received_with_stalled();
         let duplicates: usize = counts.values().map(|n| n - 1).sum();
         let limit: usize = concurrency.parse::<usize>().unwrap() * 250;
         assert!(

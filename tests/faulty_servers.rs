@@ -499,17 +499,7 @@ fn a_run_killed_inside_a_page_resumes_inside_it_unless_posthogs_answer_changed()
         }
         let run = env.run(&args);
         run.assert_code(0);
-        let all = env.webhook.with_state(|s| {
-            let mut v = s.events.clone();
-            v.extend(s.stalled_events.clone());
-            v
-        });
-        let mut counts = std::collections::HashMap::new();
-        for e in &all {
-            *counts
-                .entry(posthog_patterns_standin::webhook::uuid_of(e))
-                .or_insert(0) += 1;
-        }
+        let counts = env.received_with_stalled();
         let duplicates: usize = counts.values().map(|n| n - 1).sum();
         let expected = env.posthog.events().into_iter().filter(in_range).count();
         assert_eq!(counts.len(), expected, "every event arrived");

@@ -154,6 +154,23 @@ impl Env {
         seen
     }
 
+    /// Counts of each uuid the webhook received, counting those of batches it stalled on
+    /// (received, never acknowledged) too.
+    pub fn received_with_stalled(&self) -> HashMap<String, usize> {
+        let all = self.webhook.with_state(|s| {
+            let mut v = s.events.clone();
+            v.extend(s.stalled_events.clone());
+            v
+        });
+        let mut counts = HashMap::new();
+        for e in &all {
+            *counts
+                .entry(posthog_patterns_standin::webhook::uuid_of(e))
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// Asserts that exactly the events selected by `keep` arrived, each exactly once;
     /// returns how many that is.
     #[track_caller]
