@@ -8,6 +8,7 @@
 
 use super::data::StoredEvent;
 use super::posthog::error;
+use super::storage::ByTime;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -48,7 +49,7 @@ fn parse(text: &str) -> Option<DateTime<Utc>> {
 /// Answers one request; the duration is the server-side sleep before the answer.
 pub(super) fn list(
     config: &super::PostHogConfig,
-    events: &[StoredEvent],
+    events: ByTime<'_>,
     path: &str,
     query: &str,
     request: u64,
@@ -78,7 +79,7 @@ pub(super) fn list(
 type Fail = (u16, String);
 
 fn page(
-    events: &[StoredEvent],
+    events: ByTime<'_>,
     path: &str,
     query: &str,
     shuffle: Option<fastrand::Rng>,
@@ -123,7 +124,10 @@ fn page(
         events.partition_point(|e| e.timestamp < b)
     });
     let keep = |e: &&StoredEvent| event.is_none_or(|name| e.event == name);
-    let mut in_window: Vec<&StoredEvent> = events[lo..hi.max(lo)].iter().filter(keep).collect();
+    let mut in_window: Vec<&StoredEvent> = (lo..hi.max(lo))
+        .map(|i| events.get(i))
+        .filter(keep)
+        .collect();
     if let Some(mut rng) = shuffle {
         for run in in_window.chunk_by_mut(|a, b| a.timestamp == b.timestamp) {
             rng.shuffle(run);

@@ -1,11 +1,16 @@
 //! In-process stand-ins for PostHog and for a webhook, on loopback, behaving as
-//! ../shared/posthog-api.md describes (paging rules, caps, time zones, throttling) with
-//! faults injected on demand. Shared by posthog-patterns' tests, benchmark, example and
-//! `demo`; never used to reach a real host. It does not depend on the product.
+//! ../shared/posthog-api.md describes (paging rules, caps, time zones, throttling, what a
+//! query costs on PostHog's sort key) with faults injected on demand. Shared by
+//! posthog-patterns' tests, benchmark, example and `demo`; never used to reach a real host.
+//! It does not depend on the product.
 
+mod answer;
 pub mod data;
+mod engine;
 mod events_api;
+mod hogql;
 pub mod posthog;
+mod storage;
 #[cfg(feature = "tls")]
 mod tls;
 pub mod webhook;
@@ -13,7 +18,11 @@ pub mod webhook;
 pub use data::{
     HEAVY_EVENT_BYTES, StoredEvent, TYPICAL_EVENT_BYTES, realistic_events, synthetic_events,
 };
-pub use posthog::{PageFault, PostHogConfig, PostHogStandIn, Spoil};
+pub use engine::ShardRead;
+pub use posthog::{
+    CostTotals, PageFault, PostHogConfig, PostHogStandIn, QueryCost, QueryReads, ReadBudget, Spoil,
+};
+pub use storage::{BLOCK_ROWS, Storage, city_hash64, stored_size};
 pub use webhook::{WebhookConfig, WebhookStandIn};
 
 use axum::Router;
@@ -60,6 +69,88 @@ impl Fault {
             headers: Vec::new(),
             trickle: false,
         }
+    }
+
+    /// One of PostHog's JSON error answers, `{"type","code","detail","attr"}`.
+    fn posthog(status: u16, kind: &str, code: &str, detail: &str) -> Self {
+        let body = serde_json::json!({"type": kind, "code": code, "detail": detail, "attr": null});
+        Fault::status(status).body(&body.to_string())
+    }
+
+    /// PostHog's 504 for a query past the 10 s limit of API queries (posthog-api.md).
+    pub fn query_timeout() -> Self {
+        Fault::posthog(
+            504,
+            "server_error",
+            "error",
+            "This query hit the 10-second time limit for queries run through the API. Submit it as an async query to give it more time. You can also narrow the date range or the filters so it scans less data.",
+        )
+    }
+
+    /// PostHog's 512 when it estimates a query would run too long.
+    pub fn estimated_too_long(secs: f64) -> Self {
+        Fault::posthog(
+            512,
+            "server_error",
+            "error",
+            &format!(
+                "Estimated query execution time ({secs} seconds) is too long. Try reducing its scope by changing the time range."
+            ),
+        )
+    }
+
+    /// PostHog's 513 when ClickHouse runs out of memory (the detail is inferred; the status
+    /// and code are PostHog's).
+    pub fn memory_limit() -> Self {
+        Fault::posthog(
+            513,
+            "server_error",
+            "clickhouse_memory_limit_exceeded",
+            "Query exceeds memory limits. Try reducing its scope by changing the time range.",
+        )
+    }
+
+    /// PostHog's 400 for a query that would read too many bytes (the detail is inferred).
+    pub fn too_many_bytes() -> Self {
+        Fault::posthog(
+            400,
+            "validation_error",
+            "too_many_bytes",
+            "Query exceeds the maximum number of bytes to read.",
+        )
+    }
+
+    /// PostHog's 429 when a project already runs 3 queries and none ended within 30 s: no
+    /// `Retry-After`.
+    pub fn concurrency_limit(project: &str) -> Self {
+        Fault::concurrency_limit_of(3, project, 0)
+    }
+
+    /// The same with another limit and task number.
+    pub(crate) fn concurrency_limit_of(limit: usize, project: &str, task: usize) -> Self {
+        Fault::posthog(
+            429,
+            "throttled_error",
+            "throttled",
+            &format!(
+                "Exceeded maximum concurrency limit: {limit} for key: api:query:per-team:{project} and task: api_query_{task}"
+            ),
+        )
+    }
+
+    /// PostHog's 429 once the project's read budget for API queries is spent. Only the code
+    /// and `Retry-After` are known from reports; the detail's wording is inferred.
+    pub fn read_budget(secs: u64) -> Self {
+        let mut fault = Fault::posthog(
+            429,
+            "throttled_error",
+            "api_queries_budget_exceeded",
+            &format!(
+                "Exceeded the hourly API query read budget for this project. Expected available in {secs} seconds."
+            ),
+        );
+        fault.retry_after = Some(secs);
+        fault
     }
 
     /// A redirect to `location`, as hosts answer plain `http://` or a missing trailing slash.

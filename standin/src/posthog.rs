@@ -1,17 +1,19 @@
-//! The PostHog stand-in: the Query API's HogQL endpoint for the queries this tool writes,
-//! with PostHog's rules (../shared/posthog-api.md): bearer auth with scopes, LIMIT capped at
-//! 50,000 (100 without LIMIT), OFFSET refused, ClickHouse uuid order, project time zone
-//! unless `convertToProjectTimezone: false`, 504 for queries that scan too much, throttling,
-//! and on demand the time a query takes and the cap on queries running at once.
-//! It parses only the SQL shapes it knows and answers 400 to anything else, as HogQL would.
+//! The PostHog stand-in: the Query API and the legacy Events API with PostHog's rules
+//! (../shared/posthog-api.md): auth and scopes, LIMIT caps, OFFSET refused, time zones, throttling,
+//! concurrency, and what a query costs (rows and bytes read, its time, the 10 s cap, the read
+//! budget), each refusal in PostHog's words.
 
-use super::data::{self, StoredEvent, uuid_key};
+use super::answer::{Answer as AnswerWriter, format_time};
+use super::data::StoredEvent;
+use super::engine::{self, Outcome, Rows, ShardRead, Stray};
+use super::hogql::{self, Statement};
+use super::storage::{Storage, Table};
 use super::{Fault, Faults, Server, serve};
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -25,16 +27,17 @@ pub struct PostHogConfig {
     pub key_without_scope: String,
     /// The project's time zone, as a fixed offset in hours.
     pub tz_offset_hours: i32,
-    /// A query whose window holds more rows than this "times out" (504), like the 10 s cap.
+    /// A query that would read more rows than this (on PostHog's sort key, all shards
+    /// together) answers PostHog's 504 at once, as its limits refuse it.
     pub max_scan_rows: usize,
     /// Requests allowed per `rate_window` before 429 (None: no throttling).
     pub rate_limit: Option<(usize, Duration)>,
     /// Whether throttle answers carry `Retry-After` (older PostHog versions do not).
     pub retry_after_header: bool,
-    /// Query API: how long each query runs before it is answered (a real one takes a second
-    /// or more).
+    /// Query API: a fixed time each query runs before it is answered, on top of what its
+    /// reads cost (`cost`).
     pub query_latency: Duration,
-    /// Query API: at most this many queries run at once (PostHog: 3 per organisation); one
+    /// Query API: at most this many queries run at once (PostHog: 3 per project); one
     /// more waits up to `query_slot_wait` for a slot, then gets 429. Read at start.
     pub max_concurrent_queries: Option<usize>,
     /// How long a query waits for a slot before its 429 (PostHog: 30 s).
@@ -61,6 +64,67 @@ pub struct PostHogConfig {
     /// JSON cannot hold (bytes that are not UTF-8) or what serde refuses (an escaped lone
     /// surrogate in the `properties` string).
     pub body_substitutions: Vec<(String, Vec<u8>)>,
+    /// How events are laid out (shards, parts, granules). Read at start.
+    pub storage: Storage,
+    /// How long a query takes for what it reads, and the 10 s limit (None: no cost latency).
+    pub cost: Option<QueryCost>,
+    /// The project's read budget for API queries (None: unlimited).
+    pub read_budget: Option<ReadBudget>,
+}
+
+/// How long PostHog takes for what a query reads. Shards read in parallel, so the busiest one
+/// decides: `base + per_mb * MiB + per_1000_rows * thousands of rows` of the shard for which
+/// that is the most.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QueryCost {
+    /// Any query's own time (parsing, planning, the HTTP round trip inside PostHog).
+    pub base: Duration,
+    /// Per MiB (uncompressed, as `bytes_read` counts) the busiest shard reads.
+    pub per_mb: Duration,
+    /// Per 1,000 rows the busiest shard reads.
+    pub per_1000_rows: Duration,
+    /// Past this, the query is stopped and answers PostHog's 504 (10 s for API queries).
+    pub cap: Duration,
+    /// Real seconds slept per PostHog second: 1.0 in benchmarks, e.g. 0.001 in tests.
+    pub scale: f64,
+}
+
+impl Default for QueryCost {
+    /// Assumed figures (PostHog publishes none): 0.3 s for any query, ~250 MB/s and
+    /// ~2 M rows/s per shard, so a 500k-event day (261 MB) on one shard takes about 1.6 s,
+    /// the order of the 1.5 s PostHog queries the benchmark measures.
+    fn default() -> Self {
+        QueryCost {
+            base: Duration::from_millis(300),
+            per_mb: Duration::from_millis(4),
+            per_1000_rows: Duration::from_micros(500),
+            cap: Duration::from_secs(10),
+            scale: 1.0,
+        }
+    }
+}
+
+impl QueryCost {
+    /// PostHog's time for a query that read `shards`.
+    pub fn time(&self, shards: &[ShardRead]) -> Duration {
+        let busiest = shards
+            .iter()
+            .map(|s| {
+                self.per_mb.mul_f64(s.bytes as f64 / (1u64 << 20) as f64)
+                    + self.per_1000_rows.mul_f64(s.rows as f64 / 1000.0)
+            })
+            .max()
+            .unwrap_or_default();
+        self.base + busiest
+    }
+}
+
+/// A project's read budget: once queries have read `bytes` in a `window` (fixed windows, the
+/// first starting at the first query), the next queries of that window get 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadBudget {
+    pub bytes: u64,
+    pub window: Duration,
 }
 
 /// Ways an answer with rows can end part-way, as a broken connection or a proxy ends it.
@@ -75,15 +139,17 @@ pub enum Spoil {
 /// Ways a faulty server or proxy can break a Query API page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageFault {
-    /// The last row is an event from past the window's end.
+    /// The last row is replaced by the first row after it (in the query's ORDER BY) that
+    /// does not satisfy the WHERE: e.g. one from past the window's end.
     RowPastEnd,
-    /// The first row is an event from before the window's start.
+    /// The first row is replaced by the last row before it (in the query's ORDER BY) that
+    /// does not satisfy the WHERE: e.g. one from before the window's start.
     RowBeforeStart,
     /// The rows come in reverse order.
     Reversed,
     /// Every other page repeats the page before the previous one: A, B, A, B, ...
     Cycle,
-    /// The event-name and `created_at` conditions are ignored.
+    /// The `event [NOT] IN` and `created_at` conditions are ignored.
     IgnoreFilters,
 }
 
@@ -108,6 +174,9 @@ impl Default for PostHogConfig {
             page_fault: None,
             echo_requests: false,
             body_substitutions: Vec::new(),
+            storage: Storage::default(),
+            cost: None,
+            read_budget: None,
         }
     }
 }
@@ -122,16 +191,79 @@ pub struct Logged {
     pub sql: Option<String>,
     pub values: Option<Value>,
     pub modifiers: Option<Value>,
+    /// For queries: rows and uncompressed bytes ClickHouse read, all shards together (a
+    /// query stopped at the 10 s cap: the share it read by then; one refused: nothing).
+    pub rows_read: u64,
+    pub bytes_read: u64,
+    /// Rows in the answer, and what they weigh as stored (0 for `count()` / GROUP BY).
+    pub rows_returned: u64,
+    pub bytes_returned: u64,
+    /// What each shard read.
+    pub shards: Vec<ShardRead>,
+    /// PostHog's time for the query under `PostHogConfig::cost` (before `scale`).
+    pub query_time: Duration,
+}
+
+impl Logged {
+    fn new(method: String, path: String) -> Self {
+        Logged {
+            method,
+            path,
+            status: 0,
+            sql: None,
+            values: None,
+            modifiers: None,
+            rows_read: 0,
+            bytes_read: 0,
+            rows_returned: 0,
+            bytes_returned: 0,
+            shards: Vec::new(),
+            query_time: Duration::ZERO,
+        }
+    }
+}
+
+/// What one query reads and returns (see [`PostHogStandIn::dry_run`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryReads {
+    pub rows_read: u64,
+    pub bytes_read: u64,
+    pub rows_returned: u64,
+    pub bytes_returned: u64,
+    pub shards: Vec<ShardRead>,
+    /// PostHog's time for it under `PostHogConfig::cost` (zero without).
+    pub query_time: Duration,
+}
+
+/// What all queries so far cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CostTotals {
+    /// Queries that ran (refused ones not counted).
+    pub queries: u64,
+    pub rows_read: u64,
+    pub bytes_read: u64,
+    pub rows_returned: u64,
+    pub bytes_returned: u64,
+    /// 504s: past `max_scan_rows` or the time cap.
+    pub timeouts: u64,
+    /// 429s for the spent read budget.
+    pub budget_refusals: u64,
+}
+
+/// The read budget's current window.
+struct BudgetWindow {
+    start: Instant,
+    spent: u64,
 }
 
 pub struct State {
     pub config: PostHogConfig,
-    events: Vec<StoredEvent>,
+    table: Table,
     pub(crate) faults: Faults,
     pub log: Vec<Logged>,
     recent: VecDeque<Instant>,
-    /// Pages answered so far, for `PageFault::Cycle`.
-    pages: Vec<Vec<Value>>,
+    /// Pages answered so far (their rows' numbers), for `PageFault::Cycle`.
+    pages: Vec<Vec<u32>>,
     /// How the next answers with rows end part-way (see [`PostHogStandIn::spoil_next_answers`]).
     spoils: VecDeque<Spoil>,
     /// The query slots of `max_concurrent_queries`.
@@ -141,6 +273,9 @@ pub struct State {
     pub queries_running: usize,
     pub queries_running_peak: usize,
     pub queries_refused_for_concurrency: usize,
+    /// What queries read and returned so far.
+    pub cost: CostTotals,
+    budget: Option<BudgetWindow>,
 }
 
 pub struct PostHogStandIn {
@@ -168,25 +303,27 @@ impl PostHogStandIn {
         let slots = config
             .max_concurrent_queries
             .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
+        let mut table = Table::new(config.storage);
+        table.insert(events, true);
         let state = Arc::new(Mutex::new(State {
             config,
             slots,
             queries_running: 0,
             queries_running_peak: 0,
             queries_refused_for_concurrency: 0,
-            events: Vec::new(),
+            table,
             faults: Faults::default(),
             spoils: VecDeque::new(),
             log: Vec::new(),
             recent: VecDeque::new(),
             pages: Vec::new(),
+            cost: CostTotals::default(),
+            budget: None,
         }));
-        let me = PostHogStandIn {
+        PostHogStandIn {
             server: serve(router(state.clone())),
             state,
-        };
-        me.insert(events);
-        me
+        }
     }
 
     pub fn url(&self) -> String {
@@ -197,21 +334,32 @@ impl PostHogStandIn {
         self.state.lock().unwrap().config.clone()
     }
 
-    /// Adds events (e.g. late arrivals) keeping PostHog's order. Times are kept to the
-    /// microsecond, as in PostHog's `DateTime64(6)` columns.
+    /// Adds events (e.g. late arrivals) as one ClickHouse INSERT: one new part per shard.
+    /// Times are kept to the microsecond, as in PostHog's `DateTime64(6)` columns.
     pub fn insert(&self, events: Vec<StoredEvent>) {
-        let mut s = self.state.lock().unwrap();
-        s.events.extend(events.into_iter().map(|mut e| {
-            e.timestamp = data::to_micros(e.timestamp);
-            e.created_at = data::to_micros(e.created_at);
-            e
-        }));
-        // Cached: the key parses a uuid, and the benchmark sorts a million events.
-        s.events.sort_by_cached_key(StoredEvent::order_key);
+        self.state.lock().unwrap().table.insert(events, false);
     }
 
+    /// Every stored event, by `(timestamp, ClickHouse uuid order)`.
     pub fn events(&self) -> Vec<StoredEvent> {
-        self.state.lock().unwrap().events.clone()
+        self.state
+            .lock()
+            .unwrap()
+            .table
+            .by_time()
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Parts per shard, oldest first, as row counts (each `insert` adds one per shard).
+    pub fn parts(&self) -> Vec<Vec<usize>> {
+        let s = self.state.lock().unwrap();
+        s.table
+            .shards
+            .iter()
+            .map(|parts| parts.iter().map(|p| p.rows.len()).collect())
+            .collect()
     }
 
     /// Answers request number `n` (0-based, counting every request) with `fault`.
@@ -224,7 +372,7 @@ impl PostHogStandIn {
         self.state.lock().unwrap().faults.next.push_back(fault);
     }
 
-    /// Spoils the next Query API answers that hold more than one row, one per `Spoil`.
+    /// Spoils the next Query API pages that hold more than one event, one per `Spoil`.
     pub fn spoil_next_answers(&self, spoils: impl IntoIterator<Item = Spoil>) {
         self.state.lock().unwrap().spoils.extend(spoils);
     }
@@ -252,7 +400,40 @@ impl PostHogStandIn {
         self.state.lock().unwrap().log.clone()
     }
 
-    /// Reads the state (counters, the request log) without copying it.
+    /// What a HogQL query would read and return, worked out as for `/query/` (times in UTC,
+    /// as with `convertToProjectTimezone: false`) but without answering it, counting it or
+    /// sleeping: like ClickHouse's `EXPLAIN ESTIMATE`, but exact. Err: the 400's detail.
+    pub fn dry_run(&self, sql: &str, values: &Value) -> Result<QueryReads, String> {
+        let s = self.state.lock().unwrap();
+        let values = values.as_object().cloned().unwrap_or_default();
+        let select = match hogql::parse(sql, &values, None)? {
+            Statement::Select(select) => select,
+            Statement::Now | Statement::One => return Ok(QueryReads::default()),
+        };
+        let opts = engine::Options {
+            cap: select
+                .limit
+                .unwrap_or(100)
+                .min(50_000)
+                .min(s.config.row_cap.unwrap_or(usize::MAX)),
+            ignore_filters: false,
+            stray: None,
+        };
+        let out = engine::run(&s.table, &select, &opts);
+        Ok(QueryReads {
+            rows_read: out.rows_read(),
+            bytes_read: out.bytes_read(),
+            rows_returned: out.rows_returned,
+            bytes_returned: out.bytes_returned,
+            query_time: s
+                .config
+                .cost
+                .map_or(Duration::ZERO, |c| c.time(&out.shards)),
+            shards: out.shards,
+        })
+    }
+
+    /// Reads the state (counters, the request log, `cost`) without copying it.
     pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.state.lock().unwrap())
     }
@@ -268,57 +449,38 @@ fn router(state: Arc<Mutex<State>>) -> Router {
 }
 
 async fn handle(
-    state: &Mutex<State>,
+    state: &Arc<Mutex<State>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
-    let (fault, parsed) = {
+    let parsed = serde_json::from_slice::<Value>(&body).ok();
+    let (n, fault) = {
         let mut s = state.lock().unwrap();
         let n = s.log.len();
-        s.log.push(Logged {
-            method: method.to_string(),
-            path: path.clone(),
-            status: 0,
-            sql: None,
-            values: None,
-            modifiers: None,
-        });
-        (
-            s.faults.take(n),
-            serde_json::from_slice::<Value>(&body).ok(),
-        )
+        let mut logged = Logged::new(method.to_string(), path.clone());
+        if let Some(q) = parsed.as_ref().and_then(|b| b.get("query")) {
+            logged.sql = q.get("query").and_then(Value::as_str).map(str::to_owned);
+            logged.values = q.get("values").cloned();
+            logged.modifiers = q.get("modifiers").cloned();
+        }
+        s.log.push(logged);
+        (n, s.faults.take(n))
     };
-    if let Some(q) = parsed.as_ref().and_then(|b| b.get("query")) {
-        let mut s = state.lock().unwrap();
-        let last = s.log.last_mut().expect("just pushed");
-        last.sql = q.get("query").and_then(Value::as_str).map(str::to_owned);
-        last.values = q.get("values").cloned();
-        last.modifiers = q.get("modifiers").cloned();
-    }
     let response = match fault {
         Some(fault) => {
             tokio::time::sleep(fault.delay).await;
             fault.response()
         }
-        None => {
-            let (response, delay) = answer(
-                state,
-                &method,
-                &path,
-                uri.query().unwrap_or(""),
-                &headers,
-                parsed,
-            );
-            if method == Method::POST && runs_a_query(&path, response.status()) {
-                run_in_slot(state, response, delay).await
-            } else {
+        None => match route(state, &method, &path, uri.query().unwrap_or(""), &headers) {
+            Route::Now(response, delay) => {
                 tokio::time::sleep(delay).await;
                 response
             }
-        }
+            Route::Query => run_in_slot(state, n, parsed).await,
+        },
     };
     let echo = state.lock().unwrap().config.echo_requests;
     let mut response = if echo {
@@ -335,7 +497,7 @@ async fn handle(
         response
     };
     let mut s = state.lock().unwrap();
-    s.log.last_mut().expect("logged").status = response.status().as_u16();
+    s.log[n].status = response.status().as_u16();
     let now = s.now();
     let date = now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
     response.headers_mut().insert(
@@ -345,39 +507,41 @@ async fn handle(
     response
 }
 
-/// Whether a request reached ClickHouse: a query that passed authentication, the project
-/// check and the rate limit.
-fn runs_a_query(path: &str, status: StatusCode) -> bool {
-    path.trim_end_matches('/').ends_with("/query")
-        && ![401, 403, 404, 429].contains(&status.as_u16())
-}
-
-/// Runs a query for `query_latency` (plus `delay`), in one of the `max_concurrent_queries`
-/// slots when there is a cap: waiting for one up to `query_slot_wait`, else answering 429 as
-/// PostHog does. (Inferred: PostHog raises DRF's `Throttled` without a wait, so the answer
-/// has no `Retry-After`.)
-async fn run_in_slot(state: &Mutex<State>, response: Response, delay: Duration) -> Response {
-    let (slots, wait, latency) = {
+/// Runs query request `n` in one of the `max_concurrent_queries` slots when there is a cap
+/// (waiting for one up to `query_slot_wait`, else PostHog's 429 without `Retry-After`), for
+/// `query_latency` plus the time its reads cost. A query refused here reads nothing.
+async fn run_in_slot(state: &Arc<Mutex<State>>, n: usize, body: Option<Value>) -> Response {
+    let (slots, wait) = {
         let s = state.lock().unwrap();
-        (
-            s.slots.clone(),
-            s.config.query_slot_wait,
-            s.config.query_latency,
-        )
+        (s.slots.clone(), s.config.query_slot_wait)
     };
     let _permit = match &slots {
         None => None,
         Some(slots) => match tokio::time::timeout(wait, slots.acquire()).await {
             Ok(Ok(permit)) => Some(permit),
             _ => {
-                state.lock().unwrap().queries_refused_for_concurrency += 1;
-                let body = json!({"type": "throttled_error", "code": "throttled", "detail": "Request was throttled. Too many queries are running at once for this organization.", "attr": null});
-                return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+                let mut s = state.lock().unwrap();
+                s.queries_refused_for_concurrency += 1;
+                let limit = s.config.max_concurrent_queries.unwrap_or(0);
+                let project = s.config.project_id.clone();
+                return Fault::concurrency_limit_of(limit, &project, n).response();
             }
         },
     };
     let _running = Running::start(state);
-    tokio::time::sleep(latency + delay).await;
+    let (response, delay) = {
+        let mut s = state.lock().unwrap();
+        let latency = s.config.query_latency;
+        let (response, delay) = match body {
+            Some(body) => run_query(&mut s, n, &body, state),
+            None => (
+                error(400, "validation_error", "JSON parse error"),
+                Duration::ZERO,
+            ),
+        };
+        (response, latency + delay)
+    };
+    tokio::time::sleep(delay).await;
     response
 }
 
@@ -404,6 +568,62 @@ impl State {
     fn now(&self) -> DateTime<Utc> {
         Utc::now() + self.config.clock_offset
     }
+
+    /// PostHog's 429 when the read budget of the current window is spent (starting a new
+    /// window when the last one is over).
+    fn budget_refusal(&mut self) -> Option<Response> {
+        let budget = self.config.read_budget?;
+        let at = Instant::now();
+        let w = self.budget.get_or_insert(BudgetWindow {
+            start: at,
+            spent: 0,
+        });
+        if !budget.window.is_zero() && at.duration_since(w.start) >= budget.window {
+            let windows = (at.duration_since(w.start).as_nanos() / budget.window.as_nanos()) as u32;
+            w.start += budget.window * windows;
+            w.spent = 0;
+        }
+        if w.spent < budget.bytes {
+            return None;
+        }
+        let left = (w.start + budget.window).saturating_duration_since(at);
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        self.cost.budget_refusals += 1;
+        Some(Fault::read_budget(secs.max(1)).response())
+    }
+
+    /// Counts what a query that ran read and returned.
+    fn charge(&mut self, n: usize, out: &Outcome, share: f64, time: Duration) {
+        let shards: Vec<ShardRead> = out
+            .shards
+            .iter()
+            .map(|r| ShardRead {
+                rows: (r.rows as f64 * share) as u64,
+                bytes: (r.bytes as f64 * share) as u64,
+            })
+            .collect();
+        let rows_read = shards.iter().map(|r| r.rows).sum();
+        let bytes_read = shards.iter().map(|r| r.bytes).sum();
+        let (rows_returned, bytes_returned) = if share < 1.0 {
+            (0, 0)
+        } else {
+            (out.rows_returned, out.bytes_returned)
+        };
+        let logged = &mut self.log[n];
+        logged.rows_read = rows_read;
+        logged.bytes_read = bytes_read;
+        logged.rows_returned = rows_returned;
+        logged.bytes_returned = bytes_returned;
+        logged.shards = shards;
+        logged.query_time = time;
+        self.cost.rows_read += rows_read;
+        self.cost.bytes_read += bytes_read;
+        self.cost.rows_returned += rows_returned;
+        self.cost.bytes_returned += bytes_returned;
+        if let Some(w) = &mut self.budget {
+            w.spent += bytes_read;
+        }
+    }
 }
 
 pub(crate) fn error(status: u16, kind: &str, detail: &str) -> Response {
@@ -415,22 +635,28 @@ pub(crate) fn error(status: u16, kind: &str, detail: &str) -> Response {
         .into_response()
 }
 
-/// The answer, and how long the server sleeps before giving it.
-fn answer(
+enum Route {
+    /// An answer, and how long the server sleeps before giving it.
+    Now(Response, Duration),
+    /// A query that passed authentication, the project check, the rate limit and the read
+    /// budget: it runs (in a slot).
+    Query,
+}
+
+fn route(
     state: &Mutex<State>,
     method: &Method,
     path: &str,
     query: &str,
     headers: &HeaderMap,
-    body: Option<Value>,
-) -> (Response, Duration) {
+) -> Route {
     let mut s = state.lock().unwrap();
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let now = |r: Response| (r, Duration::ZERO);
+    let now = |r: Response| Route::Now(r, Duration::ZERO);
     if auth == s.config.key_without_scope {
         return now(error(
             403,
@@ -468,64 +694,118 @@ fn answer(
         ("POST", ["api", "projects" | "environments", id, "query"])
             if *id == s.config.project_id && s.config.query_api =>
         {
-            now(match body {
-                Some(body) => run_query(&mut s, &body),
-                None => error(400, "validation_error", "JSON parse error"),
-            })
+            match s.budget_refusal() {
+                Some(refused) => now(refused),
+                None => Route::Query,
+            }
         }
         ("GET", ["api", "projects" | "environments", id, "events"])
             if *id == s.config.project_id =>
         {
-            super::events_api::list(&s.config, &s.events, path, query, s.log.len() as u64)
+            let request = s.log.len() as u64;
+            let (response, delay) =
+                super::events_api::list(&s.config, s.table.by_time(), path, query, request);
+            Route::Now(response, delay)
         }
         _ => now(error(404, "invalid_request", "Not found.")),
     }
 }
 
-/// A HogQL query of the shape this tool writes: SELECT cols FROM events WHERE conds
-/// ORDER BY timestamp, uuid [LIMIT n].
-fn run_query(s: &mut State, body: &Value) -> Response {
-    match evaluate(s, body) {
-        Ok(v) => {
-            let mut bytes = serde_json::to_vec(&v).expect("JSON values serialize");
-            for (text, raw) in &s.config.body_substitutions {
-                bytes = substitute(&bytes, text.as_bytes(), raw);
-            }
-            let rows = v["results"].as_array().map_or(0, Vec::len);
-            let spoil = if rows > 1 { s.spoils.pop_front() } else { None };
-            let headers = [("content-type", "application/json")];
-            match spoil {
-                None => (headers, bytes).into_response(),
-                Some(Spoil::Cut(share)) => {
-                    bytes.truncate((bytes.len() as f64 * share) as usize);
-                    // The head and the first part go out before the connection breaks, as
-                    // when a connection fails part-way through an answer.
-                    use futures_util::StreamExt;
-                    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
-                    let broken = futures_util::stream::once(async {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        Err(std::io::Error::other("connection broken by the stand-in"))
-                    });
-                    let body = axum::body::Body::from_stream(first.chain(broken));
-                    (headers, body).into_response()
-                }
-                Some(Spoil::Garble(share)) => {
-                    bytes.truncate((bytes.len() as f64 * share) as usize);
-                    bytes.extend_from_slice(b"<html><body><h1>502 Bad Gateway</h1></body></html>");
-                    (headers, bytes).into_response()
-                }
-            }
-        }
-        Err((status, detail)) => error(
-            status,
-            if status == 400 {
+/// Runs query request `n`; the answer and how long PostHog takes to give it. (`shared` is
+/// `s` unlocked: a large answer is written while it is sent.)
+fn run_query(
+    s: &mut State,
+    n: usize,
+    body: &Value,
+    shared: &Arc<Mutex<State>>,
+) -> (Response, Duration) {
+    s.cost.queries += 1;
+    let (reply, time) = match evaluate(s, n, body) {
+        Ok(answered) => answered,
+        Err(Refusal::Status(status, detail)) => {
+            let kind = if status == 400 {
                 "validation_error"
             } else {
                 "server_error"
-            },
-            &detail,
-        ),
+            };
+            return (error(status, kind, &detail), Duration::ZERO);
+        }
+        Err(Refusal::Answer(response, delay)) => return (*response, delay),
+    };
+    // Pages of events are what the spoils are for (a plan's counts are read whole).
+    let pages_of_events = match &reply {
+        Reply::Bytes(_) => false,
+        Reply::Rows(answer) => answer.holds_events() && answer.rows() > 1,
+    };
+    let spoil = if pages_of_events {
+        s.spoils.pop_front()
+    } else {
+        None
+    };
+    let headers = [("content-type", "application/json")];
+    let mut bytes = match reply {
+        Reply::Bytes(bytes) => bytes,
+        Reply::Rows(answer) => {
+            let len = answer.len(&s.table);
+            if spoil.is_none() && s.config.body_substitutions.is_empty() && len > PIECE as u64 {
+                return (streamed(answer, len, shared), time);
+            }
+            answer.whole(&s.table)
+        }
+    };
+    for (text, raw) in &s.config.body_substitutions {
+        bytes = substitute(&bytes, text.as_bytes(), raw);
     }
+    let response = match spoil {
+        None => (headers, bytes).into_response(),
+        Some(Spoil::Cut(share)) => {
+            bytes.truncate((bytes.len() as f64 * share) as usize);
+            // The head and the first part go out before the connection breaks, as
+            // when a connection fails part-way through an answer.
+            use futures_util::StreamExt;
+            let first = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
+            let broken = futures_util::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(std::io::Error::other("connection broken by the stand-in"))
+            });
+            let body = axum::body::Body::from_stream(first.chain(broken));
+            (headers, body).into_response()
+        }
+        Some(Spoil::Garble(share)) => {
+            bytes.truncate((bytes.len() as f64 * share) as usize);
+            bytes.extend_from_slice(b"<html><body><h1>502 Bad Gateway</h1></body></html>");
+            (headers, bytes).into_response()
+        }
+    };
+    (response, time)
+}
+
+/// Large answers are written a piece of this size at a time, as they are sent.
+const PIECE: usize = 1 << 20;
+
+/// `answer` (`len` bytes) sent as it is written, with its `Content-Length` as a whole answer
+/// has: memory stays at a piece, and a 110 MB page does not wait for all of it.
+fn streamed(answer: AnswerWriter, len: u64, shared: &Arc<Mutex<State>>) -> Response {
+    let shared = shared.clone();
+    let pieces = futures_util::stream::unfold(answer, move |mut answer| {
+        let shared = shared.clone();
+        async move {
+            // Rows are never moved or removed: the numbers stay good between pieces.
+            let piece = answer.next_piece(&shared.lock().unwrap().table, PIECE)?;
+            Some((Ok::<_, std::io::Error>(Bytes::from(piece)), answer))
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("content-length", len)
+        .body(axum::body::Body::from_stream(pieces))
+        .expect("a valid response")
+}
+
+/// A query's answer: ready bytes, or rows to write.
+enum Reply {
+    Bytes(Vec<u8>),
+    Rows(AnswerWriter),
 }
 
 /// `bytes` with every `from` replaced by `to`.
@@ -544,25 +824,20 @@ fn substitute(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
-type Fail = (u16, String);
-
-fn bad(detail: impl Into<String>) -> Fail {
-    (400, detail.into())
+enum Refusal {
+    /// A status and the `detail` of PostHog's usual error body.
+    Status(u16, String),
+    /// A whole answer (PostHog's own body for its limits), given after this long.
+    Answer(Box<Response>, Duration),
 }
 
-struct Query {
-    columns: Vec<String>,
-    lo: Option<DateTime<Utc>>,
-    hi: Option<DateTime<Utc>>,
-    after: Option<(DateTime<Utc>, (u64, u64))>,
-    include: Option<Vec<String>>,
-    exclude: Vec<String>,
-    created_after: Option<DateTime<Utc>>,
-    created_until: Option<DateTime<Utc>>,
-    limit: Option<usize>,
+fn bad(detail: impl Into<String>) -> Refusal {
+    Refusal::Status(400, detail.into())
 }
 
-fn evaluate(s: &mut State, body: &Value) -> Result<Value, Fail> {
+/// The answer to query request `n`, and how long it takes (PostHog's time, scaled; the
+/// unscaled time is logged).
+fn evaluate(s: &mut State, n: usize, body: &Value) -> Result<(Reply, Duration), Refusal> {
     let q = &body["query"];
     if q["kind"] != "HogQLQuery" {
         return Err(bad("stand-in: only HogQLQuery is supported"));
@@ -574,318 +849,83 @@ fn evaluate(s: &mut State, body: &Value) -> Result<Value, Fail> {
     let utc = q["modifiers"]["convertToProjectTimezone"] == json!(false);
     let tz = FixedOffset::east_opt(s.config.tz_offset_hours * 3600).expect("valid offset");
     let zone = if utc { None } else { Some(tz) };
-    let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-    if sql == "SELECT now()" {
-        let now = format_time(data::to_micros(s.now()), zone);
-        return Ok(
-            json!({"results": [[now]], "columns": ["now()"], "types": ["DateTime64(6, 'UTC')"], "is_cached": false}),
-        );
-    }
-    if sql == "SELECT 1" {
-        return Ok(
-            json!({"results": [[1]], "columns": ["1"], "types": ["UInt8"], "is_cached": false}),
-        );
-    }
-    let query = parse(&sql, &values, zone)?;
-
-    // Rows the window makes ClickHouse read; too many and the 10 s limit is hit.
-    let lo = query.after.map(|a| a.0).or(query.lo);
-    let first = lo.map_or(0, |lo| s.events.partition_point(|e| e.timestamp < lo));
-    let last = query.hi.map_or(s.events.len(), |hi| {
-        s.events.partition_point(|e| e.timestamp < hi)
-    });
-    let scanned = last.saturating_sub(first);
-    if scanned > s.config.max_scan_rows {
-        return Err((
-            504,
-            format!("Query exceeded the maximum execution time (scanned {scanned} rows)"),
-        ));
-    }
-    let fault = s.config.page_fault;
-    let filtered = fault != Some(PageFault::IgnoreFilters);
-    let keep = |e: &StoredEvent| {
-        let by_filters = query
-            .include
-            .as_ref()
-            .is_some_and(|names| !names.contains(&e.event))
-            || query.exclude.contains(&e.event)
-            || query.created_after.is_some_and(|t| e.created_at <= t)
-            || query.created_until.is_some_and(|t| e.created_at > t);
-        !(query.lo.is_some_and(|lo| e.timestamp < lo)
-            || query.after.is_some_and(|a| e.order_key() <= (a.0, a.1))
-            || filtered && by_filters)
+    let select = match hogql::parse(sql, &values, zone).map_err(bad)? {
+        Statement::Now => {
+            let now = format_time(super::data::to_micros(s.now()), zone);
+            let v = json!({"results": [[now]], "columns": ["now()"], "types": ["DateTime64(6, 'UTC')"], "is_cached": false});
+            return Ok((Reply::Bytes(v.to_string().into_bytes()), Duration::ZERO));
+        }
+        Statement::One => {
+            let v =
+                json!({"results": [[1]], "columns": ["1"], "types": ["UInt8"], "is_cached": false});
+            return Ok((Reply::Bytes(v.to_string().into_bytes()), Duration::ZERO));
+        }
+        Statement::Select(select) => select,
     };
-    if query.columns == ["count()"] {
-        let n = s.events[first..last.max(first)]
-            .iter()
-            .filter(|e| keep(e))
-            .count();
-        return Ok(
-            json!({"results": [[n]], "columns": ["count()"], "types": ["UInt64"], "is_cached": false}),
-        );
-    }
-    let cap = query
+
+    let fault = s.config.page_fault;
+    let cap = select
         .limit
         .unwrap_or(100)
         .min(50_000)
         .min(s.config.row_cap.unwrap_or(usize::MAX));
-    let row = |e: &StoredEvent| -> Value {
-        Value::Array(query.columns.iter().map(|c| column(e, c, zone)).collect())
+    let opts = engine::Options {
+        cap,
+        ignore_filters: fault == Some(PageFault::IgnoreFilters),
+        stray: match fault {
+            Some(PageFault::RowPastEnd) => Some(Stray::PastEnd),
+            Some(PageFault::RowBeforeStart) => Some(Stray::BeforeStart),
+            _ => None,
+        },
     };
-    let mut rows = Vec::new();
-    let mut has_more = false;
-    for e in &s.events[first..last.max(first)] {
-        if !keep(e) {
-            continue;
-        }
-        if rows.len() == cap {
-            has_more = true;
-            break;
-        }
-        rows.push(row(e));
-    }
-    match fault {
-        Some(PageFault::RowPastEnd) => {
-            if let Some(e) = s.events.get(last) {
-                rows.pop();
-                rows.push(row(e));
-            }
-        }
-        Some(PageFault::RowBeforeStart) => {
-            if let Some(e) = first.checked_sub(1).and_then(|i| s.events.get(i)) {
-                rows.pop();
-                rows.insert(0, row(e));
-            }
-        }
-        Some(PageFault::Reversed) => rows.reverse(),
-        Some(PageFault::Cycle) => {
-            if s.pages.len() >= 2 {
-                rows = s.pages[s.pages.len() - 2].clone();
-            }
-            s.pages.push(rows.clone());
-        }
-        Some(PageFault::IgnoreFilters) | None => {}
-    }
-    let mut out = json!({
-        "results": rows,
-        "columns": query.columns,
-        "types": query.columns.iter().map(|_| "String").collect::<Vec<_>>(),
-        "is_cached": false,
-    });
-    if query.limit.is_none() {
-        out["hasMore"] = json!(has_more);
-    }
-    Ok(out)
-}
+    let out = engine::run(&s.table, &select, &opts);
 
-fn column(e: &StoredEvent, name: &str, tz: Option<FixedOffset>) -> Value {
-    match name {
-        "uuid" => json!(e.uuid),
-        "event" => json!(e.event),
-        "distinct_id" => json!(e.distinct_id),
-        "properties" => json!(e.properties),
-        "elements_chain" => json!(e.elements_chain),
-        "timestamp" => json!(format_time(e.timestamp, tz)),
-        "created_at" => json!(format_time(e.created_at, tz)),
-        _ => Value::Null,
-    }
-}
-
-/// RFC 3339; `Z` in UTC, the project's offset otherwise; no fraction when it is zero.
-fn format_time(t: DateTime<Utc>, tz: Option<FixedOffset>) -> String {
-    let fmt = if t.timestamp_subsec_micros() == 0 {
-        "%Y-%m-%dT%H:%M:%S"
-    } else {
-        "%Y-%m-%dT%H:%M:%S%.6f"
-    };
-    match tz {
-        None => format!("{}Z", t.format(fmt)),
-        Some(tz) => format!(
-            "{}{}",
-            t.with_timezone(&tz).format(fmt),
-            t.with_timezone(&tz).format("%:z")
-        ),
-    }
-}
-
-const KNOWN_COLUMNS: [&str; 7] = [
-    "uuid",
-    "event",
-    "distinct_id",
-    "properties",
-    "elements_chain",
-    "timestamp",
-    "created_at",
-];
-
-fn parse(
-    sql: &str,
-    values: &serde_json::Map<String, Value>,
-    tz: Option<FixedOffset>,
-) -> Result<Query, Fail> {
-    if sql.to_ascii_uppercase().contains(" OFFSET ") {
-        return Err(bad(
-            "OFFSET is not supported for queries made with a personal API key. Use keyset pagination (a WHERE on the sort key) instead.",
+    // ClickHouse knows what it will read from the index before reading: past the limit the
+    // query is refused at once and reads nothing.
+    if out.rows_read() > s.config.max_scan_rows as u64 {
+        s.cost.timeouts += 1;
+        return Err(Refusal::Answer(
+            Box::new(Fault::query_timeout().response()),
+            Duration::ZERO,
         ));
     }
-    let rest = sql
-        .strip_prefix("SELECT ")
-        .ok_or_else(|| bad("stand-in: expected SELECT"))?;
-    let (cols, rest) = rest
-        .split_once(" FROM events")
-        .ok_or_else(|| bad("stand-in: expected FROM events"))?;
-    let columns: Vec<String> = cols.split(',').map(|c| c.trim().to_string()).collect();
-    let count = columns == ["count()"];
-    if let Some(c) = columns
-        .iter()
-        .find(|c| !count && !KNOWN_COLUMNS.contains(&c.as_str()))
-    {
-        return Err(bad(format!("Unable to resolve field: {c}")));
-    }
-    let (rest, limit) = match rest.rsplit_once(" LIMIT ") {
-        Some((r, n)) => (
-            r,
-            Some(
-                n.trim()
-                    .parse::<usize>()
-                    .map_err(|_| bad("LIMIT must be a number"))?,
-            ),
-        ),
-        None => (rest, None),
-    };
-    let where_clause = match rest.strip_suffix(" ORDER BY timestamp, uuid") {
-        Some(w) => w,
-        None if count => rest,
-        None => return Err(bad("stand-in: expected ORDER BY timestamp, uuid")),
-    };
-    let mut q = Query {
-        columns,
-        lo: None,
-        hi: None,
-        after: None,
-        include: None,
-        exclude: Vec::new(),
-        created_after: None,
-        created_until: None,
-        limit,
-    };
-    let Some(conds) = where_clause.trim().strip_prefix("WHERE ") else {
-        return if where_clause.trim().is_empty() {
-            Ok(q)
-        } else {
-            Err(bad("stand-in: expected WHERE"))
-        };
-    };
-    let value = |name: &str| -> Result<String, Fail> {
-        values
-            .get(name)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                bad(format!(
-                    "Placeholder {{{name}}} is not available in this context"
-                ))
-            })
-    };
-    let time = |name: &str| -> Result<DateTime<Utc>, Fail> {
-        let text = value(name)?;
-        let naive = NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S%.f")
-            .map_err(|_| bad(format!("cannot parse {text:?} as DateTime64")))?;
-        // Without the modifier, constants are read in the project's time zone.
-        Ok(match tz {
-            None => naive.and_utc(),
-            Some(tz) => naive
-                .and_local_timezone(tz)
-                .single()
-                .expect("fixed offset")
-                .with_timezone(&Utc),
-        })
-    };
-    for cond in split_and(conds) {
-        if let Some(name) = dt_arg(cond, "timestamp >= ") {
-            q.lo = Some(time(name)?);
-        } else if let Some(name) = dt_arg(cond, "timestamp < ") {
-            q.hi = Some(time(name)?);
-        } else if let Some(name) = dt_arg(cond, "created_at > ") {
-            q.created_after = Some(time(name)?);
-        } else if let Some(name) = dt_arg(cond, "created_at <= ") {
-            q.created_until = Some(time(name)?);
-        } else if let Some((ts, uuid)) = keyset(cond) {
-            q.after = Some((time(ts)?, uuid_key(&value(uuid)?)));
-        } else if let Some(list) = cond
-            .strip_prefix("event NOT IN (")
-            .and_then(|r| r.strip_suffix(')'))
-        {
-            q.exclude = names(list, &value)?;
-        } else if let Some(list) = cond
-            .strip_prefix("event IN (")
-            .and_then(|r| r.strip_suffix(')'))
-        {
-            q.include = Some(names(list, &value)?);
-        } else {
-            return Err(bad(format!("stand-in: unsupported condition {cond:?}")));
+    let (time, slept) = match s.config.cost {
+        None => (Duration::ZERO, Duration::ZERO),
+        Some(cost) => {
+            let time = cost.time(&out.shards);
+            (time, time.min(cost.cap).mul_f64(cost.scale.max(0.0)))
         }
+    };
+    if let Some(cost) = s.config.cost
+        && time > cost.cap
+    {
+        // Stopped at the cap, having read what it could by then.
+        let share = cost.cap.as_secs_f64() / time.as_secs_f64();
+        s.charge(n, &out, share, time);
+        s.cost.timeouts += 1;
+        return Err(Refusal::Answer(
+            Box::new(Fault::query_timeout().response()),
+            slept,
+        ));
     }
-    Ok(q)
-}
+    s.charge(n, &out, 1.0, time);
 
-/// `<prefix>toDateTime64({name}, 6, 'UTC')` -> name.
-fn dt_arg<'a>(cond: &'a str, prefix: &str) -> Option<&'a str> {
-    cond.strip_prefix(prefix)?
-        .strip_prefix("toDateTime64({")?
-        .strip_suffix("}, 6, 'UTC')")
-}
-
-/// The keyset condition -> (timestamp placeholder, uuid placeholder).
-fn keyset(cond: &str) -> Option<(&str, &str)> {
-    let ts = cond
-        .strip_prefix("(timestamp > toDateTime64({")?
-        .split('}')
-        .next()?;
-    let uuid = cond
-        .rsplit_once("uuid > toUUID({")?
-        .1
-        .strip_suffix("})))")?;
-    let expected = format!(
-        "(timestamp > toDateTime64({{{ts}}}, 6, 'UTC') OR (timestamp = toDateTime64({{{ts}}}, 6, 'UTC') AND uuid > toUUID({{{uuid}}})))"
-    );
-    (cond == expected).then_some((ts, uuid))
-}
-
-fn names(list: &str, value: &dyn Fn(&str) -> Result<String, Fail>) -> Result<Vec<String>, Fail> {
-    list.split(", ")
-        .map(|p| {
-            let name = p
-                .strip_prefix('{')
-                .and_then(|p| p.strip_suffix('}'))
-                .ok_or_else(|| bad("stand-in: event lists must be placeholders"))?;
-            value(name)
-        })
-        .collect()
-}
-
-/// Splits on ` AND ` outside parentheses.
-fn split_and(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut depth, mut start) = (0i32, 0usize);
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'(' => depth += 1,
-            b')' => depth -= 1,
-            b' ' if depth == 0 && text[i..].starts_with(" AND ") => {
-                out.push(text[start..i].trim());
-                i += 5;
-                start = i;
-                continue;
+    let mut rows = out.rows;
+    if let Rows::Stored(ids) = &mut rows {
+        match fault {
+            Some(PageFault::Reversed) => ids.reverse(),
+            Some(PageFault::Cycle) => {
+                if s.pages.len() >= 2 {
+                    *ids = s.pages[s.pages.len() - 2].clone();
+                }
+                s.pages.push(ids.clone());
             }
             _ => {}
         }
-        i += 1;
     }
-    out.push(text[start..].trim());
-    out
+    let has_more = select.limit.is_none().then_some(out.more);
+    let answer = AnswerWriter::new(&select, rows, zone, has_more);
+    Ok((Reply::Rows(answer), slept))
 }
 
 #[cfg(test)]
@@ -893,19 +933,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_top_level_conditions_only() {
-        let parts = split_and("a >= 1 AND (b > 2 OR (b = 2 AND c > 3)) AND d IN (1, 2)");
-        assert_eq!(
-            parts,
-            vec!["a >= 1", "(b > 2 OR (b = 2 AND c > 3))", "d IN (1, 2)"]
-        );
-    }
-
-    #[test]
     fn times_without_fraction_drop_it() {
         let t: DateTime<Utc> = "2024-01-01T12:34:56Z".parse().unwrap();
         assert_eq!(format_time(t, None), "2024-01-01T12:34:56Z");
         let tz = FixedOffset::east_opt(5 * 3600);
         assert_eq!(format_time(t, tz), "2024-01-01T17:34:56+05:00");
+    }
+
+    #[test]
+    fn the_busiest_shard_sets_the_time() {
+        let cost = QueryCost {
+            base: Duration::from_millis(100),
+            per_mb: Duration::from_millis(10),
+            per_1000_rows: Duration::from_millis(1),
+            ..QueryCost::default()
+        };
+        let shards = [
+            ShardRead {
+                rows: 2_000,
+                bytes: 1 << 20,
+            },
+            ShardRead {
+                rows: 10_000,
+                bytes: 4 << 20,
+            },
+        ];
+        assert_eq!(cost.time(&shards), Duration::from_millis(100 + 40 + 10));
     }
 }

@@ -433,3 +433,514 @@ async fn at_most_three_queries_run_at_once_and_a_fourth_waits_then_gets_429() {
     assert_eq!(five_at_once(&ph).await, [200, 200, 200, 429, 429]);
     assert_eq!(ph.with_state(|s| s.queries_refused_for_concurrency), 2);
 }
+
+// What a query costs and PostHog's answers for its limits (posthog-api.md, "What a query
+// costs PostHog").
+
+use posthog_patterns_standin::{Fault, QueryCost, ReadBudget, Storage, city_hash64};
+use std::time::Duration;
+
+/// A query's status, headers and body.
+async fn post(
+    ph: &PostHogStandIn,
+    sql: &str,
+    values: Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let cfg = ph.config();
+    let body = json!({"query": {"kind": "HogQLQuery", "query": sql, "values": values,
+                                "modifiers": {"convertToProjectTimezone": false}},
+                      "refresh": "force_blocking"});
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/api/projects/{}/query/",
+            ph.url(),
+            cfg.project_id
+        ))
+        .bearer_auth(cfg.api_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// 60,000 events over three days (20,000 a day), in granules of 128 rows so that a small
+/// data set shows what pruning does.
+fn three_days(config: PostHogConfig) -> PostHogStandIn {
+    PostHogStandIn::start(
+        PostHogConfig {
+            storage: Storage {
+                granule_rows: 128,
+                block_rows: 128,
+                ..Storage::default()
+            },
+            max_scan_rows: usize::MAX,
+            ..config
+        },
+        synthetic_events(
+            60_000,
+            t("2024-03-01T00:00:00Z"),
+            t("2024-03-04T00:00:00Z"),
+            61,
+        ),
+    )
+}
+
+const DAY_2: &str =
+    "timestamp >= toDateTime64({start}, 6, 'UTC') AND timestamp < toDateTime64({end}, 6, 'UTC')";
+
+fn day_2() -> Value {
+    json!({"start": "2024-03-02 00:00:00.000000", "end": "2024-03-03 00:00:00.000000"})
+}
+
+fn with(mut values: Value, extra: Value) -> Value {
+    let map = values.as_object_mut().unwrap();
+    map.extend(extra.as_object().unwrap().clone());
+    values
+}
+
+fn last_logged(ph: &PostHogStandIn) -> posthog_patterns_standin::posthog::Logged {
+    ph.log().pop().unwrap()
+}
+
+#[tokio::test]
+async fn the_same_request_returns_the_same_rows_in_the_same_order_ties_included() {
+    let ph = three_days(PostHogConfig::default());
+    // Thousands of rows share each event name: the order among them is the server's own.
+    let sql = format!("SELECT uuid, event FROM events WHERE {DAY_2} ORDER BY event LIMIT 3000");
+    let (status, first) = query(&ph, &sql, day_2(), true).await;
+    assert_eq!(status, 200);
+    let (_, second) = query(&ph, &sql, day_2(), true).await;
+    assert_eq!(first["results"], second["results"]);
+    let names: Vec<&str> = first["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[1].as_str().unwrap())
+        .collect();
+    assert!(names.windows(2).all(|w| w[0] <= w[1]), "ordered by event");
+}
+
+#[tokio::test]
+async fn hash_bounds_at_and_above_2_63_work_and_a_float_bound_is_a_400() {
+    let ph = three_days(PostHogConfig::default());
+    let sql = format!(
+        "SELECT uuid, distinct_id, cityHash64(distinct_id) FROM events WHERE {DAY_2} AND cityHash64(distinct_id) >= {{lo}} AND cityHash64(distinct_id) <= {{hi}} ORDER BY cityHash64(distinct_id), cityHash64(uuid) LIMIT 50000"
+    );
+    let (lo, hi) = (1u64 << 63, u64::MAX);
+    let (status, body) = query(&ph, &sql, with(day_2(), json!({"lo": lo, "hi": hi})), true).await;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["results"].as_array().unwrap();
+    let (start, end) = (t("2024-03-02T00:00:00Z"), t("2024-03-03T00:00:00Z"));
+    let expected = ph
+        .events()
+        .iter()
+        .filter(|e| e.timestamp >= start && e.timestamp < end)
+        .filter(|e| city_hash64(e.distinct_id.as_bytes()) >= lo)
+        .count();
+    assert_eq!(rows.len(), expected);
+    for r in rows {
+        // A JSON integer, exact: no float would hold these.
+        let h = r[2].as_u64().expect("an unsigned integer");
+        assert_eq!(h, city_hash64(r[1].as_str().unwrap().as_bytes()));
+        assert!(h >= lo);
+    }
+    let (status, body) = query(
+        &ph,
+        &sql,
+        with(day_2(), json!({"lo": 1.8e19, "hi": hi})),
+        true,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["detail"].as_str().unwrap().contains("UInt64"),
+        "{body}"
+    );
+    let (status, _) = query(
+        &ph,
+        &sql,
+        with(day_2(), json!({"lo": "9223372036854775808", "hi": hi})),
+        true,
+    )
+    .await;
+    assert_eq!(status, 400, "a string is no number either");
+}
+
+#[tokio::test]
+async fn a_narrow_key_range_reads_little_and_a_time_ordered_hour_reads_the_whole_day() {
+    let ph = three_days(PostHogConfig::default());
+    let day = format!("SELECT uuid FROM events WHERE {DAY_2} LIMIT 1");
+    query(&ph, &day, day_2(), true).await;
+    let whole_day = last_logged(&ph).rows_read;
+
+    let narrow = format!(
+        "SELECT uuid, event, distinct_id, properties, elements_chain, timestamp, created_at, cityHash64(distinct_id), cityHash64(uuid) FROM events WHERE {DAY_2} AND event = {{name}} AND cityHash64(distinct_id) < {{hi}} ORDER BY event, cityHash64(distinct_id), cityHash64(uuid) LIMIT 50000"
+    );
+    let (status, body) = query(
+        &ph,
+        &narrow,
+        with(day_2(), json!({"name": "signup", "hi": 1u64 << 62})),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let narrow = last_logged(&ph);
+    assert!(!body["results"].as_array().unwrap().is_empty());
+    assert!(
+        narrow.rows_read * 8 < whole_day,
+        "{} rows read of the day's {whole_day}",
+        narrow.rows_read
+    );
+
+    let hour = "SELECT uuid, timestamp FROM events WHERE timestamp >= toDateTime64({start}, 6, 'UTC') AND timestamp < toDateTime64({end}, 6, 'UTC') ORDER BY timestamp, uuid LIMIT 50000";
+    let (status, _) = query(
+        &ph,
+        hour,
+        json!({"start": "2024-03-02 12:00:00.000000", "end": "2024-03-02 13:00:00.000000"}),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let in_day = ph
+        .events()
+        .iter()
+        .filter(|e| {
+            e.timestamp >= t("2024-03-02T00:00:00Z") && e.timestamp < t("2024-03-03T00:00:00Z")
+        })
+        .count() as u64;
+    let hour = last_logged(&ph);
+    assert!(hour.rows_read >= in_day, "{} < {in_day}", hour.rows_read);
+    assert!(hour.rows_returned * 20 < in_day);
+}
+
+#[tokio::test]
+async fn limit_does_not_shorten_a_read() {
+    let ph = three_days(PostHogConfig::default());
+    let sql = |limit: u32| {
+        format!(
+            "SELECT uuid, properties FROM events WHERE {DAY_2} ORDER BY timestamp, uuid LIMIT {limit}"
+        )
+    };
+    query(&ph, &sql(10), day_2(), true).await;
+    let small = last_logged(&ph);
+    query(&ph, &sql(50_000), day_2(), true).await;
+    let large = last_logged(&ph);
+    assert_eq!(small.rows_returned, 10);
+    assert!(large.rows_returned > 10_000);
+    assert_eq!(
+        (small.rows_read, small.bytes_read),
+        (large.rows_read, large.bytes_read)
+    );
+    assert!(small.bytes_returned * 1000 < large.bytes_returned);
+}
+
+#[tokio::test]
+async fn a_late_insert_makes_one_new_part_per_shard() {
+    let ph = three_days(PostHogConfig::default());
+    assert_eq!(
+        ph.parts().iter().map(Vec::len).collect::<Vec<_>>(),
+        [2, 2, 2, 2]
+    );
+    ph.insert(synthetic_events(
+        400,
+        t("2024-03-01T00:00:00Z"),
+        t("2024-03-02T00:00:00Z"),
+        62,
+    ));
+    let parts = ph.parts();
+    assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 3]);
+    let newest: usize = parts.iter().map(|p| p[2]).sum();
+    assert_eq!(newest, 404, "the new parts hold the new rows only");
+    // A query over the day now reads the new parts too.
+    let (_, body) = query(
+        &ph,
+        &format!("SELECT count() FROM events WHERE {DAY_2}"),
+        json!({"start": "2024-03-01 00:00:00", "end": "2024-03-02 00:00:00"}),
+        true,
+    )
+    .await;
+    let day_1 = ph
+        .events()
+        .iter()
+        .filter(|e| {
+            e.timestamp >= t("2024-03-01T00:00:00Z") && e.timestamp < t("2024-03-02T00:00:00Z")
+        })
+        .count();
+    assert_eq!(body["results"][0][0], day_1);
+}
+
+#[tokio::test]
+async fn a_spent_read_budget_answers_429_after_the_overdrawing_query_ran() {
+    let ph = three_days(PostHogConfig {
+        read_budget: Some(ReadBudget {
+            bytes: 1_000,
+            window: Duration::from_secs(3_600),
+        }),
+        ..PostHogConfig::default()
+    });
+    let sql = format!("SELECT uuid FROM events WHERE {DAY_2} LIMIT 5");
+    let (status, _, body) = post(&ph, &sql, day_2()).await;
+    assert_eq!(status, 200, "the query that overdraws runs: {body}");
+    assert!(last_logged(&ph).bytes_read > 1_000);
+    let (status, headers, body) = post(&ph, &sql, day_2()).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["code"], "api_queries_budget_exceeded");
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((3_590..=3_600).contains(&wait), "{wait}");
+    let cost = ph.with_state(|s| s.cost);
+    assert_eq!((cost.queries, cost.budget_refusals), (1, 1));
+    assert_eq!(last_logged(&ph).bytes_read, 0, "a refusal reads nothing");
+}
+
+#[tokio::test]
+async fn a_query_past_the_time_cap_answers_posthogs_504_after_the_cap() {
+    let ph = three_days(PostHogConfig {
+        cost: Some(QueryCost {
+            per_1000_rows: Duration::from_secs(1),
+            scale: 0.002,
+            ..QueryCost::default()
+        }),
+        ..PostHogConfig::default()
+    });
+    let started = std::time::Instant::now();
+    let (status, _, body) = post(
+        &ph,
+        &format!("SELECT uuid FROM events WHERE {DAY_2} LIMIT 5"),
+        day_2(),
+    )
+    .await;
+    assert_eq!(status, 504);
+    assert!(
+        started.elapsed() >= Duration::from_millis(20),
+        "10 s x 0.002"
+    );
+    assert_eq!(
+        body,
+        json!({"type": "server_error", "code": "error", "detail": "This query hit the 10-second time limit for queries run through the API. Submit it as an async query to give it more time. You can also narrow the date range or the filters so it scans less data.", "attr": null})
+    );
+    let logged = last_logged(&ph);
+    assert!(
+        logged.query_time > Duration::from_secs(10),
+        "{:?}",
+        logged.query_time
+    );
+    assert_eq!(ph.with_state(|s| s.cost.timeouts), 1);
+
+    // A narrow one finishes: its time is what it read.
+    let (status, _, _) = post(&ph, "SELECT uuid FROM events WHERE timestamp >= toDateTime64({start}, 6, 'UTC') AND timestamp <= toDateTime64({end}, 6, 'UTC') AND event = {name} AND cityHash64(distinct_id) < {hi} LIMIT 5", json!({"start": "2024-03-02 00:00:00", "end": "2024-03-02 23:59:59.999999", "name": "signup", "hi": 1u64 << 60})).await;
+    assert_eq!(status, 200);
+    let logged = last_logged(&ph);
+    let shard = logged.shards.iter().max_by_key(|s| s.rows).unwrap();
+    let expected = QueryCost::default().base
+        + Duration::from_secs(1).mul_f64(shard.rows as f64 / 1000.0)
+        + QueryCost::default()
+            .per_mb
+            .mul_f64(shard.bytes as f64 / (1u64 << 20) as f64);
+    let off = logged.query_time.abs_diff(expected);
+    assert!(
+        off < Duration::from_micros(10),
+        "{:?} vs {expected:?}",
+        logged.query_time
+    );
+}
+
+#[tokio::test]
+async fn the_concurrency_429_has_posthogs_text_and_no_retry_after() {
+    let ph = PostHogStandIn::start(
+        PostHogConfig {
+            query_latency: Duration::from_millis(600),
+            max_concurrent_queries: Some(1),
+            query_slot_wait: Duration::from_millis(50),
+            ..PostHogConfig::default()
+        },
+        Vec::new(),
+    );
+    let (a, b) = tokio::join!(
+        post(&ph, "SELECT 1", json!({})),
+        post(&ph, "SELECT 1", json!({}))
+    );
+    let refused = if a.0 == 429 { a } else { b };
+    assert_eq!(refused.0, 429);
+    assert!(!refused.1.contains_key("retry-after"));
+    assert_eq!(refused.2["type"], "throttled_error");
+    assert_eq!(refused.2["code"], "throttled");
+    let detail = refused.2["detail"].as_str().unwrap();
+    let task = detail
+        .strip_prefix("Exceeded maximum concurrency limit: 1 for key: api:query:per-team:4242 and task: api_query_")
+        .unwrap_or_else(|| panic!("{detail}"));
+    assert!(task.parse::<u64>().is_ok(), "{detail}");
+
+    let fault: Value = serde_json::from_str(&Fault::concurrency_limit("4242").body).unwrap();
+    assert_eq!(
+        fault["detail"],
+        "Exceeded maximum concurrency limit: 3 for key: api:query:per-team:4242 and task: api_query_0"
+    );
+    assert!(Fault::concurrency_limit("4242").retry_after.is_none());
+}
+
+#[tokio::test]
+async fn counts_by_day_event_and_hash_bucket_are_exact_and_sum_to_the_range() {
+    let ph = three_days(PostHogConfig::default());
+    let width = u64::MAX / 8 + 1;
+    let sql = format!(
+        "SELECT intDiv(toUnixTimestamp64Milli(timestamp), 86400000) AS utc_day, event, intDiv(cityHash64(distinct_id), {{bucket_width}}) AS hash_bucket, count() AS n FROM events WHERE {DAY_2} GROUP BY utc_day, event, hash_bucket ORDER BY utc_day, event, hash_bucket LIMIT 10000"
+    );
+    let values = json!({"start": "2024-03-01 00:00:00.000000", "end": "2024-03-03 00:00:00.000000", "bucket_width": width});
+    let (status, body) = query(&ph, &sql, values, true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["columns"],
+        json!(["utc_day", "event", "hash_bucket", "n"])
+    );
+    let mut expected = std::collections::BTreeMap::new();
+    for e in ph.events() {
+        if e.timestamp >= t("2024-03-01T00:00:00Z") && e.timestamp < t("2024-03-03T00:00:00Z") {
+            let day = e.timestamp.timestamp().div_euclid(86_400);
+            let bucket = city_hash64(e.distinct_id.as_bytes()) / width;
+            *expected
+                .entry((day, e.event.clone(), bucket))
+                .or_insert(0u64) += 1;
+        }
+    }
+    let got: std::collections::BTreeMap<(i64, String, u64), u64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r[0].as_i64().unwrap(),
+                    r[1].as_str().unwrap().to_string(),
+                    r[2].as_u64().unwrap(),
+                ),
+                r[3].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(got.len(), 2 * 6 * 8);
+    let sum: u64 = got.values().sum();
+    let (_, count) = query(
+        &ph,
+        &format!("SELECT count() FROM events WHERE {DAY_2}"),
+        json!({"start": "2024-03-01 00:00:00.000000", "end": "2024-03-03 00:00:00.000000"}),
+        true,
+    )
+    .await;
+    assert_eq!(count["results"][0][0], sum);
+    assert_eq!(
+        last_logged(&ph).bytes_returned,
+        0,
+        "counts deliver no stored row"
+    );
+}
+
+#[tokio::test]
+async fn posthogs_answers_for_its_limits_come_word_for_word() {
+    let ph = PostHogStandIn::start(PostHogConfig::default(), Vec::new());
+    let cases = [
+        (
+            Fault::query_timeout(),
+            504,
+            "error",
+            "This query hit the 10-second time limit for queries run through the API. Submit it as an async query to give it more time. You can also narrow the date range or the filters so it scans less data.",
+        ),
+        (
+            Fault::estimated_too_long(34.5),
+            512,
+            "error",
+            "Estimated query execution time (34.5 seconds) is too long. Try reducing its scope by changing the time range.",
+        ),
+        (
+            Fault::memory_limit(),
+            513,
+            "clickhouse_memory_limit_exceeded",
+            "Query exceeds memory limits. Try reducing its scope by changing the time range.",
+        ),
+        (
+            Fault::too_many_bytes(),
+            400,
+            "too_many_bytes",
+            "Query exceeds the maximum number of bytes to read.",
+        ),
+        (
+            Fault::read_budget(1_234),
+            429,
+            "api_queries_budget_exceeded",
+            "Exceeded the hourly API query read budget for this project. Expected available in 1234 seconds.",
+        ),
+    ];
+    for (fault, status, code, detail) in cases {
+        ph.fault_next(fault);
+        let (got, headers, body) = post(&ph, "SELECT 1", json!({})).await;
+        assert_eq!(
+            (got, body["code"].as_str(), body["detail"].as_str()),
+            (status, Some(code), Some(detail))
+        );
+        assert!(body["attr"].is_null() && body["type"].is_string());
+        assert_eq!(headers.get("retry-after").is_some(), status == 429);
+    }
+}
+
+#[tokio::test]
+async fn page_faults_bring_rows_that_fail_the_where_next_to_the_page() {
+    let window =
+        json!({"start": "2024-03-02 00:00:00.000000", "end": "2024-03-03 00:00:00.000000"});
+    let sql = format!(
+        "SELECT uuid, timestamp, event FROM events WHERE {DAY_2} AND event IN ({{e}}) ORDER BY timestamp, uuid LIMIT 50"
+    );
+    let values = with(window, json!({"e": "signup"}));
+    let times = |body: &Value| -> Vec<DateTime<Utc>> {
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| t(r[1].as_str().unwrap()))
+            .collect()
+    };
+    let healthy = three_days(PostHogConfig::default());
+    let (_, good) = query(&healthy, &sql, values.clone(), true).await;
+    let good_times = times(&good);
+
+    let ph = three_days(PostHogConfig {
+        page_fault: Some(posthog_patterns_standin::PageFault::RowPastEnd),
+        ..PostHogConfig::default()
+    });
+    let (_, body) = query(&ph, &sql, values.clone(), true).await;
+    let got = times(&body);
+    assert_eq!(got[..49], good_times[..49]);
+    // The first row after the page that fails the WHERE: another event, or past the window.
+    let last = &body["results"][49];
+    assert!(got[49] >= good_times[48]);
+    assert!(
+        last[2] != "signup" || got[49] >= t("2024-03-03T00:00:00Z"),
+        "{last}"
+    );
+
+    ph.set_config(|c| c.page_fault = Some(posthog_patterns_standin::PageFault::RowBeforeStart));
+    let (_, body) = query(&ph, &sql, values.clone(), true).await;
+    let got = times(&body);
+    assert_eq!(got[1..], good_times[1..]);
+    let first = &body["results"][0];
+    assert!(got[0] <= good_times[0]);
+    assert!(
+        first[2] != "signup" || got[0] < t("2024-03-02T00:00:00Z"),
+        "{first}"
+    );
+
+    ph.set_config(|c| c.page_fault = Some(posthog_patterns_standin::PageFault::IgnoreFilters));
+    let (_, body) = query(&ph, &sql, values, true).await;
+    let events: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[2].as_str().unwrap())
+        .collect();
+    assert!(
+        events.iter().any(|e| *e != "signup"),
+        "the event filter was ignored"
+    );
+}
