@@ -64,15 +64,22 @@ fn event_filters_go_into_the_query_and_select_exactly_those_events() {
         env.assert_exactly_once(|e| in_range(e) && (e.event == "signup" || e.event == "$pageview"));
     assert!(n > 300, "{n}");
     let log = env.posthog.log();
-    assert_eq!(log[0].sql.as_deref(), Some("SELECT 1"), "auto asks first");
     assert_eq!(
-        log[1].sql.as_deref(),
-        Some("SELECT now()"),
-        "then PostHog's time, to check --end"
+        log[0].sql.as_deref(),
+        Some("SELECT 1"),
+        "auto asks first; its answer's Date is PostHog's time, to check --end"
     );
-    let sql = log[2].sql.clone().unwrap();
-    assert!(sql.contains("event IN ("), "{sql}");
-    assert!(sql.contains("event NOT IN ("), "{sql}");
+    assert!(
+        log[1].sql.as_deref().unwrap().contains("count() AS n"),
+        "then the plan: {:?}",
+        log[1].sql
+    );
+    assert!(log.len() > 2, "then the pages");
+    for req in &log[1..] {
+        let sql = req.sql.clone().unwrap();
+        assert!(sql.contains("event IN ("), "{sql}");
+        assert!(sql.contains("event NOT IN ("), "{sql}");
+    }
 }
 
 #[test]
@@ -375,20 +382,41 @@ fn a_corrupt_checkpoint_is_an_error_and_nothing_is_sent() {
 }
 
 #[test]
-fn slow_queries_narrow_the_window_and_every_event_still_arrives() {
+fn queries_posthog_finds_too_costly_are_asked_in_smaller_parts_and_every_event_still_arrives() {
+    // A shard may read 24 KiB within the limit: a window of 400 events (about 30 KiB a shard)
+    // is too much, and so is a plan of the whole week's key columns (about 87 KiB a shard).
     let env = Env::with(
-        PostHogConfig {
-            max_scan_rows: 400,
-            ..PostHogConfig::default()
-        },
+        costly(24 << 10),
         events(4_000, 13),
         WebhookConfig::default(),
     );
-    env.run(&backfill_args(&["--page-size", "300"]))
-        .assert_code(0);
+    let run = env.run(&backfill_args(&["--page-size", "400", "-v"]));
+    run.assert_code(0);
     env.assert_exactly_once(in_range);
-    let timeouts = env.posthog.log().iter().filter(|r| r.status == 504).count();
-    assert!(timeouts > 0, "windows were narrowed after 504s");
+    let log = env.posthog.log();
+    let timeouts = |plan: bool| {
+        log.iter()
+            .filter(|r| r.status == 504)
+            .filter(|r| r.sql.as_deref().unwrap().contains("count()") == plan)
+            .count()
+    };
+    assert!(timeouts(false) > 0, "windows were split after 504s");
+    assert!(timeouts(true) > 0, "plans covered fewer days after 504s");
+    assert!(run.stderr.contains("in smaller parts"), "{}", run.stderr);
+    // Every query that was answered read within the limit.
+    let (answered, biggest) = log
+        .iter()
+        .filter(|r| r.status == 200 && r.path.ends_with("/query/"))
+        .fold((0, 0), |(n, b), r| {
+            (
+                n + 1,
+                b.max(r.shards.iter().map(|s| s.bytes).max().unwrap_or(0)),
+            )
+        });
+    assert!(
+        answered > 10 && biggest <= 24 << 10,
+        "{answered} queries, {biggest} bytes"
+    );
 }
 
 #[test]
@@ -487,13 +515,11 @@ fn the_demo_delivers_every_event_exactly_once() {
 }
 
 #[test]
-fn a_query_that_times_out_even_on_the_narrowest_window_stops_with_exit_75() {
-    // Ten events in one microsecond, and a PostHog that times out on more than five rows.
+fn a_query_too_costly_even_for_a_single_key_stops_with_exit_75() {
+    // Ten events, and a PostHog for which reading any of them whole is too much (one granule
+    // holds them all), while counting their key columns (about 300 bytes a shard) is not.
     let env = Env::with(
-        PostHogConfig {
-            max_scan_rows: 5,
-            ..PostHogConfig::default()
-        },
+        costly(400),
         tied_events(10, t("2024-03-02T00:00:00.000001Z"), 18),
         WebhookConfig::default(),
     );
@@ -501,11 +527,15 @@ fn a_query_that_times_out_even_on_the_narrowest_window_stops_with_exit_75() {
     run.assert_code(75);
     assert!(
         run.stderr
-            .contains("PostHog times out (HTTP 504) even on a 1.0s window at 2024-03-02T00:00:00"),
+            .contains("PostHog found 24 queries in a row too costly (HTTP 504)")
+            && run.stderr.contains("try again later"),
         "{}",
         run.stderr
     );
     assert!(env.received().is_empty());
+    // Halving never loops, and stops long before it runs out of hashes to halve.
+    let lost = env.posthog.log().iter().filter(|r| r.status == 504).count();
+    assert_eq!(lost, 25, "the first query and 24 halves");
 }
 
 /// The `--end` a refusal names as the latest a run can use now.

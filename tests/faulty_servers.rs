@@ -7,7 +7,9 @@ mod common;
 use chrono::{Duration, Utc};
 use common::*;
 use posthog_patterns_standin::webhook::SECRET_PATH;
-use posthog_patterns_standin::{Fault, PageFault, PostHogConfig, Spoil, WebhookConfig};
+use posthog_patterns_standin::{
+    Fault, PageFault, PostHogConfig, Spoil, StoredEvent, WebhookConfig,
+};
 
 #[test]
 fn a_webhook_that_redirects_stops_the_run_and_nothing_counts_as_delivered() {
@@ -398,23 +400,29 @@ fn windows_read_in_parallel_are_delivered_in_order_exactly_once_within_posthogs_
         "windows were read in parallel: at most {peak} at once"
     );
     assert!(peak <= 3, "{peak}");
-    // With --concurrency 1 the webhook saw the events in PostHog's order.
-    let order: Vec<(chrono::DateTime<Utc>, String)> = {
-        let by_uuid: std::collections::HashMap<String, chrono::DateTime<Utc>> = env
+    // With --concurrency 1 the webhook saw the events in PostHog's storage order: days in
+    // order, and inside a day by event name and hashes (not by time).
+    let order: Vec<(StorageKey, chrono::DateTime<Utc>)> = {
+        let by_uuid: std::collections::HashMap<String, StoredEvent> = env
             .posthog
             .events()
             .into_iter()
-            .map(|e| (e.uuid, e.timestamp))
+            .map(|e| (e.uuid.clone(), e))
             .collect();
         env.webhook
             .uuids()
             .into_iter()
-            .map(|u| (by_uuid[&u], u))
+            .map(|u| (storage_key(&by_uuid[&u]), by_uuid[&u].timestamp))
             .collect()
     };
     assert!(
-        order.windows(2).all(|w| w[0].0 <= w[1].0),
-        "delivered in timestamp order"
+        order.windows(2).all(|w| w[0].0 < w[1].0),
+        "delivered in storage order"
+    );
+    let back_in_time = order.windows(2).filter(|w| w[1].1 < w[0].1).count();
+    assert!(
+        back_in_time > 1_000,
+        "not in time order inside a day: {back_in_time}"
     );
     println!(
         "{n} events exactly once and in order; at most {peak} queries at once, {refused} refused for concurrency"
@@ -564,10 +572,10 @@ fn answers_that_keep_breaking_but_get_further_each_time_do_not_use_up_the_retrie
 #[test]
 fn a_posthog_answer_that_trickles_forever_is_given_up_and_asked_again() {
     let env = Env::new(events(2_000, 85), WebhookConfig::default());
-    // The first pages' answers (request 0 asks for PostHog's time): a 200 whose body comes a
-    // byte a second, never ending. Each byte comes well within --http-timeout, so only a bound
-    // on the whole answer ends it.
-    for n in 1..3 {
+    // The first page's answers (request 0 asks for PostHog's time, 1 plans): a 200 whose body
+    // comes a byte a second, never ending. Each byte comes well within --http-timeout, so
+    // only a bound on the whole answer ends it.
+    for n in 2..4 {
         env.posthog.fault_at(n, Fault::status(200).trickling());
     }
     let started = std::time::Instant::now();

@@ -68,9 +68,14 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
     )
     .await?;
     // Before anything is marked: a range still open by PostHog's clock cannot be complete.
-    connect
+    let now = connect
         .refuse_future_end(source, &cfg.range, "backfill")
         .await?;
+    state.position = state
+        .position
+        .take()
+        .map(|p| p.upgrade(state.version, progress));
+    let ingested = job::ingested_until(&mut state, source, now);
     let path = store.path().to_path_buf();
     if state.complete {
         return Ok(Report::ok(format!(
@@ -117,7 +122,7 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
         &cfg.retries.policy,
         progress,
     )?;
-    let reader = connect.reader(source, cfg.range, &cfg.read, None);
+    let reader = connect.reader(source, cfg.range, &cfg.read, ingested);
 
     let whole_range = state.position.is_none();
     runner::read_posthog(

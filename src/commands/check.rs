@@ -14,11 +14,11 @@ use crate::posthog::ApiError;
 use crate::posthog::Connection;
 use crate::posthog::hogql;
 use crate::posthog::source::Connect;
-use crate::posthog::source::{Cursor, Filters, Range, SourceKind};
+use crate::posthog::source::{Filters, Range, SourceKind};
 use crate::progress::{Progress, count, human_duration};
 use crate::state::checkpoint::{self, State};
 use anyhow::Context;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 use indicatif::HumanCount;
 use std::sync::Arc;
 
@@ -256,7 +256,7 @@ async fn estimate(
     kind: SourceKind,
     range: Range,
     filters: &Filters,
-    ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    ingested: Option<hogql::Ingested>,
     page_size: usize,
     batch_size: usize,
 ) -> anyhow::Result<()> {
@@ -281,14 +281,12 @@ async fn estimate(
         let end = start
             .checked_add_signed(width)
             .map_or(range.end, |e| e.min(range.end));
-        let from = Cursor::Before { timestamp: start };
-        let selection = hogql::Selection {
-            from: &from,
-            end,
+        let scope = hogql::Scope {
             filters,
             ingested,
+            tie: None,
         };
-        let body = hogql::body("posthog-patterns estimate", selection.count_sql());
+        let body = hogql::count(&Range { start, end }, &scope);
         let reply = match client.post_page("query/", &body).await {
             Ok(reply) => reply,
             // Too slow to count is no fault of the settings: the check still passes.

@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use clap::Parser;
 use indicatif::HumanCount;
 use posthog_patterns_standin::{
-    Fault, PostHogConfig, PostHogStandIn, WebhookConfig, WebhookStandIn, data,
+    Fault, PostHogConfig, PostHogStandIn, Storage, WebhookConfig, WebhookStandIn, data,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,9 +31,15 @@ pub(crate) async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Re
     let duplicates: Vec<_> = events.iter().step_by(9_973).cloned().collect();
     events.extend(duplicates.iter().cloned());
 
+    // Granules of 1,024 rows (PostHog's hold 8,192): the demo's 46,000 events then cost
+    // their queries what a table a few times larger would.
     let posthog = PostHogStandIn::start(
         PostHogConfig {
-            max_scan_rows: 25_000,
+            storage: Storage {
+                granule_rows: 1_024,
+                block_rows: 1_024,
+                ..Storage::default()
+            },
             ..PostHogConfig::default()
         },
         events.clone(),
@@ -120,13 +126,17 @@ pub(crate) async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Re
             expected.len()
         );
     }
+    let (read, returned) = posthog.with_state(|s| (s.cost.bytes_read, s.cost.bytes_returned));
     Ok(Report {
         exit: EXIT_OK,
         summary: format!(
-            "{}\ndemo check passed: all {} events of the range arrived exactly once at the webhook ({} received, 0 missing, 0 duplicated, 0 outside the range)",
+            "{}\ndemo check passed: all {} events of the range arrived exactly once at the webhook ({} received, 0 missing, 0 duplicated, 0 outside the range)\nPostHog read {} to deliver {} of events as stored: {:.2} bytes read per byte delivered, plans included",
             report.summary,
             HumanCount(expected.len() as u64),
-            HumanCount(received as u64)
+            HumanCount(received as u64),
+            indicatif::HumanBytes(read),
+            indicatif::HumanBytes(returned),
+            read as f64 / returned.max(1) as f64
         ),
     })
 }

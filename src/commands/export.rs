@@ -11,6 +11,7 @@ use crate::event::format_ts;
 use crate::net::tls::CaCerts;
 use crate::pipeline;
 use crate::pipeline::batcher::Limits;
+use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
 use crate::posthog::source::{Cursor, Range, SourceKind};
 use crate::progress::Progress;
@@ -115,14 +116,18 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
     let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
     let Some(output) = &cfg.output else {
         let source = connect.choose(cfg.read.source, None).await?;
-        connect
+        let now = connect
             .refuse_future_end(source, &cfg.range, "export")
             .await?;
         let writer = NdjsonWriter::stdout(progress.clone());
+        let ingested = (source != SourceKind::Events).then_some(Ingested {
+            after: None,
+            until: now,
+        });
         return match read_into(
             cfg,
             &connect,
-            source,
+            (source, ingested),
             None,
             &writer,
             progress,
@@ -161,9 +166,12 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
         &cfg.resume,
     )
     .await?;
-    connect
+    let now = connect
         .refuse_future_end(source, &cfg.range, "export")
         .await?;
+    if let Some(position) = state.position.as_mut() {
+        position.cursor = position.cursor.clone().upgrade(state.version, progress);
+    }
     let path = store.path().to_path_buf();
     let existing = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
     if fresh && existing > 0 && !cfg.resume.restart {
@@ -210,10 +218,11 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
     store.save(&mut state)?;
     let writer = NdjsonWriter::file(&output, keep, progress.clone())?;
     let from = state.position.as_ref().map(|p| p.cursor.clone());
+    let ingested = job::ingested_until(&mut state, source, now);
     read_into(
         cfg,
         &connect,
-        source,
+        (source, ingested),
         from,
         &writer,
         progress,
@@ -247,13 +256,13 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
 async fn read_into(
     cfg: &ExportConfig,
     connect: &Connect<'_>,
-    source: SourceKind,
+    (source, ingested): (SourceKind, Option<Ingested>),
     from: Option<Cursor>,
     writer: &NdjsonWriter,
     progress: &Arc<Progress>,
     commit: impl FnMut(&Cursor, crate::pipeline::Delivered) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let reader = connect.reader(source, cfg.range, &cfg.read, None);
+    let reader = connect.reader(source, cfg.range, &cfg.read, ingested);
     let whole_range = from.is_none();
     runner::read_posthog(reader, from, cfg.range, POSTING, writer, progress, commit).await?;
     if whole_range {

@@ -88,9 +88,10 @@ pub(crate) async fn read_posthog(
     progress: &Arc<Progress>,
     mut commit: impl FnMut(&Cursor, Delivered) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    if let Some(pos) = &from {
-        progress.set_done(span.fraction(pos.timestamp()));
-    }
+    let before = from
+        .as_ref()
+        .map_or(0.0, |pos| span.fraction(pos.timestamp()));
+    progress.set_done(before);
     let shown = progress.clone();
     pipe(
         move |tx| reader.run(from, tx),
@@ -99,11 +100,28 @@ pub(crate) async fn read_posthog(
         progress,
         move |pos: &Cursor, done| {
             commit(pos, done)?;
-            shown.set_done(span.fraction(pos.timestamp()));
+            shown.set_done(share_done(&shown, span, pos, before));
             Ok(())
         },
     )
     .await
+}
+
+/// How much of the work is done at `pos`: once the Query reader's plan reaches the range's
+/// end, by the events it counted (what was done before this run, then this run's share of
+/// the planned events); until then, and for the Events API, by event time.
+fn share_done(progress: &Progress, span: Range, pos: &Cursor, before: f64) -> f64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &progress.stats;
+    let planned = Stats::get(&s.planned);
+    if !s.planned_complete.load(Relaxed) || planned == 0 {
+        return span.fraction(pos.timestamp());
+    }
+    let handled = Stats::get(&s.posted)
+        + Stats::get(&s.dead_lettered)
+        + Stats::get(&s.duplicates_dropped)
+        + Stats::get(&s.filtered);
+    before + (1.0 - before) * (handled as f64 / planned as f64).min(1.0)
 }
 
 /// `read … / posted … / retries … / took …` lines for a summary. `posted` names what the

@@ -14,6 +14,7 @@ use crate::error::{EXIT_OK, EXIT_REJECTED, usage};
 use crate::event::format_ts;
 use crate::net::tls::CaCerts;
 use crate::pipeline::ledger::Stats;
+use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
 use crate::posthog::source::{Cursor, Range, SourceKind};
 use crate::progress::{Progress, count};
@@ -115,6 +116,12 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
             watermark: None,
             pending: None,
         });
+    }
+    if let Some(pending) = state.position.as_mut().and_then(|s| s.pending.as_mut()) {
+        pending.cursor = pending
+            .cursor
+            .take()
+            .map(|c| c.upgrade(state.version, progress));
     }
     let mut sync = state.position.clone().with_context(|| {
         format!(
@@ -238,13 +245,13 @@ impl Pending {
     }
 
     /// The `created_at` bounds the Query API reads with (the Events API has none).
-    pub(crate) fn ingested(&self, source: SourceKind) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    pub(crate) fn ingested(&self, source: SourceKind) -> Option<Ingested> {
         match source {
             SourceKind::Events => None,
-            _ => Some((
-                self.ingested_after.unwrap_or(DateTime::UNIX_EPOCH),
-                self.until,
-            )),
+            _ => Some(Ingested {
+                after: self.ingested_after,
+                until: self.until,
+            }),
         }
     }
 }

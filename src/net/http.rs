@@ -79,6 +79,14 @@ impl Reply {
             .unwrap_or_else(|| self.excerpt())
     }
 
+    /// The `code` of a PostHog error body (`{"type","code","detail","attr"}`), if any.
+    pub(crate) fn code(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.get("code")?.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
     /// The server's clock, from its `Date` header (one-second precision): PostHog's "now" is
     /// the only one to compare its `created_at` with (cron hosts drift).
     pub(crate) fn date(&self) -> Option<chrono::DateTime<chrono::Utc>> {

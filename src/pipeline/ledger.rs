@@ -24,6 +24,10 @@ pub(crate) struct Stats {
     /// occurs is probably a typo worth a warning).
     pub(crate) names: std::sync::Mutex<std::collections::BTreeSet<String>>,
     pub(crate) waited_ms: AtomicU64,
+    /// Events the Query reader's plan counted in what is left of the range, and whether the
+    /// plan reaches its end (the share done is then that of these events).
+    pub(crate) planned: AtomicU64,
+    pub(crate) planned_complete: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {

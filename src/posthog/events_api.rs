@@ -94,7 +94,7 @@ impl Reader {
                 tie.set = uuids;
                 Lower::From(timestamp)
             }
-            Some(Cursor::After { .. } | Cursor::Within { .. }) => {
+            Some(Cursor::After { .. } | Cursor::Key { .. } | Cursor::Within { .. }) => {
                 bail!("this checkpoint was written by the Query API source; use --source query")
             }
         };

@@ -97,10 +97,18 @@ pub(crate) enum ApiError {
         "PostHog answered HTTP {status}, a redirect to {target}/…: posthog-patterns follows no redirects. Set --host to the address PostHog really answers on (the app host, such as https://us.posthog.com or https://eu.posthog.com)"
     )]
     Redirected { status: u16, target: String },
-    #[error("PostHog could not finish the query in time (HTTP {status})")]
+    #[error("PostHog found the query too costly (HTTP {status})")]
     TooSlow { status: u16 },
     #[error("PostHog is throttling requests (HTTP 429: {detail})")]
     Throttled { detail: String },
+    #[error(
+        "PostHog's read budget for API queries of this project is spent (HTTP 429: {detail}); it refills at {} UTC",
+        refills.format("%Y-%m-%d %H:%M:%S")
+    )]
+    ReadBudget {
+        detail: String,
+        refills: DateTime<Utc>,
+    },
     #[error("PostHog is unavailable (HTTP {status}: {excerpt})")]
     Unavailable { status: u16, excerpt: String },
     #[error("PostHog rejected the request (HTTP {status}: {detail})")]
@@ -130,14 +138,18 @@ pub(crate) enum ApiError {
     Async { excerpt: String },
 }
 
-/// What a 504 or 512 (PostHog's "query too slow") means to the caller.
+/// What PostHog's "query too costly" answers (504, 512, 513, 400 `too_many_bytes`) mean to
+/// the caller.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slow {
     /// A passing fault: retried like a 503 (a probe, a count, an Events API page).
     Retry,
-    /// An answer: the caller asks a smaller question (the Query reader's windows).
+    /// An answer: the caller asks a smaller question (the Query reader's windows and plans).
     Fail,
 }
+
+/// PostHog's time, as the `Date` of its last answer said, and when that answer came.
+pub(crate) type Clock = Arc<std::sync::Mutex<Option<(DateTime<Utc>, std::time::Instant)>>>;
 
 pub(crate) struct PostHog {
     http: reqwest::Client,
@@ -149,27 +161,16 @@ pub(crate) struct PostHog {
     /// `--http-timeout`, for answers read as they arrive.
     timeout: std::time::Duration,
     progress: Arc<Progress>,
+    clock: Clock,
+    /// Queries PostHog refused for its cap on queries running at once.
+    concurrency_refusals: std::sync::atomic::AtomicU64,
 }
 
 impl PostHog {
-    pub(crate) fn new(
-        http: reqwest::Client,
-        conn: Connection,
-        budget: Arc<Budget>,
-        retry: RetryPolicy,
-        max_response: u64,
-        timeout: std::time::Duration,
-        progress: Arc<Progress>,
-    ) -> Self {
-        PostHog {
-            http,
-            conn,
-            budget,
-            retry,
-            max_response,
-            timeout,
-            progress,
-        }
+    /// How many queries PostHog refused for its cap on queries running at once.
+    pub(crate) fn concurrency_refusals(&self) -> u64 {
+        self.concurrency_refusals
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The host, for messages: `https://host[:port]` (it holds no secret).
@@ -276,6 +277,16 @@ impl PostHog {
         .map(|reply| reply.body)
     }
 
+    /// PostHog's clock as an answer of the last second said (such as the `auto` probe's):
+    /// its `Date` is as good as a request of its own, whose answer has one-second precision
+    /// too.
+    pub(crate) fn recent_now(&self) -> Option<DateTime<Utc>> {
+        let recent = *self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .filter(|(_, at)| at.elapsed() < std::time::Duration::from_secs(1))
+            .map(|(date, at)| date + at.elapsed())
+    }
+
     /// PostHog's clock: the `Date` of an answer to a request that costs PostHog next to
     /// nothing (`SELECT now()`, or an empty Events API window). Falls back to the local clock,
     /// with a warning, for a server that sends no `Date`.
@@ -330,7 +341,13 @@ impl PostHog {
                 .header("content-type", "application/json");
             let host = || self.conn.host.as_str().trim_end_matches('/').to_string();
             match http::send(req, read).await {
-                Ok(reply) => self.classify(endpoint, slow, reply),
+                Ok(reply) => {
+                    if let Some(date) = reply.date() {
+                        *self.clock.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((date, std::time::Instant::now()));
+                    }
+                    self.classify(endpoint, slow, reply)
+                }
                 Err(SendError::Timeout) => Attempt::Retry {
                     error: ApiError::Timeout { host: host() },
                     after: None,
@@ -384,13 +401,35 @@ impl PostHog {
             404 => Attempt::Fail(ApiError::NotFound {
                 path: format!("/api/projects/{}/{endpoint}", self.conn.project),
             }),
-            429 => Attempt::Throttled {
-                after: reply.retry_after(),
-                error: ApiError::Throttled {
-                    detail: reply.detail(),
-                },
-            },
-            504 | 512 if slow == Slow::Fail => Attempt::Fail(ApiError::TooSlow { status }),
+            429 if reply.code() == "api_queries_budget_exceeded" => {
+                let after = reply.retry_after();
+                let wait =
+                    chrono::Duration::from_std(after.unwrap_or_default()).unwrap_or_default();
+                Attempt::Throttled {
+                    after,
+                    error: ApiError::ReadBudget {
+                        detail: reply.detail(),
+                        refills: reply.date().unwrap_or_else(Utc::now) + wait,
+                    },
+                }
+            }
+            429 => {
+                let detail = reply.detail();
+                // PostHog's cap on queries running at once answers without Retry-After, once
+                // the query waited for a slot: fewer windows at once for the rest of the run.
+                if reply.retry_after().is_none() && detail.contains("maximum concurrency limit") {
+                    self.concurrency_refusals
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Attempt::Throttled {
+                    after: reply.retry_after(),
+                    error: ApiError::Throttled { detail },
+                }
+            }
+            504 | 512 | 513 if slow == Slow::Fail => Attempt::Fail(ApiError::TooSlow { status }),
+            400 if slow == Slow::Fail && reply.code() == "too_many_bytes" => {
+                Attempt::Fail(ApiError::TooSlow { status })
+            }
             500..=599 => Attempt::Retry {
                 error: ApiError::Unavailable {
                     status,

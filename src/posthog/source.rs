@@ -1,8 +1,10 @@
-//! Reading events out of PostHog, in timestamp order, as a stream of posted-event JSON
-//! records, each with the position to resume after it. `query` uses the HogQL Query API (the
-//! default); `events_api` the legacy Events API that some self-hosted instances only have.
+//! Reading events out of PostHog as a stream of posted-event JSON records, each with the
+//! position to resume after it. `query` uses the HogQL Query API (the default), in PostHog's
+//! storage order; `events_api` the legacy Events API that some self-hosted instances only
+//! have, in timestamp order.
 
 use super::PostHog;
+use super::hogql::{Ingested, Tie};
 use crate::net::tls::CaCerts;
 use crate::pipeline::Item;
 use crate::progress::Progress;
@@ -106,6 +108,8 @@ pub(crate) struct Connect<'a> {
     /// One request budget per API for the whole process: the `auto` probe, the clock, the
     /// counts of `config check` and every page draw on the same one.
     budgets: [Arc<crate::net::ratelimit::Budget>; 2],
+    /// PostHog's time, as its last answer said.
+    clock: super::Clock,
 }
 
 impl<'a> Connect<'a> {
@@ -124,20 +128,23 @@ impl<'a> Connect<'a> {
                 Arc::new(retries.budget(SourceKind::Query)),
                 Arc::new(retries.budget(SourceKind::Events)),
             ],
+            clock: Default::default(),
         })
     }
 
     /// A client with the request budget of the API `kind`.
     pub(crate) fn client(&self, kind: SourceKind) -> Arc<PostHog> {
-        Arc::new(PostHog::new(
-            self.http.clone(),
-            self.read.connection.clone(),
-            self.budgets[usize::from(kind == SourceKind::Events)].clone(),
-            self.retries.policy.clone(),
-            self.read.max_response_size,
-            self.retries.http_timeout,
-            self.progress.clone(),
-        ))
+        Arc::new(PostHog {
+            http: self.http.clone(),
+            conn: self.read.connection.clone(),
+            budget: self.budgets[usize::from(kind == SourceKind::Events)].clone(),
+            retry: self.retries.policy.clone(),
+            max_response: self.read.max_response_size,
+            timeout: self.retries.http_timeout,
+            progress: self.progress.clone(),
+            clock: self.clock.clone(),
+            concurrency_refusals: Default::default(),
+        })
     }
 
     /// A reader of `range` through the API `kind`.
@@ -146,7 +153,7 @@ impl<'a> Connect<'a> {
         kind: SourceKind,
         range: Range,
         read: &crate::settings::Read,
-        ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
+        ingested: Option<Ingested>,
     ) -> Reader {
         Reader {
             kind,
@@ -163,11 +170,14 @@ impl<'a> Connect<'a> {
     /// a cron host's clock may drift. Warns when this machine's clock is off by more than a
     /// minute.
     pub(crate) async fn now(&self, kind: SourceKind) -> anyhow::Result<DateTime<Utc>> {
-        let now = self
-            .client(kind)
-            .now(kind)
-            .await
-            .map_err(|e| e.into_error("asking PostHog for its time"))?;
+        let client = self.client(kind);
+        let now = match client.recent_now() {
+            Some(now) => now,
+            None => client
+                .now(kind)
+                .await
+                .map_err(|e| e.into_error("asking PostHog for its time"))?,
+        };
         let drift = Utc::now() - now;
         if drift.abs() > chrono::Duration::minutes(1) {
             self.progress.warn(&format!(
@@ -183,17 +193,19 @@ impl<'a> Connect<'a> {
         Ok(crate::event::to_micros(now))
     }
 
-    /// Refuses a range that has not ended yet by PostHog's clock. A range is read by event
-    /// time, so events stamped after "now" are still to come: calling such a range complete
-    /// would skip them for good. `command` names the command in the message.
+    /// Refuses a range that has not ended yet by PostHog's clock, and gives PostHog's time. A
+    /// range is read by event time, so events stamped after "now" are still to come: calling
+    /// such a range complete would skip them for good. `command` names the command in the
+    /// message.
     pub(crate) async fn refuse_future_end(
         &self,
         kind: SourceKind,
         range: &Range,
         command: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<DateTime<Utc>> {
         let now = self.now(kind).await?;
-        future_end(range, now, command).map_err(crate::error::usage)
+        future_end(range, now, command).map_err(crate::error::usage)?;
+        Ok(now)
     }
 
     /// The API to read: `auto` resumes a job with the API it started with, and otherwise asks
@@ -245,8 +257,9 @@ pub(crate) struct Reader {
     pub(crate) page_size: usize,
     /// Query API: windows read at once (`--fetch-concurrency`).
     pub(crate) fetch_concurrency: usize,
-    /// Query API only: keep events whose `created_at` is in `(after, until]` (for `sync`).
-    pub(crate) ingested: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Query API only: keep events whose `created_at` is in `(after, until]`: ingested by the
+    /// job's start (`backfill`, `export`), or since the watermark (`sync`).
+    pub(crate) ingested: Option<Ingested>,
 }
 
 impl Reader {
@@ -274,10 +287,25 @@ pub(super) fn short(t: DateTime<Utc>) -> String {
 pub(crate) enum Cursor {
     /// Every event with `timestamp < timestamp` is done.
     Before { timestamp: DateTime<Utc> },
-    /// Query API: every event up to and including `(timestamp, uuid)` in PostHog's order is done.
+    /// Query API, as older versions read it (in time order): every event up to and including
+    /// `(timestamp, uuid)` in that order is done. Read, and written only where a run resumed
+    /// from it has not yet moved on.
     After {
         timestamp: DateTime<Utc>,
         uuid: String,
+    },
+    /// Query API, in storage order: every event before `from` is done, and of the events of
+    /// `from`'s UTC day from `from` on, those whose sort key `(event, cityHash64(distinct_id),
+    /// cityHash64(uuid))` comes before this one, and with `through` this one too.
+    Key {
+        from: DateTime<Utc>,
+        event: String,
+        distinct_hash: u64,
+        uuid_hash: u64,
+        through: bool,
+        /// An older checkpoint's place among the events at one microsecond of this day.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tie: Option<Tie>,
     },
     /// Events API (which orders by timestamp only): every event before `timestamp`, and those
     /// at `timestamp` with these uuids, are done.
@@ -286,7 +314,7 @@ pub(crate) enum Cursor {
         uuids: TieSet,
     },
     /// Query API, inside a page not yet wholly checked: everything before `page` is done, and
-    /// so are the first `rows` rows PostHog answered after it, whose order keys chain to
+    /// so are the first `rows` rows PostHog answered after it, whose sort keys chain to
     /// `digest`. A resumed run asks for that page again and skips its first `rows` rows only
     /// if they chain to the same digest; otherwise it hands the page on whole. (The position
     /// of a row itself is trusted only once its page has passed every check: a reordered
@@ -307,6 +335,23 @@ impl Cursor {
             | Cursor::After { timestamp, .. }
             | Cursor::Seen { timestamp, .. }
             | Cursor::Within { timestamp, .. } => *timestamp,
+            Cursor::Key { from, .. } => *from,
+        }
+    }
+
+    /// The same position read from a checkpoint of format version `version`. Version 1 kept
+    /// the Query API's place inside a page by the (timestamp, uuid) order it read in, which
+    /// storage order cannot check: such a position goes back to the page's start, so the
+    /// events handed on from that page arrive again (at most a page), and none is skipped.
+    pub(crate) fn upgrade(self, version: u32, progress: &Progress) -> Cursor {
+        match self {
+            Cursor::Within { page, rows, .. } if version < 2 => {
+                progress.warn(&format!(
+                    "this checkpoint was written by an older posthog-patterns inside a page; resuming from the page's start, so the {rows} events already handed on from it arrive again"
+                ));
+                *page
+            }
+            other => other,
         }
     }
 }

@@ -13,7 +13,9 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub(crate) const VERSION: u32 = 1;
+/// The format written. Version 2 (storage-order positions of the Query API, `ingested_until`)
+/// also reads version 1: see docs/checkpoints.md.
+pub(crate) const VERSION: u32 = 2;
 
 /// What identifies a job: the same job resumes from the same state, any other is refused.
 pub(crate) type JobId = BTreeMap<String, String>;
@@ -50,6 +52,11 @@ pub(crate) struct State<P> {
     pub(crate) complete: bool,
     pub(crate) counters: Counters,
     pub(crate) updated_at: String,
+    /// `backfill` and `export` through the Query API: PostHog's time when the job started.
+    /// Every run of the job reads the events ingested up to then, so the plan's counts stay
+    /// true however long it takes; events ingested later are `sync`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ingested_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl<P> State<P> {
@@ -61,6 +68,7 @@ impl<P> State<P> {
             complete: false,
             counters: Counters::default(),
             updated_at: String::new(),
+            ingested_until: None,
         }
     }
 }
@@ -235,9 +243,9 @@ impl Store {
         };
         // First as any state: a state file of another command is another job, not corrupt.
         let any: State<serde_json::Value> = serde_json::from_str(&text).map_err(corrupt)?;
-        if any.version != VERSION {
+        if !(1..=VERSION).contains(&any.version) {
             bail!(
-                "the checkpoint {} has format version {}, this posthog-patterns reads version {VERSION}; use the version that wrote it, or --restart",
+                "the checkpoint {} has format version {}, this posthog-patterns reads versions 1 to {VERSION}; use the version that wrote it, or --restart",
                 self.path.display(),
                 any.version
             );
@@ -258,6 +266,8 @@ impl Store {
 
     /// Replaces the state atomically: a crash leaves either the old or the new file, whole.
     pub(crate) fn save<P: Serialize>(&self, state: &mut State<P>) -> anyhow::Result<()> {
+        // A position of an older format was upgraded when the state was opened.
+        state.version = VERSION;
         state.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let dir = self
             .path

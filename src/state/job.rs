@@ -61,3 +61,18 @@ pub(crate) async fn resume<P: serde::de::DeserializeOwned>(
         fresh,
     })
 }
+
+/// The `created_at` bound of a `backfill` or `export` through the Query API: PostHog's time
+/// when the job started, kept in its state (`now` on its first run, or on the first run of a
+/// job whose state predates the bound).
+pub(crate) fn ingested_until<P>(
+    state: &mut State<P>,
+    source: SourceKind,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<crate::posthog::hogql::Ingested> {
+    if source == SourceKind::Events {
+        return None;
+    }
+    let until = *state.ingested_until.get_or_insert(now);
+    Some(crate::posthog::hogql::Ingested { after: None, until })
+}

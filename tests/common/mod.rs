@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use posthog_patterns_standin::{
-    PostHogConfig, PostHogStandIn, StoredEvent, WebhookConfig, WebhookStandIn,
+    PostHogConfig, PostHogStandIn, QueryCost, Storage, StoredEvent, WebhookConfig, WebhookStandIn,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -292,4 +292,44 @@ pub fn backfill_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     ];
     v.extend_from_slice(extra);
     v
+}
+
+/// A PostHog whose queries take the time of what they read, as PostHog's do, and hit its 10 s
+/// limit (answering its 504) once one shard reads more than `max_bytes`; small granules and
+/// two shards, so that the few thousand events of a test behave like a big table. Times are
+/// scaled down a thousandfold: the 10 s limit answers after 10 ms.
+pub fn costly(max_bytes: u64) -> PostHogConfig {
+    PostHogConfig {
+        storage: Storage {
+            shards: 2,
+            parts_per_shard: 1,
+            granule_rows: 16,
+            block_rows: 16,
+        },
+        cost: Some(QueryCost {
+            base: std::time::Duration::ZERO,
+            per_mb: std::time::Duration::from_secs_f64(
+                10.0 * (1u64 << 20) as f64 / max_bytes as f64,
+            ),
+            per_1000_rows: std::time::Duration::ZERO,
+            cap: std::time::Duration::from_secs(10),
+            scale: 0.001,
+        }),
+        ..PostHogConfig::default()
+    }
+}
+
+/// An event's place in PostHog's storage order: UTC day, event name, then the stand-in's
+/// `cityHash64` of `distinct_id` and of the uuid's 16 bytes.
+pub type StorageKey = (i64, String, u64, u64);
+
+pub fn storage_key(e: &StoredEvent) -> StorageKey {
+    use posthog_patterns_standin::{city_hash64, data::uuid_number};
+    let uuid = uuid_number(&e.uuid).expect("a uuid");
+    (
+        e.timestamp.timestamp().div_euclid(86_400),
+        e.event.clone(),
+        city_hash64(e.distinct_id.as_bytes()),
+        city_hash64(&uuid.to_be_bytes()),
+    )
 }
