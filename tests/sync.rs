@@ -265,3 +265,64 @@ fn the_run_bound_comes_from_posthogs_clock_not_a_drifting_local_one() {
         received.len()
     );
 }
+
+#[test]
+fn a_run_with_nothing_newly_ingested_costs_its_plan_and_no_page() {
+    let Setup { env, start } = setup(WebhookConfig::default());
+    env.run(&sync_args(&["--start", &start])).assert_code(0);
+    env.posthog.advance_clock(Duration::minutes(15));
+    let before = env.posthog.log().len();
+    env.run(&sync_args(&[])).assert_code(0);
+    let queries: Vec<String> = env.posthog.log()[before..]
+        .iter()
+        .filter_map(|r| r.sql.clone())
+        .collect();
+    assert!(
+        queries.iter().any(|q| q.contains("count() AS n")),
+        "{queries:?}"
+    );
+    assert!(
+        !queries.iter().any(|q| q.starts_with("SELECT uuid")),
+        "days counted empty are not read: {queries:?}"
+    );
+}
+
+#[test]
+fn a_sync_state_of_the_previous_format_is_continued_not_refused() {
+    let Setup { env, start } = setup(WebhookConfig::default());
+    env.run(&sync_args(&["--start", &start])).assert_code(0);
+    // What an older posthog-patterns left: a run in progress, stopped inside a page.
+    let now = Utc::now();
+    ingest(&env, events_at(400, now - Duration::days(1), 60));
+    let until = env.posthog.now();
+    let file = std::fs::read_dir(env.path("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let mut old: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let watermark = old["position"]["watermark"].clone();
+    let lookback = (now - Duration::days(7)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    old["version"] = 1.into();
+    old["position"]["pending"] = serde_json::json!({
+        "until": until.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "start": lookback,
+        "end": (now + Duration::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "ingested_after": watermark,
+        "cursor": {"kind": "within", "page": {"kind": "before", "timestamp": lookback},
+                   "rows": 25, "digest": 99, "timestamp": lookback},
+    });
+    std::fs::write(&file, serde_json::to_string(&old).unwrap()).unwrap();
+    let run = env.run(&sync_args(&["-v"]));
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("finishing the interrupted run") && run.stderr.contains("arrive again"),
+        "{}",
+        run.stderr
+    );
+    let start = t(&start);
+    env.assert_exactly_once(|e| e.timestamp >= start);
+    assert_eq!(state(&env)["version"], 2);
+}

@@ -17,6 +17,8 @@ use std::collections::VecDeque;
 
 /// Days a plan query covers at first; later ones grow or shrink with the time it took.
 const FIRST_DAYS: i64 = 16;
+/// Days a plan query covers at most (a year of counts is still a cheap read of key columns).
+const MOST_DAYS: i64 = 366;
 /// How long a plan query may take before the next covers fewer days.
 const PLAN_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -101,6 +103,8 @@ pub(super) struct Planner {
     plan_from: Option<Lower>,
     groups: VecDeque<Group>,
     days: i64,
+    /// Days a plan query covers at most: half of a span PostHog found too costly.
+    most_days: i64,
     /// The next plan counts by names only (a plan with buckets was too costly for one day).
     names_only: bool,
 }
@@ -112,6 +116,7 @@ impl Planner {
             plan_from: Some(lo),
             groups: VecDeque::new(),
             days: FIRST_DAYS,
+            most_days: MOST_DAYS,
             names_only: false,
         }
     }
@@ -199,7 +204,8 @@ impl Planner {
                 Err(GaveUp::Fatal(ApiError::TooSlow { status })) => {
                     let span = until - from.point().day;
                     if self.days > 1 && span > 1 {
-                        self.days = (span / 2).max(1);
+                        self.most_days = (span / 2).max(1);
+                        self.days = self.most_days;
                     } else if buckets {
                         self.names_only = true;
                     } else {
@@ -259,7 +265,8 @@ impl Planner {
             self.names_only = false;
             // Cost grows with the days counted: aim at PLAN_TIME.
             let speed = PLAN_TIME.as_secs_f64() / took.as_secs_f64().max(0.05);
-            self.days = ((self.days as f64 * speed.clamp(0.5, 8.0)) as i64).clamp(1, 366);
+            self.days =
+                ((self.days as f64 * speed.clamp(0.5, 8.0)) as i64).clamp(1, self.most_days);
             return Ok(());
         }
     }
