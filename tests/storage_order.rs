@@ -289,7 +289,7 @@ fn an_older_checkpoint_in_time_order_resumes_exactly_where_it_stood() {
         .posthog
         .events()
         .into_iter()
-        .filter(|e| in_range(e))
+        .filter(in_range)
         .filter(|e| (e.timestamp, uuid_order(&e.uuid)) > (tie, uuid_order(&cursor.uuid)))
         .map(|e| e.uuid)
         .collect();
