@@ -9,15 +9,21 @@
 //!
 //!     cargo bench --bench throughput
 //!
+//! Every backfill also prints what the PostHog stand-in read for it, costed as ClickHouse
+//! reads PostHog's table (docs/performance.md): bytes read per byte of the events delivered
+//! (as stored, plans included), and queries lost to PostHog's 10 s limit.
+//!
 //! Environment: BENCH_RUNS (runs per scenario, default 3), BENCH_RUNS_1M (runs of the
 //! million-event scenarios, default BENCH_RUNS), BENCH_ONLY=text (only scenarios whose name
-//! holds it), BENCH_QUICK=1 (a hundredth of the events: checks the benchmark itself).
+//! holds it), BENCH_QUICK=1 (a hundredth of the events: checks the benchmark itself),
+//! BENCH_BIN=path (another build of posthog-patterns, e.g. an older one, to compare; a run
+//! of it that fails is reported, not fatal).
 
 use chrono::{DateTime, Duration as Days, Utc};
 use posthog_patterns_standin::data::uuid_number;
 use posthog_patterns_standin::{
-    HEAVY_EVENT_BYTES, PostHogConfig, PostHogStandIn, StoredEvent, TYPICAL_EVENT_BYTES,
-    WebhookConfig, WebhookStandIn, realistic_events,
+    CostTotals, HEAVY_EVENT_BYTES, PostHogConfig, PostHogStandIn, QueryCost, StoredEvent,
+    TYPICAL_EVENT_BYTES, WebhookConfig, WebhookStandIn, realistic_events,
 };
 use std::collections::HashSet;
 use std::io::Write;
@@ -25,7 +31,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_posthog-patterns");
+/// The binary measured: this build, or `BENCH_BIN`.
+fn bin() -> String {
+    std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_posthog-patterns").into())
+}
+
+/// Whether another build is measured: its failures are figures, not bugs of this one.
+fn comparing() -> bool {
+    std::env::var_os("BENCH_BIN").is_some()
+}
 const START: &str = "2024-01-01T00:00:00Z";
 /// Lean events for the events-per-query target (≤ 1 KB on average as posted).
 const LEAN_EVENT_BYTES: usize = 800;
@@ -48,6 +62,8 @@ struct Scenario {
     /// The range's length: the same events over fewer days are denser.
     days: i64,
     extra: &'static [&'static str],
+    /// The PostHog stand-in: its layout, and what its queries cost in time.
+    posthog: PostHogConfig,
 }
 
 /// What one run measured.
@@ -62,6 +78,17 @@ struct Sample {
     posthog_requests: usize,
     posthog_queries: usize,
     webhook_requests: usize,
+    /// The run's exit code and the events of the range that arrived (only a run of
+    /// `BENCH_BIN` may fail).
+    exit: i32,
+    delivered: usize,
+    /// What PostHog read for the run (all queries) and returned (events, as stored).
+    bytes_read: u64,
+    plan_bytes_read: u64,
+    bytes_returned: u64,
+    rows_read: u64,
+    /// Queries PostHog answered 504 (its 10 s limit).
+    lost: usize,
 }
 
 fn main() {
@@ -96,6 +123,11 @@ fn main() {
             latency,
         );
     }
+    sync_runs(
+        1_000_000 / 7 / settings.scale,
+        settings.runs,
+        &settings.only,
+    );
 }
 
 struct Settings {
@@ -122,6 +154,32 @@ impl Settings {
     }
 }
 
+/// Four shards, two parts a shard, granules of 8,192 rows: the stand-in's defaults; no cap
+/// on rows read (the tests' stand-in has one, so that small data can hit a limit): PostHog
+/// limits queries by time, which `slow_posthog` models.
+fn stand_in() -> PostHogConfig {
+    PostHogConfig {
+        max_scan_rows: usize::MAX,
+        ..PostHogConfig::default()
+    }
+}
+
+/// What the issue measured large projects at: 1.5 s a query, plus 200 ms per MiB the busiest
+/// shard reads, and PostHog's 10 s limit, in real time.
+fn slow_posthog() -> PostHogConfig {
+    PostHogConfig {
+        cost: Some(QueryCost {
+            base: Duration::from_millis(1_500),
+            per_mb: Duration::from_millis(200),
+            per_1000_rows: Duration::ZERO,
+            cap: Duration::from_secs(10),
+            scale: 1.0,
+        }),
+        max_concurrent_queries: Some(POSTHOG_MAX_CONCURRENT_QUERIES),
+        ..stand_in()
+    }
+}
+
 fn scenarios(scale: usize) -> Vec<Scenario> {
     let mut out = Vec::new();
     for (kind, command) in [(Kind::Backfill, "backfill"), (Kind::Send, "send")] {
@@ -134,6 +192,7 @@ fn scenarios(scale: usize) -> Vec<Scenario> {
                     event_bytes: bytes,
                     days: 30,
                     extra: &[],
+                    posthog: stand_in(),
                 });
             }
         }
@@ -145,6 +204,36 @@ fn scenarios(scale: usize) -> Vec<Scenario> {
         event_bytes: LEAN_EVENT_BYTES,
         days: 7,
         extra: &[],
+        posthog: stand_in(),
+    });
+    out.push(Scenario {
+        name: "backfill 400k × 1 KB, 2 days".into(),
+        kind: Kind::Backfill,
+        events: 400_000 / scale,
+        event_bytes: LEAN_EVENT_BYTES,
+        days: 2,
+        extra: &[],
+        posthog: stand_in(),
+    });
+    out.push(Scenario {
+        name: "backfill 200k × 1 KB, sparse (10 days)".into(),
+        kind: Kind::Backfill,
+        events: 200_000 / scale,
+        event_bytes: LEAN_EVENT_BYTES,
+        days: 10,
+        extra: &[],
+        posthog: stand_in(),
+    });
+    // A day PostHog cannot read whole within its 10 s: 200,000 events of 1 KB, 50 MB a shard,
+    // 11.5 s. At most 3 queries at once, as PostHog runs them.
+    out.push(Scenario {
+        name: "backfill 400k × 1 KB, 2 days, slow PostHog".into(),
+        kind: Kind::Backfill,
+        events: 400_000 / scale,
+        event_bytes: LEAN_EVENT_BYTES,
+        days: 2,
+        extra: &["--max-run-time", "15m"],
+        posthog: slow_posthog(),
     });
     out.push(Scenario {
         name: "backfill 100k × 2 KB, --compress gzip".into(),
@@ -153,6 +242,7 @@ fn scenarios(scale: usize) -> Vec<Scenario> {
         event_bytes: TYPICAL_EVENT_BYTES,
         days: 30,
         extra: &["--compress", "gzip"],
+        posthog: stand_in(),
     });
     out
 }
@@ -186,7 +276,7 @@ enum Input {
 fn run_scenario(s: &Scenario, runs: usize) -> Vec<Sample> {
     let (events, expected) = generate(s);
     let input = match s.kind {
-        Kind::Backfill => Input::PostHog(PostHogStandIn::start(PostHogConfig::default(), events)),
+        Kind::Backfill => Input::PostHog(PostHogStandIn::start(s.posthog.clone(), events)),
         Kind::Send => {
             let dir = tempfile::tempdir().expect("a temporary directory");
             let path = dir.path().join("events.ndjson");
@@ -217,9 +307,13 @@ fn run_once(s: &Scenario, input: &Input, expected: &HashSet<u128>) -> Sample {
         ..WebhookConfig::default()
     });
     let state = tempfile::tempdir().expect("a state directory");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.env("PATTERNS_WEBHOOK_URL", webhook.url())
         .env("POSTHOG_PATTERNS_STATE_DIR", state.path());
+    let cost_before = match input {
+        Input::PostHog(posthog) => posthog.with_state(|st| st.cost),
+        Input::File { .. } => CostTotals::default(),
+    };
     let logged_before = match input {
         Input::PostHog(posthog) => {
             cmd.args(backfill_args(s.days));
@@ -233,13 +327,49 @@ fn run_once(s: &Scenario, input: &Input, expected: &HashSet<u128>) -> Sample {
     };
     cmd.arg("--quiet").args(s.extra);
     let measured = measure(&mut cmd);
-    assert_eq!(measured.status, 0, "{}: the run failed", s.name);
+    if !comparing() {
+        assert_eq!(measured.status, 0, "{}: the run failed", s.name);
+    }
     let (posthog_requests, posthog_queries) = match input {
         Input::PostHog(posthog) => requests_since(posthog, logged_before),
         Input::File { .. } => (0, 0),
     };
-    let (json_bytes, wire_bytes, webhook_requests) =
-        check_exactly_once(&s.name, &webhook, expected);
+    let (cost, plan_bytes_read, lost) = match input {
+        Input::PostHog(posthog) => posthog.with_state(|st| {
+            let new = &st.log[logged_before..];
+            let plans = new
+                .iter()
+                .filter(|l| l.sql.as_deref().is_some_and(|q| q.contains("count()")))
+                .map(|l| l.bytes_read)
+                .sum();
+            let lost = new.iter().filter(|l| l.status == 504).count();
+            if std::env::var_os("BENCH_LOG").is_some() {
+                for l in new {
+                    let sql = l.sql.as_deref().unwrap_or("");
+                    println!(
+                        "  {} {:.60} returned {} read {} ({:.1} s at PostHog)",
+                        l.status,
+                        sql,
+                        l.rows_returned,
+                        l.bytes_read,
+                        l.query_time.as_secs_f64()
+                    );
+                }
+            }
+            (st.cost, plans, lost)
+        }),
+        Input::File { .. } => (CostTotals::default(), 0, 0),
+    };
+    let (json_bytes, wire_bytes, webhook_requests, delivered) = if comparing() {
+        webhook.with_state(|w| {
+            let c = &w.counted;
+            let delivered = c.uuids.iter().filter(|u| expected.contains(u)).count();
+            (c.json_bytes, w.wire_bytes, w.requests, delivered)
+        })
+    } else {
+        let (json, wire, requests) = check_exactly_once(&s.name, &webhook, expected);
+        (json, wire, requests, expected.len())
+    };
     Sample {
         secs: measured.secs,
         cpu_secs: measured.cpu_secs,
@@ -250,6 +380,13 @@ fn run_once(s: &Scenario, input: &Input, expected: &HashSet<u128>) -> Sample {
         posthog_requests,
         posthog_queries,
         webhook_requests,
+        exit: measured.status,
+        delivered,
+        bytes_read: cost.bytes_read - cost_before.bytes_read,
+        plan_bytes_read,
+        bytes_returned: cost.bytes_returned - cost_before.bytes_returned,
+        rows_read: cost.rows_read - cost_before.rows_read,
+        lost,
     }
 }
 
@@ -376,7 +513,7 @@ fn median(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
 
 fn print_header() {
     println!(
-        "{:<38} {:>8} {:>9} {:>7} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9}",
+        "{:<44} {:>8} {:>9} {:>7} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>7} {:>5}",
         "scenario",
         "event B",
         "events/s",
@@ -387,7 +524,11 @@ fn print_header() {
         "PH reqs",
         "WH reqs",
         "wire %",
-        "ev/query"
+        "ev/query",
+        "read/B",
+        "plan %",
+        "rows/ev",
+        "lost"
     );
 }
 
@@ -397,8 +538,16 @@ fn print_row(name: &str, samples: &[Sample]) {
         0 => "-".to_string(),
         q => format!("{:.0}", first.events as f64 / q as f64),
     };
+    let cost = |v: f64| {
+        if first.bytes_returned == 0 {
+            "-".to_string()
+        } else {
+            format!("{v:.2}")
+        }
+    };
+    let returned = first.bytes_returned.max(1) as f64;
     println!(
-        "{:<38} {:>8.0} {:>9.0} {:>7.1} {:>10.2} {:>9.2} {:>9.1} {:>8} {:>8} {:>8.0} {:>9}",
+        "{:<44} {:>8.0} {:>9.0} {:>7.1} {:>10.2} {:>9.2} {:>9.1} {:>8} {:>8} {:>8.0} {:>9} {:>7} {:>7} {:>7} {:>5}",
         name,
         first.json_bytes as f64 / first.events as f64,
         median(samples, |s| s.events as f64 / s.secs),
@@ -410,12 +559,22 @@ fn print_row(name: &str, samples: &[Sample]) {
         first.webhook_requests,
         100.0 * first.wire_bytes as f64 / first.json_bytes as f64,
         per_query,
+        cost(first.bytes_read as f64 / returned),
+        cost(100.0 * first.plan_bytes_read as f64 / returned),
+        cost(first.rows_read as f64 / first.events.max(1) as f64),
+        first.lost,
     );
+    if comparing() {
+        println!(
+            "{:<44} exit {}, {} of {} events delivered",
+            "", first.exit, first.delivered, first.events
+        );
+    }
 }
 
 /// `--fetch-concurrency N` where the binary has it (PostHog queries at once), else 1.
 fn fetch_concurrency() -> usize {
-    let help = Command::new(BIN)
+    let help = Command::new(bin())
         .args(["backfill", "--help"])
         .output()
         .expect("the binary starts");
@@ -444,6 +603,7 @@ fn latency_run(n: usize, runs: usize, only: &str, latency: Duration) {
         event_bytes: TYPICAL_EVENT_BYTES,
         days: 30,
         extra: &[],
+        posthog: stand_in(),
     };
     if !scenario.name.contains(only) {
         return;
@@ -461,7 +621,7 @@ fn latency_run(n: usize, runs: usize, only: &str, latency: Duration) {
             PostHogConfig {
                 query_latency: latency,
                 max_concurrent_queries: Some(POSTHOG_MAX_CONCURRENT_QUERIES),
-                ..PostHogConfig::default()
+                ..stand_in()
             },
             events,
         );
@@ -501,5 +661,106 @@ fn latency_run(n: usize, runs: usize, only: &str, latency: Duration) {
     println!(
         "  the same without query latency: {floor:.1} s; wall over the larger of the two bounds: {:.2}",
         wall / bound.max(floor)
+    );
+}
+
+/// `sync` from cron every 15 minutes at the default `--lookback` (7 days) and `--lag` (5
+/// minutes), for a project with `per_day` events a day: what each run makes PostHog read
+/// (its plan counts the key columns and `created_at` of every day in the lookback; PostHog
+/// cannot find rows by ingestion time), next to what it delivers.
+fn sync_runs(per_day: usize, runs: usize, only: &str) {
+    let name = format!("sync every 15 min, {per_day} events a day, --lookback 7d");
+    if !name.contains(only) {
+        return;
+    }
+    let now = Utc::now();
+    let minutes = |m: i64| chrono::Duration::minutes(m);
+    let history = realistic_events(
+        per_day * 8,
+        now - Days::days(8),
+        now - minutes(20),
+        61,
+        LEAN_EVENT_BYTES,
+    );
+    let posthog = PostHogStandIn::start(stand_in(), history);
+    let webhook = WebhookStandIn::start(WebhookConfig {
+        count_only: true,
+        ..WebhookConfig::default()
+    });
+    let state = tempfile::tempdir().expect("a state directory");
+    let sync = |extra: &[&str]| {
+        let mut cmd = Command::new(bin());
+        cmd.env("PATTERNS_WEBHOOK_URL", webhook.url())
+            .env("POSTHOG_PATTERNS_STATE_DIR", state.path())
+            .args([
+                "sync",
+                "--quiet",
+                "--max-requests-per-minute",
+                "0",
+                "--max-requests-per-hour",
+                "0",
+            ])
+            .args(extra);
+        connect(&mut cmd, &posthog);
+        measure(&mut cmd)
+    };
+    let start = (now - Days::days(8)).to_rfc3339();
+    assert_eq!(
+        sync(&["--start", &start]).status,
+        0,
+        "{name}: the first run failed"
+    );
+    println!();
+    println!("{name}:");
+    let mut ratios = Vec::new();
+    for run in 0..runs.max(1) {
+        // A quarter of an hour passes; its events arrive, a twentieth of them a day late.
+        posthog.advance_clock(minutes(15));
+        let ph_now = posthog.now();
+        let n = per_day / 96;
+        let mut new = realistic_events(
+            n,
+            ph_now - minutes(25),
+            ph_now - minutes(10),
+            62 + run as u64,
+            LEAN_EVENT_BYTES,
+        );
+        for (i, e) in new.iter_mut().enumerate() {
+            if i % 20 == 0 {
+                e.timestamp -= Days::days(1);
+            }
+            e.created_at = ph_now - minutes(10);
+        }
+        posthog.insert(new);
+        let (before, logged) = posthog.with_state(|s| (s.cost, s.log.len()));
+        let delivered_before = webhook.with_state(|w| w.counted.events);
+        let measured = sync(&[]);
+        assert_eq!(measured.status, 0, "{name}: a run failed");
+        let (after, queries) = posthog.with_state(|s| {
+            (
+                s.cost,
+                s.log[logged..]
+                    .iter()
+                    .filter(|l| l.path.contains("/query"))
+                    .count(),
+            )
+        });
+        let delivered = webhook.with_state(|w| w.counted.events) - delivered_before;
+        let read = after.bytes_read - before.bytes_read;
+        let returned = after.bytes_returned - before.bytes_returned;
+        ratios.push(read as f64 / returned.max(1) as f64);
+        println!(
+            "  run {}: {delivered} events delivered ({:.1} MB as stored) in {queries} queries, {:.1} s; PostHog read {:.1} MB ({:.1} bytes per byte delivered)",
+            run + 1,
+            returned as f64 / 1e6,
+            measured.secs,
+            read as f64 / 1e6,
+            read as f64 / returned.max(1) as f64
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "  median: {:.1} bytes read per byte delivered",
+        ratios[ratios.len() / 2]
     );
 }

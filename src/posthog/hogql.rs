@@ -26,8 +26,9 @@ const ORDER: &str = "ORDER BY intDiv(toUnixTimestamp64Milli(timestamp), 86400000
 /// PostHog applies silently or by a proxy shows it.
 pub(crate) const PLAN_LIMIT: usize = 10_000;
 
-/// A plan's hash buckets: 256 per day and event name.
-pub(crate) const BUCKET_BITS: u32 = 8;
+/// A plan's hash buckets: 64 per day and event name (windows are cut inside a bucket by
+/// the share of its hashes, so finer ones would only make plan answers longer).
+pub(crate) const BUCKET_BITS: u32 = 6;
 
 /// `created_at` bounds: `(after, until]` (PostHog's clock). `backfill` and `export` read what
 /// was ingested up to the job's start; `sync` what was ingested since its watermark.
@@ -495,7 +496,7 @@ mod tests {
         let (page_sql, page_values) = sql_of(&page(&stretch, &scope(), 10));
         let (plan_sql, mut plan_values) = sql_of(&plan(&stretch, &scope(), true));
         assert_eq!(where_of(&page_sql), where_of(&plan_sql));
-        assert_eq!(plan_values["bucket_width"].as_u64(), Some(1 << 56));
+        assert_eq!(plan_values["bucket_width"].as_u64(), Some(1 << 58));
         plan_values.as_object_mut().unwrap().remove("bucket_width");
         assert_eq!(page_values, plan_values);
         assert!(plan_sql.contains(

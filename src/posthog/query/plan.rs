@@ -559,7 +559,7 @@ mod tests {
     fn plan_answers_become_groups_covering_their_buckets() {
         let from = Lower::At(Point::day_start(10));
         let (groups, whole) = parse(
-            &answer(&[(10, "a", 0, 5), (10, "a", 255, 7), (11, "b", 128, 1)]),
+            &answer(&[(10, "a", 0, 5), (10, "a", 63, 7), (11, "b", 32, 1)]),
             true,
             &from,
             &Upper::End,
@@ -569,8 +569,8 @@ mod tests {
         assert!(whole, "5 + 7 + 1 = 13");
         assert_eq!(groups.len(), 3);
         assert_eq!(groups[0].lo, Lower::At(p(10, "a", 0)));
-        assert_eq!(groups[0].hi, Upper::Before(p(10, "a", 1 << 56)));
-        assert_eq!(groups[1].lo, Lower::At(p(10, "a", 255 << 56)));
+        assert_eq!(groups[0].hi, Upper::Before(p(10, "a", 1 << 58)));
+        assert_eq!(groups[1].lo, Lower::At(p(10, "a", 63 << 58)));
         assert_eq!(
             groups[1].hi,
             Upper::Through(event_end(10, "a")),
@@ -587,7 +587,7 @@ mod tests {
             answer(&[(10, "a", 0, 5)]),
             answer(&[(21, "a", 0, 5)]),
             answer(&[(10, "n", 0, 0)]),
-            answer(&[(10, "n", 256, 1)]),
+            answer(&[(10, "n", 64, 1)]),
             answer(&[(10, "n", 3, 1), (10, "n", 3, 1)]),
         ] {
             assert!(
@@ -642,7 +642,7 @@ mod tests {
     fn a_bucket_counted_by_user_becomes_a_group_per_user_inside_it() {
         let group = Group {
             lo: Lower::After(p(3, "e", 100)),
-            hi: Upper::Before(p(3, "e", 1 << 56)),
+            hi: Upper::Before(p(3, "e", 1 << 58)),
             rows: 12.0,
             exact: true,
         };
@@ -661,7 +661,7 @@ mod tests {
             "[7000,10,13]",
             "[7000,2,12],[100,10,12]",
             "[99,12,12]",
-            "[72057594037927936,12,12]",
+            "[288230376151711744,12,12]",
         ] {
             assert!(users_of(&answer(bad), &group).is_none(), "{bad}");
         }
