@@ -123,6 +123,7 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
         let ingested = (source != SourceKind::Events).then_some(Ingested {
             after: None,
             until: now,
+            settled: false,
         });
         return match read_into(
             cfg,

@@ -251,6 +251,7 @@ impl Pending {
             _ => Some(Ingested {
                 after: self.ingested_after,
                 until: self.until,
+                settled: true,
             }),
         }
     }

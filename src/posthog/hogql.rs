@@ -36,6 +36,9 @@ pub(crate) const BUCKET_BITS: u32 = 6;
 pub(crate) struct Ingested {
     pub(crate) after: Option<DateTime<Utc>>,
     pub(crate) until: DateTime<Utc>,
+    /// `until` lies far enough in the past (`sync`'s `--lag`) for every event ingested by then
+    /// to be queryable: a stretch counted empty then is, and need not be read.
+    pub(crate) settled: bool,
 }
 
 /// A checkpoint of an older version stopped at `(timestamp, uuid)` in time order: of the
@@ -100,7 +103,7 @@ impl Stretch<'_> {
             "timestamp <= {}",
             time(&mut values, "last", &before(end))
         ));
-        if let Some(Ingested { after, until }) = scope.ingested {
+        if let Some(Ingested { after, until, .. }) = scope.ingested {
             if let Some(after) = after {
                 let after = time(&mut values, "created_after", &after);
                 conds.push(format!("created_at > {after}"));
@@ -442,6 +445,7 @@ mod tests {
             ingested: Some(Ingested {
                 after: None,
                 until: t("2024-06-01T00:00:00Z"),
+                settled: false,
             }),
             tie: Some(&tie),
         };

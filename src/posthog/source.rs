@@ -162,6 +162,7 @@ impl<'a> Connect<'a> {
             filters: read.filters.clone(),
             page_size: read.page_size,
             fetch_concurrency: read.fetch_concurrency,
+            skip_empty: ingested.is_some_and(|i| i.settled),
             ingested,
         }
     }
@@ -260,6 +261,11 @@ pub(crate) struct Reader {
     /// Query API only: keep events whose `created_at` is in `(after, until]`: ingested by the
     /// job's start (`backfill`, `export`), or since the watermark (`sync`).
     pub(crate) ingested: Option<Ingested>,
+    /// Query API only: skip what the plan counted empty (`sync`, whose ingestion bound lies
+    /// `--lag` in the past, so PostHog has made those events queryable). `backfill` and
+    /// `export` read it anyway: their bound is the job's start, with no such margin, and an
+    /// event ingested just before it may become queryable after the count.
+    pub(crate) skip_empty: bool,
 }
 
 impl Reader {

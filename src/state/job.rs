@@ -74,5 +74,9 @@ pub(crate) fn ingested_until<P>(
         return None;
     }
     let until = *state.ingested_until.get_or_insert(now);
-    Some(crate::posthog::hogql::Ingested { after: None, until })
+    Some(crate::posthog::hogql::Ingested {
+        after: None,
+        until,
+        settled: false,
+    })
 }

@@ -281,13 +281,11 @@ impl Reader {
         let mut in_flight = VecDeque::new();
         loop {
             while in_flight.len() < read.concurrency() {
-                // A little under a page: a window planned at exactly the LIMIT would come back
-                // full, and a full page proves nothing, so it would cost one query more.
-                let target = read.tuning().target as f64 * WINDOW_FILL;
+                let target = read.tuning().window();
                 let Some(window) = planner.next_window(&read, target).await? else {
                     break;
                 };
-                if window.planned < 0.5 && skip.is_none() {
+                if window.empty && skip.is_none() && read.reader.skip_empty {
                     in_flight.push_back(Flight::Empty(read.position_after(&window.hi)));
                     continue;
                 }
@@ -341,6 +339,9 @@ impl Read {
         // Queries found too costly since the last page that held events (parts found empty
         // are no sign that the splitting helps), and tries of a single key.
         let (mut splits, mut too_costly) = (0u32, 0u32);
+        // A page shorter than asked after which the window went on: if the next page holds
+        // events, PostHog caps its pages there.
+        let mut suspect: Option<usize> = None;
         loop {
             progress.set_status(format!("reading {}", describe(&lo)));
             let (limit, largest) = {
@@ -369,12 +370,13 @@ impl Read {
                         left = None;
                         continue;
                     }
-                    // A single key: nothing smaller to ask. PostHog may be busy: a few tries.
+                    // Nothing smaller to ask (a single key, or no planned place to cut). PostHog
+                    // may be busy: a few tries.
                     too_costly += 1;
                     let policy = self.client().retry_policy();
                     if too_costly > policy.max_retries {
                         return Err(Stop::Temporary(format!(
-                            "PostHog finds even the query for a single key too costly (HTTP {status}): {}; try again later",
+                            "PostHog finds even the smallest query this reader can ask for too costly (HTTP {status}): {}; try again later",
                             describe(&lo)
                         ))
                         .into());
@@ -403,22 +405,27 @@ impl Read {
             if rows > 0 {
                 splits = 0;
             }
-            // A page shorter than asked ends its part, unless it is as short as the plan
-            // says it should not be and no longer than pages PostHog cut before (a cap on
-            // rows that older versions and proxies apply without saying so).
-            let short_of_plan = left.is_none_or(|l| hi != window.hi || (rows as f64) < 0.95 * l);
-            let more = rows > 0 && (rows >= limit || (short_of_plan && rows >= largest));
+            if rows > 0
+                && let Some(cap) = suspect.take()
+            {
+                self.tuning().capped(cap);
+            }
+            // A full page proves nothing; nor does a shorter one as long as the longest PostHog
+            // returned (older versions and proxies cap rows without saying so), unless it holds
+            // every event the plan counted, exactly, in what was left of the window.
+            let all_counted =
+                window.counted && hi == window.hi && left.is_some_and(|l| rows as f64 >= l.round());
+            let more = rows > 0 && (rows >= limit || (!all_counted && rows >= largest));
             left = left.map(|l| (l - rows as f64).max(0.0));
             if more {
                 let Some(last) = last else {
                     bail!("a page with rows has a last row");
                 };
                 if rows < limit {
-                    self.tuning().suspect_cap(rows);
+                    suspect = Some(rows);
                 }
                 lo = Lower::After(last);
             } else {
-                self.tuning().no_cap();
                 match hi.next() {
                     Some(next) if hi != window.hi => {
                         lo = next;
@@ -468,8 +475,6 @@ struct Tuning {
     target: usize,
     /// The largest page PostHog returned.
     largest: usize,
-    /// A page shorter than asked that turned out not to be the last: a cap on rows.
-    suspect: Option<usize>,
     /// Bytes an event weighs in PostHog's answers (a moving average).
     row_bytes: f64,
 }
@@ -481,7 +486,6 @@ impl Tuning {
             limit: cap,
             target: cap,
             largest: 0,
-            suspect: None,
             row_bytes: 0.0,
         }
     }
@@ -504,10 +508,6 @@ impl Tuning {
             } else {
                 0.7 * self.row_bytes + 0.3 * per_row
             };
-            // A page that went on after one shorter than asked: that was a cap.
-            if let Some(cap) = self.suspect.take() {
-                self.limit = self.limit.min(cap.max(1));
-            }
         }
         if self.row_bytes > 0.0 {
             let fits = (max_bytes as f64 / 2.0 / self.row_bytes) as usize;
@@ -526,17 +526,31 @@ impl Tuning {
         self.target = self.target.clamp(MIN_TARGET.min(self.limit), self.limit);
     }
 
+    /// The events the next window aims at: a little under a page, since a window planned at
+    /// exactly the LIMIT would come back full, and a full page proves nothing (one query
+    /// more). Until PostHog has returned a full page, a little over one instead: a page cut
+    /// short by a cap PostHog applies without saying so looks like the last of its window
+    /// unless it is as long as the longest seen, so until a full page shows that PostHog
+    /// honours the LIMIT, every window would cost a query more.
+    fn window(&self) -> f64 {
+        let fill = if self.largest < self.limit {
+            1.0 / WINDOW_FILL
+        } else {
+            WINDOW_FILL
+        };
+        self.target as f64 * fill
+    }
+
     /// PostHog found a query too costly: later windows aim at half as many events.
     fn too_costly(&mut self) {
         self.target = (self.target / 2).max(MIN_TARGET.min(self.limit));
     }
 
-    fn suspect_cap(&mut self, rows: usize) {
-        self.suspect = Some(rows);
-    }
-
-    fn no_cap(&mut self) {
-        self.suspect = None;
+    /// PostHog returned more after a page of `rows` rows shorter than asked: it caps pages
+    /// there, and windows aim at no more.
+    fn capped(&mut self, rows: usize) {
+        self.limit = self.limit.min(rows.max(1));
+        self.target = self.target.min(self.limit);
     }
 }
 
@@ -551,6 +565,9 @@ mod tests {
         let ms = std::time::Duration::from_millis;
         let mut t = Tuning::new(50_000);
         assert_eq!((t.limit, t.target), (50_000, 50_000));
+        assert!(t.window() > 50_000.0, "past a page until one came back full");
+        t.page_done(50_000, 50_000 * 300, ms(1_000), 50_000, GIB);
+        assert_eq!(t.window(), 49_000.0, "then a little under one");
         t.page_done(50_000, 50_000 * 300, ms(8_000), 50_000, GIB);
         assert_eq!(t.target, 31_250, "in proportion to the time over 5 s");
         t.page_done(31_000, 31_000 * 300, ms(1_000), 50_000, GIB);
@@ -574,15 +591,10 @@ mod tests {
         let ms = std::time::Duration::from_millis;
         let mut t = Tuning::new(50_000);
         t.page_done(10_000, 10_000 * 300, ms(100), 50_000, GIB);
-        t.suspect_cap(10_000);
-        t.page_done(10_000, 10_000 * 300, ms(100), 50_000, GIB);
+        assert_eq!(t.limit, 50_000, "one short page proves nothing");
+        t.capped(10_000);
         assert_eq!(t.limit, 10_000);
         assert!(t.target <= 10_000);
-        let mut t = Tuning::new(50_000);
-        t.suspect_cap(10_000);
-        t.no_cap();
-        t.page_done(3, 900, ms(100), 50_000, GIB);
-        assert_eq!(t.limit, 50_000);
     }
 
     #[test]

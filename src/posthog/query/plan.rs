@@ -28,10 +28,11 @@ const PLAN_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 pub(super) struct Group {
     pub(super) lo: Lower,
     pub(super) hi: Upper,
-    /// Events counted (an estimate once a window cut the group by hash).
+    /// Events counted, or an estimate once a window cut the group by hash (`counted` false).
     pub(super) rows: f64,
+    pub(super) counted: bool,
     /// Whether its event name came back byte for byte (only such names bound a window).
-    pub(super) exact: bool,
+    pub(super) named: bool,
 }
 
 /// A stretch of the order read by one task: `[lo, hi)`, about a page of events.
@@ -39,8 +40,12 @@ pub(super) struct Group {
 pub(super) struct Window {
     pub(super) lo: Lower,
     pub(super) hi: Upper,
-    /// Events the plan counted in it (an estimate where a group was cut).
+    /// Events the plan counted in it; an estimate unless `counted` (no group in it was cut
+    /// by the share of its hashes).
     pub(super) planned: f64,
+    pub(super) counted: bool,
+    /// No planned group lies in it: the counts found nothing there.
+    pub(super) empty: bool,
     /// Where planned groups begin inside the window, with the events planned before them:
     /// the places to cut it when PostHog finds it too costly.
     pub(super) marks: Vec<(Point, f64)>,
@@ -130,7 +135,7 @@ impl Planner {
         let Some(lo) = self.next.clone() else {
             return Ok(None);
         };
-        let mut planned = 0.0;
+        let (mut planned, mut counted, mut empty) = (0.0, true, true);
         let mut marks = Vec::new();
         let hi = loop {
             let Some(group) = self.groups.front_mut() else {
@@ -141,12 +146,14 @@ impl Planner {
                 continue;
             };
             let room = target - planned;
-            if lo.admits(group.lo.point()) && lo.point() != group.lo.point() {
+            if group.named && lo.admits(group.lo.point()) && lo.point() != group.lo.point() {
                 marks.push((group.lo.point().clone(), planned));
             }
-            if group.rows <= room || !group.exact {
+            if group.rows <= room || !group.named {
                 // Whole (a name that is not byte for byte cannot bound a window).
                 planned += group.rows;
+                counted &= group.counted;
+                empty = false;
                 self.groups.pop_front();
                 continue;
             }
@@ -157,7 +164,9 @@ impl Planner {
             match cut {
                 Some(c) if room >= 1.0 => {
                     planned += room;
+                    (counted, empty) = (false, false);
                     group.rows -= room;
+                    group.counted = false;
                     group.lo = Lower::At(c.clone());
                     break Upper::Before(c);
                 }
@@ -168,6 +177,8 @@ impl Planner {
                 _ => {
                     // A group of one key, or a room too small to cut: take it whole.
                     planned += group.rows;
+                    counted &= group.counted;
+                    empty = false;
                     self.groups.pop_front();
                 }
             }
@@ -177,6 +188,8 @@ impl Planner {
             lo,
             hi,
             planned,
+            counted,
+            empty,
             marks,
         }))
     }
@@ -239,7 +252,7 @@ impl Planner {
                 crate::progress::human_duration(took)
             ));
             let (groups, rest) = if !whole {
-                match cut_answer(groups, &from) {
+                match cut_answer(groups) {
                     Some((groups, next)) => (groups, Some(next)),
                     // Not even one day and event whole: fewer rows, by name only.
                     None if buckets => {
@@ -289,7 +302,7 @@ async fn refine(read: &Read, groups: Vec<Group>, target: f64) -> anyhow::Result<
         .iter()
         .map(|g| {
             let p = g.lo.point();
-            g.exact && g.rows > target && g.rows > share * totals[&(p.day, p.key.event.as_str())]
+            g.named && g.rows > target && g.rows > share * totals[&(p.day, p.key.event.as_str())]
         })
         .collect();
     let mut out = Vec::with_capacity(groups.len());
@@ -380,7 +393,8 @@ fn users_of(answer: &[u8], group: &Group) -> Option<Vec<Group>> {
             },
             hi,
             rows: n as f64,
-            exact: group.exact,
+            counted: true,
+            named: group.named,
         });
     }
     (total.is_none_or(|t| t == sum) && !out.is_empty()).then_some(out)
@@ -490,7 +504,8 @@ fn parse(
             lo,
             hi: end,
             rows: n as f64,
-            exact: !(repaired && event.contains('\u{FFFD}')),
+            counted: true,
+            named: !(repaired && event.contains('\u{FFFD}')),
         });
     }
     let whole = total.is_none_or(|t| sum == t);
@@ -501,27 +516,23 @@ fn parse(
 /// the groups before its last day and event (which may be incomplete) and says where the next
 /// plan query begins; `None` when that leaves nothing. That event's name bounds the next
 /// query, so it must have come back byte for byte.
-fn cut_answer(mut groups: Vec<Group>, from: &Lower) -> Option<(Vec<Group>, Lower)> {
+fn cut_answer(mut groups: Vec<Group>) -> Option<(Vec<Group>, Lower)> {
     let pair = |g: &Group| (g.lo.point().day, g.lo.point().key.event.clone());
-    let (day, event) = groups.iter().rev().find(|g| g.exact).map(pair)?;
+    let (day, event) = groups.iter().rev().find(|g| g.named).map(pair)?;
     let first = groups
         .iter()
         .position(|g| pair(g) == (day, event.clone()))
         .filter(|i| *i > 0)?;
     groups.truncate(first);
-    let at = from.point();
-    let next = if at.day == day && at.key.event == event {
-        from.clone()
-    } else {
-        Lower::At(Point {
-            day,
-            key: Key {
-                event,
-                distinct_hash: 0,
-                uuid_hash: 0,
-            },
-        })
-    };
+    // Not `from`'s own day and event: that is the first group's, and groups before it stay.
+    let next = Lower::At(Point {
+        day,
+        key: Key {
+            event,
+            distinct_hash: 0,
+            uuid_hash: 0,
+        },
+    });
     Some((groups, next))
 }
 
@@ -621,19 +632,18 @@ mod tests {
             lo: Lower::At(p(day, event, x)),
             hi: Upper::Through(event_end(day, event)),
             rows: 1.0,
-            exact: true,
+            counted: true,
+            named: true,
         };
-        let from = Lower::At(Point::day_start(1));
-        let (kept, next) =
-            cut_answer(vec![g(1, "a", 0), g(1, "b", 0), g(1, "b", 9)], &from).unwrap();
+        let (kept, next) = cut_answer(vec![g(1, "a", 0), g(1, "b", 0), g(1, "b", 9)]).unwrap();
         assert_eq!(kept.len(), 1);
         assert_eq!(next, Lower::At(p(1, "b", 0)));
-        let no_progress = cut_answer(vec![g(1, "b", 0), g(1, "b", 9)], &from);
+        let no_progress = cut_answer(vec![g(1, "b", 0), g(1, "b", 9)]);
         assert!(no_progress.is_none());
         // A last name that did not come back byte for byte: back to the one before.
         let mut bad = g(1, "c\u{FFFD}", 0);
-        bad.exact = false;
-        let (kept, next) = cut_answer(vec![g(1, "a", 0), g(1, "b", 0), bad], &from).unwrap();
+        bad.named = false;
+        let (kept, next) = cut_answer(vec![g(1, "a", 0), g(1, "b", 0), bad]).unwrap();
         assert_eq!(kept.len(), 1);
         assert_eq!(next, Lower::At(p(1, "b", 0)));
     }
@@ -644,7 +654,8 @@ mod tests {
             lo: Lower::After(p(3, "e", 100)),
             hi: Upper::Before(p(3, "e", 1 << 58)),
             rows: 12.0,
-            exact: true,
+            counted: true,
+            named: true,
         };
         let answer = |rows: &str| format!(r#"{{"results":[{rows}]}}"#).into_bytes();
         let users = users_of(&answer("[100,2,12],[7000,10,12]"), &group).unwrap();
@@ -673,6 +684,8 @@ mod tests {
             lo: Lower::At(p(1, "a", 0)),
             hi: Upper::Before(p(1, "c", 0)),
             planned: 30.0,
+            counted: true,
+            empty: false,
             marks: vec![(p(1, "a", 1 << 63), 10.0), (p(1, "b", 0), 20.0)],
         };
         let before = |p| Some(Upper::Before(p));
