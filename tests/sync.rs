@@ -47,15 +47,19 @@ fn sync_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// The sync state file's contents.
-fn state(env: &Env) -> serde_json::Value {
-    let file = std::fs::read_dir(env.path("state"))
+/// The sync state file.
+fn state_file(env: &Env) -> std::path::PathBuf {
+    std::fs::read_dir(env.path("state"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .unwrap();
-    serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+        .unwrap()
+}
+
+/// The sync state file's contents.
+fn state(env: &Env) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(state_file(env)).unwrap()).unwrap()
 }
 
 struct Setup {
@@ -295,14 +299,8 @@ fn a_sync_state_of_the_previous_format_is_continued_not_refused() {
     let now = Utc::now();
     ingest(&env, events_at(400, now - Duration::days(1), 60));
     let until = env.posthog.now();
-    let file = std::fs::read_dir(env.path("state"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .unwrap();
-    let mut old: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let file = state_file(&env);
+    let mut old = state(&env);
     let watermark = old["position"]["watermark"].clone();
     let lookback = (now - Duration::days(7)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     old["version"] = 1.into();

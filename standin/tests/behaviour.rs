@@ -8,27 +8,15 @@ use posthog_patterns_standin::{
 };
 use serde_json::{Value, json};
 
+mod common;
+use common::query_request;
+
 fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
 
 async fn query(ph: &PostHogStandIn, sql: &str, values: Value, utc: bool) -> (u16, Value) {
-    let cfg = ph.config();
-    let mut body = json!({"query": {"kind": "HogQLQuery", "query": sql, "values": values}, "refresh": "force_blocking"});
-    if utc {
-        body["query"]["modifiers"] = json!({"convertToProjectTimezone": false});
-    }
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{}/api/projects/{}/query/",
-            ph.url(),
-            cfg.project_id
-        ))
-        .bearer_auth(cfg.api_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = query_request(ph, sql, values, utc).send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -446,21 +434,7 @@ async fn post(
     sql: &str,
     values: Value,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let cfg = ph.config();
-    let body = json!({"query": {"kind": "HogQLQuery", "query": sql, "values": values,
-                                "modifiers": {"convertToProjectTimezone": false}},
-                      "refresh": "force_blocking"});
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{}/api/projects/{}/query/",
-            ph.url(),
-            cfg.project_id
-        ))
-        .bearer_auth(cfg.api_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = query_request(ph, sql, values, true).send().await.unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     (status, headers, resp.json().await.unwrap_or(Value::Null))

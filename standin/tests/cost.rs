@@ -25,6 +25,9 @@ use posthog_patterns_standin::{
 };
 use serde_json::{Value, json};
 
+mod common;
+use common::query_request;
+
 const DAY: &str = "2024-03-04";
 const NEXT_DAY: &str = "2024-03-05";
 const IN_DAY: usize = 500_000;
@@ -163,21 +166,7 @@ fn median_key(data: &Data) -> (String, u64, u64) {
 
 /// (rows returned, rows read, bytes read) of one query.
 async fn cost(ph: &PostHogStandIn, sql: &str, values: Value) -> (u64, u64, u64) {
-    let cfg = ph.config();
-    let body = json!({"query": {"kind": "HogQLQuery", "query": sql, "values": values,
-                                "modifiers": {"convertToProjectTimezone": false}},
-                      "refresh": "force_blocking"});
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{}/api/projects/{}/query/",
-            ph.url(),
-            cfg.project_id
-        ))
-        .bearer_auth(cfg.api_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = query_request(ph, sql, values, true).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200, "{sql}");
     // The rows themselves are not needed: the stand-in logs what it returned.
     resp.bytes().await.unwrap();

@@ -9,26 +9,16 @@ use posthog_patterns_standin::{
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::query_request;
+
 fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
 
 async fn timed(ph: &PostHogStandIn, sql: &str, values: Value) -> (Duration, usize) {
-    let cfg = ph.config();
-    let body = json!({"query": {"kind": "HogQLQuery", "query": sql, "values": values,
-                                "modifiers": {"convertToProjectTimezone": false}}});
     let started = Instant::now();
-    let mut resp = reqwest::Client::new()
-        .post(format!(
-            "{}/api/projects/{}/query/",
-            ph.url(),
-            cfg.project_id
-        ))
-        .bearer_auth(cfg.api_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = query_request(ph, sql, values, true).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200, "{sql}");
     let announced = resp.content_length();
     // Read as the product reads: piece by piece, keeping none.

@@ -277,7 +277,7 @@ impl Reader {
             start,
             tie,
         });
-        let mut planner = Planner::new(lo);
+        let mut planner = Planner::new(lo, read.reader.plan_by_name);
         let mut in_flight = VecDeque::new();
         loop {
             while in_flight.len() < read.concurrency() {
@@ -528,17 +528,9 @@ impl Tuning {
 
     /// The events the next window aims at: a little under a page, since a window planned at
     /// exactly the LIMIT would come back full, and a full page proves nothing (one query
-    /// more). Until PostHog has returned a full page, a little over one instead: a page cut
-    /// short by a cap PostHog applies without saying so looks like the last of its window
-    /// unless it is as long as the longest seen, so until a full page shows that PostHog
-    /// honours the LIMIT, every window would cost a query more.
+    /// more).
     fn window(&self) -> f64 {
-        let fill = if self.largest < self.limit {
-            1.0 / WINDOW_FILL
-        } else {
-            WINDOW_FILL
-        };
-        self.target as f64 * fill
+        self.target as f64 * WINDOW_FILL
     }
 
     /// PostHog found a query too costly: later windows aim at half as many events.
@@ -565,9 +557,7 @@ mod tests {
         let ms = std::time::Duration::from_millis;
         let mut t = Tuning::new(50_000);
         assert_eq!((t.limit, t.target), (50_000, 50_000));
-        assert!(t.window() > 50_000.0, "past a page until one came back full");
-        t.page_done(50_000, 50_000 * 300, ms(1_000), 50_000, GIB);
-        assert_eq!(t.window(), 49_000.0, "then a little under one");
+        assert_eq!(t.window(), 49_000.0, "a little under a page");
         t.page_done(50_000, 50_000 * 300, ms(8_000), 50_000, GIB);
         assert_eq!(t.target, 31_250, "in proportion to the time over 5 s");
         t.page_done(31_000, 31_000 * 300, ms(1_000), 50_000, GIB);

@@ -15,6 +15,9 @@ use anyhow::bail;
 use serde::Deserialize;
 use std::collections::VecDeque;
 
+/// A window this close to full ends before the next group rather than inside it.
+const NEARLY_FULL: f64 = 0.1;
+
 /// Days a plan query covers at first; later ones grow or shrink with the time it took.
 const FIRST_DAYS: i64 = 16;
 /// Days a plan query covers at most (a year of counts is still a cheap read of key columns).
@@ -112,17 +115,20 @@ pub(super) struct Planner {
     most_days: i64,
     /// The next plan counts by names only (a plan with buckets was too costly for one day).
     names_only: bool,
+    /// Every plan counts by names only (`sync`: see `Reader::plan_by_name`).
+    by_name: bool,
 }
 
 impl Planner {
-    pub(super) fn new(lo: Lower) -> Self {
+    pub(super) fn new(lo: Lower, by_name: bool) -> Self {
         Planner {
             next: Some(lo.clone()),
             plan_from: Some(lo),
             groups: VecDeque::new(),
             days: FIRST_DAYS,
             most_days: MOST_DAYS,
-            names_only: false,
+            names_only: by_name,
+            by_name,
         }
     }
 
@@ -158,9 +164,12 @@ impl Planner {
                 continue;
             }
             // Cut the group where the window is full, by the share of its hash space (hashes
-            // spread events evenly), or before it when nothing of it fits.
+            // spread events evenly), unless the window is nearly full already: it then ends
+            // before the group, and holds exactly the events it was counted to hold (a page
+            // that holds them all is then known to be the last, with no query more).
             let cut = between(&group.lo, &group.hi, room / group.rows)
-                .filter(|c| lo.admits(c) && lo.point() != c);
+                .filter(|c| lo.admits(c) && lo.point() != c)
+                .filter(|_| planned == 0.0 || room >= target * NEARLY_FULL);
             match cut {
                 Some(c) if room >= 1.0 => {
                     planned += room;
@@ -275,7 +284,7 @@ impl Planner {
             };
             self.groups.extend(groups);
             self.plan_from = rest;
-            self.names_only = false;
+            self.names_only = self.by_name;
             // Cost grows with the days counted: aim at PLAN_TIME.
             let speed = PLAN_TIME.as_secs_f64() / took.as_secs_f64().max(0.05);
             self.days =
