@@ -754,12 +754,21 @@ fn sync_runs(per_day: usize, runs: usize, only: &str) {
         let measured = sync(&[]);
         assert_eq!(measured.status, 0, "{name}: a run failed");
         let (after, queries) = posthog.with_state(|s| {
+            let new = &s.log[logged..];
+            if std::env::var_os("BENCH_LOG").is_some() {
+                for l in new {
+                    println!(
+                        "    {} {:.70} returned {} read {}",
+                        l.status,
+                        l.sql.as_deref().unwrap_or(""),
+                        l.rows_returned,
+                        l.bytes_read
+                    );
+                }
+            }
             (
                 s.cost,
-                s.log[logged..]
-                    .iter()
-                    .filter(|l| l.path.contains("/query"))
-                    .count(),
+                new.iter().filter(|l| l.path.contains("/query")).count(),
             )
         });
         let delivered = webhook.with_state(|w| w.counted.events) - delivered_before;

@@ -579,20 +579,21 @@ fn words(x: Expr) -> Option<usize> {
 /// Runs `q` over `table`.
 pub(crate) fn run(table: &Table, q: &Select, opts: &Options) -> Outcome {
     let layout = table.layout;
-    // Columns read for every row of a granule read: the key's `team_id`, and whatever the
-    // WHERE, GROUP BY and ORDER BY need. The other selected ones are read after PREWHERE.
+    // Columns read for every row of a granule read: the key's `team_id`, and what the WHERE
+    // needs (ClickHouse moves it to PREWHERE). Every other column the query uses (selected,
+    // grouped or ordered by) is read after PREWHERE, only where a row passed.
     let mut filter_cols: Columns = Column::TeamId.bit();
     if let Some(f) = &q.filter {
         filter_cols |= f.columns();
     }
-    for e in q.group_by.iter().chain(&q.order_by) {
-        filter_cols |= e.column().map_or(0, Column::bit);
-    }
-    let selected = q
+    let used = q
         .items
         .iter()
-        .fold(0, |c, i| c | i.expr.column().map_or(0, Column::bit));
-    let other_cols = selected & !filter_cols;
+        .map(|i| i.expr)
+        .chain(q.group_by.iter().copied())
+        .chain(q.order_by.iter().copied())
+        .fold(0, |c, e| c | e.column().map_or(0, Column::bit));
+    let other_cols = used & !filter_cols;
     let aggregate = q.aggregates();
     let sorter = Sorter::new(&q.order_by);
 

@@ -277,7 +277,7 @@ impl Reader {
             start,
             tie,
         });
-        let mut planner = Planner::new(lo, read.reader.plan_by_name);
+        let mut planner = Planner::new(lo, read.reader.plan_by_name, read.reader.skip_empty);
         let mut in_flight = VecDeque::new();
         loop {
             while in_flight.len() < read.concurrency() {

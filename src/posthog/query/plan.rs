@@ -117,10 +117,13 @@ pub(super) struct Planner {
     names_only: bool,
     /// Every plan counts by names only (`sync`: see `Reader::plan_by_name`).
     by_name: bool,
+    /// What the counts found empty before a window's first group is a window of its own, to
+    /// be skipped (`sync`: see `Reader::skip_empty`), rather than read with the group.
+    skip_empty: bool,
 }
 
 impl Planner {
-    pub(super) fn new(lo: Lower, by_name: bool) -> Self {
+    pub(super) fn new(lo: Lower, by_name: bool, skip_empty: bool) -> Self {
         Planner {
             next: Some(lo.clone()),
             plan_from: Some(lo),
@@ -129,6 +132,7 @@ impl Planner {
             most_days: MOST_DAYS,
             names_only: by_name,
             by_name,
+            skip_empty,
         }
     }
 
@@ -141,6 +145,24 @@ impl Planner {
         let Some(lo) = self.next.clone() else {
             return Ok(None);
         };
+        if self.skip_empty {
+            while self.groups.is_empty() && self.plan_from.is_some() {
+                self.plan_more(read, target).await?;
+            }
+            let first = self.groups.front().map(|g| g.lo.point().clone());
+            if let Some(first) = first.filter(|p| lo.admits(p) && lo.point() != p) {
+                let hi = Upper::Before(first);
+                self.next = hi.next();
+                return Ok(Some(Window {
+                    lo,
+                    hi,
+                    planned: 0.0,
+                    counted: true,
+                    empty: true,
+                    marks: Vec::new(),
+                }));
+            }
+        }
         let (mut planned, mut counted, mut empty) = (0.0, true, true);
         let mut marks = Vec::new();
         let hi = loop {
