@@ -14,8 +14,8 @@ pub struct Storage {
     pub parts_per_shard: usize,
     /// Rows per granule, the smallest unit ClickHouse's primary index can skip (8,192).
     pub granule_rows: usize,
-    /// Rows per block of the other selected columns: after PREWHERE (the WHERE's, GROUP BY's
-    /// and ORDER BY's columns, read for every row of a granule read), ClickHouse reads them
+    /// Rows per block of the other columns a query uses: after PREWHERE (the WHERE's columns,
+    /// read for every row of a granule read), ClickHouse reads them
     /// only in blocks holding a row that passed. At most a granule; see [`BLOCK_ROWS`].
     pub block_rows: usize,
 }

@@ -149,7 +149,12 @@ impl Planner {
             while self.groups.is_empty() && self.plan_from.is_some() {
                 self.plan_more(read, target).await?;
             }
-            let first = self.groups.front().map(|g| g.lo.point().clone());
+            // (Only a name that came back byte for byte bounds the stretch skipped.)
+            let first = self
+                .groups
+                .front()
+                .filter(|g| g.named)
+                .map(|g| g.lo.point().clone());
             if let Some(first) = first.filter(|p| lo.admits(p) && lo.point() != p) {
                 let hi = Upper::Before(first);
                 self.next = hi.next();
