@@ -38,6 +38,43 @@ impl<'de: 'a, 'a> Deserialize<'de> for Escaped<'a> {
     }
 }
 
+/// `properties` as a row carries it: JSON text in a string (PostHog's way), or the object
+/// itself (as a proxy, a fork or another server version may send it), kept byte for byte.
+pub(crate) enum Properties<'a> {
+    Text(Escaped<'a>),
+    Object(&'a str),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Properties<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // Taken whole first (no number or nesting is parsed, so 2^70, 1e400 and deep objects
+        // stay as sent), then read by its first byte.
+        let raw: &'de serde_json::value::RawValue = Deserialize::deserialize(d)?;
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => serde_json::from_str::<Escaped<'de>>(text)
+                .map(Properties::Text)
+                .map_err(D::Error::custom),
+            Some(b'{') => Ok(Properties::Object(text)),
+            _ => Err(D::Error::custom(format!(
+                "properties are neither JSON text in a string nor an object: {}",
+                crate::net::http::redacted_excerpt(text.as_bytes(), 80)
+            ))),
+        }
+    }
+}
+
+impl<'a> Properties<'a> {
+    /// The properties' JSON text, byte for byte as received or as PostHog stored it.
+    pub(crate) fn text(self) -> Result<Cow<'a, str>, String> {
+        match self {
+            Properties::Text(escaped) => escaped.text(),
+            Properties::Object(text) => Ok(Cow::Borrowed(text)),
+        }
+    }
+}
+
 impl<'a> Escaped<'a> {
     /// The JSON text PostHog stored. An escaped lone surrogate (which serde_json hands over as
     /// WTF-8) is written back as the six characters of its escape, so that the text is still

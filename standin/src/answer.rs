@@ -4,7 +4,7 @@
 
 use crate::engine::{Cell, Rows, Shown, eval, shown};
 use crate::hogql::{Expr, Select};
-use crate::storage::Table;
+use crate::storage::{Column, Table};
 use chrono::{DateTime, FixedOffset, Utc};
 
 /// Where an answer's bytes go: a buffer, or a count of them.
@@ -37,6 +37,8 @@ pub(crate) struct Answer {
     /// The next row to write; `None` before the head is written.
     next: Option<usize>,
     done: bool,
+    /// `properties` written as the object it holds, not as JSON text in a string.
+    pub(crate) properties_as_object: bool,
 }
 
 impl Answer {
@@ -55,6 +57,7 @@ impl Answer {
             has_more,
             next: None,
             done: false,
+            properties_as_object: false,
         }
     }
 
@@ -139,9 +142,15 @@ impl Answer {
                 out.put(b",");
             }
             match &self.rows {
-                Rows::Stored(ids) => {
-                    write_shown(out, shown(*expr, eval(table, *expr, ids[i])), self.zone)
-                }
+                Rows::Stored(ids) => match shown(*expr, eval(table, *expr, ids[i])) {
+                    Shown::Text(json)
+                        if self.properties_as_object
+                            && *expr == Expr::Column(Column::Properties) =>
+                    {
+                        out.put(json.as_bytes())
+                    }
+                    v => write_shown(out, v, self.zone),
+                },
                 Rows::Counted(rows) => write_shown(out, shown_cell(&rows[i][j]), self.zone),
             }
         }

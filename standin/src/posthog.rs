@@ -64,6 +64,9 @@ pub struct PostHogConfig {
     /// JSON cannot hold (bytes that are not UTF-8) or what serde refuses (an escaped lone
     /// surrogate in the `properties` string).
     pub body_substitutions: Vec<(String, Vec<u8>)>,
+    /// Query API: `properties` written as the JSON object it holds, not as JSON text in a
+    /// string (as a proxy, a fork or another server version may send it).
+    pub properties_as_object: bool,
     /// How events are laid out (shards, parts, granules). Read at start.
     pub storage: Storage,
     /// How long a query takes for what it reads, and the 10 s limit (None: no cost latency).
@@ -174,6 +177,7 @@ impl Default for PostHogConfig {
             page_fault: None,
             echo_requests: false,
             body_substitutions: Vec::new(),
+            properties_as_object: false,
             storage: Storage::default(),
             cost: None,
             read_budget: None,
@@ -924,7 +928,8 @@ fn evaluate(s: &mut State, n: usize, body: &Value) -> Result<(Reply, Duration), 
         }
     }
     let has_more = select.limit.is_none().then_some(out.more);
-    let answer = AnswerWriter::new(&select, rows, zone, has_more);
+    let mut answer = AnswerWriter::new(&select, rows, zone, has_more);
+    answer.properties_as_object = s.config.properties_as_object;
     Ok((Reply::Rows(answer), slept))
 }
 
