@@ -49,3 +49,34 @@ fn properties_sent_as_an_object_rather_than_json_text_are_delivered_byte_for_byt
     }
     assert!(awkward > 50, "{awkward} events with awkward properties");
 }
+
+#[test]
+fn a_batch_rejected_once_and_then_accepted_in_parts_is_delivered_and_the_run_goes_on() {
+    use posthog_patterns_standin::Fault;
+    for dead_letter in [false, true] {
+        let env = Env::new(events(1_000, 181), WebhookConfig::default());
+        // The second batch is answered 400 once; its halves are accepted.
+        env.webhook
+            .fault_at(1, Fault::status(400).body(r#"{"error":"try again later"}"#));
+        let dead = env.path("dead.ndjson");
+        let mut args = vec!["--batch-size", "250", "--concurrency", "1"];
+        if dead_letter {
+            args.extend(["--dead-letter", dead.to_str().unwrap()]);
+        }
+        let run = env.run(&backfill_args(&args));
+        run.assert_code(0);
+        assert!(
+            run.stderr.contains(
+                "rejected a batch of 250 events (HTTP 400: {\"error\":\"try again later\"}) but accepted each part of it when split: delivered"
+            ),
+            "{}",
+            run.stderr
+        );
+        env.assert_exactly_once(in_range);
+        assert!(!dead.exists() || std::fs::read_to_string(&dead).unwrap().is_empty());
+        println!(
+            "dead letter {dead_letter}: {}",
+            run.stderr.lines().last().unwrap_or("")
+        );
+    }
+}

@@ -1,6 +1,8 @@
 //! The webhook sink: POSTs a batch as one JSON array and reports when the webhook has
 //! acknowledged it (any 2xx). Retries 408, 429, 5xx (not 501) and transport errors; splits a
-//! batch answered with 413; sets rejected events aside in the dead-letter file or stops.
+//! batch answered with 413; bisects a rejected one, so that what the webhook accepts is
+//! delivered and the events it rejects on their own are set aside in the dead-letter file
+//! (or stop the run).
 //! With `--compress gzip` each body (each half of a split, too) is compressed once, however
 //! often it is retried.
 
@@ -148,18 +150,19 @@ impl Sink {
     }
 
     /// Delivers one batch: returns once every event is acknowledged or dead-lettered.
-    /// A 413 splits the batch in halves (in order). A rejection (other 4xx) with
-    /// `--dead-letter` is bisected down to the events the webhook rejects on their own, so
-    /// that one bad event costs only itself; without `--dead-letter` it is an error.
+    /// A 413 splits the batch in halves (in order). A rejection (other 4xx) is bisected: parts
+    /// the webhook accepts are delivered (a one-off rejection costs two more requests), and an
+    /// event it rejects on its own is set aside with `--dead-letter`, or stops the run.
     pub(crate) async fn deliver(&self, events: &[String]) -> anyhow::Result<Delivered> {
         let mut done = Delivered::default();
         // Parts still to post, last first, each marked when it comes from bisecting a
-        // rejection (those requests are bounded by the events found rejected on their own).
+        // rejection.
         let mut todo = vec![(0..events.len(), false)];
-        let (mut bisect_requests, mut alone) = (0usize, 0usize);
+        // Parts of a bisection rejected in turn, and events rejected on their own.
+        let (mut rejected_parts, mut alone) = (0usize, 0usize);
+        let mut first_rejection = None;
         while let Some((part, bisecting)) = todo.pop() {
             let slice = &events[part.clone()];
-            bisect_requests += usize::from(bisecting);
             let outcome = self.post(slice).await?;
             let split = match &outcome {
                 Outcome::Accepted => {
@@ -169,10 +172,12 @@ impl Sink {
                 }
                 _ if slice.len() == 1 => None,
                 Outcome::TooLarge => Some((413, bisecting)),
-                Outcome::Rejected(reply) if self.dead_letter.is_some() => {
+                Outcome::Rejected(reply) => {
+                    rejected_parts += usize::from(bisecting);
+                    first_rejection
+                        .get_or_insert_with(|| (slice.len(), reply.status, reply.excerpt()));
                     Some((reply.status, true))
                 }
-                Outcome::Rejected(_) => None,
             };
             if let Some((status, bisecting)) = split {
                 let mid = part.start + slice.len() / 2;
@@ -197,15 +202,22 @@ impl Sink {
             alone += slice.len();
             self.check_rejects_everything(slice.len())?;
         }
-        // Bisecting finds each of k rejected events in at most 2·⌈log₂ N⌉ requests. More
-        // means the webhook rejects parts that hold no event it rejects on its own.
-        let bound = 2 * alone * ceil_log2(events.len());
-        if bisect_requests > bound {
+        // Each event rejected on its own explains the rejection of at most ⌈log₂ N⌉ parts
+        // holding it; one more is a passing fault. Beyond that the webhook rejects parts for
+        // what no single event holds (a limit per request, say), and bisecting every batch
+        // down to single events would hide that behind N requests a batch.
+        let explained = alone * ceil_log2(events.len()) + 1;
+        if rejected_parts > explained {
             bail!(
-                "the webhook at {} rejected parts of a batch of {} events but only {alone} events on their own ({bisect_requests} requests, more than the {bound} bisecting needs): it is not rejecting single events, so nothing more was set aside. The checkpoint holds what was acknowledged before this batch",
+                "the webhook at {} rejected {rejected_parts} parts of a batch of {} events but only {alone} events on their own: it is not rejecting single events (a limit per request below --batch-size or --batch-bytes?), so nothing more was set aside. The checkpoint holds what was acknowledged before this batch",
                 self.url.redacted(),
                 events.len()
             );
+        }
+        if let (Some((n, status, excerpt)), 0) = (first_rejection, alone) {
+            self.progress.warn(&format!(
+                "the webhook rejected a batch of {n} events (HTTP {status}: {excerpt}) but accepted each part of it when split: delivered"
+            ));
         }
         Stats::add(&self.progress.stats.posted, done.posted as u64);
         Stats::add(
@@ -247,9 +259,12 @@ impl Sink {
                 Ok(events.len())
             }
             None => bail!(
-                "the webhook at {} rejected a batch of {} (HTTP {}: {excerpt}). The checkpoint holds every batch acknowledged before it (with --concurrency above 1, later batches may have been acknowledged too, and are posted again on resume). Fix the cause and run again, or pass --dead-letter PATH to set rejected events aside and go on",
+                "the webhook at {} rejected {} on its own (HTTP {}: {excerpt}). The checkpoint holds every batch acknowledged before it (with --concurrency above 1, later batches may have been acknowledged too, and are posted again on resume). Fix the cause and run again, or pass --dead-letter PATH to set rejected events aside and go on",
                 self.url.redacted(),
-                crate::progress::count(events.len() as u64, "event", "events"),
+                match events {
+                    [one] => format!("event {}", uuid_of(one)),
+                    _ => crate::progress::count(events.len() as u64, "event", "events"),
+                },
                 reply.status
             ),
         }
