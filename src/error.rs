@@ -74,7 +74,7 @@ pub(crate) async fn interruptible<T>(
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = work => result,
         _ = tokio::signal::ctrl_c() => Err(Stop::Interrupted(hint()).into()),
         _ = term.recv() => Err(Stop::Interrupted(hint()).into()),
@@ -84,7 +84,10 @@ pub(crate) async fn interruptible<T>(
             hint()
         ))
         .into()),
-    }
+    };
+    // What the run dropped may have left PostHog running queries (asynchronous ones).
+    crate::posthog::cancel_abandoned().await;
+    result
 }
 
 /// `err` followed by `hint` ("error; what to do"), keeping the exit code `err` had.

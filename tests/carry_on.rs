@@ -80,3 +80,98 @@ fn a_batch_rejected_once_and_then_accepted_in_parts_is_delivered_and_the_run_goe
         );
     }
 }
+
+/// A PostHog that answers every query asynchronously (HTTP 202 with a `query_status`).
+fn asynchronous(polls: usize, stuck: usize) -> PostHogConfig {
+    PostHogConfig {
+        async_answers: Some(posthog_patterns_standin::AsyncAnswers { polls, stuck }),
+        ..PostHogConfig::default()
+    }
+}
+
+#[test]
+fn queries_posthog_answers_asynchronously_are_polled_and_their_rows_delivered() {
+    let env = Env::with(
+        asynchronous(1, 0),
+        events(2_000, 182),
+        WebhookConfig::default(),
+    );
+    let run = env.run(&backfill_args(&["--page-size", "1000"]));
+    run.assert_code(0);
+    env.assert_exactly_once(in_range);
+    let (accepted, polls) = env.posthog.with_state(|s| {
+        let accepted = s.log.iter().filter(|l| l.status == 202).count();
+        let polls = s
+            .log
+            .iter()
+            .filter(|l| l.method == "GET" && l.path.contains("/query/"))
+            .count();
+        (accepted, polls)
+    });
+    // Each query answered 202 (the clock's too, whose Date is all it needs) ...
+    assert!(accepted >= 3, "{accepted} answers 202");
+    // ... and each of the others polled twice: once not complete, once with the rows.
+    assert!(
+        polls >= 2 * (accepted - 1),
+        "{polls} polls of {accepted} queries"
+    );
+    println!("{accepted} queries answered 202, {polls} polls: every event delivered once");
+}
+
+#[test]
+fn an_asynchronous_query_that_does_not_complete_in_time_is_cancelled_and_asked_smaller() {
+    let env = Env::with(
+        asynchronous(0, 1),
+        events(2_000, 183),
+        WebhookConfig::default(),
+    );
+    let run = env.run(&backfill_args(&[
+        "--page-size",
+        "1000",
+        "--http-timeout",
+        "3s",
+    ]));
+    run.assert_code(0);
+    env.assert_exactly_once(in_range);
+    assert!(
+        run.stderr
+            .contains("had not completed within --http-timeout (3.0s); cancelled"),
+        "{}",
+        run.stderr
+    );
+    let cancelled = env.posthog.with_state(|s| s.cancelled_queries.clone());
+    assert_eq!(cancelled.len(), 1, "the stuck query was cancelled (DELETE)");
+}
+
+#[test]
+fn an_interrupted_run_cancels_the_asynchronous_query_it_was_polling() {
+    let env = Env::with(
+        asynchronous(0, 1),
+        events(2_000, 184),
+        WebhookConfig::default(),
+    );
+    let child = env.spawn(&backfill_args(&[
+        "--page-size",
+        "1000",
+        "--http-timeout",
+        "5m",
+    ]));
+    let polled = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        env.posthog.with_state(|s| {
+            s.log
+                .iter()
+                .any(|l| l.method == "GET" && l.path.contains("/query/"))
+        })
+    });
+    assert!(polled, "the stuck query is polled");
+    let run = sigterm(child);
+    run.assert_code(130);
+    let cancelled = env.posthog.with_state(|s| s.cancelled_queries.clone());
+    assert_eq!(
+        cancelled.len(),
+        1,
+        "cancelled on the way out: {}",
+        run.stderr
+    );
+}

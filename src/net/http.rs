@@ -127,7 +127,7 @@ pub(crate) enum Body {
     /// Nothing of a 2xx (its status line is the acknowledgement: a body that never ends must
     /// not turn a delivered batch into a retry), and of anything else only enough for a message.
     AckOrExcerpt,
-    /// Nothing of a 2xx: its body is left for the caller to read as it arrives, with
+    /// Nothing of a 2xx but 202: its body is left for the caller to read as it arrives, with
     /// [`next_chunk`]. Anything else is read whole, up to `max` bytes. `idle` bounds the wait
     /// for the answer's head (the client's timeout would also count the time the caller takes
     /// between reads of a body it reads slowly on purpose).
@@ -156,7 +156,8 @@ pub(crate) async fn send(req: reqwest::RequestBuilder, body: Body) -> Result<Rep
     if let Body::Stream { max, idle } = body {
         let whole = async {
             let resp = req.timeout(STREAM_TOTAL).send().await.map_err(describe)?;
-            if resp.status().is_success() {
+            // (A 202 is no answer yet, but what to poll for one: read whole.)
+            if resp.status().is_success() && resp.status() != reqwest::StatusCode::ACCEPTED {
                 if resp.content_length().is_some_and(|n| n > max) {
                     return Err(SendError::TooLarge(max));
                 }

@@ -4,6 +4,7 @@
 
 pub(crate) mod events_api;
 pub(crate) mod hogql;
+mod polled;
 pub(crate) mod query;
 pub(crate) mod repair;
 mod rows;
@@ -16,6 +17,7 @@ use crate::pipeline::ledger::Stats;
 use crate::progress::Progress;
 use crate::secret::Secret;
 use chrono::{DateTime, Utc};
+pub(crate) use polled::{Answer, cancel_abandoned};
 use reqwest::Url;
 use source::SourceKind;
 use std::sync::Arc;
@@ -133,7 +135,7 @@ pub(crate) enum ApiError {
     )]
     TooLarge { max: u64 },
     #[error(
-        "PostHog answered asynchronously (HTTP 202: {excerpt}) although a blocking answer was asked for; it is probably overloaded"
+        "PostHog answered asynchronously (HTTP 202) without a query to poll for the answer: {excerpt}"
     )]
     Async { excerpt: String },
 }
@@ -228,25 +230,25 @@ impl PostHog {
     }
 
     /// Like [`PostHog::post_page`], but the 2xx answer's body is left to be read as it arrives
-    /// ([`http::next_chunk`]): the Query reader hands rows on as they are parsed.
+    /// ([`Answer::next_chunk`]): the Query reader hands rows on as they are parsed.
     pub(crate) async fn post_stream(
         &self,
         endpoint: &str,
         body: &serde_json::Value,
-    ) -> Result<reqwest::Response, GaveUp<ApiError>> {
+    ) -> Result<Answer, GaveUp<ApiError>> {
         let read = Body::Stream {
             max: self.max_response,
             idle: self.timeout,
         };
         let reply = self.post_with(endpoint, body, Slow::Fail, read).await?;
-        reply.stream.ok_or_else(|| {
-            GaveUp::Fatal(ApiError::BadResponse {
-                status: reply.status,
-                excerpt: "an answer without a body".into(),
-            })
+        Ok(match reply.stream {
+            Some(stream) => Answer::Streamed(stream),
+            // The result of a query answered asynchronously.
+            None => Answer::Whole(reply.body),
         })
     }
 
+    /// POSTs and, if PostHog answers asynchronously (202), polls for the answer.
     async fn post_with(
         &self,
         endpoint: &str,
@@ -256,10 +258,32 @@ impl PostHog {
     ) -> Result<Reply, GaveUp<ApiError>> {
         let url = self.url(endpoint);
         let body = serde_json::to_vec(body).expect("JSON values serialize");
-        self.call(endpoint, slow, read, || {
-            self.http.post(url.clone()).body(body.clone())
-        })
-        .await
+        let reply = self
+            .call(endpoint, slow, read, || {
+                self.http.post(url.clone()).body(body.clone())
+            })
+            .await?;
+        if reply.status != 202 {
+            return Ok(reply);
+        }
+        match self.polled(reply).await {
+            Ok(reply) => Ok(reply),
+            Err(polled::NoAnswer::Failed(gave_up)) => Err(gave_up),
+            // As PostHog's 504 for a query too costly.
+            Err(polled::NoAnswer::TooSlow(why)) => {
+                self.progress.warn(&why);
+                Err(match slow {
+                    Slow::Fail => GaveUp::Fatal(ApiError::TooSlow { status: 504 }),
+                    Slow::Retry => GaveUp::Exhausted {
+                        retries: 0,
+                        last: ApiError::Unavailable {
+                            status: 504,
+                            excerpt: why,
+                        },
+                    },
+                })
+            }
+        }
     }
 
     /// GETs `/api/projects/{id}/{endpoint}` with query parameters.
@@ -368,7 +392,9 @@ impl PostHog {
     fn classify(&self, endpoint: &str, slow: Slow, reply: Reply) -> Attempt<Reply, ApiError> {
         let status = reply.status;
         match status {
-            // PostHog answered asynchronously: this tool asks for blocking answers only.
+            // A query PostHog runs asynchronously: the caller polls it.
+            202 if endpoint == "query/" => Attempt::Done(reply),
+            // Nothing else of PostHog's answers asynchronously.
             202 => Attempt::Retry {
                 error: ApiError::Async {
                     excerpt: reply.excerpt(),

@@ -20,7 +20,8 @@ pub use data::{
 };
 pub use engine::ShardRead;
 pub use posthog::{
-    CostTotals, PageFault, PostHogConfig, PostHogStandIn, QueryCost, QueryReads, ReadBudget, Spoil,
+    AsyncAnswers, CostTotals, PageFault, PostHogConfig, PostHogStandIn, QueryCost, QueryReads,
+    ReadBudget, Spoil,
 };
 pub use storage::{BLOCK_ROWS, Storage, city_hash64, stored_size};
 pub use webhook::{WebhookConfig, WebhookStandIn};

@@ -73,6 +73,18 @@ pub struct PostHogConfig {
     pub cost: Option<QueryCost>,
     /// The project's read budget for API queries (None: unlimited).
     pub read_budget: Option<ReadBudget>,
+    /// Query API: answer queries asynchronously, HTTP 202 with a `query_status` to poll, as
+    /// PostHog does for `refresh: "async"` and may do under load (None: blocking answers).
+    pub async_answers: Option<AsyncAnswers>,
+}
+
+/// How queries answered asynchronously complete: `GET .../query/{id}/` answers "not complete"
+/// `polls` times, then gives the result in `query_status.results`; the first `stuck` pages
+/// (queries for events) never complete (until cancelled with `DELETE .../query/{id}/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncAnswers {
+    pub polls: usize,
+    pub stuck: usize,
 }
 
 /// How long PostHog takes for what a query reads. Shards read in parallel, so the busiest one
@@ -181,6 +193,7 @@ impl Default for PostHogConfig {
             storage: Storage::default(),
             cost: None,
             read_budget: None,
+            async_answers: None,
         }
     }
 }
@@ -280,6 +293,17 @@ pub struct State {
     /// What queries read and returned so far.
     pub cost: CostTotals,
     budget: Option<BudgetWindow>,
+    /// Queries answered asynchronously, by id, and the ids of those cancelled.
+    async_queries: std::collections::HashMap<String, AsyncQuery>,
+    pub cancelled_queries: Vec<String>,
+    pages_answered_async: usize,
+}
+
+/// A query answered asynchronously: polls left before it completes (None: never), and its
+/// answer.
+struct AsyncQuery {
+    polls_left: Option<usize>,
+    answer: Bytes,
 }
 
 pub struct PostHogStandIn {
@@ -323,6 +347,9 @@ impl PostHogStandIn {
             pages: Vec::new(),
             cost: CostTotals::default(),
             budget: None,
+            async_queries: Default::default(),
+            cancelled_queries: Vec::new(),
+            pages_answered_async: 0,
         }));
         PostHogStandIn {
             server: serve(router(state.clone())),
@@ -546,7 +573,88 @@ async fn run_in_slot(state: &Arc<Mutex<State>>, n: usize, body: Option<Value>) -
         (response, latency + delay)
     };
     tokio::time::sleep(delay).await;
-    response
+    let asynchronous = state.lock().unwrap().config.async_answers;
+    match asynchronous {
+        Some(mode) if response.status() == StatusCode::OK => {
+            asynchronous_answer(state, n, mode, response).await
+        }
+        _ => response,
+    }
+}
+
+/// PostHog's 202 for a query answered asynchronously; its answer is kept for the polls.
+async fn asynchronous_answer(
+    state: &Arc<Mutex<State>>,
+    n: usize,
+    mode: AsyncAnswers,
+    response: Response,
+) -> Response {
+    let Ok(answer) = axum::body::to_bytes(response.into_body(), usize::MAX).await else {
+        return error(500, "server_error", "the answer broke off");
+    };
+    let mut s = state.lock().unwrap();
+    let id = format!("{:032x}", 0x5eed_0000_u128 + n as u128);
+    let page = s.log[n]
+        .sql
+        .as_deref()
+        .is_some_and(|q| q.contains("properties"));
+    s.pages_answered_async += usize::from(page);
+    let stuck = page && s.pages_answered_async <= mode.stuck;
+    let polls_left = (!stuck).then_some(mode.polls);
+    s.async_queries
+        .insert(id.clone(), AsyncQuery { polls_left, answer });
+    (StatusCode::ACCEPTED, query_status(&id, false, None)).into_response()
+}
+
+/// A `{"query_status": ...}` answer, with the query's answer as its `results` once complete.
+fn query_status(id: &str, complete: bool, answer: Option<&[u8]>) -> Vec<u8> {
+    let head = json!({
+        "query_status": {
+            "id": id,
+            "query_async": true,
+            "complete": complete,
+            "error": false,
+            "error_message": null,
+            "results": null,
+        }
+    })
+    .to_string();
+    match answer {
+        None => head.into_bytes(),
+        Some(answer) => {
+            let (before, after) = head.split_once("null}}").expect("results come last");
+            [before.as_bytes(), answer, after.as_bytes(), b"}}"].concat()
+        }
+    }
+}
+
+/// `GET` (a poll) or `DELETE` (a cancel) of a query answered asynchronously.
+fn poll_or_cancel(s: &mut State, method: &str, id: &str) -> Response {
+    if method == "DELETE" {
+        return match s.async_queries.remove(id) {
+            Some(_) => {
+                s.cancelled_queries.push(id.to_string());
+                StatusCode::NO_CONTENT.into_response()
+            }
+            None => error(404, "invalid_request", "Not found."),
+        };
+    }
+    let Some(query) = s.async_queries.get_mut(id) else {
+        return error(404, "invalid_request", "Not found.");
+    };
+    let headers = [("content-type", "application/json")];
+    match &mut query.polls_left {
+        Some(0) => {
+            let body = query_status(id, true, Some(&query.answer));
+            s.async_queries.remove(id);
+            (headers, body).into_response()
+        }
+        Some(left) => {
+            *left -= 1;
+            (headers, query_status(id, false, None)).into_response()
+        }
+        None => (headers, query_status(id, false, None)).into_response(),
+    }
 }
 
 /// Counts a query as running until dropped (also when its client hangs up mid-query).
@@ -702,6 +810,12 @@ fn route(
                 Some(refused) => now(refused),
                 None => Route::Query,
             }
+        }
+        ("GET" | "DELETE", ["api", "projects" | "environments", id, "query", query_id])
+            if *id == s.config.project_id && s.config.query_api =>
+        {
+            let query_id = query_id.to_string();
+            now(poll_or_cancel(&mut s, method.as_str(), &query_id))
         }
         ("GET", ["api", "projects" | "environments", id, "events"])
             if *id == s.config.project_id =>

@@ -349,7 +349,7 @@ impl Read {
     /// Reads an answer's body to its end, handing on each row as it is parsed.
     async fn read_answer(
         &self,
-        resp: &mut reqwest::Response,
+        resp: &mut crate::posthog::Answer,
         rows: &mut Rows,
         page: &mut Page<'_>,
         limit: usize,
@@ -369,8 +369,9 @@ impl Read {
             let allowed =
                 idle + std::time::Duration::from_secs_f64(rows.received() as f64 / MIN_ANSWER_RATE);
             let asked = std::time::Instant::now();
-            let next =
-                crate::net::http::next_chunk(resp, idle.min(allowed.saturating_sub(waited))).await;
+            let next = resp
+                .next_chunk(idle.min(allowed.saturating_sub(waited)))
+                .await;
             waited += asked.elapsed();
             match next {
                 Ok(Some(bytes)) => rows.feed(&bytes),
