@@ -175,3 +175,80 @@ fn an_interrupted_run_cancels_the_asynchronous_query_it_was_polling() {
         run.stderr
     );
 }
+
+/// 1,500 events in one microsecond (more than the Events API's 1,000-row page), plus ordinary
+/// events, in the tie order `order`; `edit` shapes the crowded ones.
+fn crowded_microsecond(
+    order: posthog_patterns_standin::TieOrder,
+    edit: impl Fn(usize, &mut posthog_patterns_standin::StoredEvent),
+) -> Env {
+    let mut data =
+        posthog_patterns_standin::data::tied_events(1_500, t("2024-03-03T08:00:00.000007Z"), 185);
+    for (i, e) in data.iter_mut().enumerate() {
+        edit(i, e);
+    }
+    data.extend(events(300, 186));
+    Env::with(
+        PostHogConfig {
+            tie_order: order,
+            offset_delay: std::time::Duration::ZERO,
+            ..PostHogConfig::default()
+        },
+        data,
+        WebhookConfig::default(),
+    )
+}
+
+#[test]
+fn a_crowded_microsecond_is_read_completely_whatever_the_events_apis_tie_order() {
+    use posthog_patterns_standin::TieOrder;
+    let args = backfill_args(&["--source", "events", "--concurrency", "1"]);
+    // ClickHouse's order: the same for the same request, another for another offset.
+    let env = crowded_microsecond(TieOrder::PerRequest, |_, _| {});
+    env.run(&args).assert_code(0);
+    env.assert_exactly_once(in_range);
+    // The worst: every page shows the microsecond's same first rows. One answer per event
+    // name (six names, 250 events each) holds all of them.
+    let env = crowded_microsecond(TieOrder::SameFirst, |_, _| {});
+    env.run(&args).assert_code(0);
+    env.assert_exactly_once(in_range);
+    // One name only, from three users: one answer per distinct_id.
+    let env = crowded_microsecond(TieOrder::SameFirst, |i, e| {
+        e.event = "signup".into();
+        e.distinct_id = format!("user-{}", i % 3);
+    });
+    env.run(&args).assert_code(0);
+    env.assert_exactly_once(in_range);
+}
+
+#[test]
+fn a_crowded_microsecond_no_filter_can_show_whole_is_an_error_naming_it_and_the_query_api() {
+    use posthog_patterns_standin::TieOrder;
+    // One name from 1,500 users, and every page shows the same first 1,000 rows: the 500
+    // others never appear, so nothing can ask for them by distinct_id.
+    let env = crowded_microsecond(TieOrder::SameFirst, |i, e| {
+        e.event = "signup".into();
+        e.distinct_id = format!("user-{i}");
+    });
+    let run = env.run(&backfill_args(&[
+        "--source",
+        "events",
+        "--concurrency",
+        "1",
+    ]));
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("1500 rows share the timestamp 2024-03-03T08:00:00.000007Z")
+            && run.stderr.contains("--source query"),
+        "{}",
+        run.stderr
+    );
+    println!("{}", run.stderr.lines().last().unwrap_or(""));
+    // Nothing was lost: the Query API finishes the range, each event once.
+    let env_seen = env.received();
+    assert!(env_seen.values().all(|n| *n == 1));
+    env.run(&backfill_args(&["--source", "query", "--restart"]))
+        .assert_code(0);
+    env.assert_delivered(in_range, env_seen.len());
+}

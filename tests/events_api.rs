@@ -260,14 +260,14 @@ fn a_single_event_filter_is_sent_and_others_are_applied_locally() {
     assert!(run.stderr.contains("filtered out"), "{}", run.stderr);
 }
 
-/// PostHog returning `count` events of one microsecond in a new order on every request
-/// (offset paging alone would then skip some and repeat others), plus ordinary events.
-fn unstable(count: usize) -> Env {
+/// PostHog returning `count` events of one microsecond in an order that differs between
+/// requests that differ (offset paging alone then skips some and repeats others), plus
+/// ordinary events.
+fn crowded(count: usize) -> Env {
     let mut data = tied_events(count, t("2024-03-02T00:00:00.000001Z"), 41);
     data.extend(events(200, 42));
     Env::with(
         PostHogConfig {
-            unstable_ties: true,
             offset_delay: Duration::ZERO,
             ..PostHogConfig::default()
         },
@@ -277,8 +277,8 @@ fn unstable(count: usize) -> Env {
 }
 
 #[test]
-fn ties_returned_in_an_unstable_order_are_read_until_all_are_seen() {
-    let env = unstable(1_200);
+fn ties_in_an_order_that_differs_between_requests_are_read_completely() {
+    let env = crowded(1_200);
     let run = env.run(&backfill_args(&[
         "--source",
         "events",
@@ -290,23 +290,26 @@ fn ties_returned_in_an_unstable_order_are_read_until_all_are_seen() {
 }
 
 #[test]
-fn a_crowded_microsecond_in_an_unstable_order_is_read_pass_after_pass_until_complete() {
-    // 5,000 events in one microsecond, pages of 1,000, a new order on every request: a pass
-    // sees about two thirds of them; passes go on until the count of distinct uuids reaches
-    // the microsecond's row count (which offset paging measures exactly).
-    let env = unstable(5_000);
+fn a_crowded_microsecond_is_covered_by_answers_per_event_name() {
+    // 5,000 events in one microsecond, pages of 1,000: offset paging counts them exactly but
+    // shows some twice and misses others; one answer per event name (each under a page)
+    // holds all of them.
+    let env = crowded(5_000);
     let args = backfill_args(&["--source", "events", "--concurrency", "1", "-v"]);
     let run = env.run(&args);
     run.assert_code(0);
     let n = env.assert_exactly_once(in_range);
-    let passes = run.stderr.matches("reading that microsecond again").count() + 1;
-    assert!(passes > 1, "{}", run.stderr);
-    println!("5,000 unstable ties: {n} events exactly once after {passes} passes");
+    assert!(
+        run.stderr.contains("reading it by event name"),
+        "{}",
+        run.stderr
+    );
+    let requests = env.posthog.with_state(|s| s.log.len());
+    println!("5,000 ties: {n} events exactly once in {requests} PostHog requests");
 }
 
 #[test]
-fn unmerged_duplicate_rows_in_a_crowded_microsecond_stop_the_run_with_exit_75_and_it_resumes_without_loss()
- {
+fn unmerged_duplicate_rows_in_a_crowded_microsecond_are_delivered_once() {
     let tie = t("2024-03-02T00:00:00.000001Z");
     let mut data = tied_events(1_500, tie, 43);
     // Rows PostHog has not merged yet: the same events twice.
@@ -315,7 +318,6 @@ fn unmerged_duplicate_rows_in_a_crowded_microsecond_stop_the_run_with_exit_75_an
     data.extend(events(200, 44));
     let env = Env::with(
         PostHogConfig {
-            unstable_ties: true,
             offset_delay: Duration::ZERO,
             ..PostHogConfig::default()
         },
@@ -323,30 +325,9 @@ fn unmerged_duplicate_rows_in_a_crowded_microsecond_stop_the_run_with_exit_75_an
         WebhookConfig::default(),
     );
     let args = backfill_args(&["--source", "events", "--concurrency", "1"]);
-    let run = env.run(&args);
-    run.assert_code(75);
-    assert!(
-        run.stderr
-            .contains("duplicate rows PostHog has not merged yet")
-            && run.stderr.contains("--source query"),
-        "{}",
-        run.stderr
-    );
-    let seen = env.received();
-    assert!(seen.values().all(|n| *n == 1), "nothing delivered twice");
-    // Nothing after the crowded microsecond was read: a rerun starts there, skipping nothing.
-    let after: Vec<_> = env
-        .posthog
-        .events()
-        .into_iter()
-        .filter(|e| e.timestamp > tie)
-        .map(|e| e.uuid)
-        .collect();
-    assert!(!after.is_empty() && after.iter().all(|u| !seen.contains_key(u)));
-    // The Query API reads duplicate rows side by side and finishes the same range, once.
-    env.run(&backfill_args(&["--source", "query", "--restart"]))
-        .assert_code(0);
-    env.assert_delivered(in_range, seen.len());
+    env.run(&args).assert_code(0);
+    // Answers per event name hold the doubles side by side: each event goes once.
+    env.assert_exactly_once(in_range);
 }
 
 #[test]

@@ -2,13 +2,14 @@
 //! lost (../shared/posthog-api.md, "Legacy Events API"): oldest first, explicit `after` and
 //! `before` on every request, windows under 366 days, `next` ignored. Its bounds are strict and
 //! it orders by timestamp only, so each request starts one microsecond before the last
-//! timestamp delivered and drops the uuids already delivered there; a microsecond holding more
-//! events than a page is read with `offset` (up to PostHog's 50,000) and checked for
-//! completeness. A page is known to be the last one only when it is shorter than a page the
-//! server has already returned: the requested `limit` proves nothing (PostHog caps it silently).
+//! timestamp delivered and drops the uuids already delivered there. A microsecond holding more
+//! events than a page is counted with `offset` (up to PostHog's 50,000) and read until answers
+//! that each hold everything their filters match (shorter than a page) cover it: its ties come
+//! in an order that differs between requests, so offset pages overlap and miss rows. A page is
+//! known to hold everything only when it is shorter than a page the server has already
+//! returned: the requested `limit` proves nothing (PostHog caps it silently).
 
 use super::source::{Cursor, Reader, TieSet, short};
-use crate::error::Stop;
 use crate::event::{Event, format_ts, parse_ts, team_id};
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
@@ -16,17 +17,15 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use tokio::sync::mpsc;
 
 /// Events API limits: a window of at most 366 days (we stay a day under), offsets up to 50,000.
 const MAX_WINDOW: Duration = Duration::days(365);
 pub(crate) const MAX_OFFSET: usize = 50_000;
-/// How often a microsecond's worth of ties is re-read, at most, while passes still find events
-/// not seen before (the Events API's order among ties changes from request to request).
-const TIE_PASSES: u32 = 20;
-/// Passes in a row that find nothing new before the rest is taken for duplicate rows.
-const FRUITLESS_PASSES: u32 = 3;
+/// The most distinct_ids of one event name a crowded microsecond is asked for one by one (a
+/// request each, within PostHog's 240 a minute and 1,200 an hour).
+const MAX_ID_REQUESTS: usize = 200;
 
 #[derive(Deserialize)]
 struct ApiEvent {
@@ -53,18 +52,47 @@ enum Lower {
     Past(DateTime<Utc>),
 }
 
-/// The read state: the last timestamp delivered and what was delivered there.
+/// The read state: the last timestamp delivered and what was delivered there, with the event
+/// names and the distinct_ids of each seen there (the filters a crowded microsecond is split by).
+#[derive(Default)]
 struct Tie {
     at: Option<DateTime<Utc>>,
     set: TieSet,
     seen: HashSet<String>,
+    names: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The error for a crowded microsecond the Events API cannot be made to show whole (exit 1).
+fn crowded(rows: usize, ts: DateTime<Utc>, why: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{rows} rows share the timestamp {}, and PostHog's Events API, which orders ties differently from request to request, cannot be made to show them all: {why}. Nothing after that timestamp was read. Use --source query, which reads ties in PostHog's storage order",
+        format_ts(&ts)
+    )
+}
+
+/// How a request that may hold everything its filters match ended.
+enum Whole {
+    /// It did: this many rows.
+    All(usize),
+    /// It came back full.
+    More,
+    /// The receiver is gone.
+    Stopped,
+}
+
+/// The filters of the Events API a request within one microsecond can use.
+#[derive(Clone, Copy, Default)]
+struct Only<'a> {
+    event: Option<&'a str>,
+    distinct_id: Option<&'a str>,
 }
 
 impl Tie {
     fn start(&mut self, ts: DateTime<Utc>) {
-        self.at = Some(ts);
-        self.set = TieSet::default();
-        self.seen.clear();
+        *self = Tie {
+            at: Some(ts),
+            ..Tie::default()
+        };
     }
 
     fn contains(&self, ts: DateTime<Utc>, uuid: &str) -> bool {
@@ -80,11 +108,7 @@ impl Reader {
         tx: mpsc::Sender<Vec<Item<Cursor>>>,
     ) -> anyhow::Result<()> {
         let progress = self.client.progress().clone();
-        let mut tie = Tie {
-            at: None,
-            set: TieSet::default(),
-            seen: HashSet::new(),
-        };
+        let mut tie = Tie::default();
         let mut lower = match from {
             None => Lower::From(self.range.start),
             Some(Cursor::Before { timestamp }) => Lower::From(timestamp),
@@ -113,7 +137,9 @@ impl Reader {
                 short(window_start),
                 short(window_end)
             ));
-            let rows = self.events_page(lower, window_end, 0).await?;
+            let rows = self
+                .events_page(lower, window_end, Only::default(), 0)
+                .await?;
             largest = largest.max(rows.len());
             let last_page = rows.len() < largest || rows.is_empty();
             let (items, new) = self.emit(rows, &mut tie, window_end)?;
@@ -123,11 +149,7 @@ impl Reader {
             if last_page {
                 lower = Lower::From(window_end);
                 // Everything before the window's end is done, ties included.
-                tie = Tie {
-                    at: None,
-                    set: TieSet::default(),
-                    seen: HashSet::new(),
-                };
+                tie = Tie::default();
                 if tx
                     .send(vec![Item::Mark(Cursor::Before {
                         timestamp: window_end,
@@ -157,8 +179,13 @@ impl Reader {
         Ok(())
     }
 
-    /// Reads every event of one microsecond with `offset`, until a pass has seen as many
-    /// distinct events as the microsecond holds. Returns false if the receiver is gone.
+    /// Reads every event of one microsecond that holds more than a page. Offset paging counts
+    /// its rows exactly (its last, short page says how many), but shows some twice and misses
+    /// others: PostHog orders ties differently for requests that differ. It is complete when it
+    /// showed as many distinct events as rows, or when answers shorter than a page (each holds
+    /// everything its filters match) cover as many rows: one per event name, and for a name
+    /// with more than a page there, one per distinct_id. Otherwise it cannot be read through
+    /// the Events API: exit 1, naming it. Returns false if the receiver is gone.
     async fn drain_microsecond(
         &self,
         ts: DateTime<Utc>,
@@ -171,61 +198,174 @@ impl Reader {
             "more events share {} than a page holds; reading that microsecond with offset",
             format_ts(&ts)
         ));
-        let mut fruitless = 0;
-        for pass in 1..=TIE_PASSES {
-            let seen_before = tie.seen.len();
-            let mut offset = 0usize;
-            loop {
-                if offset > MAX_OFFSET {
-                    bail!(
-                        "more than {MAX_OFFSET} events share the timestamp {} and PostHog's Events API cannot page past offset {MAX_OFFSET}; nothing after it was read. Use --source query (the Query API pages through ties of any size)",
-                        format_ts(&ts)
-                    );
-                }
-                progress.set_status(format!(
-                    "{} events seen at {} (pass {pass})",
-                    tie.seen.len(),
-                    format_ts(&ts)
-                ));
-                let rows = self
-                    .events_page(Lower::From(ts), ts + Duration::microseconds(1), offset)
-                    .await?;
-                *largest = (*largest).max(rows.len());
-                let n = rows.len();
-                let (items, _) = self.emit(rows, tie, ts + Duration::microseconds(1))?;
-                if !items.is_empty() && tx.send(items).await.is_err() {
-                    return Ok(false);
-                }
-                offset += n;
-                if n == 0 || n < *largest {
-                    break;
-                }
-            }
-            // `offset` rows are in this microsecond (offset paging ended on a short page); the
-            // server's order among them changes between requests, so read until each is seen.
-            if tie.seen.len() >= offset {
-                return Ok(true);
-            }
-            fruitless = if tie.seen.len() > seen_before {
-                0
-            } else {
-                fruitless + 1
+        // The user's single event name is a filter of every request already.
+        let only_name = match self.filters.include.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        };
+        let base = Only {
+            event: only_name.as_deref(),
+            distinct_id: None,
+        };
+        let Some(rows) = self.count_by_offset(ts, base, tie, largest, tx).await? else {
+            return Ok(false);
+        };
+        if tie.seen.len() >= rows {
+            return Ok(true);
+        }
+        progress.debug(&format!(
+            "offset paging showed {} distinct events of the {rows} rows at {}; reading it by event name",
+            tie.seen.len(),
+            format_ts(&ts)
+        ));
+        // Names (and, within a name, distinct_ids) come to light as rows are read.
+        let mut covered = 0usize;
+        let mut done = BTreeSet::new();
+        loop {
+            let name = match &only_name {
+                Some(name) if done.is_empty() => Some(name.clone()),
+                Some(_) => None,
+                None => tie.names.keys().find(|n| !done.contains(*n)).cloned(),
             };
-            if fruitless >= FRUITLESS_PASSES {
+            let Some(name) = name else { break };
+            done.insert(name.clone());
+            let by_name = Only {
+                event: Some(&name),
+                distinct_id: None,
+            };
+            // (An empty name cannot be asked for: `event=` filters nothing.)
+            if only_name.is_none() && !name.is_empty() {
+                match self.whole_answer(ts, by_name, tie, largest, tx).await? {
+                    Whole::All(n) => {
+                        covered += n;
+                        continue;
+                    }
+                    Whole::Stopped => return Ok(false),
+                    Whole::More => {}
+                }
+            }
+            if name.is_empty() {
+                continue;
+            }
+            let Some(of_name) = self.count_by_offset(ts, by_name, tie, largest, tx).await? else {
+                return Ok(false);
+            };
+            let mut of_ids = 0usize;
+            let mut ids_done = BTreeSet::new();
+            while let Some(id) = tie
+                .names
+                .get(&name)
+                .and_then(|ids| ids.iter().find(|d| !ids_done.contains(*d)))
+                .cloned()
+            {
+                // (Known before any request is made, as often as not.)
+                let known = tie.names.get(&name).map_or(0, BTreeSet::len);
+                if known > MAX_ID_REQUESTS {
+                    return Err(crowded(
+                        rows,
+                        ts,
+                        &format!(
+                            "{of_name} are named {name:?}, from more than {MAX_ID_REQUESTS} distinct_ids, each of which would take a request"
+                        ),
+                    ));
+                }
+                ids_done.insert(id.clone());
+                let by_id = Only {
+                    event: Some(&name),
+                    distinct_id: Some(&id),
+                };
+                match self.whole_answer(ts, by_id, tie, largest, tx).await? {
+                    Whole::All(n) => of_ids += n,
+                    Whole::Stopped => return Ok(false),
+                    Whole::More => {
+                        return Err(crowded(
+                            rows,
+                            ts,
+                            &format!(
+                                "more than a page of them are named {name:?} and come from one distinct_id"
+                            ),
+                        ));
+                    }
+                }
+            }
+            if of_ids < of_name {
                 break;
             }
-            progress.debug(&format!(
-                "saw {} of {offset} events at {}; reading that microsecond again",
+            covered += of_name;
+        }
+        if covered >= rows {
+            return Ok(true);
+        }
+        Err(crowded(
+            rows,
+            ts,
+            &format!(
+                "answers holding everything their filters match (by event name, then distinct_id) covered {covered}, and {} distinct events were seen",
+                tie.seen.len()
+            ),
+        ))
+    }
+
+    /// Pages through one microsecond (with `only`'s filters) by offset, handing on the events
+    /// not delivered yet; the rows it holds (`None` if the receiver is gone).
+    async fn count_by_offset(
+        &self,
+        ts: DateTime<Utc>,
+        only: Only<'_>,
+        tie: &mut Tie,
+        largest: &mut usize,
+        tx: &mpsc::Sender<Vec<Item<Cursor>>>,
+    ) -> anyhow::Result<Option<usize>> {
+        let progress = self.client.progress();
+        let mut offset = 0usize;
+        loop {
+            if offset > MAX_OFFSET {
+                bail!(
+                    "more than {MAX_OFFSET} events share the timestamp {} and PostHog's Events API cannot page past offset {MAX_OFFSET}; nothing after it was read. Use --source query (the Query API pages through ties of any size)",
+                    format_ts(&ts)
+                );
+            }
+            progress.set_status(format!(
+                "{} events seen at {}",
                 tie.seen.len(),
                 format_ts(&ts)
             ));
+            let rows = self.microsecond_page(ts, only, offset).await?;
+            *largest = (*largest).max(rows.len());
+            let n = rows.len();
+            let (items, _) = self.emit(rows, tie, ts + Duration::microseconds(1))?;
+            if !items.is_empty() && tx.send(items).await.is_err() {
+                return Ok(None);
+            }
+            offset += n;
+            if n == 0 || n < *largest {
+                return Ok(Some(offset));
+            }
         }
-        Err(Stop::Temporary(format!(
-            "PostHog's Events API holds more rows at {} than distinct events could be read there ({} seen): the rest are most likely duplicate rows PostHog has not merged yet, which its merges remove. Nothing after that timestamp was read; run again later, or use --source query, which reads duplicate rows side by side",
-            format_ts(&ts),
-            tie.seen.len()
-        ))
-        .into())
+    }
+
+    /// One request for one microsecond with `only`'s filters, handing on the events not
+    /// delivered yet: whether its answer holds everything they match (shorter than a page).
+    async fn whole_answer(
+        &self,
+        ts: DateTime<Utc>,
+        only: Only<'_>,
+        tie: &mut Tie,
+        largest: &mut usize,
+        tx: &mpsc::Sender<Vec<Item<Cursor>>>,
+    ) -> anyhow::Result<Whole> {
+        let rows = self.microsecond_page(ts, only, 0).await?;
+        *largest = (*largest).max(rows.len());
+        let n = rows.len();
+        let (items, _) = self.emit(rows, tie, ts + Duration::microseconds(1))?;
+        if !items.is_empty() && tx.send(items).await.is_err() {
+            return Ok(Whole::Stopped);
+        }
+        Ok(if n < *largest || n == 0 {
+            Whole::All(n)
+        } else {
+            Whole::More
+        })
     }
 
     /// Turns a page into records, dropping events already delivered. Returns the items and
@@ -251,7 +391,14 @@ impl Reader {
                     row.timestamp
                 );
             }
+            let distinct_id = match &row.distinct_id {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
             if tie.contains(ts, &row.id) {
+                // (Its name and distinct_id may be news: they split a crowded microsecond.)
+                let ids = tie.names.entry(row.event.clone()).or_default();
+                ids.insert(distinct_id);
                 continue;
             }
             if !self.filters.include.is_empty() {
@@ -263,6 +410,10 @@ impl Reader {
                 tie.start(ts);
             }
             tie.seen.insert(row.id.clone());
+            tie.names
+                .entry(row.event.clone())
+                .or_default()
+                .insert(distinct_id.clone());
             let pos = Cursor::Seen {
                 timestamp: ts,
                 uuids: tie.set.push(row.id.clone()),
@@ -275,10 +426,6 @@ impl Reader {
                 filtered_to = Some(pos);
                 continue;
             }
-            let distinct_id = match &row.distinct_id {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
             let empty = RawValue::from_string("{}".into()).expect("valid JSON");
             let properties = row.properties.as_deref().unwrap_or(&empty);
             if !properties.get().starts_with('{') {
@@ -305,10 +452,27 @@ impl Reader {
         Ok((items, new))
     }
 
+    /// The events of one microsecond with `only`'s filters, from `offset`.
+    async fn microsecond_page(
+        &self,
+        ts: DateTime<Utc>,
+        only: Only<'_>,
+        offset: usize,
+    ) -> anyhow::Result<Vec<ApiEvent>> {
+        self.events_page(
+            Lower::From(ts),
+            ts + Duration::microseconds(1),
+            only,
+            offset,
+        )
+        .await
+    }
+
     async fn events_page(
         &self,
         lower: Lower,
         before: DateTime<Utc>,
+        only: Only<'_>,
         offset: usize,
     ) -> anyhow::Result<Vec<ApiEvent>> {
         let after = match lower {
@@ -321,8 +485,13 @@ impl Reader {
             ("limit", self.page_size.to_string()),
             ("orderBy", "[\"timestamp\"]".to_string()),
         ];
-        if let [only] = self.filters.include.as_slice() {
-            params.push(("event", only.clone()));
+        if let [name] = self.filters.include.as_slice() {
+            params.push(("event", name.clone()));
+        } else if let Some(name) = only.event {
+            params.push(("event", name.to_string()));
+        }
+        if let Some(id) = only.distinct_id {
+            params.push(("distinct_id", id.to_string()));
         }
         if offset > 0 {
             params.push(("offset", offset.to_string()));

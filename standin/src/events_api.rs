@@ -2,12 +2,14 @@
 //! behaviour (../shared/posthog-api.md): strict `after`/`before`, the last 24 hours when
 //! `after` is missing, `limit` 100 by default and silently capped at 1,000, a 1 s sleep for any
 //! `offset` and 400 past 50,000, at most 366 days between the bounds, newest first unless
-//! `orderBy=["timestamp"]`, and in newest-first order the short probe windows whose `next` can
-//! be null while older events remain. `next` copies the parameters and moves the bound to the
+//! `orderBy=["timestamp"]`, `event` and `distinct_id` filters, ties in an order that is the same
+//! for the same request but differs between requests that differ ([`TieOrder`]), and in
+//! newest-first order the short probe windows whose `next` can be null while older events
+//! remain. `next` copies the parameters and moves the bound to the
 //! last row's timestamp, so ties at the boundary are skipped by whoever follows it.
 
 use super::data::StoredEvent;
-use super::posthog::error;
+use super::posthog::{TieOrder, error};
 use super::storage::ByTime;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
@@ -52,14 +54,9 @@ pub(super) fn list(
     events: ByTime<'_>,
     path: &str,
     query: &str,
-    request: u64,
 ) -> (Response, std::time::Duration) {
     let offset_delay = config.offset_delay;
-    // Unstable, but reproducible: the order depends on the request's number.
-    let shuffle = config
-        .unstable_ties
-        .then(|| fastrand::Rng::with_seed(request));
-    match page(events, path, query, shuffle) {
+    match page(events, path, query, config.tie_order) {
         Ok((body, offset_used)) => (
             ([("content-type", "application/json")], body).into_response(),
             if offset_used {
@@ -75,6 +72,26 @@ pub(super) fn list(
     }
 }
 
+/// FNV-1a: a seed that is the same in every process.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The worst tie order: the rows a page (`rows`, taken from `window`) takes from each run
+/// of ties become that run's first ones.
+fn same_first<'a>(window: &[&'a StoredEvent], rows: &mut [&'a StoredEvent]) {
+    let mut at = 0;
+    while at < rows.len() {
+        let ts = rows[at].timestamp;
+        let run_start = window.partition_point(|e| e.timestamp < ts);
+        let taken = rows[at..].iter().take_while(|e| e.timestamp == ts).count();
+        rows[at..at + taken].copy_from_slice(&window[run_start..run_start + taken]);
+        at += taken;
+    }
+}
+
 /// An error status and PostHog's `detail` for it.
 type Fail = (u16, String);
 
@@ -82,7 +99,7 @@ fn page(
     events: ByTime<'_>,
     path: &str,
     query: &str,
-    shuffle: Option<fastrand::Rng>,
+    tie_order: TieOrder,
 ) -> Result<(String, bool), Fail> {
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
@@ -117,25 +134,36 @@ fn page(
     }
     let oldest_first = get("orderBy") == Some("[\"timestamp\"]");
     let event = get("event");
+    let distinct_id = get("distinct_id");
 
     // Strict bounds: after < timestamp < before.
     let lo = events.partition_point(|e| e.timestamp <= after);
     let hi = before.map_or(events.len(), |b| {
         events.partition_point(|e| e.timestamp < b)
     });
-    let keep = |e: &&StoredEvent| event.is_none_or(|name| e.event == name);
+    let keep = |e: &&StoredEvent| {
+        event.is_none_or(|name| e.event == name) && distinct_id.is_none_or(|d| e.distinct_id == d)
+    };
     let mut in_window: Vec<&StoredEvent> = (lo..hi.max(lo))
         .map(|i| events.get(i))
         .filter(keep)
         .collect();
-    if let Some(mut rng) = shuffle {
-        for run in in_window.chunk_by_mut(|a, b| a.timestamp == b.timestamp) {
-            rng.shuffle(run);
+    // The same request, the same order: drawn from its parameters, whatever their order.
+    let mut sorted = params.clone();
+    sorted.sort();
+    let mut rng = fastrand::Rng::with_seed(fnv(format!("{sorted:?}").as_bytes()));
+    for run in in_window.chunk_by_mut(|a, b| a.timestamp == b.timestamp) {
+        match tie_order {
+            TieOrder::PerRequest => rng.shuffle(run),
+            TieOrder::SameFirst => run.sort_by(|a, b| a.uuid.cmp(&b.uuid)),
         }
     }
 
     let (rows, next_bound): (Vec<&StoredEvent>, bool) = if oldest_first {
-        let rows: Vec<_> = in_window.iter().skip(offset).take(limit).copied().collect();
+        let mut rows: Vec<_> = in_window.iter().skip(offset).take(limit).copied().collect();
+        if tie_order == TieOrder::SameFirst {
+            same_first(&in_window, &mut rows);
+        }
         let full = rows.len() == limit;
         (rows, full)
     } else {

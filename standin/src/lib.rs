@@ -21,7 +21,7 @@ pub use data::{
 pub use engine::ShardRead;
 pub use posthog::{
     AsyncAnswers, CostTotals, PageFault, PostHogConfig, PostHogStandIn, QueryCost, QueryReads,
-    ReadBudget, Spoil,
+    ReadBudget, Spoil, TieOrder,
 };
 pub use storage::{BLOCK_ROWS, Storage, city_hash64, stored_size};
 pub use webhook::{WebhookConfig, WebhookStandIn};

@@ -46,9 +46,8 @@ pub struct PostHogConfig {
     pub query_api: bool,
     /// The Events API's server-side sleep for every request with an `offset` (1 s in PostHog).
     pub offset_delay: Duration,
-    /// Events API: order events that share a timestamp differently on every request (it
-    /// orders by timestamp only, so nothing promises a stable order among them).
-    pub unstable_ties: bool,
+    /// Events API: the order of events that share a timestamp (it orders by timestamp only).
+    pub tie_order: TieOrder,
     /// How far the stand-in's clock is ahead of this machine's (negative: behind). It shows
     /// in every `Date` header and in HogQL's `now()`, as PostHog's clock would.
     pub clock_offset: chrono::Duration,
@@ -76,6 +75,19 @@ pub struct PostHogConfig {
     /// Query API: answer queries asynchronously, HTTP 202 with a `query_status` to poll, as
     /// PostHog does for `refresh: "async"` and may do under load (None: blocking answers).
     pub async_answers: Option<AsyncAnswers>,
+}
+
+/// The Events API's order among events that share a timestamp (../shared/posthog-api.md):
+/// ClickHouse's, the same for the same request but another for a request that differs (another
+/// `offset`, `limit` or filter), so offset pages over ties overlap and miss rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TieOrder {
+    /// An order drawn from the request's parameters: repeating a request repeats it.
+    PerRequest,
+    /// The worst such order: whatever `limit` and `offset`, the rows a page takes from a run
+    /// of ties are that run's first ones (in uuid order), so offset paging never gets past
+    /// them.
+    SameFirst,
 }
 
 /// How queries answered asynchronously complete: `GET .../query/{id}/` answers "not complete"
@@ -183,7 +195,7 @@ impl Default for PostHogConfig {
             query_slot_wait: Duration::from_secs(30),
             query_api: true,
             offset_delay: Duration::from_secs(1),
-            unstable_ties: false,
+            tie_order: TieOrder::PerRequest,
             clock_offset: chrono::Duration::zero(),
             row_cap: None,
             page_fault: None,
@@ -820,9 +832,8 @@ fn route(
         ("GET", ["api", "projects" | "environments", id, "events"])
             if *id == s.config.project_id =>
         {
-            let request = s.log.len() as u64;
             let (response, delay) =
-                super::events_api::list(&s.config, s.table.by_time(), path, query, request);
+                super::events_api::list(&s.config, s.table.by_time(), path, query);
             Route::Now(response, delay)
         }
         _ => now(error(404, "invalid_request", "Not found.")),
