@@ -252,3 +252,49 @@ fn a_crowded_microsecond_no_filter_can_show_whole_is_an_error_naming_it_and_the_
         .assert_code(0);
     env.assert_delivered(in_range, env_seen.len());
 }
+
+#[test]
+fn an_event_over_the_per_event_cap_is_set_aside_with_dead_letter_or_named_without() {
+    let mut ev = events(400, 187);
+    ev.sort_by_key(|e| e.timestamp);
+    let huge = &mut ev[200];
+    // 65 MiB of properties: more than the 64 MiB a single event may take.
+    huge.properties = format!(r#"{{"blob":"{}"}}"#, "x".repeat(65 << 20));
+    let (uuid, ts) = (huge.uuid.clone(), huge.timestamp);
+    let env = Env::new(ev, WebhookConfig::default());
+    let ts_text = ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+
+    let run = env.run(&backfill_args(&[]));
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains(&format!("event {uuid} at {ts_text}"))
+            && run.stderr.contains("--dead-letter PATH"),
+        "{}",
+        run.stderr
+    );
+    println!(
+        "without --dead-letter: {}",
+        run.stderr.lines().last().unwrap_or("")
+    );
+
+    let dead = env.path("dead.ndjson");
+    let run = env.run(&backfill_args(&["--dead-letter", dead.to_str().unwrap()]));
+    run.assert_code(3);
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["uuid"], uuid.as_str());
+    assert_eq!(records[0]["timestamp"], ts_text.as_str());
+    assert!(records[0]["size"].as_u64().unwrap() > 65 << 20);
+    assert!(records[0]["reason"].as_str().unwrap().contains("64 MiB"));
+    // Everything else arrived (the first run's posts again, at most: it had no checkpoint
+    // past the page that held the huge event).
+    env.assert_delivered(|e| in_range(e) && e.uuid != uuid, 400);
+    println!(
+        "with --dead-letter: {}",
+        run.stderr.lines().rev().nth(3).unwrap_or("")
+    );
+}

@@ -122,7 +122,9 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
         &cfg.retries.policy,
         progress,
     )?;
-    let reader = connect.reader(source, cfg.range, &cfg.read, ingested);
+    let reader = connect
+        .reader(source, cfg.range, &cfg.read, ingested)
+        .dead_letter(sink.dead_letter());
 
     let whole_range = state.position.is_none();
     runner::read_posthog(

@@ -171,7 +171,9 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
                 p
             }
         };
-        let reader = connect.reader(source, pending.range(), &cfg.read, pending.ingested(source));
+        let reader = connect
+            .reader(source, pending.range(), &cfg.read, pending.ingested(source))
+            .dead_letter(sink.dead_letter());
         let from = pending.cursor.clone();
         // The bar covers the event time read up to `until`, not the allowance for events
         // stamped in the future.

@@ -14,6 +14,9 @@ pub(super) enum Step<T> {
     Row { row: T, repaired: bool },
     /// Nothing more until more bytes come ([`Rows::feed`]) or the answer ends ([`Rows::end`]).
     More,
+    /// A row larger than [`MAX_VALUE_BYTES`], read as it came without being held: its
+    /// elements as they were, but those over [`KEPT_ELEMENT_BYTES`] as `null`; and its size.
+    Oversized { row: T, bytes: u64 },
     /// The answer is complete, and had a `results` array.
     Done,
 }
@@ -58,7 +61,116 @@ const PARSE_AHEAD: usize = 64 * 1024;
 
 /// The largest single value (a row, or a value around the rows) read: events weigh kilobytes
 /// (../shared/posthog-api.md), so a larger row is a fault, and refusing it bounds memory.
-const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+pub(super) const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A row's elements up to this size are kept when the row is too large to hold (its uuid,
+/// timestamp, event name, distinct_id and hashes: what checks it and names it).
+const KEPT_ELEMENT_BYTES: usize = 64 * 1024;
+
+/// A row too large to hold, followed byte by byte as it arrives: where its strings and
+/// nesting are, and what of it is kept.
+struct Oversize {
+    bytes: u64,
+    /// Nesting, the row's own `[` included.
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// The row as it is kept: `[`, then its elements so far (large ones as `null`).
+    kept: Vec<u8>,
+    /// The element being read, unless it grew too large to keep.
+    element: Option<Vec<u8>>,
+}
+
+impl Oversize {
+    fn new() -> Self {
+        Oversize {
+            bytes: 0,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            kept: Vec::new(),
+            element: Some(Vec::new()),
+        }
+    }
+
+    /// Follows `bytes`; how many of them belong to the row, once it has ended.
+    fn follow(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.in_string {
+                // To the next quote or backslash at once: strings are what is large.
+                let run = bytes[i..]
+                    .iter()
+                    .position(|b| self.escaped || *b == b'"' || *b == b'\\')
+                    .unwrap_or(bytes.len() - i);
+                self.keep(&bytes[i..i + run]);
+                i += run;
+                let Some(&b) = bytes.get(i) else { break };
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else {
+                    self.in_string = false;
+                }
+                self.keep(&[b]);
+                i += 1;
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            match b {
+                b'"' => {
+                    self.in_string = true;
+                    self.keep(&[b]);
+                }
+                b'[' | b'{' if self.depth == 0 => {
+                    self.depth = 1;
+                    self.kept.push(b'[');
+                }
+                b'[' | b'{' => {
+                    self.depth += 1;
+                    self.keep(&[b]);
+                }
+                b']' | b'}' if self.depth == 1 => {
+                    self.end_element();
+                    self.kept.push(b']');
+                    self.bytes += i as u64;
+                    return Some(i);
+                }
+                b']' | b'}' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    self.keep(&[b]);
+                }
+                b',' if self.depth == 1 => {
+                    self.end_element();
+                    self.kept.push(b',');
+                }
+                _ if b.is_ascii_whitespace() && self.depth <= 1 => {}
+                _ => self.keep(&[b]),
+            }
+        }
+        self.bytes += bytes.len() as u64;
+        None
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        if let Some(element) = &mut self.element {
+            if element.len() + bytes.len() > KEPT_ELEMENT_BYTES {
+                self.element = None;
+            } else {
+                element.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    fn end_element(&mut self) {
+        match self.element.replace(Vec::new()) {
+            Some(element) => self.kept.extend_from_slice(&element),
+            None => self.kept.extend_from_slice(b"null"),
+        }
+    }
+}
 
 pub(super) struct Rows {
     buf: Vec<u8>,
@@ -76,6 +188,11 @@ pub(super) struct Rows {
     repaired: VecDeque<u64>,
     /// Bytes received, before repairs.
     received: u64,
+    /// The row too large to hold being followed, if any, and the last one kept.
+    oversize: Option<Oversize>,
+    kept: Vec<u8>,
+    /// The largest value held ([`MAX_VALUE_BYTES`]; smaller in tests).
+    max_value: usize,
 }
 
 impl Rows {
@@ -91,6 +208,9 @@ impl Rows {
             seen_results: false,
             repaired: VecDeque::new(),
             received: 0,
+            oversize: None,
+            kept: Vec::new(),
+            max_value: MAX_VALUE_BYTES,
         }
     }
 
@@ -170,6 +290,14 @@ impl Rows {
     /// The next row, or what stands in its way. A row borrows from the buffer: it must be
     /// dropped before more is fed.
     pub(super) fn next<'a, T: Deserialize<'a>>(&'a mut self) -> Result<Step<T>, Broken> {
+        // A row that would not fit is followed without being held.
+        let row_next = matches!(self.at, At::FirstRow | At::Row);
+        if row_next && !self.ended && self.valid - self.pos > self.max_value {
+            self.oversize.get_or_insert_with(Oversize::new);
+        }
+        if self.oversize.is_some() {
+            return self.follow_oversize();
+        }
         if !self.ended && self.base + (self.valid as u64) < self.wait_until {
             return Ok(Step::More);
         }
@@ -262,24 +390,58 @@ impl Rows {
         }
     }
 
+    /// Follows a row too large to hold through what has come, dropping it from the buffer.
+    fn follow_oversize<'a, T: Deserialize<'a>>(&'a mut self) -> Result<Step<T>, Broken> {
+        let over = self.oversize.as_mut().expect("following a row");
+        let ended = over.follow(&self.buf[self.pos..self.valid]);
+        match ended {
+            None => {
+                self.pos = self.valid;
+                if self.ended {
+                    return Err(self.garbled("it ends inside a row"));
+                }
+                Ok(Step::More)
+            }
+            Some(len) => {
+                self.pos += len;
+                self.at = At::NextRow;
+                self.wait_until = 0;
+                let over = self.oversize.take().expect("following a row");
+                self.kept = over.kept;
+                match serde_json::from_slice::<T>(&self.kept) {
+                    Ok(row) => Ok(Step::Oversized {
+                        row,
+                        bytes: over.bytes,
+                    }),
+                    Err(e) => Err(Broken::Unexpected(format!(
+                        "a row of {} bytes, too large to hold, whose small elements do not fit the query: {}",
+                        over.bytes,
+                        crate::secret::redact(&e.to_string())
+                    ))),
+                }
+            }
+        }
+    }
+
     /// Where the buffer must reach before parsing is tried again: twice what is waiting now,
     /// and at least `PARSE_AHEAD` more (a value is parsed from its start at each try), but no
     /// further than just past `MAX_VALUE_BYTES`, where a value is refused.
     fn wait_until(&self) -> u64 {
         let waiting = (self.valid - self.pos) as u64;
-        let refused_at = self.base + (self.pos + MAX_VALUE_BYTES + 1) as u64;
+        let refused_at = self.base + (self.pos + self.max_value + 1) as u64;
         (self.base + self.valid as u64 + waiting.max(PARSE_AHEAD as u64)).min(refused_at)
     }
 
     /// Nothing more can be parsed from what is buffered.
     fn more<T>(&self) -> Result<Step<T>, Broken> {
         if !self.ended {
-            // One value (a row, or something around the rows) that would not fit is refused:
-            // memory stays bounded whatever a server sends.
-            if self.valid - self.pos > MAX_VALUE_BYTES {
+            // A value around the rows that would not fit is refused (a row is followed
+            // instead, at the next call): memory stays bounded whatever a server sends.
+            let row_next = matches!(self.at, At::FirstRow | At::Row);
+            if self.valid - self.pos > self.max_value && !row_next {
                 return Err(Broken::Unexpected(format!(
                     "a single value of more than {} MiB at byte {}",
-                    MAX_VALUE_BYTES >> 20,
+                    self.max_value >> 20,
                     self.base + self.pos as u64
                 )));
             }
@@ -362,6 +524,7 @@ mod tests {
             loop {
                 match rows.next::<Value>()? {
                     Step::Row { row, repaired } => out.push((row, repaired)),
+                    Step::Oversized { .. } => unreachable!("no row of these is too large"),
                     Step::More => break,
                     Step::Done => return Ok(out),
                 }
@@ -466,9 +629,9 @@ mod tests {
     }
 
     #[test]
-    fn a_value_larger_than_any_event_is_refused_before_it_fills_memory() {
+    fn a_value_around_the_rows_larger_than_any_event_is_refused_before_it_fills_memory() {
         let mut rows = Rows::new();
-        rows.feed(br#"{"results": [[""#);
+        rows.feed(br#"{"columns": ""#);
         let piece = vec![b'a'; 1 << 20];
         let mut refused = None;
         for _ in 0..100 {
@@ -490,6 +653,51 @@ mod tests {
             "{}",
             rows.buf.len()
         );
+    }
+
+    #[test]
+    fn a_row_too_large_to_hold_is_followed_and_kept_without_its_large_elements() {
+        let huge = "x\\\"]}[{,".repeat(30_000);
+        let answer = format!(
+            r#"{{"results": [["a", 1], ["big", "{huge}", [1, {{"k": "]"}}], 7], ["c", 3]], "types": []}}"#
+        );
+        // (An answer whose row arrives in one read was held anyway: it is parsed as usual.)
+        for piece in [1_000, 7_777] {
+            let mut rows = Rows::new();
+            rows.max_value = 64 * 1024;
+            let mut out = Vec::new();
+            for chunk in answer.as_bytes().chunks(piece).chain([&b""[..]]) {
+                if chunk.is_empty() {
+                    rows.end();
+                } else {
+                    rows.feed(chunk);
+                }
+                loop {
+                    match rows.next::<Value>().unwrap() {
+                        Step::Row { row, .. } => out.push((row, None)),
+                        Step::Oversized { row, bytes } => out.push((row, Some(bytes))),
+                        Step::More | Step::Done => break,
+                    }
+                }
+                assert!(rows.buf.capacity() < 4 << 20, "{}", rows.buf.capacity());
+            }
+            let big_len = answer.find(r#", ["c""#).unwrap() - answer.find(r#"["big""#).unwrap();
+            let shown: Vec<String> = out
+                .iter()
+                .map(|(row, n)| format!("{:.80} {n:?}", row.to_string()))
+                .collect();
+            assert!(
+                out == [
+                    (serde_json::json!(["a", 1]), None),
+                    (
+                        serde_json::json!(["big", null, [1, {"k": "]"}], 7]),
+                        Some(big_len as u64)
+                    ),
+                    (serde_json::json!(["c", 3]), None),
+                ],
+                "pieces of {piece}: {shown:?}"
+            );
+        }
     }
 
     proptest::proptest! {

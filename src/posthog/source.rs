@@ -165,6 +165,7 @@ impl<'a> Connect<'a> {
             skip_empty: ingested.is_some_and(|i| i.settled),
             plan_by_name: ingested.is_some_and(|i| i.settled),
             ingested,
+            dead_letter: None,
         }
     }
 
@@ -271,9 +272,21 @@ pub(crate) struct Reader {
     /// (`sync`, whose runs read what a few minutes brought into days of many more events:
     /// counting by name reads half the bytes, without `distinct_id`).
     pub(crate) plan_by_name: bool,
+    /// Where an event too large to read is set aside (`--dead-letter`); without, it stops
+    /// the run.
+    pub(crate) dead_letter: Option<Arc<crate::sinks::dead_letter::DeadLetter>>,
 }
 
 impl Reader {
+    /// The same reader, setting aside events too large to read in `dead_letter`.
+    pub(crate) fn dead_letter(
+        mut self,
+        dead_letter: Option<Arc<crate::sinks::dead_letter::DeadLetter>>,
+    ) -> Self {
+        self.dead_letter = dead_letter;
+        self
+    }
+
     /// Sends every event after `from` to `tx`, in order (see the sources' own docs).
     pub(crate) async fn run(
         self,

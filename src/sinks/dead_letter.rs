@@ -63,6 +63,18 @@ impl DeadLetter {
         self.append(format!("{record}\n").as_bytes())
     }
 
+    /// Sets aside an event too large to read whole: what names it, not the event.
+    pub(crate) fn write_oversized(
+        &self,
+        uuid: &str,
+        timestamp: &str,
+        size: u64,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let record = serde_json::json!({"uuid": uuid, "timestamp": timestamp, "size": size, "reason": reason});
+        self.append(format!("{record}\n").as_bytes())
+    }
+
     /// Writes whole records or nothing: a failed write (disk full) is cut off again.
     fn append(&self, records: &[u8]) -> anyhow::Result<()> {
         let mut file = self.file.lock().unwrap();

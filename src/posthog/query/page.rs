@@ -397,8 +397,9 @@ impl Read {
                 return Err(Cut::Fatal(ApiError::TooLarge { max }.into()));
             }
             loop {
-                let (row, repaired) = match rows.next::<Row<'_>>() {
-                    Ok(Step::Row { row, repaired }) => (row, repaired),
+                let (row, repaired, oversized) = match rows.next::<Row<'_>>() {
+                    Ok(Step::Row { row, repaired }) => (row, repaired, None),
+                    Ok(Step::Oversized { row, bytes }) => (row, false, Some(bytes)),
                     Ok(Step::More) => match broken.take() {
                         Some(error) => return Err(Cut::Again(error)),
                         None => break,
@@ -425,7 +426,7 @@ impl Read {
                         "PostHog's Query API returned more than {limit} rows for a LIMIT of {limit}; stopping rather than trusting the page"
                     )));
                 }
-                self.take_row(row, repaired, page)?;
+                self.take_row(row, repaired, oversized, page)?;
                 if page.chunk.full() && !page.chunk.send(tx).await {
                     return Err(Cut::Stopped);
                 }
@@ -434,8 +435,15 @@ impl Read {
     }
 
     /// Checks one row and turns it into a record in the page's chunk, unless an earlier try
-    /// of the page handed it on already.
-    fn take_row(&self, row: Row<'_>, repaired: bool, page: &mut Page<'_>) -> Result<(), Cut> {
+    /// of the page handed it on already. A row too large to hold (`oversized`, its size) is
+    /// set aside in the dead-letter file, or stops the run.
+    fn take_row(
+        &self,
+        row: Row<'_>,
+        repaired: bool,
+        oversized: Option<u64>,
+        page: &mut Page<'_>,
+    ) -> Result<(), Cut> {
         let progress = self.client().progress();
         if repaired && row.1.as_deref().is_some_and(|e| e.contains('\u{FFFD}')) {
             // Its place in the order cannot be checked, nor passed on as a bound.
@@ -476,6 +484,9 @@ impl Read {
             Stats::add(&progress.stats.duplicates_dropped, 1);
             return Ok(());
         };
+        if let Some(bytes) = oversized {
+            return self.set_aside(&row, ts, bytes).map_err(Cut::Fatal);
+        }
         let Some(json) = self.record(row, ts, repaired).map_err(Cut::Fatal)? else {
             return Ok(());
         };
@@ -535,6 +546,32 @@ impl Read {
         }
         .to_json();
         Ok(Some(json))
+    }
+
+    /// An event too large to read (over 64 MiB as PostHog sends it): written to the
+    /// dead-letter file (its uuid, timestamp, size and why), or the end of the run.
+    fn set_aside(&self, row: &Row<'_>, ts: DateTime<Utc>, bytes: u64) -> anyhow::Result<()> {
+        let progress = self.client().progress();
+        let (uuid, size) = (&row.0, indicatif::HumanBytes(bytes));
+        let Some(dead_letter) = &self.reader.dead_letter else {
+            anyhow::bail!(
+                "PostHog's Query API returned event {uuid} at {} of {size}, more than the {} MiB a single event may take here; nothing after it was posted. Run again with --dead-letter PATH to set it aside (its uuid, timestamp and size) and go on",
+                format_ts(&ts),
+                super::super::rows::MAX_VALUE_BYTES >> 20
+            );
+        };
+        let reason = format!(
+            "larger than the {} MiB a single event may take",
+            super::super::rows::MAX_VALUE_BYTES >> 20
+        );
+        dead_letter.write_oversized(uuid, &format_ts(&ts), bytes, &reason)?;
+        Stats::add(&progress.stats.dead_lettered, 1);
+        progress.warn(&format!(
+            "event {uuid} at {} is {size}, {reason}: set aside in {}",
+            format_ts(&ts),
+            dead_letter.path().display()
+        ));
+        Ok(())
     }
 
     /// Why a row the server returned must not be posted: it fails the event-name filters or
@@ -724,6 +761,7 @@ mod tests {
             loop {
                 match rows.next::<Row<'_>>()? {
                     Step::Row { row, repaired } => out.push((row.0.into_owned(), repaired)),
+                    Step::Oversized { .. } => unreachable!("no row of these is too large"),
                     Step::More => break,
                     Step::Done => return Ok(out),
                 }

@@ -465,7 +465,7 @@ fn parse(
                     (row.0, row.1, Some(row.2), row.3, row.4, repaired)
                 }
                 Ok(Step::Done) => break,
-                Ok(Step::More) | Err(Broken::Garbled(_)) => {
+                Ok(Step::More | Step::Oversized { .. }) | Err(Broken::Garbled(_)) => {
                     return Err(garbled("cut short or not JSON".into()));
                 }
                 Err(Broken::Unexpected(e)) => return Err(garbled(e)),
@@ -474,7 +474,7 @@ fn parse(
             match rows.next::<Named>() {
                 Ok(Step::Row { row, repaired }) => (row.0, row.1, None, row.2, row.3, repaired),
                 Ok(Step::Done) => break,
-                Ok(Step::More) | Err(Broken::Garbled(_)) => {
+                Ok(Step::More | Step::Oversized { .. }) | Err(Broken::Garbled(_)) => {
                     return Err(garbled("cut short or not JSON".into()));
                 }
                 Err(Broken::Unexpected(e)) => return Err(garbled(e)),
