@@ -158,20 +158,16 @@ fn an_interrupted_run_cancels_the_asynchronous_query_it_was_polling() {
     ]));
     let polled = (0..200).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        env.posthog.with_state(|s| {
-            s.log
-                .iter()
-                .any(|l| l.method == "GET" && l.path.contains("/query/"))
-        })
+        env.posthog.with_state(|s| s.polls_not_complete > 0)
     });
     assert!(polled, "the stuck query is polled");
     let run = sigterm(child);
     run.assert_code(130);
+    // (Another window's query, answered 202 and not yet polled, may be cancelled with it.)
     let cancelled = env.posthog.with_state(|s| s.cancelled_queries.clone());
-    assert_eq!(
-        cancelled.len(),
-        1,
-        "cancelled on the way out: {}",
+    assert!(
+        (1..=2).contains(&cancelled.len()),
+        "cancelled on the way out: {cancelled:?} {}",
         run.stderr
     );
 }

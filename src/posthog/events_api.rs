@@ -70,6 +70,15 @@ fn crowded(rows: usize, ts: DateTime<Utc>, why: &str) -> anyhow::Error {
     )
 }
 
+/// What offset paging through one microsecond found.
+struct Counted {
+    /// Rows it holds (the last, short page says so exactly).
+    rows: usize,
+    /// Rows of the first answer, and distinct events among all answers.
+    first: usize,
+    distinct: usize,
+}
+
 /// How a request that may hold everything its filters match ended.
 enum Whole {
     /// It did: this many rows.
@@ -207,10 +216,13 @@ impl Reader {
             event: only_name.as_deref(),
             distinct_id: None,
         };
-        let Some(rows) = self.count_by_offset(ts, base, tie, largest, tx).await? else {
+        let Some(counted) = self.count_by_offset(ts, base, tie, largest, tx).await? else {
             return Ok(false);
         };
-        if tie.seen.len() >= rows {
+        let rows = counted.rows;
+        // Its first answer held every row (the next one was empty), or as many distinct
+        // events as rows came: nothing of it is left to see.
+        if counted.first == rows || counted.distinct == rows {
             return Ok(true);
         }
         progress.debug(&format!(
@@ -250,6 +262,12 @@ impl Reader {
             let Some(of_name) = self.count_by_offset(ts, by_name, tie, largest, tx).await? else {
                 return Ok(false);
             };
+            let of_name_rows = of_name.rows;
+            if of_name.first == of_name_rows || of_name.distinct == of_name_rows {
+                covered += of_name_rows;
+                continue;
+            }
+            let of_name = of_name_rows;
             let mut of_ids = 0usize;
             let mut ids_done = BTreeSet::new();
             while let Some(id) = tie
@@ -307,7 +325,7 @@ impl Reader {
     }
 
     /// Pages through one microsecond (with `only`'s filters) by offset, handing on the events
-    /// not delivered yet; the rows it holds (`None` if the receiver is gone).
+    /// not delivered yet; what it counted (`None` if the receiver is gone).
     async fn count_by_offset(
         &self,
         ts: DateTime<Utc>,
@@ -315,9 +333,11 @@ impl Reader {
         tie: &mut Tie,
         largest: &mut usize,
         tx: &mpsc::Sender<Vec<Item<Cursor>>>,
-    ) -> anyhow::Result<Option<usize>> {
+    ) -> anyhow::Result<Option<Counted>> {
         let progress = self.client.progress();
         let mut offset = 0usize;
+        let mut first = None;
+        let mut distinct = HashSet::new();
         loop {
             if offset > MAX_OFFSET {
                 bail!(
@@ -333,13 +353,19 @@ impl Reader {
             let rows = self.microsecond_page(ts, only, offset).await?;
             *largest = (*largest).max(rows.len());
             let n = rows.len();
+            first.get_or_insert(n);
+            distinct.extend(rows.iter().map(|r| r.id.clone()));
             let (items, _) = self.emit(rows, tie, ts + Duration::microseconds(1))?;
             if !items.is_empty() && tx.send(items).await.is_err() {
                 return Ok(None);
             }
             offset += n;
             if n == 0 || n < *largest {
-                return Ok(Some(offset));
+                return Ok(Some(Counted {
+                    rows: offset,
+                    first: first.unwrap_or(0),
+                    distinct: distinct.len(),
+                }));
             }
         }
     }

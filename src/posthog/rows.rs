@@ -67,6 +67,9 @@ pub(super) const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
 /// timestamp, event name, distinct_id and hashes: what checks it and names it).
 const KEPT_ELEMENT_BYTES: usize = 64 * 1024;
 
+/// What is kept of such a row, at most (a row of many small elements is no event).
+const KEPT_ROW_BYTES: usize = 1024 * 1024;
+
 /// A row too large to hold, followed byte by byte as it arrives: where its strings and
 /// nesting are, and what of it is kept.
 struct Oversize {
@@ -79,6 +82,8 @@ struct Oversize {
     kept: Vec<u8>,
     /// The element being read, unless it grew too large to keep.
     element: Option<Vec<u8>>,
+    /// What makes it no row of events, if anything.
+    broken: Option<&'static str>,
 }
 
 impl Oversize {
@@ -90,6 +95,7 @@ impl Oversize {
             escaped: false,
             kept: Vec::new(),
             element: Some(Vec::new()),
+            broken: None,
         }
     }
 
@@ -120,13 +126,18 @@ impl Oversize {
             let b = bytes[i];
             i += 1;
             match b {
+                _ if b.is_ascii_whitespace() && self.depth <= 1 => {}
+                b'[' if self.depth == 0 => {
+                    self.depth = 1;
+                    self.kept.push(b'[');
+                }
+                _ if self.depth == 0 => {
+                    self.broken = Some("a row that is not an array");
+                    return None;
+                }
                 b'"' => {
                     self.in_string = true;
                     self.keep(&[b]);
-                }
-                b'[' | b'{' if self.depth == 0 => {
-                    self.depth = 1;
-                    self.kept.push(b'[');
                 }
                 b'[' | b'{' => {
                     self.depth += 1;
@@ -145,8 +156,11 @@ impl Oversize {
                 b',' if self.depth == 1 => {
                     self.end_element();
                     self.kept.push(b',');
+                    if self.kept.len() > KEPT_ROW_BYTES {
+                        self.broken = Some("a row of more small elements than a row of events has");
+                        return None;
+                    }
                 }
-                _ if b.is_ascii_whitespace() && self.depth <= 1 => {}
                 _ => self.keep(&[b]),
             }
         }
@@ -290,11 +304,6 @@ impl Rows {
     /// The next row, or what stands in its way. A row borrows from the buffer: it must be
     /// dropped before more is fed.
     pub(super) fn next<'a, T: Deserialize<'a>>(&'a mut self) -> Result<Step<T>, Broken> {
-        // A row that would not fit is followed without being held.
-        let row_next = matches!(self.at, At::FirstRow | At::Row);
-        if row_next && !self.ended && self.valid - self.pos > self.max_value {
-            self.oversize.get_or_insert_with(Oversize::new);
-        }
         if self.oversize.is_some() {
             return self.follow_oversize();
         }
@@ -374,6 +383,12 @@ impl Rows {
                 }
                 _ => {
                     let Some((row, len)) = value::<T>(&buf[start..], self.ended)? else {
+                        // A row that would not fit is followed without being held, from the
+                        // next call on.
+                        if !self.ended && self.valid - start > self.max_value {
+                            self.oversize = Some(Oversize::new());
+                            return Ok(Step::More);
+                        }
                         self.wait_until = self.wait_until();
                         return self.more();
                     };
@@ -394,6 +409,13 @@ impl Rows {
     fn follow_oversize<'a, T: Deserialize<'a>>(&'a mut self) -> Result<Step<T>, Broken> {
         let over = self.oversize.as_mut().expect("following a row");
         let ended = over.follow(&self.buf[self.pos..self.valid]);
+        if let Some(why) = over.broken {
+            return Err(Broken::Unexpected(format!(
+                "{why}, of more than {} MiB, at byte {}",
+                self.max_value >> 20,
+                self.base + self.pos as u64
+            )));
+        }
         match ended {
             None => {
                 self.pos = self.valid;
@@ -696,6 +718,64 @@ mod tests {
                     (serde_json::json!(["c", 3]), None),
                 ],
                 "pieces of {piece}: {shown:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_row_under_the_cap_is_parsed_however_much_follows_it() {
+        // 50 KiB under a cap of 64 KiB: the parse waits until 64 KiB are buffered, by which
+        // time the row is whole; it is a row, not one too large to hold.
+        let answer = format!(
+            r#"{{"results": [["{}"], {}["b"]]}}"#,
+            "x".repeat(50 << 10),
+            r#"["a"], "#.repeat(20_000)
+        );
+        let mut rows = Rows::new();
+        rows.max_value = 64 * 1024;
+        let mut first = None;
+        for chunk in answer.as_bytes().chunks(1000) {
+            rows.feed(chunk);
+            match rows.next::<Value>().unwrap() {
+                Step::More => {}
+                Step::Row { row, .. } => {
+                    first = Some(row.to_string().len());
+                    break;
+                }
+                other => panic!("{:?}", matches!(other, Step::Oversized { .. })),
+            }
+        }
+        assert_eq!(first, Some((50 << 10) + 4));
+    }
+
+    #[test]
+    fn a_row_too_large_to_hold_that_is_no_row_of_events_is_refused() {
+        for (answer, why) in [
+            (
+                format!(r#"{{"results": ["{}"]}}"#, "x".repeat(200_000)),
+                "not an array",
+            ),
+            (
+                format!(r#"{{"results": [[{}0]]}}"#, "0,".repeat(600_000)),
+                "small elements",
+            ),
+        ] {
+            let mut rows = Rows::new();
+            rows.max_value = 64 * 1024;
+            let mut refused = None;
+            for chunk in answer.as_bytes().chunks(4096) {
+                rows.feed(chunk);
+                match rows.next::<Value>() {
+                    Ok(Step::More) => {}
+                    other => {
+                        refused = Some(other.map(|_| ()));
+                        break;
+                    }
+                }
+            }
+            assert!(
+                matches!(&refused, Some(Err(Broken::Unexpected(m))) if m.contains(why)),
+                "{refused:?}"
             );
         }
     }

@@ -176,6 +176,7 @@ impl Sink {
                     rejected_parts += usize::from(bisecting);
                     first_rejection
                         .get_or_insert_with(|| (slice.len(), reply.status, reply.excerpt()));
+                    self.check_bisecting(rejected_parts, alone, events.len())?;
                     Some((reply.status, true))
                 }
             };
@@ -202,21 +203,14 @@ impl Sink {
             alone += slice.len();
             self.check_rejects_everything(slice.len())?;
         }
-        // Each event rejected on its own explains the rejection of at most ⌈log₂ N⌉ parts
-        // holding it; one more is a passing fault. Beyond that the webhook rejects parts for
-        // what no single event holds (a limit per request, say), and bisecting every batch
-        // down to single events would hide that behind N requests a batch.
-        let explained = alone * ceil_log2(events.len()) + 1;
-        if rejected_parts > explained {
-            bail!(
-                "the webhook at {} rejected {rejected_parts} parts of a batch of {} events but only {alone} events on their own: it is not rejecting single events (a limit per request below --batch-size or --batch-bytes?), so nothing more was set aside. The checkpoint holds what was acknowledged before this batch",
-                self.url.redacted(),
-                events.len()
-            );
-        }
         if let (Some((n, status, excerpt)), 0) = (first_rejection, alone) {
             self.progress.warn(&format!(
-                "the webhook rejected a batch of {n} events (HTTP {status}: {excerpt}) but accepted each part of it when split: delivered"
+                "the webhook rejected a batch of {n} events (HTTP {status}: {excerpt}) but accepted each part of it when split: delivered{}",
+                if rejected_parts > 0 {
+                    format!(" (it rejected {rejected_parts} of the parts too: if it limits what one request may hold, lower --batch-size or --batch-bytes)")
+                } else {
+                    String::new()
+                }
             ));
         }
         Stats::add(&self.progress.stats.posted, done.posted as u64);
@@ -226,6 +220,22 @@ impl Sink {
         );
         Stats::add(&self.progress.stats.batches, 1);
         Ok(done)
+    }
+
+    /// Stops bisecting a batch of `n` once it has rejected more parts than the events it
+    /// rejected on their own (`alone`) explain: each explains at most ⌈log₂ n⌉ rejected parts
+    /// holding it, one more path may still be searched, and one more rejection is a passing
+    /// fault. Beyond that the webhook rejects parts for what no single event holds (a limit per
+    /// request, say), and bisecting every batch down to single events would hide it behind n
+    /// requests a batch.
+    fn check_bisecting(&self, rejected_parts: usize, alone: usize, n: usize) -> anyhow::Result<()> {
+        if rejected_parts > (alone + 1) * ceil_log2(n) + 1 {
+            bail!(
+                "the webhook at {} rejected {rejected_parts} parts of a batch of {n} events but only {alone} events on their own: it is not rejecting single events (a limit per request below --batch-size or --batch-bytes?), so nothing more was posted or set aside. The checkpoint holds what was acknowledged before this batch",
+                self.url.redacted(),
+            );
+        }
+        Ok(())
     }
 
     /// A webhook that has accepted nothing in this run and rejected every one of the first

@@ -308,6 +308,8 @@ pub struct State {
     /// Queries answered asynchronously, by id, and the ids of those cancelled.
     async_queries: std::collections::HashMap<String, AsyncQuery>,
     pub cancelled_queries: Vec<String>,
+    /// Polls answered "not complete" so far.
+    pub polls_not_complete: usize,
     pages_answered_async: usize,
 }
 
@@ -361,6 +363,7 @@ impl PostHogStandIn {
             budget: None,
             async_queries: Default::default(),
             cancelled_queries: Vec::new(),
+            polls_not_complete: 0,
             pages_answered_async: 0,
         }));
         PostHogStandIn {
@@ -663,9 +666,13 @@ fn poll_or_cancel(s: &mut State, method: &str, id: &str) -> Response {
         }
         Some(left) => {
             *left -= 1;
+            s.polls_not_complete += 1;
             (headers, query_status(id, false, None)).into_response()
         }
-        None => (headers, query_status(id, false, None)).into_response(),
+        None => {
+            s.polls_not_complete += 1;
+            (headers, query_status(id, false, None)).into_response()
+        }
     }
 }
 

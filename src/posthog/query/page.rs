@@ -518,21 +518,9 @@ impl Read {
                 "event {uuid} held bytes that are not UTF-8, which JSON cannot carry: they were replaced by U+FFFD and the event delivered"
             ));
         }
-        let filters = &self.reader.filters;
-        if !filters.include.is_empty() {
-            progress.stats.saw_name(event.as_deref().unwrap_or(""));
-        }
-        let created_at = created_at.as_deref().map(parse_ts).transpose()?;
-        // The server was asked to filter; a server (or proxy) that did not must not make us
-        // post what was not asked for, nor re-post it on every sync run.
-        let left_out = self
-            .left_out(event.as_deref(), created_at)
-            .map_err(|why| anyhow::anyhow!("PostHog's Query API returned event {uuid} {why}"))?;
-        if let Some(reason) = left_out {
-            self.warn_once(reason);
-            Stats::add(&progress.stats.filtered, 1);
+        let Some(created_at) = self.kept(&uuid, event.as_deref(), created_at.as_deref())? else {
             return Ok(None);
-        }
+        };
         let properties = properties_text(properties, &uuid)?;
         let json = Event {
             uuid: &uuid,
@@ -548,11 +536,45 @@ impl Read {
         Ok(Some(json))
     }
 
+    /// Whether a checked row is to be handed on (with its `created_at`), or counted as
+    /// filtered out.
+    #[allow(clippy::option_option)]
+    fn kept(
+        &self,
+        uuid: &str,
+        event: Option<&str>,
+        created_at: Option<&str>,
+    ) -> anyhow::Result<Option<Option<DateTime<Utc>>>> {
+        let progress = self.client().progress();
+        if !self.reader.filters.include.is_empty() {
+            progress.stats.saw_name(event.unwrap_or(""));
+        }
+        let created_at = created_at.map(parse_ts).transpose()?;
+        // The server was asked to filter; a server (or proxy) that did not must not make us
+        // post what was not asked for, nor re-post it on every sync run.
+        let left_out = self
+            .left_out(event, created_at)
+            .map_err(|why| anyhow::anyhow!("PostHog's Query API returned event {uuid} {why}"))?;
+        if let Some(reason) = left_out {
+            self.warn_once(reason);
+            Stats::add(&progress.stats.filtered, 1);
+            return Ok(None);
+        }
+        Ok(Some(created_at))
+    }
+
     /// An event too large to read (over 64 MiB as PostHog sends it): written to the
     /// dead-letter file (its uuid, timestamp, size and why), or the end of the run.
     fn set_aside(&self, row: &Row<'_>, ts: DateTime<Utc>, bytes: u64) -> anyhow::Result<()> {
         let progress = self.client().progress();
         let (uuid, size) = (&row.0, indicatif::HumanBytes(bytes));
+        // (One the filters or the run's ingestion bounds leave out is just that.)
+        if self
+            .kept(uuid, row.1.as_deref(), row.6.as_deref())?
+            .is_none()
+        {
+            return Ok(());
+        }
         let Some(dead_letter) = &self.reader.dead_letter else {
             anyhow::bail!(
                 "PostHog's Query API returned event {uuid} at {} of {size}, more than the {} MiB a single event may take here; nothing after it was posted. Run again with --dead-letter PATH to set it aside (its uuid, timestamp and size) and go on",
