@@ -394,7 +394,8 @@ pub(crate) struct ExportArgs {
     pub(crate) range: RangeArgs,
     #[command(flatten)]
     pub(crate) read: ReadArgs,
-    /// Write to this file instead of stdout (a .gz name writes gzip). Resumable.
+    /// Write to this file instead of stdout (a .gz name writes gzip). Resumable. `-` is
+    /// stdout, as without --output (not resumable).
     #[arg(short, long, value_name = "FILE", help_heading = "Output")]
     pub(crate) output: Option<PathBuf>,
     #[command(flatten)]

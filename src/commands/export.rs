@@ -48,7 +48,9 @@ pub(crate) struct ExportConfig {
 
 impl ExportConfig {
     pub(crate) fn from_args(args: &ExportArgs) -> anyhow::Result<Self> {
-        if args.output.is_none() && args.state.checkpoint.is_some() {
+        // `-` is stdout, as for `send -` and most tools: exactly like no --output.
+        let output = args.output.clone().filter(|p| p.as_os_str() != "-");
+        if output.is_none() && args.state.checkpoint.is_some() {
             return Err(usage(
                 "--checkpoint needs --output FILE: an export to stdout cannot be resumed",
             ));
@@ -56,7 +58,7 @@ impl ExportConfig {
         Ok(ExportConfig {
             read: settings::read(&args.read, args.retry.allow_insecure_http)?,
             range: settings::range(args.range.start, args.range.end)?,
-            output: args.output.clone(),
+            output,
             resume: settings::resume(&args.state, &args.retry),
             retries: settings::retries(&args.retry),
             ca_certs: settings::ca_certs(&args.tls)?,
