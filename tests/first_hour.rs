@@ -10,7 +10,15 @@ use posthog_patterns_standin::WebhookConfig;
 #[test]
 fn export_to_dash_writes_stdout_like_no_output() {
     let env = Env::new(events(300, 190), WebhookConfig::default());
-    let args = ["export", "--start", "2024-03-01", "--end", "2024-03-08", "--progress", "never"];
+    let args = [
+        "export",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "--progress",
+        "never",
+    ];
     let plain = finish(
         env.command(&args)
             .current_dir(env.dir.path())
@@ -35,4 +43,150 @@ fn export_to_dash_writes_stdout_like_no_output() {
     let run = env.run(&with_dash);
     run.assert_code(2);
     assert!(run.stderr.contains("cannot be resumed"), "{}", run.stderr);
+}
+
+/// A server on loopback that answers every request `200 OK` with an empty body: a host that
+/// is not PostHog (a load balancer's default page, say).
+fn not_posthog() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 65536];
+            let _ = stream.read(&mut buf);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_host_that_is_not_posthog_fails_at_once_for_a_new_job_and_in_config_check() {
+    let env = Env::new(events(50, 191), WebhookConfig::default());
+    let host = not_posthog();
+    let started = std::time::Instant::now();
+    let run = finish(
+        env.command(&backfill_args(&["--allow-insecure-http"]))
+            .env("POSTHOG_HOST", &host)
+            .output()
+            .unwrap(),
+    );
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains(
+            "answered HTTP 200 with an empty body, which is not PostHog's API: check --host"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "at once"
+    );
+    let check = finish(
+        env.command(&[
+            "config",
+            "check",
+            "backfill",
+            "--start",
+            "2024-03-01",
+            "--end",
+            "2024-03-08",
+            "--allow-insecure-http",
+        ])
+        .env("POSTHOG_HOST", &host)
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(check.code, 1, "{}", check.stderr);
+    assert!(
+        check.stderr.contains("not PostHog's API"),
+        "{}",
+        check.stderr
+    );
+}
+
+#[test]
+fn a_projects_page_pasted_as_host_is_refused_naming_the_host_and_project() {
+    let env = Env::new(events(10, 192), WebhookConfig::default());
+    let run = finish(
+        env.command(&backfill_args(&[]))
+            .env("POSTHOG_HOST", "https://us.posthog.com/project/4242")
+            .output()
+            .unwrap(),
+    );
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("use --host https://us.posthog.com --project 4242"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn connection_refused_on_first_contact_is_warned_about_at_once() {
+    let env = Env::new(events(10, 193), WebhookConfig::default());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = env
+        .command(&backfill_args(&[
+            "--allow-insecure-http",
+            "--max-retries",
+            "3",
+        ]))
+        .env("POSTHOG_HOST", format!("http://127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The warning comes before the retries are over, on the first refusal.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    let started = std::time::Instant::now();
+    while !first.contains("connection refused") {
+        first.clear();
+        if std::io::BufRead::read_line(&mut stderr, &mut first).unwrap() == 0 {
+            break;
+        }
+    }
+    assert!(
+        first.contains("nothing listens at") && first.contains("is --host right?"),
+        "{first}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "at once"
+    );
+    let status = child.wait().unwrap();
+    // Still retried as an outage: a job's host may come back.
+    assert_eq!(status.code(), Some(75));
+}
+
+#[test]
+fn a_job_that_ran_before_takes_a_host_that_fails_for_an_outage() {
+    use posthog_patterns_standin::Fault;
+    let env = Env::new(events(50, 194), WebhookConfig::default());
+    let sync = [
+        "sync",
+        "--start",
+        "2024-03-01",
+        "--progress",
+        "never",
+        "--max-retries",
+        "1",
+    ];
+    env.run(&sync).assert_code(0);
+    // Its host answered before: empty answers now may be an outage (a proxy's), so they are
+    // retried, and past the retries the run ends with exit 75.
+    for _ in 0..4 {
+        env.posthog.fault_next(Fault::status(200).body(""));
+    }
+    let run = env.run(&sync);
+    run.assert_code(75);
 }

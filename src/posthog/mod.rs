@@ -61,6 +61,22 @@ impl Connection {
             ));
         }
         let path = url.path().trim_end_matches('/').to_string();
+        // The project's page pasted whole: `https://us.posthog.com/project/4242[/...]`.
+        let segments: Vec<&str> = path.split('/').collect();
+        if let Some(at) = segments.iter().position(|s| *s == "project")
+            && let Some(id) = segments
+                .get(at + 1)
+                .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
+        {
+            let mut base = url.clone();
+            base.set_path(&segments[..at].join("/"));
+            base.set_query(None);
+            base.set_fragment(None);
+            return Err(format!(
+                "--host {shown} is a project's page, not PostHog's host: use --host {} --project {id}",
+                base.as_str().trim_end_matches('/')
+            ));
+        }
         url.set_path(&format!("{path}/"));
         url.set_query(None);
         Ok(url)
@@ -135,6 +151,18 @@ pub(crate) enum ApiError {
     )]
     TooLarge { max: u64 },
     #[error(
+        "there is no host named {name} (the name does not exist): check --host, PostHog's app host, such as https://us.posthog.com, https://eu.posthog.com or your own domain"
+    )]
+    NoSuchHost { name: String },
+    #[error(
+        "{host} answered HTTP {status} with {excerpt}, which is not PostHog's API: check --host, PostHog's app host, such as https://us.posthog.com, https://eu.posthog.com or your own domain (with a self-hosted instance's path prefix, if it has one)"
+    )]
+    NotPostHog {
+        host: String,
+        status: u16,
+        excerpt: String,
+    },
+    #[error(
         "PostHog answered asynchronously (HTTP 202) without a query to poll for the answer: {excerpt}"
     )]
     Async { excerpt: String },
@@ -148,6 +176,54 @@ enum Slow {
     Retry,
     /// An answer: the caller asks a smaller question (the Query reader's windows and plans).
     Fail,
+}
+
+/// The first contact with PostHog: until PostHog has answered (JSON), a host name that does
+/// not exist or a host that answers but is not PostHog is a mistake in `--host`, not an
+/// outage, and ends the run at once, unless the job ran before (its host answered then: the
+/// failure may be DNS's). Connection refused is warned about at once, and retried.
+#[derive(Debug, Default)]
+pub(crate) struct FirstContact {
+    trusted: std::sync::atomic::AtomicBool,
+    answered: std::sync::atomic::AtomicBool,
+    warned: std::sync::atomic::AtomicBool,
+}
+
+impl FirstContact {
+    fn trust(&self) {
+        self.trusted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn answered(&self) {
+        self.answered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a permanent-looking failure now ends the run.
+    fn strict(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        !self.trusted.load(Relaxed) && !self.answered.load(Relaxed)
+    }
+
+    /// Whether to warn now about connection refused (once, before PostHog answered).
+    fn warn_refused(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        !self.answered.load(Relaxed) && !self.warned.swap(true, Relaxed)
+    }
+}
+
+/// Whether a transport error says the host name does not exist (the resolver's answer, not
+/// a failure to reach it: "Temporary failure in name resolution" is an outage).
+fn no_such_name(message: &str) -> bool {
+    [
+        "Name or service not known",
+        "No address associated with hostname",
+        "nodename nor servname provided, or not known",
+        "No such host is known",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// PostHog's time, as the `Date` of its last answer said, and when that answer came.
@@ -164,6 +240,7 @@ pub(crate) struct PostHog {
     timeout: std::time::Duration,
     progress: Arc<Progress>,
     clock: Clock,
+    first_contact: Arc<FirstContact>,
     /// Queries PostHog refused for its cap on queries running at once.
     concurrency_refusals: std::sync::atomic::AtomicU64,
 }
@@ -370,19 +447,47 @@ impl PostHog {
                         *self.clock.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some((date, std::time::Instant::now()));
                     }
+                    if reply.stream.is_some() || looks_like_json(&reply.body) {
+                        self.first_contact.answered();
+                    } else if (200..300).contains(&reply.status) && self.first_contact.strict() {
+                        return Attempt::Fail(ApiError::NotPostHog {
+                            host: host(),
+                            status: reply.status,
+                            excerpt: if reply.body.trim_ascii().is_empty() {
+                                "an empty body".to_string()
+                            } else {
+                                format!("\"{}\"", reply.excerpt())
+                            },
+                        });
+                    }
                     self.classify(endpoint, slow, reply)
                 }
                 Err(SendError::Timeout) => Attempt::Retry {
                     error: ApiError::Timeout { host: host() },
                     after: None,
                 },
-                Err(SendError::Transport(message)) => Attempt::Retry {
-                    error: ApiError::Transport {
-                        host: host(),
-                        message,
-                    },
-                    after: None,
-                },
+                Err(SendError::Transport(message))
+                    if no_such_name(&message) && self.first_contact.strict() =>
+                {
+                    Attempt::Fail(ApiError::NoSuchHost {
+                        name: self.conn.host.host_str().unwrap_or_default().to_string(),
+                    })
+                }
+                Err(SendError::Transport(message)) => {
+                    if message.contains("Connection refused") && self.first_contact.warn_refused() {
+                        self.progress.warn(&format!(
+                            "nothing listens at {} (connection refused): is --host right? Retrying, as for an outage",
+                            host()
+                        ));
+                    }
+                    Attempt::Retry {
+                        error: ApiError::Transport {
+                            host: host(),
+                            message,
+                        },
+                        after: None,
+                    }
+                }
                 Err(SendError::TooLarge(max)) => Attempt::Fail(ApiError::TooLarge { max }),
             }
         })
@@ -515,6 +620,36 @@ mod tests {
         );
         let err = Connection::parse_host("ftp://admin:hunter2@x").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_projects_page_as_host_is_refused_with_the_host_and_project_to_use() {
+        let err =
+            Connection::parse_host("https://us.posthog.com/project/4242/insights").unwrap_err();
+        assert!(
+            err.contains("use --host https://us.posthog.com --project 4242"),
+            "{err}"
+        );
+        let err = Connection::parse_host("https://ph.example.com/posthog/project/7").unwrap_err();
+        assert!(
+            err.contains("use --host https://ph.example.com/posthog --project 7"),
+            "{err}"
+        );
+        // A self-hosted path prefix stays.
+        assert!(Connection::parse_host("https://example.com/project-x/ph").is_ok());
+    }
+
+    #[test]
+    fn a_name_that_does_not_exist_is_told_from_a_resolver_that_fails() {
+        assert!(no_such_name(
+            "could not connect: client error (Connect): dns error: failed to lookup address information: Name or service not known"
+        ));
+        assert!(!no_such_name(
+            "could not connect: dns error: failed to lookup address information: Temporary failure in name resolution"
+        ));
+        assert!(!no_such_name(
+            "could not connect: tcp connect error: Connection refused (os error 111)"
+        ));
     }
 
     #[test]

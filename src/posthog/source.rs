@@ -110,6 +110,9 @@ pub(crate) struct Connect<'a> {
     budgets: [Arc<crate::net::ratelimit::Budget>; 2],
     /// PostHog's time, as its last answer said.
     clock: super::Clock,
+    /// Whether PostHog has answered yet, and whether a first contact that fails for good
+    /// (no such host name, a host that is not PostHog) ends the run.
+    first_contact: Arc<super::FirstContact>,
 }
 
 impl<'a> Connect<'a> {
@@ -129,7 +132,14 @@ impl<'a> Connect<'a> {
                 Arc::new(retries.budget(SourceKind::Events)),
             ],
             clock: Default::default(),
+            first_contact: Default::default(),
         })
+    }
+
+    /// For a job that ran before: a host that fails as if it did not exist is taken for an
+    /// outage (DNS's, say), retried and, past the retries, exit 75, as any other.
+    pub(crate) fn trust_the_host(&self) {
+        self.first_contact.trust();
     }
 
     /// A client with the request budget of the API `kind`.
@@ -143,6 +153,7 @@ impl<'a> Connect<'a> {
             timeout: self.retries.http_timeout,
             progress: self.progress.clone(),
             clock: self.clock.clone(),
+            first_contact: self.first_contact.clone(),
             concurrency_refusals: Default::default(),
         })
     }

@@ -42,6 +42,9 @@ pub(crate) async fn resume<P: serde::de::DeserializeOwned>(
     resume: &Resume,
 ) -> anyhow::Result<Resumed<P>> {
     let (store, stored) = checkpoint::open_job::<P>(kind, &job, resume)?;
+    if stored.is_some() {
+        connect.trust_the_host();
+    }
     let source = connect
         .choose(requested, stored.as_ref().map(|s| &s.job))
         .await?;
