@@ -330,20 +330,40 @@ impl Progress {
         }
     }
 
-    /// Prints the closing summary (to stderr), unless quiet.
-    /// Prints the closing summary (to stderr), unless quiet. As JSON: its first line as `msg`,
-    /// and every count of the ledger as a field.
-    pub(crate) fn summary(&self, level: Level, text: &str) {
+    /// Prints the closing summary of a run that ended with `exit` (to stderr): as text at
+    /// `level` (and in a terminal, where the bars leave nothing behind, whatever the level,
+    /// unless quiet); as JSON always, whatever `-v` or `-q`: one object, its first line as
+    /// `msg`, `"summary": true`, the exit code and every count of the ledger as fields.
+    pub(crate) fn summary(&self, level: Level, text: &str, exit: u8) {
+        let in_terminal = matches!(self.display, Display::Bars { .. });
         self.finish();
-        if level <= self.level {
-            match self.format {
-                LogFormat::Json => {
-                    let first = text.lines().next().unwrap_or_default();
-                    self.log_with(level, first, self.summary_fields());
-                }
-                LogFormat::Text => eprintln!("{}", crate::secret::redact(text)),
+        match self.format {
+            LogFormat::Json => {
+                let first = text.lines().next().unwrap_or("done");
+                self.summary_line(level, first, exit);
             }
+            LogFormat::Text if text.is_empty() => {}
+            LogFormat::Text if level <= self.level || in_terminal => {
+                eprintln!("{}", crate::secret::redact(text))
+            }
+            LogFormat::Text => {}
         }
+    }
+
+    /// The JSON summary of a run that failed with `exit` (the error follows on its own line).
+    pub(crate) fn failed_summary(&self, exit: u8) {
+        self.finish();
+        if self.format == LogFormat::Json {
+            self.summary_line(Level::Error, "run failed", exit);
+        }
+    }
+
+    fn summary_line(&self, level: Level, msg: &str, exit: u8) {
+        let mut fields = serde_json::Map::new();
+        fields.insert("summary".into(), true.into());
+        fields.insert("exit_code".into(), exit.into());
+        fields.extend(self.summary_fields());
+        eprintln!("{}", json_line(level, &crate::secret::redact(msg), fields));
     }
 
     /// The run's figures, for a JSON summary.

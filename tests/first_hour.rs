@@ -190,3 +190,65 @@ fn a_job_that_ran_before_takes_a_host_that_fails_for_an_outage() {
     let run = env.run(&sync);
     run.assert_code(75);
 }
+
+/// The JSON objects a run printed that are its summary.
+fn summaries(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+        .filter(|v| v["summary"] == true)
+        .collect()
+}
+
+#[test]
+fn every_run_leaves_one_json_summary_whatever_v_or_q_and_on_failure_too() {
+    let env = Env::new(events(200, 195), WebhookConfig::default());
+    for extra in [&[][..], &["-q"][..], &["-v"][..]] {
+        let mut args = vec!["sync", "--start", "2024-03-01", "--log-format", "json"];
+        args.extend_from_slice(extra);
+        let run = env.run(&args);
+        run.assert_code(0);
+        let s = summaries(&run.stderr);
+        assert_eq!(s.len(), 1, "{extra:?}: {}", run.stderr);
+        assert_eq!(s[0]["exit_code"], 0);
+        assert!(s[0]["read"].is_u64() && s[0]["posted"].is_u64(), "{}", s[0]);
+    }
+    // A failed run: its summary, then its error.
+    let failing = Env::new(
+        events(50, 196),
+        WebhookConfig {
+            require_header: Some(("x-token".into(), "secret".into())),
+            ..WebhookConfig::default()
+        },
+    );
+    let run = failing.run(&backfill_args(&["--log-format", "json", "-q"]));
+    assert_ne!(run.code, 0);
+    let s = summaries(&run.stderr);
+    assert_eq!(s.len(), 1, "{}", run.stderr);
+    assert_eq!(s[0]["exit_code"], run.code);
+    assert_eq!(s[0]["posted"], 0);
+}
+
+#[test]
+fn sync_in_a_terminal_leaves_its_summary_and_a_changed_start_is_warned_about() {
+    let env = Env::new(events(200, 197), WebhookConfig::default());
+    // (`--progress always` draws the bars a terminal would show.)
+    let run = env.run(&["sync", "--start", "2024-03-01", "--progress", "always"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("posted"), "{}", run.stderr);
+    let quiet = env.run(&["sync", "--start", "2024-03-01", "--progress", "never"]);
+    assert!(
+        !quiet.stderr.contains("posted"),
+        "cron stays silent: {}",
+        quiet.stderr
+    );
+    let moved = env.run(&["sync", "--start", "2024-03-02", "--progress", "never"]);
+    moved.assert_code(0);
+    assert!(
+        moved.stderr.contains(
+            "--start 2024-03-02T00:00:00.000000Z is ignored: this sync started at 2024-03-01"
+        ),
+        "{}",
+        moved.stderr
+    );
+}

@@ -24,13 +24,18 @@ pub(crate) fn progress(args: &OutputArgs, default_level: Level) -> Arc<Progress>
     }))
 }
 
-/// Clears the display, prints the summary, and gives the exit code.
+/// Clears the display, prints the summary (with `--log-format json`, one summary object for
+/// every run, failed ones too), and gives the exit code.
 pub(crate) fn finish(progress: &Progress, result: anyhow::Result<Report>) -> anyhow::Result<u8> {
     progress.finish();
-    let report = result?;
-    if !report.summary.is_empty() {
-        progress.summary(Level::Info, &report.summary);
-    }
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            progress.failed_summary(crate::error::exit_code_of(&e));
+            return Err(e);
+        }
+    };
+    progress.summary(Level::Info, &report.summary, report.exit);
     Ok(report.exit)
 }
 

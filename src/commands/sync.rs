@@ -133,8 +133,9 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
         && start != sync.start
         && sync.watermark.is_some()
     {
-        progress.debug(&format!(
-            "--start ignored: this sync started at {} (use --restart to start over)",
+        progress.warn(&format!(
+            "--start {} is ignored: this sync started at {} and continues from where its last run stopped (use --restart to start over from --start)",
+            format_ts(&start),
             format_ts(&sync.start)
         ));
     }
