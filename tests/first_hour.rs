@@ -252,3 +252,52 @@ fn sync_in_a_terminal_leaves_its_summary_and_a_changed_start_is_warned_about() {
         moved.stderr
     );
 }
+
+#[test]
+fn config_check_proves_the_webhook_is_reachable_without_posting() {
+    let env = Env::new(events(50, 198), WebhookConfig::default());
+    let check = [
+        "config",
+        "check",
+        "backfill",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+    ];
+    let run = env.run(&check);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("webhook reached   HEAD answered HTTP")
+            && run.stdout.contains("nothing was posted"),
+        "{}",
+        run.stdout
+    );
+    assert!(env.webhook.uuids().is_empty(), "nothing posted");
+    // Nothing listens there: the check fails now, not the run after 44 s of retries.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hook/secret-token");
+    for command in [
+        &check[..],
+        &["config", "check", "sync", "--start", "2024-03-01"][..],
+    ] {
+        let run = finish(
+            env.command(command)
+                .env("PATTERNS_WEBHOOK_URL", &url)
+                .output()
+                .unwrap(),
+        );
+        run.assert_code(1);
+        assert!(
+            run.stderr.contains("cannot be reached") && run.stderr.contains("Connection refused"),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("secret-token") && !run.stdout.contains("secret-token"));
+        assert!(!run.stdout.contains("settings OK"));
+    }
+}

@@ -116,7 +116,8 @@ fn config_check_asks_the_api_the_run_would_use_and_fails_on_what_would_fail() {
         .filter(|r| r.sql.as_deref().is_some_and(|q| q.contains("count()")))
         .count();
     assert!(counts <= 12, "{counts} count() queries");
-    assert_eq!(env.webhook.with_state(|s| s.requests), 0);
+    // (Only HEAD requests, which prove the webhook can be reached.)
+    assert!(env.webhook.with_state(|s| s.events.is_empty()));
 
     // Counting too slow for PostHog: the estimate is unavailable and the check passes.
     let slow = Env::with(

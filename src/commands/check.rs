@@ -18,7 +18,7 @@ use crate::posthog::source::{Filters, Range, SourceKind};
 use crate::progress::{Progress, count, human_duration};
 use crate::state::checkpoint::{self, State};
 use anyhow::Context;
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use indicatif::HumanCount;
 use std::sync::Arc;
 
@@ -58,6 +58,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     );
                 }
                 let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
+                reach_webhook(&connect.http, &cfg.webhook).await?;
                 let kind = ask_api(&connect, cfg.read.source).await?;
                 connect
                     .refuse_future_end(kind, &cfg.range, "backfill")
@@ -90,7 +91,8 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     .clone()
                     .unwrap_or_else(|| checkpoint::default_path("sync", &cfg.job_id()));
                 println!("state             {}", path.display());
-                let now = crate::event::to_micros(Utc::now());
+                let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
+                reach_webhook(&connect.http, &cfg.webhook).await?;
                 let sync = match std::fs::read_to_string(&path) {
                     Ok(text) => {
                         let state: State<crate::commands::sync::SyncState> =
@@ -123,9 +125,10 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                         }
                     }
                 };
-                // The run's own plan: a run to finish first, else the next one.
-                let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
+                // The run's own plan: a run to finish first, else the next one, by PostHog's
+                // clock as a run plans.
                 let kind = ask_api(&connect, cfg.read.source).await?;
+                let now = connect.now(kind).await?;
                 let Some(next) = sync
                     .pending
                     .clone()
@@ -187,6 +190,9 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 print_batches(&cfg.webhook);
                 println!("invalid lines     {:?}", cfg.on_invalid);
                 println!("trusted roots     {}", cfg.ca_certs.describe());
+                let http =
+                    crate::net::http::client(cfg.retries.http_timeout, &cfg.ca_certs, &silent)?;
+                reach_webhook(&http, &cfg.webhook).await?;
             }
         }
         println!("settings OK");
@@ -237,6 +243,36 @@ fn print_filters(f: &Filters) {
 
 fn human(d: Duration) -> String {
     human_duration(d.to_std().unwrap_or_default())
+}
+
+/// Proves the webhook can be reached without posting an event: one `HEAD` (never `GET`:
+/// catch-hook webhooks fire on it), no redirect followed. A name that resolves, a connection,
+/// a TLS handshake and an HTTP answer of any status are enough.
+async fn reach_webhook(
+    http: &reqwest::Client,
+    webhook: &crate::settings::Webhook,
+) -> anyhow::Result<()> {
+    let req = http
+        .head(webhook.url.url().clone())
+        .headers(webhook.headers.clone());
+    match crate::net::http::send(req, crate::net::http::Body::AckOrExcerpt).await {
+        Ok(reply) => {
+            println!(
+                "webhook reached   HEAD answered HTTP {} (nothing was posted)",
+                reply.status
+            );
+            Ok(())
+        }
+        Err(e) => anyhow::bail!(
+            "the webhook at {} cannot be reached ({}): check --webhook-url; a run would retry and then stop with exit 75",
+            webhook.url.redacted(),
+            match e {
+                crate::net::http::SendError::Timeout => "no answer within --http-timeout".into(),
+                crate::net::http::SendError::Transport(m) => m,
+                crate::net::http::SendError::TooLarge(_) => "an answer too large".into(),
+            }
+        ),
+    }
 }
 
 /// The API a run would read from, asked as the run asks.
