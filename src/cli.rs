@@ -521,18 +521,30 @@ pub(crate) struct DemoArgs {
     pub(crate) output: OutputArgs,
 }
 
-/// `YYYY-MM-DD` (midnight UTC) or RFC 3339, to the microsecond (PostHog's precision: a finer
-/// bound would not be the one PostHog compares with).
+/// `YYYY-MM-DD` (midnight UTC), RFC 3339, or a date and time without an offset (taken as
+/// UTC: `2024-01-31T12:00:00`, `2024-01-31 12:00`), to the microsecond (PostHog's precision: a
+/// finer bound would not be the one PostHog compares with).
 pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    let text = text.trim();
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
     }
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| crate::event::to_micros(t.with_timezone(&Utc)))
-        .map_err(|_| {
-            "expected a date like 2024-01-31 or an RFC 3339 time like 2024-01-31T12:00:00Z"
-                .to_string()
-        })
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(crate::event::to_micros(t.with_timezone(&Utc)));
+    }
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
+            return Ok(crate::event::to_micros(t.and_utc()));
+        }
+    }
+    Err(format!(
+        "{text:?} is not a date; accepted: a date (2024-01-31, midnight UTC), a time with its offset (2024-01-31T12:00:00Z, 2024-01-31T14:00:00+02:00) or without one, taken as UTC (2024-01-31T12:00:00, 2024-01-31 12:00)"
+    ))
 }
 
 /// `1MiB`, `512KiB`, `1MB`, `200000`.

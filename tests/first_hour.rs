@@ -301,3 +301,88 @@ fn config_check_proves_the_webhook_is_reachable_without_posting() {
         assert!(!run.stdout.contains("settings OK"));
     }
 }
+
+#[test]
+fn dates_without_an_offset_are_utc_and_a_refused_date_lists_the_accepted_forms() {
+    let env = Env::new(events(300, 199), WebhookConfig::default());
+    // The same job whether written as a date, as a naive time or as RFC 3339.
+    let a = env.run(&[
+        "backfill",
+        "--start",
+        "2024-03-01T00:00:00",
+        "--end",
+        "2024-03-08 00:00",
+        "--progress",
+        "never",
+    ]);
+    a.assert_code(0);
+    let b = env.run(&backfill_args(&[]));
+    b.assert_code(0);
+    assert!(b.stderr.contains("already complete"), "{}", b.stderr);
+    let bad = env.run(&["backfill", "--start", "01/03/2024", "--end", "2024-03-08"]);
+    bad.assert_code(2);
+    assert!(
+        bad.stderr.contains("accepted: a date (2024-01-31")
+            && bad.stderr.contains("2024-01-31T14:00:00+02:00")
+            && bad.stderr.contains("taken as UTC"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn config_files_take_toml_dates_a_single_name_for_a_list_and_suggest_a_misspelt_key() {
+    let env = Env::new(events(300, 200), WebhookConfig::default());
+    let config = env.path("c.toml");
+    std::fs::write(
+        &config,
+        "start = 2024-03-01\nend = 2024-03-08T00:00:00Z\nevents = \"signup\"\n",
+    )
+    .unwrap();
+    let run = env.run(&[
+        "backfill",
+        "--config",
+        config.to_str().unwrap(),
+        "--progress",
+        "never",
+    ]);
+    run.assert_code(0);
+    env.assert_exactly_once(|e| in_range(e) && e.event == "signup");
+
+    std::fs::write(&config, "project_id = 4242\nstrat = 2024-03-01\n").unwrap();
+    let run = env.run(&["backfill", "--config", config.to_str().unwrap()]);
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("unknown field `project_id` (did you mean `project`?)")
+            && run
+                .stderr
+                .contains("unknown field `strat` (did you mean `start`?)"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn config_check_into_a_reader_that_stops_early_ends_quietly() {
+    let env = Env::new(events(50, 201), WebhookConfig::default());
+    let mut child = env
+        .command(&[
+            "config",
+            "check",
+            "backfill",
+            "--start",
+            "2024-03-01",
+            "--end",
+            "2024-03-08",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // `| head -0`: nobody reads
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

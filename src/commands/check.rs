@@ -22,6 +22,15 @@ use chrono::Duration;
 use indicatif::HumanCount;
 use std::sync::Arc;
 
+/// A line of the report on stdout. A reader that stops early (`| head -1`) is no error: the
+/// check goes on, its exit code still says whether the settings are good.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -32,26 +41,26 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
             CheckedCommand::Backfill(args) => {
                 let cfg = BackfillConfig::from_args(args)?;
                 print_connection(&cfg.read.connection, cfg.read.source);
-                println!("webhook           {}", cfg.webhook.url.redacted());
-                println!(
+                say!("webhook           {}", cfg.webhook.url.redacted());
+                say!(
                     "range             {} → {}",
                     format_ts(&cfg.range.start),
                     format_ts(&cfg.range.end)
                 );
                 print_filters(&cfg.read.filters);
-                println!("page size         {}", cfg.read.page_size);
-                println!("trusted roots     {}", cfg.ca_certs.describe());
+                say!("page size         {}", cfg.read.page_size);
+                say!("trusted roots     {}", cfg.ca_certs.describe());
                 print_batches(&cfg.webhook);
                 let path = cfg
                     .resume
                     .checkpoint
                     .clone()
                     .unwrap_or_else(|| checkpoint::default_path("backfill", &cfg.job_id()));
-                println!("checkpoint        {}", path.display());
+                say!("checkpoint        {}", path.display());
                 if let Ok(text) = std::fs::read_to_string(&path) {
                     let state: State<serde_json::Value> = serde_json::from_str(&text)
                         .with_context(|| format!("the checkpoint {} is corrupt", path.display()))?;
-                    println!(
+                    say!(
                         "                  complete: {}, position: {}",
                         state.complete,
                         state.position.unwrap_or_default()
@@ -77,10 +86,10 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
             CheckedCommand::Sync(args) => {
                 let cfg = crate::commands::sync::SyncConfig::from_args(args)?;
                 print_connection(&cfg.read.connection, cfg.read.source);
-                println!("webhook           {}", cfg.webhook.url.redacted());
+                say!("webhook           {}", cfg.webhook.url.redacted());
                 print_filters(&cfg.read.filters);
-                println!("trusted roots     {}", cfg.ca_certs.describe());
-                println!(
+                say!("trusted roots     {}", cfg.ca_certs.describe());
+                say!(
                     "lookback, lag     {}, {}",
                     human(cfg.lookback),
                     human(cfg.lag)
@@ -90,7 +99,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     .checkpoint
                     .clone()
                     .unwrap_or_else(|| checkpoint::default_path("sync", &cfg.job_id()));
-                println!("state             {}", path.display());
+                say!("state             {}", path.display());
                 let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
                 reach_webhook(&connect.http, &cfg.webhook).await?;
                 let sync = match std::fs::read_to_string(&path) {
@@ -100,7 +109,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                                 format!("the state file {} is corrupt", path.display())
                             })?;
                         let sync = state.position.context("a sync state has a position")?;
-                        println!(
+                        say!(
                             "                  started {}, watermark {}{}",
                             format_ts(&sync.start),
                             sync.watermark.map_or("none yet".into(), |w| format_ts(&w)),
@@ -114,7 +123,7 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     }
                     Err(_) => {
                         let start = cfg.start.context("the first sync run needs --start DATE")?;
-                        println!(
+                        say!(
                             "                  none yet: the first run starts at {}",
                             format_ts(&start)
                         );
@@ -134,11 +143,11 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                     .clone()
                     .or_else(|| crate::commands::sync::next_run(&cfg, kind, &sync, now))
                 else {
-                    println!("next run          nothing new can have been ingested yet");
-                    println!("settings OK");
+                    say!("next run          nothing new can have been ingested yet");
+                    say!("settings OK");
                     return Ok(EXIT_OK);
                 };
-                println!(
+                say!(
                     "next run          ingested up to {}",
                     format_ts(&next.until)
                 );
@@ -156,14 +165,14 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
             CheckedCommand::Export(args) => {
                 let cfg = crate::commands::export::ExportConfig::from_args(args)?;
                 print_connection(&cfg.read.connection, cfg.read.source);
-                println!(
+                say!(
                     "range             {} → {}",
                     format_ts(&cfg.range.start),
                     format_ts(&cfg.range.end)
                 );
                 print_filters(&cfg.read.filters);
-                println!("trusted roots     {}", cfg.ca_certs.describe());
-                println!(
+                say!("trusted roots     {}", cfg.ca_certs.describe());
+                say!(
                     "output            {}",
                     cfg.output
                         .as_ref()
@@ -177,8 +186,8 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
             }
             CheckedCommand::Send(args) => {
                 let cfg = crate::commands::send::SendConfig::from_args(args)?;
-                println!("webhook           {}", cfg.webhook.url.redacted());
-                println!(
+                say!("webhook           {}", cfg.webhook.url.redacted());
+                say!(
                     "input             {}",
                     if cfg.files.is_empty() {
                         "stdin".into()
@@ -188,32 +197,32 @@ pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
                 );
                 print_filters(&cfg.filters);
                 print_batches(&cfg.webhook);
-                println!("invalid lines     {:?}", cfg.on_invalid);
-                println!("trusted roots     {}", cfg.ca_certs.describe());
+                say!("invalid lines     {:?}", cfg.on_invalid);
+                say!("trusted roots     {}", cfg.ca_certs.describe());
                 let http =
                     crate::net::http::client(cfg.retries.http_timeout, &cfg.ca_certs, &silent)?;
                 reach_webhook(&http, &cfg.webhook).await?;
             }
         }
-        println!("settings OK");
+        say!("settings OK");
         Ok(EXIT_OK)
     })
 }
 
 fn print_connection(c: &Connection, source: SourceKind) {
-    println!("posthog host      {}", c.host);
-    println!("project           {}", c.project);
-    println!(
+    say!("posthog host      {}", c.host);
+    say!("project           {}", c.project);
+    say!(
         "api key           {} ({})",
         c.api_key,
         c.api_key.fingerprint()
     );
-    println!("source            {}", source.name());
+    say!("source            {}", source.name());
 }
 
 fn print_batches(webhook: &crate::settings::Webhook) {
     let limits = webhook.posting.limits;
-    println!(
+    say!(
         "batches           {}, {} bytes of JSON, {} at once",
         count(limits.max_events as u64, "event", "events"),
         limits.max_bytes,
@@ -223,7 +232,7 @@ fn print_batches(webhook: &crate::settings::Webhook) {
         crate::cli::Compress::None => "none",
         crate::cli::Compress::Gzip => "gzip (Content-Encoding: gzip)",
     };
-    println!("compression       {compress}");
+    say!("compression       {compress}");
 }
 
 fn print_filters(f: &Filters) {
@@ -234,7 +243,7 @@ fn print_filters(f: &Filters) {
             v.join(", ")
         }
     };
-    println!(
+    say!(
         "events            {}; excluded: {}",
         list(&f.include),
         list(&f.exclude)
@@ -257,7 +266,7 @@ async fn reach_webhook(
         .headers(webhook.headers.clone());
     match crate::net::http::send(req, crate::net::http::Body::AckOrExcerpt).await {
         Ok(reply) => {
-            println!(
+            say!(
                 "webhook reached   HEAD answered HTTP {} (nothing was posted)",
                 reply.status
             );
@@ -278,7 +287,7 @@ async fn reach_webhook(
 /// The API a run would read from, asked as the run asks.
 async fn ask_api(connect: &Connect<'_>, requested: SourceKind) -> anyhow::Result<SourceKind> {
     let kind = connect.choose(requested, None).await?;
-    println!("PostHog API       {} (answered)", kind.name());
+    say!("PostHog API       {} (answered)", kind.name());
     Ok(kind)
 }
 
@@ -304,7 +313,7 @@ async fn estimate(
             .now(kind)
             .await
             .map_err(|e| e.into_error("asking PostHog's Events API"))?;
-        println!("estimate          not available from the Events API (it cannot count)");
+        say!("estimate          not available from the Events API (it cannot count)");
         return Ok(());
     }
     // At most ESTIMATE_QUERIES count() queries, whatever the range: windows of at least
@@ -327,7 +336,7 @@ async fn estimate(
             Ok(reply) => reply,
             // Too slow to count is no fault of the settings: the check still passes.
             Err(GaveUp::Fatal(ApiError::TooSlow { status })) => {
-                println!(
+                say!(
                     "estimate          unavailable (PostHog could not count the events in time: HTTP {status})"
                 );
                 return Ok(());
@@ -354,17 +363,17 @@ async fn estimate(
         reads / per_hour as u64
     };
     let budget = std::time::Duration::from_secs((minutes * 60).max(hours * 3600));
-    println!(
+    say!(
         "events            about {} (count() over {})",
         HumanCount(total),
         count(windows, "window", "windows")
     );
-    println!(
+    say!(
         "requests          about {} to PostHog, {} to the webhook",
         HumanCount(reads),
         HumanCount(posts)
     );
-    println!(
+    say!(
         "request budget    {per_minute}/minute, {per_hour}/hour: at least {} for the PostHog requests",
         if budget.is_zero() {
             "no wait".into()

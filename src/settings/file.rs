@@ -23,6 +23,33 @@ enum Amount {
     Text(String),
 }
 
+/// One text, or a list of them (a key whose flag takes a list: `events = "signed_up"` is
+/// `events = ["signed_up"]`, as `--event signed_up` is).
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(untagged)]
+enum Texts {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A date or time: text (`"2024-01-01"`, `"-7d"`), or TOML's own (`start = 2024-01-01`,
+/// `end = 2024-02-01T00:00:00Z`), handed on as the text the flag takes.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(untagged)]
+enum When {
+    Text(String),
+    Toml(toml::value::Datetime),
+}
+
+impl Serialize for When {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            When::Text(text) => text.serialize(s),
+            When::Toml(t) => t.to_string().serialize(s),
+        }
+    }
+}
+
 /// One path, or a list of them (a key whose flag is repeatable).
 #[derive(Deserialize, Serialize, Clone, Debug)]
 #[serde(untagged)]
@@ -41,10 +68,10 @@ struct ConfigFile {
     api_key_file: Option<PathBuf>,
     source: Option<String>,
     webhook_url: Option<String>,
-    events: Option<Vec<String>>,
-    exclude_events: Option<Vec<String>>,
-    start: Option<String>,
-    end: Option<String>,
+    events: Option<Texts>,
+    exclude_events: Option<Texts>,
+    start: Option<When>,
+    end: Option<When>,
     lookback: Option<Amount>,
     lag: Option<Amount>,
     page_size: Option<Amount>,
@@ -54,7 +81,7 @@ struct ConfigFile {
     max_batch_bytes: Option<Amount>,
     concurrency: Option<Amount>,
     dead_letter: Option<PathBuf>,
-    headers: Option<Vec<String>>,
+    headers: Option<Texts>,
     header_file: Option<PathBuf>,
     compress: Option<String>,
     checkpoint: Option<PathBuf>,
@@ -101,12 +128,48 @@ pub(crate) fn parse(argv: Vec<OsString>, format: &mut LogFormat) -> anyhow::Resu
     Ok(cli)
 }
 
+/// Refuses keys the file may not hold, each with the setting it most likely meant.
+fn unknown_keys(path: &Path, text: &str) -> anyhow::Result<()> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(()); // not TOML: the parse proper says where
+    };
+    let known = serde_json::to_value(ConfigFile::default()).context("config keys serialize")?;
+    let known: Vec<&str> = known
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let unknown: Vec<String> = table
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .map(|key| {
+            let near = known
+                .iter()
+                .map(|k| (strsim::levenshtein(k, key), *k))
+                .filter(|(d, k)| *d <= 3 || key.starts_with(*k) || k.starts_with(key.as_str()))
+                .min();
+            match near {
+                Some((_, k)) => format!("unknown field `{key}` (did you mean `{k}`?)"),
+                None => format!("unknown field `{key}`"),
+            }
+        })
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "the config file {}: {}; docs/configuration.md lists every setting",
+        path.display(),
+        unknown.join(", ")
+    )))
+}
+
 /// The file's values for the command being run, as `--flag value` arguments, each checked by
 /// the flag's own parser (so that an error names the file's key).
 fn file_args(path: &Path, matches: &ArgMatches) -> anyhow::Result<Vec<OsString>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))
         .map_err(|e| usage(format!("{e:#}")))?;
+    unknown_keys(path, &text)?;
     // toml's own message quotes the offending line, which may hold the webhook URL or a
     // pasted key (and cron mails it): say where, and what, but never quote the file.
     let file: ConfigFile = toml::from_str(&text).map_err(|e| {
