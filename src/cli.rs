@@ -320,6 +320,20 @@ pub(crate) struct OutputArgs {
     /// Log line format.
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Write Prometheus text-format metrics to this file at the end of each run (last
+    /// success time, events delivered, duration, exit code, sync's watermark lag), for
+    /// node_exporter's textfile collector; replaced whole, never half-written.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) metrics_file: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    /// Where `command`'s metrics go, if anywhere.
+    pub(crate) fn metrics(&self, command: &'static str) -> Option<crate::metrics::Target> {
+        self.metrics_file
+            .clone()
+            .map(|path| crate::metrics::Target { path, command })
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod error;
 mod event;
+mod metrics;
 mod net;
 mod pipeline;
 mod posthog;

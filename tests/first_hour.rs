@@ -386,3 +386,69 @@ fn config_check_into_a_reader_that_stops_early_ends_quietly() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A metric's value in a Prometheus text file.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_metrics_file_records_each_run_and_a_failed_one_keeps_the_last_success() {
+    use posthog_patterns_standin::Fault;
+    let env = Env::new(events(300, 202), WebhookConfig::default());
+    let path = env.path("metrics/posthog_patterns.prom");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let sync = [
+        "sync",
+        "--start",
+        "2024-03-01",
+        "--progress",
+        "never",
+        "--max-retries",
+        "0",
+        "--metrics-file",
+        path.to_str().unwrap(),
+    ];
+    env.run(&sync).assert_code(0);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("# TYPE posthog_patterns_last_success_timestamp_seconds gauge"),
+        "{text}"
+    );
+    assert!(text.contains("{command=\"sync\"}"), "{text}");
+    let success = metric(&text, "posthog_patterns_last_success_timestamp_seconds").unwrap();
+    assert_eq!(
+        metric(&text, "posthog_patterns_last_run_exit_code"),
+        Some(0.0)
+    );
+    let delivered = metric(&text, "posthog_patterns_last_run_events_delivered").unwrap();
+    assert_eq!(delivered as usize, env.received().len());
+    assert!(
+        metric(&text, "posthog_patterns_watermark_lag_seconds").is_some(),
+        "{text}"
+    );
+
+    // A failed run: its exit code, the earlier success time kept.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for _ in 0..4 {
+        env.posthog.fault_next(Fault::status(503));
+    }
+    let failed = env.run(&sync);
+    assert_eq!(failed.code, 75, "{}", failed.stderr);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        metric(&text, "posthog_patterns_last_run_exit_code"),
+        Some(75.0)
+    );
+    assert_eq!(
+        metric(&text, "posthog_patterns_last_success_timestamp_seconds"),
+        Some(success)
+    );
+    assert!(metric(&text, "posthog_patterns_last_run_timestamp_seconds").unwrap() > success);
+    // Nothing half-written was left beside it.
+    let files: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+    assert_eq!(files.len(), 1);
+}

@@ -59,6 +59,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
                     &progress,
                     runner::resumable(backfill::run(&cfg, &progress), cfg.retries.max_run_time)
                         .await,
+                    args.deliver.output.metrics("backfill"),
                 )
             }
             Command::Sync(args) => {
@@ -68,6 +69,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
                 runner::finish(
                     &progress,
                     runner::resumable(sync::run(&cfg, &progress), cfg.retries.max_run_time).await,
+                    args.deliver.output.metrics("sync"),
                 )
             }
             Command::Export(args) => {
@@ -76,13 +78,18 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
                 runner::finish(
                     &progress,
                     runner::resumable(export::run(&cfg, &progress), cfg.retries.max_run_time).await,
+                    args.display.metrics("export"),
                 )
             }
             Command::Send(args) => {
                 let cfg = send::SendConfig::from_args(&args)?;
                 let progress = runner::progress(&args.deliver.output, Level::Info);
                 // send handles interruption itself: from stdin, the hint depends on progress.
-                runner::finish(&progress, send::run(&cfg, &progress).await)
+                runner::finish(
+                    &progress,
+                    send::run(&cfg, &progress).await,
+                    args.deliver.output.metrics("send"),
+                )
             }
             Command::Demo(args) => demo(&args).await,
             Command::Completions { .. } | Command::Man { .. } | Command::Config(_) => {
@@ -111,6 +118,7 @@ async fn demo(args: &crate::cli::DemoArgs) -> anyhow::Result<u8> {
     runner::finish(
         &progress,
         runner::resumable(demo::run(args, &progress), None).await,
+        args.output.metrics("demo"),
     )
 }
 

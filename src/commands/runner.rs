@@ -26,12 +26,29 @@ pub(crate) fn progress(args: &OutputArgs, default_level: Level) -> Arc<Progress>
 
 /// Clears the display, prints the summary (with `--log-format json`, one summary object for
 /// every run, failed ones too), and gives the exit code.
-pub(crate) fn finish(progress: &Progress, result: anyhow::Result<Report>) -> anyhow::Result<u8> {
+/// With `--metrics-file`, the run's metrics are written last (a failure to write them is a
+/// warning: the run's own outcome stands).
+pub(crate) fn finish(
+    progress: &Progress,
+    result: anyhow::Result<Report>,
+    metrics: Option<crate::metrics::Target>,
+) -> anyhow::Result<u8> {
     progress.finish();
+    let exit = match &result {
+        Ok(report) => report.exit,
+        Err(e) => crate::error::exit_code_of(e),
+    };
+    // (`--if-locked skip` ends as an error with exit 0: no run took place.)
+    let ran = result.is_ok() || exit != crate::error::EXIT_OK;
+    if let Some(target) = metrics.filter(|_| ran)
+        && let Err(e) = crate::metrics::write(&target, progress, exit)
+    {
+        progress.warn(&format!("{e:#}"));
+    }
     let report = match result {
         Ok(report) => report,
         Err(e) => {
-            progress.failed_summary(crate::error::exit_code_of(&e));
+            progress.failed_summary(exit);
             return Err(e);
         }
     };

@@ -146,6 +146,11 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
         progress,
     )?;
     let watermark_before = sync.watermark;
+    *progress
+        .stats
+        .watermark
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = watermark_before;
     state.counters.runs += 1;
 
     // First finish an interrupted run, then take what arrived since.
@@ -198,6 +203,11 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
         )
         .await?;
         sync.watermark = Some(pending.until);
+        *progress
+            .stats
+            .watermark
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = sync.watermark;
         sync.pending = None;
         state.position = Some(sync.clone());
         store.save(&mut state)?;

@@ -28,6 +28,8 @@ pub(crate) struct Stats {
     /// plan reaches its end (the share done is then that of these events).
     pub(crate) planned: AtomicU64,
     pub(crate) planned_complete: std::sync::atomic::AtomicBool,
+    /// `sync`: its watermark, as it stands (for `--metrics-file`).
+    pub(crate) watermark: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Stats {

@@ -98,6 +98,7 @@ struct ConfigFile {
     max_requests_per_hour: Option<Amount>,
     progress: Option<String>,
     log_format: Option<String>,
+    metrics_file: Option<PathBuf>,
 }
 
 /// Parses the command line and, with `--config`, fills in what it left unset from the file.
