@@ -477,32 +477,32 @@ pub(crate) struct ReadArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Range")]
 pub(crate) struct RangeArgs {
-    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339. Required,
+    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight), RFC 3339, or a time
+    /// without offset (UTC, e.g. "2024-01-31 12:00"). Required,
     /// here or as `start` in the --config file.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
     pub(crate) start: Option<DateTime<Utc>>,
-    /// End of the range (exclusive): YYYY-MM-DD (UTC midnight) or RFC 3339; not later than
+    /// End of the range (exclusive): a date or time as for --start; not later than
     /// PostHog's current time (use `sync` for an ongoing export). Required, here or as `end`
     /// in the --config file.
     #[arg(long, value_name = "DATE", value_parser = parse_time)]
     pub(crate) end: Option<DateTime<Utc>>,
 }
 
-/// The job's state file: under the general options (`help_heading = None`), not under the
-/// heading of the group flattened before it.
+/// The job's state file, under a heading of its own (after the range, which comes first).
 #[derive(Args, Debug, Clone)]
 pub(crate) struct StateArgs {
     /// State file to resume from (default: derived from the job, under
     /// $POSTHOG_PATTERNS_STATE_DIR, $XDG_STATE_HOME/posthog-patterns or
     /// ~/.local/state/posthog-patterns).
-    #[arg(long, value_name = "PATH", help_heading = None)]
+    #[arg(long, value_name = "PATH", help_heading = "State")]
     pub(crate) checkpoint: Option<PathBuf>,
     /// Discard the state and start the job from the beginning.
-    #[arg(long, help_heading = None)]
+    #[arg(long, help_heading = "State")]
     pub(crate) restart: bool,
     /// When another run of the same job holds its lock: fail (exit 75, with a message), skip
     /// (exit 0 without a word, for overlapping cron runs) or wait (at most --max-wait).
-    #[arg(long, value_name = "WHAT", help_heading = None, value_enum, default_value_t = IfLocked::Fail)]
+    #[arg(long, value_name = "WHAT", help_heading = "State", value_enum, default_value_t = IfLocked::Fail)]
     pub(crate) if_locked: IfLocked,
 }
 
@@ -528,7 +528,8 @@ pub(crate) struct FilterArgs {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct DemoArgs {
-    /// Synthetic events in the PostHog stand-in (at most 10000000: it holds them in memory).
+    /// Synthetic events in the PostHog stand-in, besides the 6,000 that share one microsecond
+    /// and a few unmerged duplicate rows (at most 10000000: it holds them in memory).
     #[arg(long, value_name = "N", default_value_t = 40_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     pub(crate) events: u64,
     #[command(flatten)]

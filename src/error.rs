@@ -18,10 +18,11 @@ pub(crate) enum Stop {
     Usage(String),
     /// Another run holds the state lock (exit 75: try again later).
     #[error(
-        "another posthog-patterns run holds the lock on {}; it is still running, so this one stops (exit 75). Try again when it has finished.",
+        "another posthog-patterns run{} holds the lock on {}; it is still running, so this one stops (exit 75). Try again when it has finished.",
+        pid.map_or(String::new(), |p| format!(" (PID {p})")),
         path.display()
     )]
-    Locked { path: PathBuf },
+    Locked { path: PathBuf, pid: Option<u32> },
     /// A service kept failing (retries exhausted, rate-limit wait too long). Exit 75:
     /// running the same command later resumes from the checkpoint.
     #[error("{0}")]

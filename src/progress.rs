@@ -182,7 +182,7 @@ impl Progress {
         let line = match self.format {
             LogFormat::Json => json_line(level, msg, fields),
             LogFormat::Text => match &self.display {
-                Display::Bars { .. } => format!("{}: {msg}", level.name()),
+                Display::Bars { .. } => format!("{}: {msg}", coloured(level)),
                 _ => format!(
                     "{} {}: {msg}",
                     Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -234,6 +234,17 @@ impl Progress {
         } else if !wait.is_zero() {
             self.debug(&format!("{why}: waiting {}", human_duration(wait)));
         }
+        self.sleep(why, wait).await;
+    }
+
+    /// Waits before trying again what failed: a warning, whatever the wait (a failure is
+    /// news, unlike a rate limit's wait).
+    pub(crate) async fn wait_after_failure(&self, why: &str, wait: Duration) {
+        self.warn(&format!("{why}; retrying in {}", human_duration(wait)));
+        self.sleep(why, wait).await;
+    }
+
+    async fn sleep(&self, why: &str, wait: Duration) {
         *self.waiting.lock().unwrap() = Some((why.to_string(), Instant::now() + wait));
         tokio::time::sleep(wait).await;
         *self.waiting.lock().unwrap() = None;
@@ -388,6 +399,20 @@ impl Progress {
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
+}
+
+/// A level's name as a terminal shows it: warnings yellow, errors red, unless `NO_COLOR` is
+/// set (to anything; <https://no-color.org>).
+fn coloured(level: Level) -> String {
+    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        return level.name().to_string();
+    }
+    let style = match level {
+        Level::Error => console::Style::new().red().bold(),
+        Level::Warn => console::Style::new().yellow(),
+        Level::Info | Level::Debug => console::Style::new(),
+    };
+    style.force_styling(true).apply_to(level.name()).to_string()
 }
 
 /// One JSON log line: `ts`, `level`, `msg`, then `fields`.

@@ -315,9 +315,10 @@ fn a_second_run_on_the_same_state_exits_75_at_once() {
     let second = env.run(&args);
     second.assert_code(75);
     assert!(
-        second
-            .stderr
-            .contains("another posthog-patterns run holds the lock"),
+        second.stderr.contains(&format!(
+            "another posthog-patterns run (PID {}) holds the lock",
+            first.id()
+        )),
         "{}",
         second.stderr
     );

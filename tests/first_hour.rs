@@ -452,3 +452,48 @@ fn a_metrics_file_records_each_run_and_a_failed_one_keeps_the_last_success() {
     let files: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
     assert_eq!(files.len(), 1);
 }
+
+#[test]
+fn sending_a_file_that_is_not_there_is_a_usage_error() {
+    let env = Env::new(vec![], WebhookConfig::default());
+    let run = env.run(&["send", "nosuch.ndjson"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("cannot read") && run.stderr.contains("nosuch.ndjson"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn warnings_are_coloured_in_a_terminal_unless_no_color() {
+    use posthog_patterns_standin::Fault;
+    let env = Env::new(events(50, 203), WebhookConfig::default());
+    // (`--progress always` draws what a terminal shows.) A failure and its retry: a warning.
+    let args = [
+        "backfill",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "--progress",
+        "always",
+        "--restart",
+    ];
+    env.webhook.fault_next(Fault::status(503));
+    let run = env.run(&args);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("\u{1b}[33mwarning\u{1b}[0m: webhook"),
+        "{:?}",
+        run.stderr
+    );
+    env.webhook.fault_next(Fault::status(503));
+    let plain = finish(env.command(&args).env("NO_COLOR", "1").output().unwrap());
+    plain.assert_code(0);
+    assert!(
+        plain.stderr.contains("warning: webhook") && !plain.stderr.contains("\u{1b}[33m"),
+        "{:?}",
+        plain.stderr
+    );
+}

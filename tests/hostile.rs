@@ -93,9 +93,11 @@ fn a_garbled_200_from_posthog_is_retried_and_a_persistent_one_is_exit_75() {
     env.run(&backfill_args(&[])).assert_code(0);
     env.assert_exactly_once(in_range);
 
+    // (After PostHog's first answer: on a job's first contact an empty 200 is a host that is
+    // not PostHog, exit 1; tests/first_hour.rs.)
     let env = Env::new(events(300, 86), WebhookConfig::default());
-    for _ in 0..5 {
-        env.posthog.fault_next(Fault::status(200).body(""));
+    for n in 1..=5 {
+        env.posthog.fault_at(n, Fault::status(200).body(""));
     }
     let run = env.run(&backfill_args(&["--max-retries", "2"]));
     run.assert_code(75);
@@ -107,17 +109,20 @@ fn a_garbled_200_from_posthog_is_retried_and_a_persistent_one_is_exit_75() {
 }
 
 #[test]
-fn an_asynchronous_202_answer_stops_with_75_and_says_so() {
+fn an_asynchronous_202_answer_without_a_query_to_poll_stops_with_exit_1_and_says_so() {
+    // (Answers 202 with a query to poll are polled: tests/carry_on.rs.)
     let env = Env::new(events(50, 87), WebhookConfig::default());
-    for _ in 0..5 {
-        env.posthog.fault_next(
-            Fault::status(202).body(r#"{"query_status": {"id": "q1", "complete": false}}"#),
+    for n in 1..=5 {
+        env.posthog.fault_at(
+            n,
+            Fault::status(202).body(r#"{"query_status": {"complete": false}}"#),
         );
     }
     let run = env.run(&backfill_args(&["--max-retries", "2"]));
-    run.assert_code(75);
+    run.assert_code(1);
     assert!(
-        run.stderr.contains("answered asynchronously"),
+        run.stderr
+            .contains("answered asynchronously (HTTP 202) without a query to poll"),
         "{}",
         run.stderr
     );

@@ -381,10 +381,10 @@ fn sigterm_stops_send_even_while_it_waits_for_stdin() {
     // signal: either count is honest, and the hint names the line to resume from.
     assert!(
         run.stderr.contains(
-            "10 lines of stdin were acknowledged; to send the rest, feed it from line 11"
+            "10 lines of stdin were acknowledged; to send the rest, feed the same input again from its line 11 on: ... | tail -n +11 |"
         ) || run
             .stderr
-            .contains("0 lines of stdin were acknowledged; to send the rest, feed it from line 1:"),
+            .contains("0 lines of stdin were acknowledged; to send the rest, feed the same input again from its line 1 on"),
         "{}",
         run.stderr
     );

@@ -147,9 +147,7 @@ fn a_second_sync_started_while_one_runs_exits_75() {
     let second = env.run(&sync_args(&[]));
     second.assert_code(75);
     assert!(
-        second
-            .stderr
-            .contains("another posthog-patterns run holds the lock"),
+        second.stderr.contains("another posthog-patterns run (PID "),
         "{}",
         second.stderr
     );

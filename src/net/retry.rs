@@ -107,6 +107,7 @@ where
     let mut failures = 0u32;
     let mut throttled = 0u32;
     loop {
+        let failed_before = failures;
         let (error, wait) = match attempt().await {
             Attempt::Done(v) => return Ok(v),
             Attempt::Fail(e) => return Err(GaveUp::Fatal(e)),
@@ -141,8 +142,13 @@ where
         // A little jitter on top so that parallel clients do not return together.
         let wait = wait.saturating_add(Duration::from_millis(fastrand::u64(0..250)));
         Stats::add(&progress.stats.retries, 1);
-        progress.debug(&format!("{what}: {error}; retrying"));
-        progress.wait(&format!("{what}: {error}"), wait).await;
+        if failures > failed_before {
+            progress
+                .wait_after_failure(&format!("{what}: {error}"), wait)
+                .await;
+        } else {
+            progress.wait(&format!("{what}: {error}"), wait).await;
+        }
     }
 }
 

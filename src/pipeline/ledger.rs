@@ -1,5 +1,6 @@
 //! The ledger: counters every stage adds to, and the check that every event read is accounted
-//! for (read = duplicate rows + filtered out + invalid skipped + delivered + dead-lettered)
+//! for (read = duplicate rows + filtered out + delivered + dead-lettered; input lines that are
+//! no events are skipped, apart)
 //! before a job may be marked complete. The display reads the same counters.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -58,8 +59,8 @@ impl Stats {
             .collect()
     }
 
-    /// Fails loudly unless every event read was delivered, dead-lettered, filtered out,
-    /// skipped as invalid or dropped as a duplicate row.
+    /// Fails loudly unless every event read was delivered, dead-lettered, filtered out or
+    /// dropped as a duplicate row (input lines that are no events are not read: skipped).
     pub(crate) fn check(&self) -> anyhow::Result<()> {
         let (read, dups, filtered) = (
             Stats::get(&self.read),
@@ -71,9 +72,9 @@ impl Stats {
             Stats::get(&self.dead_lettered),
             Stats::get(&self.skipped),
         );
-        if read != dups + filtered + skipped + posted + dead {
+        if read != dups + filtered + posted + dead {
             anyhow::bail!(
-                "event count mismatch: read {read} ({dups} duplicate rows dropped, {filtered} filtered out, {skipped} invalid skipped) but delivered {posted} and dead-lettered {dead}; the checkpoint was not marked complete. This is a bug: please report it"
+                "event count mismatch: read {read} ({dups} duplicate rows dropped, {filtered} filtered out) but delivered {posted} and dead-lettered {dead} ({skipped} input lines that were no events skipped apart); the checkpoint was not marked complete. This is a bug: please report it"
             );
         }
         Ok(())

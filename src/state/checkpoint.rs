@@ -169,10 +169,20 @@ impl Store {
             .open(&lock_path)
             .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
         match lock.try_lock() {
-            Ok(()) => {}
+            // The holder's PID, for the message of a run that finds it locked (advice only:
+            // the lock itself is what counts).
+            Ok(()) => {
+                let _ = lock
+                    .set_len(0)
+                    .and_then(|()| (&lock).write_all(std::process::id().to_string().as_bytes()));
+            }
             Err(TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(&lock_path)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok());
                 return Err(Stop::Locked {
                     path: path.to_path_buf(),
+                    pid,
                 }
                 .into());
             }

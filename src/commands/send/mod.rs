@@ -112,7 +112,7 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
         let resume_hint = || {
             let acked = acked.load(Relaxed);
             format!(
-                "{acked} lines of stdin were acknowledged; to send the rest, feed it from line {}: tail -n +{} FILE | posthog-patterns send ...",
+                "{acked} lines of stdin were acknowledged; to send the rest, feed the same input again from its line {} on: ... | tail -n +{} | posthog-patterns send ...",
                 acked + 1,
                 acked + 1
             )
@@ -139,8 +139,10 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
         .iter()
         .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
         .collect();
+    // A file that is not there is a mistake in the command line (exit 2), before anything.
     for f in &files {
-        std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+        std::fs::metadata(f)
+            .map_err(|e| crate::error::usage(format!("cannot read {}: {e}", f.display())))?;
     }
     let job = cfg.job_id(&files);
     let (store, stored) = checkpoint::open_job::<SendState>("send", &job, &cfg.resume)?;
@@ -442,7 +444,6 @@ impl Reading {
                 quiet_to = Some(pos);
                 continue;
             }
-            Stats::add(&stats.read, 1);
             let checked = match &line {
                 Line::TooLong => Err(format!(
                     "line is longer than --max-line-bytes ({} bytes)",
@@ -450,8 +451,12 @@ impl Reading {
                 )),
                 Line::Text(text) => check(text),
             };
+            // (A line that is not an event is skipped, not read: the summary counts it apart.)
             let event = match checked {
-                Ok(event) => event,
+                Ok(event) => {
+                    Stats::add(&stats.read, 1);
+                    event
+                }
                 Err(problem) => {
                     let excerpt = match &line {
                         Line::Text(t) => crate::net::http::redacted_excerpt(t, 80),
