@@ -6,7 +6,7 @@ use crate::posthog::source::SourceKind;
 use crate::progress::{LogFormat, ProgressMode};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -101,11 +101,26 @@ impl Command {
     }
 }
 
+impl Command {
+    /// The `config check` a `--dry-run` of this command is.
+    pub(crate) fn dry_run(&self) -> Option<CheckedCommand> {
+        match self {
+            Command::Backfill(a) if a.file.dry_run => Some(CheckedCommand::Backfill(a.clone())),
+            Command::Sync(a) if a.file.dry_run => Some(CheckedCommand::Sync(a.clone())),
+            Command::Export(a) if a.file.dry_run => Some(CheckedCommand::Export(a.clone())),
+            Command::Send(a) if a.file.dry_run => Some(CheckedCommand::Send(a.clone())),
+            _ => None,
+        }
+    }
+}
+
 impl Cli {
     /// The `--config` file to read: the one given after the command, else the one before it
     /// or in POSTHOG_PATTERNS_CONFIG. None for `completions`, `man` and `demo`, which take no
     /// settings: a broken file must not keep a user from their completions or man page.
-    pub(crate) fn config_file(&self) -> Option<&Path> {
+    /// Without one named, the file at `$XDG_CONFIG_HOME/posthog-patterns/config.toml` (or
+    /// `~/.config/...`) if there is one, unless `--no-config`; `true` with a file found so.
+    pub(crate) fn config_file(&self) -> Option<(PathBuf, bool)> {
         let after = match &self.command {
             Command::Backfill(args) => &args.file,
             Command::Sync(args) => &args.file,
@@ -120,7 +135,18 @@ impl Cli {
             },
             Command::Completions { .. } | Command::Man { .. } | Command::Demo(_) => return None,
         };
-        after.config.as_deref().or(self.config.as_deref())
+        if after.no_config {
+            return None;
+        }
+        if let Some(named) = after.config.as_ref().or(self.config.as_ref()) {
+            return Some((named.clone(), false));
+        }
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        let found = base.join("posthog-patterns").join("config.toml");
+        found.is_file().then_some((found, true))
     }
 }
 
@@ -132,6 +158,15 @@ pub(crate) struct ConfigFileArgs {
     /// POSTHOG_PATTERNS_CONFIG.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
+    /// Read no config file, not even $XDG_CONFIG_HOME/posthog-patterns/config.toml (read,
+    /// and named on stderr, when no --config is given).
+    #[arg(long, conflicts_with = "config")]
+    pub(crate) no_config: bool,
+    /// Check the settings as `config check` does (PostHog answers, the webhook can be
+    /// reached, what a run would read) and stop: no lock taken, nothing sent, no state or
+    /// metrics written.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 /// Where to read from.

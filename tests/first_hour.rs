@@ -497,3 +497,67 @@ fn warnings_are_coloured_in_a_terminal_unless_no_color() {
         plain.stderr
     );
 }
+
+#[test]
+fn dry_run_is_config_check_for_the_same_settings_and_writes_nothing() {
+    let env = Env::new(events(100, 204), WebhookConfig::default());
+    let metrics = env.path("m.prom");
+    let run = env.run(&backfill_args(&[
+        "--dry-run",
+        "--metrics-file",
+        metrics.to_str().unwrap(),
+    ]));
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("settings OK") && run.stdout.contains("webhook reached"),
+        "{}",
+        run.stdout
+    );
+    assert!(env.webhook.uuids().is_empty(), "nothing sent");
+    assert!(!env.path("state").exists(), "no state, no lock");
+    assert!(!metrics.exists(), "no metrics");
+    // It fails where config check fails.
+    let run = env.run(&["sync", "--dry-run"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("--start"), "{}", run.stderr);
+}
+
+#[test]
+fn a_config_file_in_the_users_config_directory_is_read_and_named_unless_no_config() {
+    let env = Env::new(events(100, 205), WebhookConfig::default());
+    let dir = env.path("xdg/posthog-patterns");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "start = 2024-03-01\nend = 2024-03-08\n",
+    )
+    .unwrap();
+    let run = finish(
+        env.command(&["backfill", "--progress", "never"])
+            .env("XDG_CONFIG_HOME", env.path("xdg"))
+            .output()
+            .unwrap(),
+    );
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains(&format!(
+            "reading the config file {}",
+            dir.join("config.toml").display()
+        )) && run.stderr.contains("--no-config skips it"),
+        "{}",
+        run.stderr
+    );
+    env.assert_exactly_once(in_range);
+    let run = finish(
+        env.command(&["backfill", "--progress", "never", "--no-config"])
+            .env("XDG_CONFIG_HOME", env.path("xdg"))
+            .output()
+            .unwrap(),
+    );
+    run.assert_code(2);
+    assert!(
+        !run.stderr.contains("reading the config file"),
+        "{}",
+        run.stderr
+    );
+}

@@ -47,6 +47,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(ConfigCommand::Check { command, .. }) => return check::run(&command),
         _ => {}
     }
+    if let Some(checked) = cli.command.dry_run() {
+        return check::run(&checked);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -108,9 +108,23 @@ pub(crate) fn parse(argv: Vec<OsString>, format: &mut LogFormat) -> anyhow::Resu
     let matches = Cli::command().get_matches_from(argv.clone());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     *format = cli.command.log_format();
-    let Some(path) = cli.config_file().map(Path::to_path_buf) else {
+    let Some((path, found)) = cli.config_file() else {
         return Ok(cli);
     };
+    if found {
+        // A file nobody named on this command line: say which, at every start.
+        let msg = format!(
+            "reading the config file {} (found in the user's config directory; --no-config skips it)",
+            path.display()
+        );
+        match *format {
+            LogFormat::Json => eprintln!(
+                "{}",
+                crate::progress::json_line(crate::progress::Level::Info, &msg, Default::default())
+            ),
+            LogFormat::Text => eprintln!("info: {msg}"),
+        }
+    }
     let extra = file_args(&path, &matches)?;
     if extra.is_empty() {
         return Ok(cli);
