@@ -561,3 +561,31 @@ fn a_config_file_in_the_users_config_directory_is_read_and_named_unless_no_confi
         run.stderr
     );
 }
+
+#[test]
+fn every_missing_setting_is_named_in_one_message() {
+    let env = Env::new(vec![], WebhookConfig::default());
+    let run = finish(
+        std::process::Command::new(BIN)
+            .args(["backfill"])
+            .env_clear()
+            .env("HOME", env.dir.path())
+            .output()
+            .unwrap(),
+    );
+    run.assert_code(2);
+    for named in [
+        "--project ID",
+        "POSTHOG_API_KEY",
+        "--webhook-url URL",
+        "--start DATE",
+        "--end DATE",
+    ] {
+        assert!(run.stderr.contains(named), "{named}: {}", run.stderr);
+    }
+    assert!(
+        run.stderr.contains("5 settings are missing"),
+        "{}",
+        run.stderr
+    );
+}

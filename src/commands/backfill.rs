@@ -28,6 +28,11 @@ pub(crate) struct BackfillConfig {
 
 impl BackfillConfig {
     pub(crate) fn from_args(args: &BackfillArgs) -> anyhow::Result<Self> {
+        settings::require(settings::Needs {
+            connection: Some(&args.read.connection),
+            webhook: Some(&args.deliver.webhook),
+            range: Some((args.range.start, args.range.end)),
+        })?;
         Ok(BackfillConfig {
             range: settings::range(args.range.start, args.range.end)?,
             read: settings::read(&args.read, args.deliver.retry.allow_insecure_http)?,

@@ -49,6 +49,11 @@ pub(crate) struct ExportConfig {
 impl ExportConfig {
     pub(crate) fn from_args(args: &ExportArgs) -> anyhow::Result<Self> {
         // `-` is stdout, as for `send -` and most tools: exactly like no --output.
+        settings::require(settings::Needs {
+            connection: Some(&args.read.connection),
+            webhook: None,
+            range: Some((args.range.start, args.range.end)),
+        })?;
         let output = args.output.clone().filter(|p| p.as_os_str() != "-");
         if output.is_none() && args.state.checkpoint.is_some() {
             return Err(usage(

@@ -49,6 +49,11 @@ impl SyncConfig {
         let duration = |flag: &str, d: std::time::Duration| {
             Duration::from_std(d).map_err(|_| usage(format!("{flag} is out of range")))
         };
+        settings::require(settings::Needs {
+            connection: Some(&args.read.connection),
+            webhook: Some(&args.deliver.webhook),
+            range: None,
+        })?;
         Ok(SyncConfig {
             read: settings::read(&args.read, args.deliver.retry.allow_insecure_http)?,
             webhook: settings::webhook(

@@ -303,6 +303,48 @@ pub(crate) fn ca_certs(args: &TlsArgs) -> anyhow::Result<CaCerts> {
     CaCerts::load(&args.ca_cert)
 }
 
+/// What a command needs and the settings may leave out; each a check and how to give it.
+pub(crate) struct Needs<'a> {
+    pub(crate) connection: Option<&'a ConnectionArgs>,
+    pub(crate) webhook: Option<&'a WebhookArgs>,
+    pub(crate) range: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+}
+
+/// Every required setting that is missing, in one message (each later check names one
+/// problem at a time): a new user learns all of them at once.
+pub(crate) fn require(needs: Needs<'_>) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    if let Some(c) = needs.connection {
+        if c.project.is_none() {
+            missing.push("a PostHog project: --project ID or POSTHOG_PROJECT_ID");
+        }
+        if c.api_key_file.is_none() && std::env::var_os("POSTHOG_API_KEY").is_none() {
+            missing.push("a personal API key: POSTHOG_API_KEY or --api-key-file PATH");
+        }
+    }
+    if let Some(w) = needs.webhook
+        && w.webhook_url.is_none()
+    {
+        missing.push("a webhook: --webhook-url URL or PATTERNS_WEBHOOK_URL");
+    }
+    if let Some((start, end)) = needs.range {
+        if start.is_none() {
+            missing.push("the range's start: --start DATE");
+        }
+        if end.is_none() {
+            missing.push("the range's end: --end DATE");
+        }
+    }
+    if missing.len() < 2 {
+        return Ok(()); // one is named by its own check, with more detail
+    }
+    Err(usage(format!(
+        "{} settings are missing: {}. Each can also be set in the --config file (docs/configuration.md)",
+        missing.len(),
+        missing.join("; ")
+    )))
+}
+
 /// `[start, end)` from the flags (or the config file); both required, start before end.
 pub(crate) fn range(
     start: Option<DateTime<Utc>>,
