@@ -31,7 +31,7 @@ impl BackfillConfig {
         settings::require(settings::Needs {
             connection: Some(&args.read.connection),
             webhook: Some(&args.deliver.webhook),
-            range: Some((args.range.start, args.range.end)),
+            range: Some(&args.range),
         })?;
         Ok(BackfillConfig {
             range: settings::range(args.range.start, args.range.end)?,

@@ -52,7 +52,7 @@ impl ExportConfig {
         settings::require(settings::Needs {
             connection: Some(&args.read.connection),
             webhook: None,
-            range: Some((args.range.start, args.range.end)),
+            range: Some(&args.range),
         })?;
         let output = args.output.clone().filter(|p| p.as_os_str() != "-");
         if output.is_none() && args.state.checkpoint.is_some() {

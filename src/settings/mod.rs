@@ -307,7 +307,7 @@ pub(crate) fn ca_certs(args: &TlsArgs) -> anyhow::Result<CaCerts> {
 pub(crate) struct Needs<'a> {
     pub(crate) connection: Option<&'a ConnectionArgs>,
     pub(crate) webhook: Option<&'a WebhookArgs>,
-    pub(crate) range: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    pub(crate) range: Option<&'a crate::cli::RangeArgs>,
 }
 
 /// Every required setting that is missing, in one message (each later check names one
@@ -327,11 +327,11 @@ pub(crate) fn require(needs: Needs<'_>) -> anyhow::Result<()> {
     {
         missing.push("a webhook: --webhook-url URL or PATTERNS_WEBHOOK_URL");
     }
-    if let Some((start, end)) = needs.range {
-        if start.is_none() {
+    if let Some(range) = needs.range {
+        if range.start.is_none() {
             missing.push("the range's start: --start DATE");
         }
-        if end.is_none() {
+        if range.end.is_none() {
             missing.push("the range's end: --end DATE");
         }
     }
