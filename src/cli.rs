@@ -89,15 +89,22 @@ impl Command {
             Command::Send(a) => &a.deliver.output,
             Command::Export(a) => &a.display,
             Command::Demo(a) => &a.output,
-            Command::Config(ConfigCommand::Check { command, .. }) => match command {
-                CheckedCommand::Backfill(a) => &a.deliver.output,
-                CheckedCommand::Sync(a) => &a.deliver.output,
-                CheckedCommand::Send(a) => &a.deliver.output,
-                CheckedCommand::Export(a) => &a.display,
-            },
+            Command::Config(ConfigCommand::Check { command, .. }) => return command.log_format(),
             Command::Completions { .. } | Command::Man { .. } => return LogFormat::Text,
         };
         output.log_format
+    }
+}
+
+impl CheckedCommand {
+    /// The log format the checked command asked for (`--log-format`).
+    pub(crate) fn log_format(&self) -> LogFormat {
+        match self {
+            CheckedCommand::Backfill(a) => a.deliver.output.log_format,
+            CheckedCommand::Sync(a) => a.deliver.output.log_format,
+            CheckedCommand::Send(a) => a.deliver.output.log_format,
+            CheckedCommand::Export(a) => a.display.log_format,
+        }
     }
 }
 

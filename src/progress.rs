@@ -304,11 +304,20 @@ impl Progress {
                     *last = Instant::now();
                     drop(last);
                     let status = self.status.lock().unwrap().clone();
-                    self.info(&format!(
-                        "progress {:.1}% {status} · {}",
-                        done as f64 / 100.0,
-                        self.counts_line()
-                    ));
+                    // As JSON, the figures are fields too (the text stays for people).
+                    let mut fields = self.summary_fields();
+                    fields.insert("progress".into(), true.into());
+                    fields.insert("percent".into(), (done as f64 / 100.0).into());
+                    fields.insert("position".into(), status.clone().into());
+                    self.log_with(
+                        Level::Info,
+                        &format!(
+                            "progress {:.1}% {status} · {}",
+                            done as f64 / 100.0,
+                            self.counts_line()
+                        ),
+                        fields,
+                    );
                 }
             }
         }

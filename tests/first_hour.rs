@@ -589,3 +589,74 @@ fn every_missing_setting_is_named_in_one_message() {
         run.stderr
     );
 }
+
+#[test]
+fn with_json_logs_argument_errors_config_check_and_progress_are_json() {
+    let env = Env::new(
+        events(300, 206),
+        WebhookConfig {
+            latency: std::time::Duration::from_millis(900),
+            ..WebhookConfig::default()
+        },
+    );
+    // A mistake on the command line: one JSON object, exit 2.
+    let run = env.run(&["backfill", "--log-format", "json", "--no-such-flag"]);
+    run.assert_code(2);
+    let lines: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert_eq!(lines[0]["exit_code"], 2);
+    assert!(lines[0]["msg"].as_str().unwrap().contains("--no-such-flag"));
+
+    // config check: one object on stdout.
+    let run = env.run(&[
+        "config",
+        "check",
+        "backfill",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "--log-format",
+        "json",
+    ]);
+    run.assert_code(0);
+    let out: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(out.len(), 1, "{}", run.stdout);
+    let v: serde_json::Value = serde_json::from_str(out[0]).unwrap();
+    assert_eq!(v["msg"], "settings OK");
+    assert!(
+        v["check"]["webhook_reached"]
+            .as_str()
+            .unwrap()
+            .contains("HEAD answered"),
+        "{v}"
+    );
+    assert!(v["check"]["range"].is_string(), "{v}");
+
+    // Progress lines carry their figures as fields.
+    let run = env.run(&backfill_args(&[
+        "--log-format",
+        "json",
+        "--batch-size",
+        "40",
+        "--concurrency",
+        "1",
+    ]));
+    run.assert_code(0);
+    let progress: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["progress"] == true)
+        .collect();
+    assert!(!progress.is_empty(), "{}", run.stderr);
+    assert!(
+        progress[0]["posted"].is_u64() && progress[0]["percent"].is_f64(),
+        "{}",
+        progress[0]
+    );
+}

@@ -24,14 +24,64 @@ use std::sync::Arc;
 
 /// A line of the report on stdout. A reader that stops early (`| head -1`) is no error: the
 /// check goes on, its exit code still says whether the settings are good.
+/// With `--log-format json` the lines are gathered instead, and printed as one object.
 macro_rules! say {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        let line = format!($($arg)*);
+        let mut json = JSON.lock().unwrap_or_else(|e| e.into_inner());
+        match json.as_mut() {
+            Some(lines) => lines.push(line),
+            None => {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout(), "{line}");
+            }
+        }
     }};
 }
 
+/// The report's lines, while they are gathered for one JSON object.
+static JSON: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
+
+/// The report as one JSON object: `label: value` for each line (`label   value`), lines
+/// without a label, such as a checkpoint's details, under the label before them.
+fn json_report(lines: Vec<String>) -> String {
+    let mut check = serde_json::Map::new();
+    let mut last = String::from("check");
+    for line in lines.into_iter().filter(|l| l != "settings OK") {
+        let (label, value) = match line.split_once("  ") {
+            Some((l, v)) if !l.trim().is_empty() => {
+                (l.trim().replace(' ', "_"), v.trim().to_string())
+            }
+            _ => (last.clone(), line.trim().to_string()),
+        };
+        let entry = check
+            .entry(label.clone())
+            .or_insert(serde_json::Value::Null);
+        *entry = match entry.take() {
+            serde_json::Value::Null => value.into(),
+            serde_json::Value::String(before) => format!("{before}; {value}").into(),
+            other => other,
+        };
+        last = label;
+    }
+    let fields = [("check".to_string(), serde_json::Value::Object(check))]
+        .into_iter()
+        .collect();
+    crate::progress::json_line(crate::progress::Level::Info, "settings OK", fields)
+}
+
 pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
+    let json = command.log_format() == crate::progress::LogFormat::Json;
+    *JSON.lock().unwrap_or_else(|e| e.into_inner()) = json.then(Vec::new);
+    let code = check(command)?;
+    if let Some(lines) = JSON.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), "{}", json_report(lines));
+    }
+    Ok(code)
+}
+
+fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -105,8 +105,8 @@ struct ConfigFile {
 /// Errors of the command line end the process as clap does, with exit 2; `format` is set as
 /// soon as the log format is known (for the error of a bad config file, too).
 pub(crate) fn parse(argv: Vec<OsString>, format: &mut LogFormat) -> anyhow::Result<Cli> {
-    let matches = Cli::command().get_matches_from(argv.clone());
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = matches_or_exit(&argv);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| exit(&argv, e));
     *format = cli.command.log_format();
     let Some((path, found)) = cli.config_file() else {
         return Ok(cli);
@@ -137,8 +137,8 @@ pub(crate) fn parse(argv: Vec<OsString>, format: &mut LogFormat) -> anyhow::Resu
         .chain(extra)
         .chain(argv[at..].iter().cloned())
         .collect();
-    let matches = Cli::command().get_matches_from(merged);
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = matches_or_exit(&merged);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| exit(&merged, e));
     *format = cli.command.log_format();
     Ok(cli)
 }
@@ -286,6 +286,41 @@ fn without_secrets(text: &str) -> String {
 }
 
 /// The reason in a clap error, without its `error:` prefix and usage lines.
+/// The command line parsed, or the process ended as clap ends it (help, version, exit 2 for
+/// a mistake), the mistake as one JSON object when the line asks for `--log-format json`.
+fn matches_or_exit(argv: &[OsString]) -> ArgMatches {
+    Cli::command()
+        .try_get_matches_from(argv)
+        .unwrap_or_else(|e| exit(argv, e))
+}
+
+fn exit(argv: &[OsString], e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let json = argv
+        .windows(2)
+        .any(|w| w[0] == "--log-format" && w[1] == "json")
+        || argv.iter().any(|a| a == "--log-format=json");
+    let shown = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !json || shown {
+        e.exit()
+    }
+    let fields = [("exit_code".to_string(), 2.into())].into_iter().collect();
+    eprintln!(
+        "{}",
+        crate::progress::json_line(
+            crate::progress::Level::Error,
+            &without_secrets(&clap_reason(&e)),
+            fields
+        )
+    );
+    std::process::exit(2)
+}
+
 fn clap_reason(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let first = text.lines().next().unwrap_or_default();
