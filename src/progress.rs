@@ -80,6 +80,12 @@ pub(crate) struct Progress {
     waiting: Mutex<Option<(String, Instant)>>,
     last_line: Mutex<Instant>,
     finished: std::sync::atomic::AtomicBool,
+    /// Input of unknown size (stdin): no share done to show.
+    unbounded: std::sync::atomic::AtomicBool,
+    /// Whether the bar shows an ETA yet (not before any work is done: "eta 0s" says nothing).
+    eta_shown: std::sync::atomic::AtomicBool,
+    /// What the sink does with events: "posted" (the webhook), "written" (`export`).
+    verb: Mutex<&'static str>,
 }
 
 /// Refreshes the display until dropped.
@@ -114,11 +120,7 @@ impl Progress {
             };
             let multi = MultiProgress::with_draw_target(target);
             let work = multi.add(ProgressBar::new(10_000));
-            work.set_style(
-                ProgressStyle::with_template("{bar:32} {percent:>3}%  eta {eta:<5} {msg}")
-                    .expect("static template")
-                    .progress_chars("=> "),
-            );
+            work.set_style(bar_style(false));
             let counts = multi.add(ProgressBar::new_spinner());
             counts.set_style(
                 ProgressStyle::with_template("{spinner} {msg}").expect("static template"),
@@ -146,6 +148,9 @@ impl Progress {
             waiting: Mutex::new(None),
             last_line: Mutex::new(Instant::now()),
             finished: std::sync::atomic::AtomicBool::new(false),
+            unbounded: std::sync::atomic::AtomicBool::new(false),
+            eta_shown: std::sync::atomic::AtomicBool::new(false),
+            verb: Mutex::new("posted"),
         }
     }
 
@@ -210,11 +215,17 @@ impl Progress {
 
     /// For input of unknown size (stdin): a spinner instead of a share-done bar.
     pub(crate) fn set_unbounded(&self) {
+        self.unbounded.store(true, Relaxed);
         if let Display::Bars { work, .. } = &self.display {
             work.set_style(
                 ProgressStyle::with_template("{spinner} {msg}").expect("static template"),
             );
         }
+    }
+
+    /// What the sink does with events, for the counts line: "posted" unless told otherwise.
+    pub(crate) fn set_verb(&self, verb: &'static str) {
+        *self.verb.lock().unwrap_or_else(|e| e.into_inner()) = verb;
     }
 
     pub(crate) fn set_status(&self, status: String) {
@@ -257,16 +268,24 @@ impl Progress {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let read = Stats::get(&s.read);
         let posted = Stats::get(&s.posted);
+        let verb = *self.verb.lock().unwrap_or_else(|e| e.into_inner());
         let mut line = format!(
-            "read {} ({}/s) · posted {} ({}/s) in {} · requests {} · retries {}",
+            "read {} ({}/s) · {verb} {} ({}/s) in {} · ",
             HumanCount(read),
             HumanCount((read as f64 / secs) as u64),
             HumanCount(posted),
             HumanCount((posted as f64 / secs) as u64),
             count(Stats::get(&s.batches), "batch", "batches"),
-            HumanCount(Stats::get(&s.source_requests) + Stats::get(&s.sink_requests)),
-            Stats::get(&s.retries),
         );
+        // PostHog's requests and the webhook's apart, as the summary has them.
+        let (source, sink) = (Stats::get(&s.source_requests), Stats::get(&s.sink_requests));
+        if source > 0 {
+            line.push_str(&format!("PostHog requests {} · ", HumanCount(source)));
+        }
+        if sink > 0 {
+            line.push_str(&format!("webhook requests {} · ", HumanCount(sink)));
+        }
+        line.push_str(&format!("retries {}", Stats::get(&s.retries)));
         let dead = Stats::get(&s.dead_lettered);
         if dead > 0 {
             line.push_str(&format!(" · dead-lettered {}", HumanCount(dead)));
@@ -293,6 +312,10 @@ impl Progress {
         match &self.display {
             Display::Quiet => {}
             Display::Bars { work, counts, .. } => {
+                if done > 0 && !self.unbounded.load(Relaxed) && !self.eta_shown.swap(true, Relaxed)
+                {
+                    work.set_style(bar_style(true));
+                }
                 work.set_position(done);
                 work.set_message(self.status.lock().unwrap().clone());
                 counts.set_message(self.counts_line());
@@ -304,18 +327,23 @@ impl Progress {
                     *last = Instant::now();
                     drop(last);
                     let status = self.status.lock().unwrap().clone();
-                    // As JSON, the figures are fields too (the text stays for people).
+                    // As JSON, the figures are fields too (the text stays for people). Input
+                    // of unknown size has counts and rates, no share done.
+                    let unbounded = self.unbounded.load(Relaxed);
                     let mut fields = self.summary_fields();
                     fields.insert("progress".into(), true.into());
-                    fields.insert("percent".into(), (done as f64 / 100.0).into());
+                    if !unbounded {
+                        fields.insert("percent".into(), (done as f64 / 100.0).into());
+                    }
                     fields.insert("position".into(), status.clone().into());
+                    let share = if unbounded {
+                        String::new()
+                    } else {
+                        format!("{:.1}% ", done as f64 / 100.0)
+                    };
                     self.log_with(
                         Level::Info,
-                        &format!(
-                            "progress {:.1}% {status} · {}",
-                            done as f64 / 100.0,
-                            self.counts_line()
-                        ),
+                        &format!("progress {share}{status} · {}", self.counts_line()),
                         fields,
                     );
                 }
@@ -408,6 +436,18 @@ impl Progress {
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
+}
+
+/// The bar: share done, then the ETA once there is one.
+fn bar_style(eta: bool) -> ProgressStyle {
+    let template = if eta {
+        "{bar:32} {percent:>3}%  eta {eta:<5} {msg}"
+    } else {
+        "{bar:32} {percent:>3}%  {msg}"
+    };
+    ProgressStyle::with_template(template)
+        .expect("static template")
+        .progress_chars("=> ")
 }
 
 /// A level's name as a terminal shows it: warnings yellow, errors red, unless `NO_COLOR` is

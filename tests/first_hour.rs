@@ -660,3 +660,90 @@ fn with_json_logs_argument_errors_config_check_and_progress_are_json() {
         progress[0]
     );
 }
+
+#[test]
+fn progress_lines_say_written_for_export_and_give_no_share_for_stdin() {
+    use posthog_patterns_standin::PostHogConfig;
+    use std::io::Write;
+    // send from stdin to a slow webhook: counts and rates, no percentage; the two services'
+    // requests apart.
+    let env = Env::new(
+        events(300, 207),
+        WebhookConfig {
+            latency: std::time::Duration::from_millis(900),
+            ..WebhookConfig::default()
+        },
+    );
+    let lines: String = env
+        .posthog
+        .events()
+        .iter()
+        .map(|e| e.posted_json(4242) + "\n")
+        .collect();
+    let mut child = env
+        .command(&[
+            "send",
+            "--batch-size",
+            "40",
+            "--concurrency",
+            "1",
+            "--progress",
+            "never",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let run = finish(child.wait_with_output().unwrap());
+    run.assert_code(0);
+    let progress: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("info: progress"))
+        .collect();
+    assert!(!progress.is_empty(), "{}", run.stderr);
+    assert!(
+        progress
+            .iter()
+            .all(|l| !l.contains('%') && l.contains("webhook requests")),
+        "{progress:?}"
+    );
+
+    // export, from a slow PostHog: "written", not "posted".
+    let env = Env::with(
+        PostHogConfig {
+            query_latency: std::time::Duration::from_millis(2_500),
+            ..PostHogConfig::default()
+        },
+        events(300, 208),
+        WebhookConfig::default(),
+    );
+    let run = env.run(&[
+        "export",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+        "--progress",
+        "never",
+    ]);
+    run.assert_code(0);
+    let progress: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("info: progress"))
+        .collect();
+    assert!(!progress.is_empty(), "{}", run.stderr);
+    assert!(
+        progress.iter().all(|l| l.contains(" written ")
+            && !l.contains("posted")
+            && l.contains("PostHog requests")),
+        "{progress:?}"
+    );
+}

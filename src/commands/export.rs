@@ -120,6 +120,7 @@ fn output_changed(output: &Path, position: &ExportPosition) -> anyhow::Result<Op
 }
 
 pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+    progress.set_verb("written");
     let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
     let Some(output) = &cfg.output else {
         let source = connect.choose(cfg.read.source, None).await?;

@@ -304,16 +304,23 @@ impl Reader {
         from: Option<Cursor>,
         tx: tokio::sync::mpsc::Sender<Vec<Item<Cursor>>>,
     ) -> anyhow::Result<()> {
-        match self.kind {
+        let progress = self.client.progress().clone();
+        let read = match self.kind {
             SourceKind::Events => self.read_events_api(from, tx).await,
             SourceKind::Query | SourceKind::Auto => Arc::new(self).read_query(from, tx).await,
+        };
+        if read.is_ok() {
+            progress.set_status("all read; the last batches are being delivered".into());
         }
+        read
     }
 }
 
 /// A time for status lines, to the second.
 pub(super) fn short(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
+    // RFC 3339, as the log lines' own times (to the second: positions to the microsecond
+    // are in the summary and the checkpoint).
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// How far an export has got. Everything before the position has been handed on.

@@ -51,6 +51,9 @@ pub(crate) struct Read {
     team: serde_json::Value,
     tuning: Mutex<Tuning>,
     warned: Mutex<std::collections::HashSet<&'static str>>,
+    /// The furthest place shown as being read: windows read at once start out of order, and
+    /// what is shown only moves forward.
+    shown: Mutex<Option<key::Point>>,
 }
 
 impl Read {
@@ -273,6 +276,7 @@ impl Reader {
             team: crate::event::team_id(self.client.project()),
             tuning: Mutex::new(Tuning::new(self.page_size)),
             warned: Mutex::default(),
+            shown: Mutex::default(),
             reader: self,
             start,
             tie,
@@ -317,6 +321,18 @@ impl Reader {
 }
 
 impl Read {
+    /// Shows `lo` as the place being read, if it is further than what is shown.
+    fn show(&self, lo: &Lower) {
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        if shown.as_ref().is_some_and(|s| s > lo.point()) {
+            return;
+        }
+        *shown = Some(lo.point().clone());
+        self.client()
+            .progress()
+            .set_status(format!("reading {}", describe(lo)));
+    }
+
     fn tuning(&self) -> std::sync::MutexGuard<'_, Tuning> {
         self.tuning.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -343,7 +359,7 @@ impl Read {
         // events, PostHog caps its pages there.
         let mut suspect: Option<usize> = None;
         loop {
-            progress.set_status(format!("reading {}", describe(&lo)));
+            self.show(&lo);
             let (limit, largest) = {
                 let t = self.tuning();
                 (t.limit, t.largest)
