@@ -426,9 +426,10 @@ pub(crate) enum CheckedCommand {
 pub(crate) struct SyncArgs {
     #[command(flatten)]
     pub(crate) file: ConfigFileArgs,
-    /// Where the first run starts (event time): YYYY-MM-DD or RFC 3339. Later runs ignore it.
-    #[arg(long, value_name = "DATE", help_heading = "Range", value_parser = parse_time)]
-    pub(crate) start: Option<DateTime<Utc>>,
+    /// Where the first run starts (event time): a date or time as for backfill's --start
+    /// (`-7d` included, by PostHog's clock when the sync starts). Later runs ignore it.
+    #[arg(long, value_name = "DATE", help_heading = "Range", value_parser = parse_when)]
+    pub(crate) start: Option<When>,
     /// How far back in event time to look for events ingested late (Query API).
     #[arg(long, value_name = "DURATION", help_heading = "Range", default_value = "7d", value_parser = parse_duration)]
     pub(crate) lookback: std::time::Duration,
@@ -519,16 +520,17 @@ pub(crate) struct ReadArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Range")]
 pub(crate) struct RangeArgs {
-    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight), RFC 3339, or a time
-    /// without offset (UTC, e.g. "2024-01-31 12:00"). Required,
-    /// here or as `start` in the --config file.
-    #[arg(long, value_name = "DATE", value_parser = parse_time)]
-    pub(crate) start: Option<DateTime<Utc>>,
+    /// First instant to export (inclusive): YYYY-MM-DD (UTC midnight), RFC 3339, a time
+    /// without offset (UTC, e.g. "2024-01-31 12:00"), or now, today, yesterday, -7d (-30m,
+    /// -12h, -2w): by PostHog's clock when the job starts, kept for its later runs.
+    /// Required, here or as `start` in the --config file.
+    #[arg(long, value_name = "DATE", value_parser = parse_when, allow_hyphen_values = true)]
+    pub(crate) start: Option<When>,
     /// End of the range (exclusive): a date or time as for --start; not later than
     /// PostHog's current time (use `sync` for an ongoing export). Required, here or as `end`
     /// in the --config file.
-    #[arg(long, value_name = "DATE", value_parser = parse_time)]
-    pub(crate) end: Option<DateTime<Utc>>,
+    #[arg(long, value_name = "DATE", value_parser = parse_when, allow_hyphen_values = true)]
+    pub(crate) end: Option<When>,
 }
 
 /// The job's state file, under a heading of its own (after the range, which comes first).
@@ -578,6 +580,81 @@ pub(crate) struct DemoArgs {
     pub(crate) output: OutputArgs,
 }
 
+/// A date or time as given: a time, or one relative to "now" that is resolved by PostHog's
+/// clock when a job starts (and kept in its state, so that its later runs keep it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum When {
+    At(DateTime<Utc>),
+    /// `now`, `today` and `yesterday` (UTC midnights), or `-7d`: now minus this long.
+    Now,
+    Today,
+    Yesterday,
+    Ago(chrono::Duration, String),
+}
+
+impl When {
+    /// The time it stands for, with `now` PostHog's current time.
+    pub(crate) fn resolve(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let midnight = |t: DateTime<Utc>| {
+            t.date_naive()
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight exists")
+                .and_utc()
+        };
+        crate::event::to_micros(match self {
+            When::At(t) => *t,
+            When::Now => now,
+            When::Today => midnight(now),
+            When::Yesterday => midnight(now) - chrono::Duration::days(1),
+            When::Ago(d, _) => now - *d,
+        })
+    }
+
+    pub(crate) fn is_relative(&self) -> bool {
+        !matches!(self, When::At(_))
+    }
+
+    /// How it is part of a job's identity: the time itself, or the words given (`--end now`
+    /// is the same job on every rerun, however the time moves on).
+    pub(crate) fn identity(&self) -> String {
+        match self {
+            When::At(t) => crate::event::format_ts(t),
+            When::Now => "now".into(),
+            When::Today => "today".into(),
+            When::Yesterday => "yesterday".into(),
+            When::Ago(_, text) => text.clone(),
+        }
+    }
+}
+
+/// A time (see [`parse_time`]), or `now`, `today`, `yesterday`, `-7d` (s, m, h, d, w).
+pub(crate) fn parse_when(text: &str) -> Result<When, String> {
+    let t = text.trim();
+    match t.to_ascii_lowercase().as_str() {
+        "now" => return Ok(When::Now),
+        "today" => return Ok(When::Today),
+        "yesterday" => return Ok(When::Yesterday),
+        _ => {}
+    }
+    if let Some(ago) = t.strip_prefix('-') {
+        let split = ago.find(|c: char| !c.is_ascii_digit()).unwrap_or(ago.len());
+        let (n, unit) = ago.split_at(split);
+        let n: i64 = n.parse().map_err(|_| parse_time(t).unwrap_err())?;
+        let d = match unit {
+            "s" => chrono::Duration::try_seconds(n),
+            "m" => chrono::Duration::try_minutes(n),
+            "h" => chrono::Duration::try_hours(n),
+            "d" => chrono::Duration::try_days(n),
+            "w" => chrono::Duration::try_weeks(n),
+            _ => None,
+        }
+        .filter(|d| *d <= chrono::Duration::days(36_500))
+        .ok_or_else(|| parse_time(t).unwrap_err())?;
+        return Ok(When::Ago(d, format!("-{n}{unit}")));
+    }
+    parse_time(t).map(When::At)
+}
+
 /// `YYYY-MM-DD` (midnight UTC), RFC 3339, or a date and time without an offset (taken as
 /// UTC: `2024-01-31T12:00:00`, `2024-01-31 12:00`), to the microsecond (PostHog's precision: a
 /// finer bound would not be the one PostHog compares with).
@@ -600,7 +677,7 @@ pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
         }
     }
     Err(format!(
-        "{text:?} is not a date; accepted: a date (2024-01-31, midnight UTC), a time with its offset (2024-01-31T12:00:00Z, 2024-01-31T14:00:00+02:00) or without one, taken as UTC (2024-01-31T12:00:00, 2024-01-31 12:00)"
+        "{text:?} is not a date; accepted: a date (2024-01-31, midnight UTC), a time with its offset (2024-01-31T12:00:00Z, 2024-01-31T14:00:00+02:00) or without one, taken as UTC (2024-01-31T12:00:00, 2024-01-31 12:00), or now, today, yesterday, -7d (also -30m, -12h, -2w), by PostHog's clock when the job starts"
     ))
 }
 

@@ -747,3 +747,63 @@ fn progress_lines_say_written_for_export_and_give_no_share_for_stdin() {
         "{progress:?}"
     );
 }
+
+#[test]
+fn relative_dates_resolve_by_posthogs_clock_once_and_the_job_keeps_them() {
+    use posthog_patterns_standin::PostHogConfig;
+    // PostHog's clock reads a day after the standard range.
+    let offset = t("2024-03-09T00:00:00Z") - chrono::Utc::now();
+    let env = Env::with(
+        PostHogConfig {
+            clock_offset: offset,
+            ..PostHogConfig::default()
+        },
+        events(400, 209),
+        WebhookConfig::default(),
+    );
+    let args = [
+        "backfill",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "-1d",
+        "--progress",
+        "never",
+    ];
+    let run = env.run(&args);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("--start 2024-03-01T00:00:00.000000Z --end -1d: 2024-03-01T00:00:00.000000Z → 2024-03-08T00:00:")
+            && run.stderr.contains("by PostHog's clock; later runs of this job keep it"),
+        "{}",
+        run.stderr
+    );
+    let state = std::fs::read_dir(env.path("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
+    assert_eq!(state["job"]["end"], "-1d", "{state}");
+    let end = t(state["range"]["end"].as_str().unwrap());
+    env.assert_exactly_once(|e| e.timestamp >= t(RANGE_START) && e.timestamp < end);
+    // Later, the same words: the same job, complete.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = env.run(&args);
+    again.assert_code(0);
+    assert!(
+        again.stderr.contains("already complete"),
+        "{}",
+        again.stderr
+    );
+    // Words it does not know are refused with the forms it does.
+    let bad = env.run(&["backfill", "--start", "last week", "--end", "now"]);
+    bad.assert_code(2);
+    assert!(
+        bad.stderr.contains("now, today, yesterday, -7d"),
+        "{}",
+        bad.stderr
+    );
+}

@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 pub(crate) struct BackfillConfig {
     pub(crate) read: settings::Read,
+    /// The range by this machine's clock until a run resolves it by PostHog's (`spec`).
     pub(crate) range: Range,
+    pub(crate) spec: settings::RangeSpec,
     pub(crate) webhook: settings::Webhook,
     pub(crate) resume: settings::Resume,
     pub(crate) retries: Retries,
@@ -33,8 +35,11 @@ impl BackfillConfig {
             webhook: Some(&args.deliver.webhook),
             range: Some(&args.range),
         })?;
+        let (spec, range) = settings::range(args.range.start.clone(), args.range.end.clone())?;
         Ok(BackfillConfig {
-            range: settings::range(args.range.start, args.range.end)?,
+            range,
+            spec,
+
             read: settings::read(&args.read, args.deliver.retry.allow_insecure_http)?,
             webhook: settings::webhook(
                 &args.deliver.webhook,
@@ -50,14 +55,18 @@ impl BackfillConfig {
     /// once it has asked PostHog). No secret: the webhook appears as a fingerprint.
     pub(crate) fn job_id(&self) -> JobId {
         let mut job = job::identity("backfill", &self.read.connection, &self.read.filters);
-        job.insert("start".into(), format_ts(&self.range.start));
-        job.insert("end".into(), format_ts(&self.range.end));
+        // As given: `--end now` is the same job on every rerun (its state keeps the time).
+        job.insert("start".into(), self.spec.start.identity());
+        job.insert("end".into(), self.spec.end.identity());
         job.insert("webhook".into(), self.webhook.url.fingerprint());
         job
     }
 }
 
-pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+pub(crate) async fn run(
+    cfg: &mut BackfillConfig,
+    progress: &Arc<Progress>,
+) -> anyhow::Result<Report> {
     let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
     let job::Resumed {
         store,
@@ -72,6 +81,7 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
         &cfg.resume,
     )
     .await?;
+    cfg.range = job::resolve_range(&connect, source, &cfg.spec, &mut state, progress).await?;
     // Before anything is marked: a range still open by PostHog's clock cannot be complete.
     let now = connect
         .refuse_future_end(source, &cfg.range, "backfill")

@@ -89,7 +89,7 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
     runtime.block_on(async {
         match command {
             CheckedCommand::Backfill(args) => {
-                let cfg = BackfillConfig::from_args(args)?;
+                let mut cfg = BackfillConfig::from_args(args)?;
                 print_connection(&cfg.read.connection, cfg.read.source);
                 say!("webhook           {}", cfg.webhook.url.redacted());
                 say!(
@@ -119,6 +119,14 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
                 let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
                 reach_webhook(&connect.http, &cfg.webhook).await?;
                 let kind = ask_api(&connect, cfg.read.source).await?;
+                if cfg.spec.is_relative() {
+                    cfg.range = cfg.spec.resolve(connect.now(kind).await?)?;
+                    say!(
+                        "                  by PostHog's clock now: {} → {}",
+                        format_ts(&cfg.range.start),
+                        format_ts(&cfg.range.end)
+                    );
+                }
                 connect
                     .refuse_future_end(kind, &cfg.range, "backfill")
                     .await?;
@@ -152,6 +160,9 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
                 say!("state             {}", path.display());
                 let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
                 reach_webhook(&connect.http, &cfg.webhook).await?;
+                // The run's own plan, by PostHog's clock as a run plans.
+                let kind = ask_api(&connect, cfg.read.source).await?;
+                let now = connect.now(kind).await?;
                 let sync = match std::fs::read_to_string(&path) {
                     Ok(text) => {
                         let state: State<crate::commands::sync::SyncState> =
@@ -172,7 +183,11 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
                         sync
                     }
                     Err(_) => {
-                        let start = cfg.start.context("the first sync run needs --start DATE")?;
+                        let start = cfg
+                            .start
+                            .as_ref()
+                            .context("the first sync run needs --start DATE")?
+                            .resolve(now);
                         say!(
                             "                  none yet: the first run starts at {}",
                             format_ts(&start)
@@ -184,10 +199,7 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
                         }
                     }
                 };
-                // The run's own plan: a run to finish first, else the next one, by PostHog's
-                // clock as a run plans.
-                let kind = ask_api(&connect, cfg.read.source).await?;
-                let now = connect.now(kind).await?;
+                // A run to finish first, else the next one.
                 let Some(next) = sync
                     .pending
                     .clone()
@@ -213,7 +225,7 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
                 .await?;
             }
             CheckedCommand::Export(args) => {
-                let cfg = crate::commands::export::ExportConfig::from_args(args)?;
+                let mut cfg = crate::commands::export::ExportConfig::from_args(args)?;
                 print_connection(&cfg.read.connection, cfg.read.source);
                 say!(
                     "range             {} → {}",
@@ -230,6 +242,9 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
                 );
                 let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
                 let kind = ask_api(&connect, cfg.read.source).await?;
+                if cfg.spec.is_relative() {
+                    cfg.range = cfg.spec.resolve(connect.now(kind).await?)?;
+                }
                 connect
                     .refuse_future_end(kind, &cfg.range, "export")
                     .await?;

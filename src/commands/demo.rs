@@ -100,8 +100,8 @@ pub(crate) async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Re
     let Command::Backfill(args) = Cli::try_parse_from(argv)?.command else {
         bail!("the demo's command line is a backfill");
     };
-    let cfg = BackfillConfig::from_args(&args)?;
-    let report = backfill::run(&cfg, progress).await?;
+    let mut cfg = BackfillConfig::from_args(&args)?;
+    let report = backfill::run(&mut cfg, progress).await?;
 
     // Every event of [start, end) exactly once, nothing else.
     let expected: HashMap<&str, ()> = events

@@ -39,7 +39,9 @@ const POSTING: pipeline::Posting = pipeline::Posting {
 
 pub(crate) struct ExportConfig {
     pub(crate) read: settings::Read,
+    /// The range by this machine's clock until a run resolves it by PostHog's (`spec`).
     pub(crate) range: Range,
+    pub(crate) spec: settings::RangeSpec,
     pub(crate) output: Option<PathBuf>,
     pub(crate) resume: settings::Resume,
     pub(crate) retries: Retries,
@@ -60,9 +62,12 @@ impl ExportConfig {
                 "--checkpoint needs --output FILE: an export to stdout cannot be resumed",
             ));
         }
+        let (spec, range) = settings::range(args.range.start.clone(), args.range.end.clone())?;
         Ok(ExportConfig {
+            range,
+            spec,
             read: settings::read(&args.read, args.retry.allow_insecure_http)?,
-            range: settings::range(args.range.start, args.range.end)?,
+
             output,
             resume: settings::resume(&args.state, &args.retry),
             retries: settings::retries(&args.retry),
@@ -72,8 +77,9 @@ impl ExportConfig {
 
     fn job_id(&self, output: &std::path::Path) -> JobId {
         let mut job = job::identity("export", &self.read.connection, &self.read.filters);
-        job.insert("start".into(), format_ts(&self.range.start));
-        job.insert("end".into(), format_ts(&self.range.end));
+        // As given: `--end now` is the same job on every rerun (its state keeps the time).
+        job.insert("start".into(), self.spec.start.identity());
+        job.insert("end".into(), self.spec.end.identity());
         job.insert("output".into(), output.display().to_string());
         job
     }
@@ -119,11 +125,17 @@ fn output_changed(output: &Path, position: &ExportPosition) -> anyhow::Result<Op
     }))
 }
 
-pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+pub(crate) async fn run(
+    cfg: &mut ExportConfig,
+    progress: &Arc<Progress>,
+) -> anyhow::Result<Report> {
     progress.set_verb("written");
     let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
-    let Some(output) = &cfg.output else {
+    let Some(output) = cfg.output.clone() else {
         let source = connect.choose(cfg.read.source, None).await?;
+        if cfg.spec.is_relative() {
+            cfg.range = cfg.spec.resolve(connect.now(source).await?)?;
+        }
         let now = connect
             .refuse_future_end(source, &cfg.range, "export")
             .await?;
@@ -161,7 +173,7 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
         };
     };
 
-    let output = std::path::absolute(output).unwrap_or_else(|_| output.clone());
+    let output = std::path::absolute(&output).unwrap_or_else(|_| output.clone());
     let job::Resumed {
         store,
         mut state,
@@ -175,6 +187,7 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
         &cfg.resume,
     )
     .await?;
+    cfg.range = job::resolve_range(&connect, source, &cfg.spec, &mut state, progress).await?;
     let now = connect
         .refuse_future_end(source, &cfg.range, "export")
         .await?;

@@ -56,12 +56,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Backfill(args) => {
-                let cfg = backfill::BackfillConfig::from_args(&args)?;
+                let mut cfg = backfill::BackfillConfig::from_args(&args)?;
                 let progress = runner::progress(&args.deliver.output, Level::Info);
+                let deadline = cfg.retries.max_run_time;
                 runner::finish(
                     &progress,
-                    runner::resumable(backfill::run(&cfg, &progress), cfg.retries.max_run_time)
-                        .await,
+                    runner::resumable(backfill::run(&mut cfg, &progress), deadline).await,
                     args.deliver.output.metrics("backfill"),
                 )
             }
@@ -76,11 +76,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
                 )
             }
             Command::Export(args) => {
-                let cfg = export::ExportConfig::from_args(&args)?;
+                let mut cfg = export::ExportConfig::from_args(&args)?;
                 let progress = runner::progress(&args.display, Level::Info);
+                let deadline = cfg.retries.max_run_time;
                 runner::finish(
                     &progress,
-                    runner::resumable(export::run(&cfg, &progress), cfg.retries.max_run_time).await,
+                    runner::resumable(export::run(&mut cfg, &progress), deadline).await,
                     args.display.metrics("export"),
                 )
             }

@@ -35,7 +35,7 @@ const FUTURE_SLACK: Duration = Duration::days(1);
 pub(crate) struct SyncConfig {
     pub(crate) read: settings::Read,
     pub(crate) webhook: settings::Webhook,
-    pub(crate) start: Option<DateTime<Utc>>,
+    pub(crate) start: Option<crate::cli::When>,
     pub(crate) lookback: Duration,
     pub(crate) lag: Duration,
     pub(crate) resume: settings::Resume,
@@ -60,7 +60,7 @@ impl SyncConfig {
                 &args.deliver.webhook,
                 args.deliver.retry.allow_insecure_http,
             )?,
-            start: args.start,
+            start: args.start.clone(),
             lookback: duration("--lookback", args.lookback)?,
             lag: duration("--lag", args.lag)?,
             resume: settings::resume(&args.deliver.state, &args.deliver.retry),
@@ -110,11 +110,17 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
     } = job::resume::<SyncState>(&connect, cfg.read.source, "sync", cfg.job_id(), &cfg.resume)
         .await?;
     if fresh {
-        let Some(start) = cfg.start else {
+        let Some(start) = &cfg.start else {
             return Err(usage(format!(
                 "the first sync run needs --start DATE (where to begin, e.g. --start 2024-01-01); no state file at {}",
                 store.path().display()
             )));
+        };
+        // `-7d`, `today`: by PostHog's clock, once; the state keeps the time.
+        let start = if start.is_relative() {
+            start.resolve(connect.now(source).await?)
+        } else {
+            start.resolve(chrono::Utc::now())
         };
         state.position = Some(SyncState {
             start,
@@ -134,7 +140,8 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
             store.path().display()
         )
     })?;
-    if let Some(start) = cfg.start
+    // (A relative --start, such as -7d, moves with the clock: it changes nothing either.)
+    if let Some(crate::cli::When::At(start)) = cfg.start
         && start != sync.start
         && sync.watermark.is_some()
     {

@@ -3,6 +3,7 @@
 
 pub(crate) mod file;
 
+use crate::cli::When;
 use crate::cli::{
     Compress, ConnectionArgs, FilterArgs, ReadArgs, RequestLimits, RetryArgs, StateArgs, TlsArgs,
     WebhookArgs,
@@ -345,24 +346,45 @@ pub(crate) fn require(needs: Needs<'_>) -> anyhow::Result<()> {
     )))
 }
 
-/// `[start, end)` from the flags (or the config file); both required, start before end.
-pub(crate) fn range(
-    start: Option<DateTime<Utc>>,
-    end: Option<DateTime<Utc>>,
-) -> anyhow::Result<Range> {
+/// `--start` and `--end` as given: times, or words relative to "now".
+#[derive(Clone, Debug)]
+pub(crate) struct RangeSpec {
+    pub(crate) start: When,
+    pub(crate) end: When,
+}
+
+impl RangeSpec {
+    pub(crate) fn is_relative(&self) -> bool {
+        self.start.is_relative() || self.end.is_relative()
+    }
+
+    /// The range it stands for at `now` (PostHog's time, for a job's first run), start before
+    /// end.
+    pub(crate) fn resolve(&self, now: DateTime<Utc>) -> anyhow::Result<Range> {
+        let (start, end) = (self.start.resolve(now), self.end.resolve(now));
+        if start >= end {
+            return Err(usage(format!(
+                "--start ({}) must be before --end ({}); --end is exclusive, e.g. --start 2024-01-01 --end 2024-02-01 for January",
+                format_ts(&start),
+                format_ts(&end)
+            )));
+        }
+        Ok(Range { start, end })
+    }
+}
+
+/// `[start, end)` from the flags (or the config file), both required: as given, and as they
+/// stand now by this machine's clock (checked, start before end; a job resolves words such
+/// as `now` again by PostHog's clock).
+pub(crate) fn range(start: Option<When>, end: Option<When>) -> anyhow::Result<(RangeSpec, Range)> {
     let (Some(start), Some(end)) = (start, end) else {
         return Err(usage(
             "--start and --end are required (or `start` and `end` in the --config file), e.g. --start 2024-01-01 --end 2024-02-01",
         ));
     };
-    if start >= end {
-        return Err(usage(format!(
-            "--start ({}) must be before --end ({}); --end is exclusive, e.g. --start 2024-01-01 --end 2024-02-01 for January",
-            format_ts(&start),
-            format_ts(&end)
-        )));
-    }
-    Ok(Range { start, end })
+    let spec = RangeSpec { start, end };
+    let range = spec.resolve(crate::event::to_micros(Utc::now()))?;
+    Ok((spec, range))
 }
 
 /// Sorted, de-duplicated, non-empty names: the order of `--event` flags does not change a job.

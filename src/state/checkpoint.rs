@@ -57,6 +57,10 @@ pub(crate) struct State<P> {
     /// true however long it takes; events ingested later are `sync`'s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) ingested_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// `backfill` and `export` given `--start`/`--end` relative to now (`-7d`, `now`): the
+    /// range they stood for by PostHog's clock when the job started, kept for its later runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) range: Option<crate::posthog::source::Range>,
 }
 
 impl<P> State<P> {
@@ -69,6 +73,7 @@ impl<P> State<P> {
             counters: Counters::default(),
             updated_at: String::new(),
             ingested_until: None,
+            range: None,
         }
     }
 }

@@ -83,3 +83,31 @@ pub(crate) fn ingested_until<P>(
         settled: false,
     })
 }
+
+/// The range of a `backfill` or `export` job: for `--start`/`--end` relative to now (`-7d`,
+/// `now`), what they stood for by PostHog's clock on the job's first run, kept in its state
+/// (told once, when resolved); for times, those.
+pub(crate) async fn resolve_range<P>(
+    connect: &Connect<'_>,
+    source: SourceKind,
+    spec: &crate::settings::RangeSpec,
+    state: &mut State<P>,
+    progress: &crate::progress::Progress,
+) -> anyhow::Result<crate::posthog::source::Range> {
+    if !spec.is_relative() {
+        return spec.resolve(chrono::Utc::now());
+    }
+    if let Some(range) = state.range {
+        return Ok(range);
+    }
+    let range = spec.resolve(connect.now(source).await?)?;
+    progress.info(&format!(
+        "--start {} --end {}: {} → {} by PostHog's clock; later runs of this job keep it",
+        spec.start.identity(),
+        spec.end.identity(),
+        crate::event::format_ts(&range.start),
+        crate::event::format_ts(&range.end)
+    ));
+    state.range = Some(range);
+    Ok(range)
+}
