@@ -585,6 +585,8 @@ pub(crate) struct DemoArgs {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum When {
     At(DateTime<Utc>),
+    /// A date and time given without an offset, read as UTC (and said so).
+    Naive(DateTime<Utc>, String),
     /// `now`, `today` and `yesterday` (UTC midnights), or `-7d`: now minus this long.
     Now,
     Today,
@@ -602,7 +604,7 @@ impl When {
                 .and_utc()
         };
         crate::event::to_micros(match self {
-            When::At(t) => *t,
+            When::At(t) | When::Naive(t, _) => *t,
             When::Now => now,
             When::Today => midnight(now),
             When::Yesterday => midnight(now) - chrono::Duration::days(1),
@@ -611,14 +613,22 @@ impl When {
     }
 
     pub(crate) fn is_relative(&self) -> bool {
-        !matches!(self, When::At(_))
+        !matches!(self, When::At(_) | When::Naive(..))
+    }
+
+    /// What was given without an offset, if so.
+    pub(crate) fn naive(&self) -> Option<&str> {
+        match self {
+            When::Naive(_, text) => Some(text),
+            _ => None,
+        }
     }
 
     /// How it is part of a job's identity: the time itself, or the words given (`--end now`
     /// is the same job on every rerun, however the time moves on).
     pub(crate) fn identity(&self) -> String {
         match self {
-            When::At(t) => crate::event::format_ts(t),
+            When::At(t) | When::Naive(t, _) => crate::event::format_ts(t),
             When::Now => "now".into(),
             When::Today => "today".into(),
             When::Yesterday => "yesterday".into(),
@@ -652,7 +662,15 @@ pub(crate) fn parse_when(text: &str) -> Result<When, String> {
         .ok_or_else(|| parse_time(t).unwrap_err())?;
         return Ok(When::Ago(d, format!("-{n}{unit}")));
     }
-    parse_time(t).map(When::At)
+    let at = parse_time(t)?;
+    // (A date alone is midnight UTC by definition; a time without offset is an assumption.)
+    let naive = NaiveDate::parse_from_str(t, "%Y-%m-%d").is_err()
+        && DateTime::parse_from_rfc3339(t).is_err();
+    Ok(if naive {
+        When::Naive(at, t.to_string())
+    } else {
+        When::At(at)
+    })
 }
 
 /// `YYYY-MM-DD` (midnight UTC), RFC 3339, or a date and time without an offset (taken as

@@ -316,6 +316,13 @@ fn dates_without_an_offset_are_utc_and_a_refused_date_lists_the_accepted_forms()
         "never",
     ]);
     a.assert_code(0);
+    assert!(
+        a.stderr.contains(
+            "--end 2024-03-08 00:00 has no offset: read as UTC, 2024-03-08T00:00:00.000000Z"
+        ),
+        "{}",
+        a.stderr
+    );
     let b = env.run(&backfill_args(&[]));
     b.assert_code(0);
     assert!(b.stderr.contains("already complete"), "{}", b.stderr);

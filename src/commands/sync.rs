@@ -141,7 +141,7 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
         )
     })?;
     // (A relative --start, such as -7d, moves with the clock: it changes nothing either.)
-    if let Some(crate::cli::When::At(start)) = cfg.start
+    if let Some(crate::cli::When::At(start) | crate::cli::When::Naive(start, _)) = cfg.start
         && start != sync.start
         && sync.watermark.is_some()
     {

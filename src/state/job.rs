@@ -94,6 +94,14 @@ pub(crate) async fn resolve_range<P>(
     state: &mut State<P>,
     progress: &crate::progress::Progress,
 ) -> anyhow::Result<crate::posthog::source::Range> {
+    for (flag, when) in [("--start", &spec.start), ("--end", &spec.end)] {
+        if let Some(text) = when.naive() {
+            progress.info(&format!(
+                "{flag} {text} has no offset: read as UTC, {}",
+                crate::event::format_ts(&when.resolve(chrono::Utc::now()))
+            ));
+        }
+    }
     if !spec.is_relative() {
         return spec.resolve(chrono::Utc::now());
     }
