@@ -7,6 +7,21 @@ mod common;
 use common::*;
 use posthog_patterns_standin::WebhookConfig;
 
+/// `config check backfill` over the standard range, with extra arguments.
+fn check_backfill<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "config",
+        "check",
+        "backfill",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-03-08",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
 #[test]
 fn export_to_dash_writes_stdout_like_no_output() {
     let env = Env::new(events(300, 190), WebhookConfig::default());
@@ -87,19 +102,10 @@ fn a_host_that_is_not_posthog_fails_at_once_for_a_new_job_and_in_config_check() 
         "at once"
     );
     let check = finish(
-        env.command(&[
-            "config",
-            "check",
-            "backfill",
-            "--start",
-            "2024-03-01",
-            "--end",
-            "2024-03-08",
-            "--allow-insecure-http",
-        ])
-        .env("POSTHOG_HOST", &host)
-        .output()
-        .unwrap(),
+        env.command(&check_backfill(&["--allow-insecure-http"]))
+            .env("POSTHOG_HOST", &host)
+            .output()
+            .unwrap(),
     );
     assert_eq!(check.code, 1, "{}", check.stderr);
     assert!(
@@ -256,15 +262,7 @@ fn sync_in_a_terminal_leaves_its_summary_and_a_changed_start_is_warned_about() {
 #[test]
 fn config_check_proves_the_webhook_is_reachable_without_posting() {
     let env = Env::new(events(50, 198), WebhookConfig::default());
-    let check = [
-        "config",
-        "check",
-        "backfill",
-        "--start",
-        "2024-03-01",
-        "--end",
-        "2024-03-08",
-    ];
+    let check = check_backfill(&[]);
     let run = env.run(&check);
     run.assert_code(0);
     assert!(
@@ -374,15 +372,7 @@ fn config_files_take_toml_dates_a_single_name_for_a_list_and_suggest_a_misspelt_
 fn config_check_into_a_reader_that_stops_early_ends_quietly() {
     let env = Env::new(events(50, 201), WebhookConfig::default());
     let mut child = env
-        .command(&[
-            "config",
-            "check",
-            "backfill",
-            "--start",
-            "2024-03-01",
-            "--end",
-            "2024-03-08",
-        ])
+        .command(&check_backfill(&[]))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -619,17 +609,7 @@ fn with_json_logs_argument_errors_config_check_and_progress_are_json() {
     assert!(lines[0]["msg"].as_str().unwrap().contains("--no-such-flag"));
 
     // config check: one object on stdout.
-    let run = env.run(&[
-        "config",
-        "check",
-        "backfill",
-        "--start",
-        "2024-03-01",
-        "--end",
-        "2024-03-08",
-        "--log-format",
-        "json",
-    ]);
+    let run = env.run(&check_backfill(&["--log-format", "json"]));
     run.assert_code(0);
     let out: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(out.len(), 1, "{}", run.stdout);

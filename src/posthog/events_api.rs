@@ -70,6 +70,15 @@ fn crowded(rows: usize, ts: DateTime<Utc>, why: &str) -> anyhow::Error {
     )
 }
 
+/// A crowded microsecond being read: its time, what was delivered there, the largest page
+/// PostHog has returned, and where records go.
+struct Crowd<'a> {
+    ts: DateTime<Utc>,
+    tie: &'a mut Tie,
+    largest: &'a mut usize,
+    tx: &'a mpsc::Sender<Vec<Item<Cursor>>>,
+}
+
 /// What offset paging through one microsecond found.
 struct Counted {
     /// Rows it holds (the last, short page says so exactly).
@@ -175,7 +184,12 @@ impl Reader {
                     .at
                     .context("a page of delivered events has a timestamp")?;
                 if !self
-                    .drain_microsecond(ts, &mut tie, &mut largest, &tx)
+                    .drain_microsecond(&mut Crowd {
+                        ts,
+                        tie: &mut tie,
+                        largest: &mut largest,
+                        tx: &tx,
+                    })
                     .await?
                 {
                     return Ok(());
@@ -195,13 +209,8 @@ impl Reader {
     /// everything its filters match) cover as many rows: one per event name, and for a name
     /// with more than a page there, one per distinct_id. Otherwise it cannot be read through
     /// the Events API: exit 1, naming it. Returns false if the receiver is gone.
-    async fn drain_microsecond(
-        &self,
-        ts: DateTime<Utc>,
-        tie: &mut Tie,
-        largest: &mut usize,
-        tx: &mpsc::Sender<Vec<Item<Cursor>>>,
-    ) -> anyhow::Result<bool> {
+    async fn drain_microsecond(&self, crowd: &mut Crowd<'_>) -> anyhow::Result<bool> {
+        let ts = crowd.ts;
         let progress = self.client.progress();
         progress.debug(&format!(
             "more events share {} than a page holds; reading that microsecond with offset",
@@ -216,7 +225,7 @@ impl Reader {
             event: only_name.as_deref(),
             distinct_id: None,
         };
-        let Some(counted) = self.count_by_offset(ts, base, tie, largest, tx).await? else {
+        let Some(counted) = self.count_by_offset(crowd, base).await? else {
             return Ok(false);
         };
         let rows = counted.rows;
@@ -227,7 +236,7 @@ impl Reader {
         }
         progress.debug(&format!(
             "offset paging showed {} distinct events of the {rows} rows at {}; reading it by event name",
-            tie.seen.len(),
+            crowd.tie.seen.len(),
             format_ts(&ts)
         ));
         // Names (and, within a name, distinct_ids) come to light as rows are read.
@@ -237,7 +246,7 @@ impl Reader {
             let name = match &only_name {
                 Some(name) if done.is_empty() => Some(name.clone()),
                 Some(_) => None,
-                None => tie.names.keys().find(|n| !done.contains(*n)).cloned(),
+                None => crowd.tie.names.keys().find(|n| !done.contains(*n)).cloned(),
             };
             let Some(name) = name else { break };
             done.insert(name.clone());
@@ -247,7 +256,7 @@ impl Reader {
             };
             // (An empty name cannot be asked for: `event=` filters nothing.)
             if only_name.is_none() && !name.is_empty() {
-                match self.whole_answer(ts, by_name, tie, largest, tx).await? {
+                match self.whole_answer(crowd, by_name).await? {
                     Whole::All(n) => {
                         covered += n;
                         continue;
@@ -259,7 +268,7 @@ impl Reader {
             if name.is_empty() {
                 continue;
             }
-            let Some(of_name) = self.count_by_offset(ts, by_name, tie, largest, tx).await? else {
+            let Some(of_name) = self.count_by_offset(crowd, by_name).await? else {
                 return Ok(false);
             };
             let of_name_rows = of_name.rows;
@@ -270,14 +279,15 @@ impl Reader {
             let of_name = of_name_rows;
             let mut of_ids = 0usize;
             let mut ids_done = BTreeSet::new();
-            while let Some(id) = tie
+            while let Some(id) = crowd
+                .tie
                 .names
                 .get(&name)
                 .and_then(|ids| ids.iter().find(|d| !ids_done.contains(*d)))
                 .cloned()
             {
                 // (Known before any request is made, as often as not.)
-                let known = tie.names.get(&name).map_or(0, BTreeSet::len);
+                let known = crowd.tie.names.get(&name).map_or(0, BTreeSet::len);
                 if known > MAX_ID_REQUESTS {
                     return Err(crowded(
                         rows,
@@ -292,7 +302,7 @@ impl Reader {
                     event: Some(&name),
                     distinct_id: Some(&id),
                 };
-                match self.whole_answer(ts, by_id, tie, largest, tx).await? {
+                match self.whole_answer(crowd, by_id).await? {
                     Whole::All(n) => of_ids += n,
                     Whole::Stopped => return Ok(false),
                     Whole::More => {
@@ -319,7 +329,7 @@ impl Reader {
             ts,
             &format!(
                 "answers holding everything their filters match (by event name, then distinct_id) covered {covered}, and {} distinct events were seen",
-                tie.seen.len()
+                crowd.tie.seen.len()
             ),
         ))
     }
@@ -328,13 +338,9 @@ impl Reader {
     /// not delivered yet; what it counted (`None` if the receiver is gone).
     async fn count_by_offset(
         &self,
-        ts: DateTime<Utc>,
+        crowd: &mut Crowd<'_>,
         only: Only<'_>,
-        tie: &mut Tie,
-        largest: &mut usize,
-        tx: &mpsc::Sender<Vec<Item<Cursor>>>,
     ) -> anyhow::Result<Option<Counted>> {
-        let progress = self.client.progress();
         let mut offset = 0usize;
         let mut first = None;
         let mut distinct = HashSet::new();
@@ -342,25 +348,22 @@ impl Reader {
             if offset > MAX_OFFSET {
                 bail!(
                     "more than {MAX_OFFSET} events share the timestamp {} and PostHog's Events API cannot page past offset {MAX_OFFSET}; nothing after it was read. Use --source query (the Query API pages through ties of any size)",
-                    format_ts(&ts)
+                    format_ts(&crowd.ts)
                 );
             }
-            progress.set_status(format!(
+            self.client.progress().set_status(format!(
                 "{} events seen at {}",
-                tie.seen.len(),
-                format_ts(&ts)
+                crowd.tie.seen.len(),
+                format_ts(&crowd.ts)
             ));
-            let rows = self.microsecond_page(ts, only, offset).await?;
-            *largest = (*largest).max(rows.len());
-            let n = rows.len();
-            first.get_or_insert(n);
-            distinct.extend(rows.iter().map(|r| r.id.clone()));
-            let (items, _) = self.emit(rows, tie, ts + Duration::microseconds(1))?;
-            if !items.is_empty() && tx.send(items).await.is_err() {
+            let Some(ids) = self.crowd_page(crowd, only, offset).await? else {
                 return Ok(None);
-            }
+            };
+            let n = ids.len();
+            first.get_or_insert(n);
+            distinct.extend(ids);
             offset += n;
-            if n == 0 || n < *largest {
+            if n == 0 || n < *crowd.largest {
                 return Ok(Some(Counted {
                     rows: offset,
                     first: first.unwrap_or(0),
@@ -372,26 +375,42 @@ impl Reader {
 
     /// One request for one microsecond with `only`'s filters, handing on the events not
     /// delivered yet: whether its answer holds everything they match (shorter than a page).
-    async fn whole_answer(
-        &self,
-        ts: DateTime<Utc>,
-        only: Only<'_>,
-        tie: &mut Tie,
-        largest: &mut usize,
-        tx: &mpsc::Sender<Vec<Item<Cursor>>>,
-    ) -> anyhow::Result<Whole> {
-        let rows = self.microsecond_page(ts, only, 0).await?;
-        *largest = (*largest).max(rows.len());
-        let n = rows.len();
-        let (items, _) = self.emit(rows, tie, ts + Duration::microseconds(1))?;
-        if !items.is_empty() && tx.send(items).await.is_err() {
+    async fn whole_answer(&self, crowd: &mut Crowd<'_>, only: Only<'_>) -> anyhow::Result<Whole> {
+        let Some(ids) = self.crowd_page(crowd, only, 0).await? else {
             return Ok(Whole::Stopped);
-        }
-        Ok(if n < *largest || n == 0 {
+        };
+        let n = ids.len();
+        Ok(if n < *crowd.largest || n == 0 {
             Whole::All(n)
         } else {
             Whole::More
         })
+    }
+
+    /// One page of a crowded microsecond, its new events handed on: the uuids of its rows
+    /// (`None` if the receiver is gone).
+    async fn crowd_page(
+        &self,
+        crowd: &mut Crowd<'_>,
+        only: Only<'_>,
+        offset: usize,
+    ) -> anyhow::Result<Option<Vec<String>>> {
+        let ts = crowd.ts;
+        let rows = self
+            .events_page(
+                Lower::From(ts),
+                ts + Duration::microseconds(1),
+                only,
+                offset,
+            )
+            .await?;
+        *crowd.largest = (*crowd.largest).max(rows.len());
+        let ids = rows.iter().map(|r| r.id.clone()).collect();
+        let (items, _) = self.emit(rows, crowd.tie, ts + Duration::microseconds(1))?;
+        if !items.is_empty() && crowd.tx.send(items).await.is_err() {
+            return Ok(None);
+        }
+        Ok(Some(ids))
     }
 
     /// Turns a page into records, dropping events already delivered. Returns the items and
@@ -476,22 +495,6 @@ impl Reader {
         }
         items.extend(filtered_to.map(Item::Mark));
         Ok((items, new))
-    }
-
-    /// The events of one microsecond with `only`'s filters, from `offset`.
-    async fn microsecond_page(
-        &self,
-        ts: DateTime<Utc>,
-        only: Only<'_>,
-        offset: usize,
-    ) -> anyhow::Result<Vec<ApiEvent>> {
-        self.events_page(
-            Lower::From(ts),
-            ts + Duration::microseconds(1),
-            only,
-            offset,
-        )
-        .await
     }
 
     async fn events_page(
