@@ -502,6 +502,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_bar_shows_an_eta_only_once_work_is_done_and_none_for_stdin() {
+        let opts = Options {
+            mode: ProgressMode::Always,
+            quiet: false,
+            verbose: 0,
+            log_format: LogFormat::Text,
+            default_level: Level::Info,
+        };
+        let p = Progress::new(&opts);
+        p.tick();
+        assert!(!p.eta_shown.load(Relaxed), "no eta at 0%");
+        p.set_done(0.1);
+        p.tick();
+        assert!(p.eta_shown.load(Relaxed));
+        let stdin = Progress::new(&opts);
+        stdin.set_unbounded();
+        stdin.set_done(0.1);
+        stdin.tick();
+        assert!(
+            !stdin.eta_shown.load(Relaxed),
+            "no eta for input of unknown size"
+        );
+        p.finish();
+        stdin.finish();
+    }
+
+    #[test]
+    fn positions_are_shown_as_rfc_3339() {
+        let t = "2024-03-01T12:34:56.789Z".parse().unwrap();
+        assert_eq!(crate::posthog::source::short(t), "2024-03-01T12:34:56Z");
+    }
+
+    #[test]
     fn counts_agree_with_their_nouns() {
         assert_eq!(count(0, "batch", "batches"), "0 batches");
         assert_eq!(count(1, "batch", "batches"), "1 batch");

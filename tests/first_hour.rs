@@ -317,7 +317,9 @@ fn dates_without_an_offset_are_utc_and_a_refused_date_lists_the_accepted_forms()
     assert!(
         a.stderr.contains(
             "--end 2024-03-08 00:00 has no offset: read as UTC, 2024-03-08T00:00:00.000000Z"
-        ),
+        ) && a
+            .stderr
+            .contains("(a time given without an offset was read as UTC)"),
         "{}",
         a.stderr
     );

@@ -162,9 +162,14 @@ pub(crate) async fn run(
     store.save(&mut state)?;
 
     let mut summary = format!(
-        "backfill complete: {} → {}, project {}\n{}\n  in all   {} posted over {}; checkpoint {}",
+        "backfill complete: {} → {}{}, project {}\n{}\n  in all   {} posted over {}; checkpoint {}",
         format_ts(&cfg.range.start),
         format_ts(&cfg.range.end),
+        if cfg.spec.start.naive().is_some() || cfg.spec.end.naive().is_some() {
+            " (a time given without an offset was read as UTC)"
+        } else {
+            ""
+        },
         cfg.read.connection.project,
         runner::figures(progress, "posted"),
         count(state.counters.posted, "event", "events"),

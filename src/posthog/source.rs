@@ -317,7 +317,7 @@ impl Reader {
 }
 
 /// A time for status lines, to the second.
-pub(super) fn short(t: DateTime<Utc>) -> String {
+pub(crate) fn short(t: DateTime<Utc>) -> String {
     // RFC 3339, as the log lines' own times (to the second: positions to the microsecond
     // are in the summary and the checkpoint).
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()

@@ -323,14 +323,11 @@ impl Reader {
 impl Read {
     /// Shows `lo` as the place being read, if it is further than what is shown.
     fn show(&self, lo: &Lower) {
-        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
-        if shown.as_ref().is_some_and(|s| s > lo.point()) {
-            return;
+        if further(&self.shown, lo.point()) {
+            self.client()
+                .progress()
+                .set_status(format!("reading {}", describe(lo)));
         }
-        *shown = Some(lo.point().clone());
-        self.client()
-            .progress()
-            .set_status(format!("reading {}", describe(lo)));
     }
 
     fn tuning(&self) -> std::sync::MutexGuard<'_, Tuning> {
@@ -464,6 +461,16 @@ impl Read {
 }
 
 /// A place in the order, for status lines and messages.
+/// Whether `p` is at least as far as what `shown` holds; if so it is held from now on.
+fn further<T: Ord + Clone>(shown: &Mutex<Option<T>>, p: &T) -> bool {
+    let mut shown = shown.lock().unwrap_or_else(|e| e.into_inner());
+    if shown.as_ref().is_some_and(|s| s > p) {
+        return false;
+    }
+    *shown = Some(p.clone());
+    true
+}
+
 fn describe(lo: &Lower) -> String {
     let p = lo.point();
     let day = day_start(p.day).format("%Y-%m-%d");
@@ -565,6 +572,17 @@ impl Tuning {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_place_shown_only_moves_forward() {
+        let shown = Mutex::new(None);
+        let moves: Vec<bool> = [3, 5, 4, 5, 9, 1]
+            .iter()
+            .map(|p| further(&shown, p))
+            .collect();
+        assert_eq!(moves, [true, true, false, true, true, false]);
+        assert_eq!(*shown.lock().unwrap(), Some(9));
+    }
 
     const GIB: u64 = 1 << 30;
 
