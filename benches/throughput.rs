@@ -357,7 +357,7 @@ fn run_once(s: &Scenario, input: &Input, expected: &HashSet<u128>) -> Sample {
             let plans = new
                 .iter()
                 .filter(|l| l.sql.as_deref().is_some_and(|q| q.contains("count()")))
-                .map(|l| l.bytes_read)
+                .map(|l| l.reads.bytes_read)
                 .sum();
             let lost = new.iter().filter(|l| l.status == 504).count();
             if std::env::var_os("BENCH_LOG").is_some() {
@@ -367,9 +367,9 @@ fn run_once(s: &Scenario, input: &Input, expected: &HashSet<u128>) -> Sample {
                         "  {} {:.60} returned {} read {} ({:.1} s at PostHog)",
                         l.status,
                         sql,
-                        l.rows_returned,
-                        l.bytes_read,
-                        l.query_time.as_secs_f64()
+                        l.reads.rows_returned,
+                        l.reads.bytes_read,
+                        l.reads.query_time.as_secs_f64()
                     );
                 }
             }
@@ -761,8 +761,8 @@ fn sync_runs(per_day: usize, runs: usize, only: &str) {
                         "    {} {:.70} returned {} read {}",
                         l.status,
                         l.sql.as_deref().unwrap_or(""),
-                        l.rows_returned,
-                        l.bytes_read
+                        l.reads.rows_returned,
+                        l.reads.bytes_read
                     );
                 }
             }

@@ -412,7 +412,7 @@ fn queries_posthog_finds_too_costly_are_asked_in_smaller_parts_and_every_event_s
         .fold((0, 0), |(n, b), r| {
             (
                 n + 1,
-                b.max(r.shards.iter().map(|s| s.bytes).max().unwrap_or(0)),
+                b.max(r.reads.shards.iter().map(|s| s.bytes).max().unwrap_or(0)),
             )
         });
     assert!(

@@ -220,17 +220,9 @@ pub struct Logged {
     pub sql: Option<String>,
     pub values: Option<Value>,
     pub modifiers: Option<Value>,
-    /// For queries: rows and uncompressed bytes ClickHouse read, all shards together (a
-    /// query stopped at the 10 s cap: the share it read by then; one refused: nothing).
-    pub rows_read: u64,
-    pub bytes_read: u64,
-    /// Rows in the answer, and what they weigh as stored (0 for `count()` / GROUP BY).
-    pub rows_returned: u64,
-    pub bytes_returned: u64,
-    /// What each shard read.
-    pub shards: Vec<ShardRead>,
-    /// PostHog's time for the query under `PostHogConfig::cost` (before `scale`).
-    pub query_time: Duration,
+    /// For queries: what ClickHouse read, all shards together (a query stopped at the 10 s
+    /// cap: the share it read by then, and nothing returned; one refused: nothing).
+    pub reads: QueryReads,
 }
 
 impl Logged {
@@ -242,12 +234,7 @@ impl Logged {
             sql: None,
             values: None,
             modifiers: None,
-            rows_read: 0,
-            bytes_read: 0,
-            rows_returned: 0,
-            bytes_returned: 0,
-            shards: Vec::new(),
-            query_time: Duration::ZERO,
+            reads: QueryReads::default(),
         }
     }
 }
@@ -740,13 +727,14 @@ impl State {
         } else {
             (out.rows_returned, out.bytes_returned)
         };
-        let logged = &mut self.log[n];
-        logged.rows_read = rows_read;
-        logged.bytes_read = bytes_read;
-        logged.rows_returned = rows_returned;
-        logged.bytes_returned = bytes_returned;
-        logged.shards = shards;
-        logged.query_time = time;
+        self.log[n].reads = QueryReads {
+            rows_read,
+            bytes_read,
+            rows_returned,
+            bytes_returned,
+            shards,
+            query_time: time,
+        };
         self.cost.rows_read += rows_read;
         self.cost.bytes_read += bytes_read;
         self.cost.rows_returned += rows_returned;

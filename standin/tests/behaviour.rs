@@ -475,8 +475,9 @@ fn with(mut values: Value, extra: Value) -> Value {
     values
 }
 
-fn last_logged(ph: &PostHogStandIn) -> posthog_patterns_standin::posthog::Logged {
-    ph.log().pop().unwrap()
+/// What the last query read and returned.
+fn last_logged(ph: &PostHogStandIn) -> posthog_patterns_standin::QueryReads {
+    ph.log().pop().unwrap().reads
 }
 
 #[tokio::test]

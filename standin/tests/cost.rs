@@ -172,7 +172,7 @@ async fn cost(ph: &PostHogStandIn, sql: &str, values: Value) -> (u64, u64, u64) 
     resp.bytes().await.unwrap();
     let log = ph.log();
     let q = log.last().unwrap();
-    (q.rows_returned, q.rows_read, q.bytes_read)
+    (q.reads.rows_returned, q.reads.rows_read, q.reads.bytes_read)
 }
 
 const COLUMNS: &str = "uuid, event, distinct_id, properties, elements_chain, timestamp, created_at";

@@ -93,8 +93,8 @@ async fn a_million_events_are_stored_and_queried_quickly() {
         println!(
             "{shape:<40} {took:>10.1?} {:>6.1} MB answer, {:>8} rows read, {:>6} returned",
             bytes as f64 / 1e6,
-            logged.rows_read,
-            logged.rows_returned
+            logged.reads.rows_read,
+            logged.reads.rows_returned
         );
         assert!(took < Duration::from_millis(700), "{shape}: {took:?}");
     }
