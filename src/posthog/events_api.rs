@@ -440,10 +440,16 @@ impl Reader {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
+            if tie.at != Some(ts) {
+                tie.start(ts);
+            }
+            // The names and distinct_ids seen there, delivered before or not: what a crowded
+            // microsecond is split by.
+            tie.names
+                .entry(row.event.clone())
+                .or_default()
+                .insert(distinct_id.clone());
             if tie.contains(ts, &row.id) {
-                // (Its name and distinct_id may be news: they split a crowded microsecond.)
-                let ids = tie.names.entry(row.event.clone()).or_default();
-                ids.insert(distinct_id);
                 continue;
             }
             if !self.filters.include.is_empty() {
@@ -451,14 +457,7 @@ impl Reader {
             }
             new += 1;
             Stats::add(&progress.stats.read, 1);
-            if tie.at != Some(ts) {
-                tie.start(ts);
-            }
             tie.seen.insert(row.id.clone());
-            tie.names
-                .entry(row.event.clone())
-                .or_default()
-                .insert(distinct_id.clone());
             let pos = Cursor::Seen {
                 timestamp: ts,
                 uuids: tie.set.push(row.id.clone()),

@@ -94,9 +94,7 @@ pub(crate) async fn cancel_abandoned() {
     if running.is_empty() && sent.is_empty() {
         return;
     }
-    let cancels = running.into_iter().map(|req| async move {
-        let _ = req.send().await;
-    });
+    let cancels = running.into_iter().map(send_cancel);
     let all = futures_util::future::join(
         futures_util::future::join_all(cancels),
         futures_util::future::join_all(sent),
@@ -125,9 +123,14 @@ impl Running {
     async fn cancel(&mut self) {
         let cancel = registry().running.remove(&self.0);
         if let Some(req) = cancel {
-            let _ = tokio::time::timeout(Duration::from_secs(3), req.send()).await;
+            send_cancel(req).await;
         }
     }
+}
+
+/// Sends a `DELETE` of a query, giving PostHog up to 3 s to take it.
+async fn send_cancel(req: reqwest::RequestBuilder) {
+    let _ = tokio::time::timeout(Duration::from_secs(3), req.send()).await;
 }
 
 impl Drop for Running {
@@ -139,9 +142,7 @@ impl Drop for Running {
         ) else {
             return;
         };
-        let task = runtime.spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(3), req.send()).await;
-        });
+        let task = runtime.spawn(send_cancel(req));
         r.sent.push(task);
     }
 }

@@ -36,16 +36,16 @@ enum Texts {
 /// `end = 2024-02-01T00:00:00Z`), handed on as the text the flag takes.
 #[derive(Deserialize, Clone, Debug)]
 #[serde(untagged)]
-enum When {
+enum DateValue {
     Text(String),
     Toml(toml::value::Datetime),
 }
 
-impl Serialize for When {
+impl Serialize for DateValue {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            When::Text(text) => text.serialize(s),
-            When::Toml(t) => t.to_string().serialize(s),
+            DateValue::Text(text) => text.serialize(s),
+            DateValue::Toml(t) => t.to_string().serialize(s),
         }
     }
 }
@@ -70,8 +70,8 @@ struct ConfigFile {
     webhook_url: Option<String>,
     events: Option<Texts>,
     exclude_events: Option<Texts>,
-    start: Option<When>,
-    end: Option<When>,
+    start: Option<DateValue>,
+    end: Option<DateValue>,
     lookback: Option<Amount>,
     lag: Option<Amount>,
     page_size: Option<Amount>,

@@ -538,7 +538,6 @@ impl Read {
 
     /// Whether a checked row is to be handed on (with its `created_at`), or counted as
     /// filtered out.
-    #[allow(clippy::option_option)]
     fn kept(
         &self,
         uuid: &str,
