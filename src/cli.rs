@@ -1,8 +1,8 @@
 //! The command line (clap derive). Option names are part of the interface: see README.md and
 //! docs/. Values are parsed and checked here, at the edge, with errors that show an example.
 
-use crate::posthog::query::MAX_PAGE_SIZE;
-use crate::posthog::source::SourceKind;
+use crate::domain::MAX_PAGE_SIZE;
+use crate::domain::SourceKind;
 use crate::progress::{LogFormat, ProgressMode};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};

@@ -54,41 +54,16 @@ pub(crate) fn exit_code_of(err: &anyhow::Error) -> u8 {
         .map_or(EXIT_FAILURE, Stop::exit_code)
 }
 
-/// What to do after an interruption, for commands that keep a checkpoint.
-pub(crate) const RESUME_HINT: &str =
-    "the checkpoint holds every acknowledged batch, so running the same command again resumes";
-
-/// Ends `work` on Ctrl-C or SIGTERM with [`Stop::Interrupted`] and the text `hint` gives then,
-/// and after `deadline` (`--max-run-time`) with [`Stop::Temporary`]. Checkpoints are written
-/// synchronously between awaits, so stopping never leaves one half-written; batches in flight
-/// are abandoned, and posted again by the next run.
-pub(crate) async fn interruptible<T>(
-    work: impl std::future::Future<Output = anyhow::Result<T>>,
-    deadline: Option<std::time::Duration>,
-    hint: impl FnOnce() -> String,
-) -> anyhow::Result<T> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let out_of_time = async {
-        match deadline {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    let result = tokio::select! {
-        result = work => result,
-        _ = tokio::signal::ctrl_c() => Err(Stop::Interrupted(hint()).into()),
-        _ = term.recv() => Err(Stop::Interrupted(hint()).into()),
-        _ = out_of_time => Err(Stop::Temporary(format!(
-            "stopped after --max-run-time ({}); {}",
-            crate::progress::human_duration(deadline.unwrap_or_default()),
-            hint()
-        ))
-        .into()),
-    };
-    // What the run dropped may have left PostHog running queries (asynchronous ones).
-    crate::posthog::cancel_abandoned().await;
-    result
+/// An error and its causes on one line.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// `err` followed by `hint` ("error; what to do"), keeping the exit code `err` had.

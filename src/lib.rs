@@ -8,6 +8,7 @@
 
 mod cli;
 mod commands;
+mod domain;
 mod error;
 mod event;
 mod metrics;

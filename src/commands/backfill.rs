@@ -3,16 +3,16 @@
 
 use crate::cli::BackfillArgs;
 use crate::commands::{Report, runner};
+use crate::domain::JobId;
+use crate::domain::{Cursor, Range};
 use crate::error::{EXIT_OK, EXIT_REJECTED};
 use crate::event::format_ts;
 use crate::net::tls::CaCerts;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::source::Connect;
-use crate::posthog::source::{Cursor, Range};
 use crate::progress::{Progress, count};
 use crate::settings::{self, Retries};
 use crate::sinks::webhook::Sink;
-use crate::state::checkpoint::JobId;
 use crate::state::job;
 use indicatif::HumanCount;
 use std::sync::Arc;
@@ -89,7 +89,7 @@ pub(crate) async fn run(
     state.position = state
         .position
         .take()
-        .map(|p| p.upgrade(state.version, progress));
+        .map(|p| p.upgrade(state.version, |m| progress.warn(m)));
     let ingested = job::ingested_until(&mut state, source, now);
     let path = store.path().to_path_buf();
     if state.complete {

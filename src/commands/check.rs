@@ -7,15 +7,15 @@
 
 use crate::cli::CheckedCommand;
 use crate::commands::backfill::BackfillConfig;
+use crate::domain::{Filters, Range, SourceKind};
 use crate::error::EXIT_OK;
 use crate::event::format_ts;
 use crate::net::retry::GaveUp;
 use crate::posthog::ApiError;
-use crate::posthog::Connection;
 use crate::posthog::hogql;
 use crate::posthog::source::Connect;
-use crate::posthog::source::{Filters, Range, SourceKind};
 use crate::progress::{Progress, count, human_duration};
+use crate::settings::Connection;
 use crate::state::checkpoint::{self, State};
 use anyhow::Context;
 use chrono::Duration;

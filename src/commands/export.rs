@@ -6,6 +6,8 @@
 use crate::cli::ExportArgs;
 use crate::commands::Report;
 use crate::commands::runner;
+use crate::domain::JobId;
+use crate::domain::{Cursor, Range, SourceKind};
 use crate::error::{EXIT_OK, usage};
 use crate::event::format_ts;
 use crate::net::tls::CaCerts;
@@ -13,11 +15,10 @@ use crate::pipeline;
 use crate::pipeline::batcher::Limits;
 use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
-use crate::posthog::source::{Cursor, Range, SourceKind};
 use crate::progress::Progress;
 use crate::settings::{self, Retries};
 use crate::sinks::ndjson::{NdjsonWriter, OutputClosed};
-use crate::state::checkpoint::{Counters, JobId};
+use crate::state::checkpoint::Counters;
 use crate::state::{fingerprint, job};
 use anyhow::Context;
 use indicatif::HumanCount;
@@ -192,7 +193,10 @@ pub(crate) async fn run(
         .refuse_future_end(source, &cfg.range, "export")
         .await?;
     if let Some(position) = state.position.as_mut() {
-        position.cursor = position.cursor.clone().upgrade(state.version, progress);
+        position.cursor = position
+            .cursor
+            .clone()
+            .upgrade(state.version, |m| progress.warn(m));
     }
     let path = store.path().to_path_buf();
     let existing = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);

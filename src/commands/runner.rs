@@ -4,9 +4,11 @@
 
 use super::Report;
 use crate::cli::OutputArgs;
+use crate::domain::{Cursor, Range};
+use crate::error::Stop;
 use crate::pipeline::ledger::Stats;
 use crate::pipeline::{self, Deliver, Delivered, Item, Posting};
-use crate::posthog::source::{Cursor, Range, Reader};
+use crate::posthog::source::Reader;
 use crate::progress::{Level, Options, Progress, count, human_duration};
 use indicatif::HumanCount;
 use std::future::Future;
@@ -62,7 +64,44 @@ pub(crate) async fn resumable<T>(
     work: impl Future<Output = anyhow::Result<T>>,
     deadline: Option<std::time::Duration>,
 ) -> anyhow::Result<T> {
-    crate::error::interruptible(work, deadline, || crate::error::RESUME_HINT.to_string()).await
+    interruptible(work, deadline, || RESUME_HINT.to_string()).await
+}
+
+/// What to do after an interruption, for commands that keep a checkpoint.
+pub(crate) const RESUME_HINT: &str =
+    "the checkpoint holds every acknowledged batch, so running the same command again resumes";
+
+/// Ends `work` on Ctrl-C or SIGTERM with [`Stop::Interrupted`] and the text `hint` gives then,
+/// and after `deadline` (`--max-run-time`) with [`Stop::Temporary`]. Checkpoints are written
+/// synchronously between awaits, so stopping never leaves one half-written; batches in flight
+/// are abandoned, and posted again by the next run.
+pub(crate) async fn interruptible<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+    deadline: Option<std::time::Duration>,
+    hint: impl FnOnce() -> String,
+) -> anyhow::Result<T> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let out_of_time = async {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => Err(Stop::Interrupted(hint()).into()),
+        _ = term.recv() => Err(Stop::Interrupted(hint()).into()),
+        _ = out_of_time => Err(Stop::Temporary(format!(
+            "stopped after --max-run-time ({}); {}",
+            crate::progress::human_duration(deadline.unwrap_or_default()),
+            hint()
+        ))
+        .into()),
+    };
+    // What the run dropped may have left PostHog running queries (asynchronous ones).
+    crate::posthog::cancel_abandoned().await;
+    result
 }
 
 /// Runs `source` through the pipeline into `sink`, showing progress, and checks the ledger
@@ -90,7 +129,7 @@ where
 /// Warns about each `--event` name that no event of the range carried: usually a typo (names
 /// are case-sensitive), which would otherwise pass as "0 events, exit 0". Only after a run that
 /// read the whole range (a resumed run did not see what earlier runs read).
-pub(crate) fn warn_unseen_names(progress: &Progress, filters: &crate::posthog::source::Filters) {
+pub(crate) fn warn_unseen_names(progress: &Progress, filters: &crate::domain::Filters) {
     for name in progress.stats.names_not_seen(&filters.include) {
         progress.warn(&format!(
             "no event named {name:?} in the range: is the name right? (event names are case-sensitive, e.g. $pageview)"

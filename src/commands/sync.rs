@@ -10,17 +10,17 @@ use crate::commands::Report;
 use crate::commands::runner;
 
 use crate::cli::SyncArgs;
+use crate::domain::JobId;
+use crate::domain::{Cursor, Range, SourceKind};
 use crate::error::{EXIT_OK, EXIT_REJECTED, usage};
 use crate::event::format_ts;
 use crate::net::tls::CaCerts;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
-use crate::posthog::source::{Cursor, Range, SourceKind};
 use crate::progress::{Progress, count};
 use crate::settings::{self, Retries};
 use crate::sinks::webhook::Sink;
-use crate::state::checkpoint::JobId;
 use crate::state::job;
 use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
@@ -132,7 +132,7 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
         pending.cursor = pending
             .cursor
             .take()
-            .map(|c| c.upgrade(state.version, progress));
+            .map(|c| c.upgrade(state.version, |m| progress.warn(m)));
     }
     let mut sync = state.position.clone().with_context(|| {
         format!(

@@ -1,6 +1,7 @@
 //! The pieces of HTTP handling shared by the PostHog source and the webhook sink: one client
 //! builder, reading a response, and the hints a server gives about when to try again.
 
+use crate::error::chain;
 use crate::net::tls::CaCerts;
 use crate::progress::Progress;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -249,18 +250,6 @@ fn describe(e: reqwest::Error) -> SendError {
 /// certificate) usually means. Other certificate errors (a wrong name, an expired
 /// certificate) are not cured by --ca-cert and get no hint.
 const CERTIFICATE_HINT: &str = " (if the server's certificate comes from a private CA or is self-signed, pass --ca-cert FILE with that CA's certificate in PEM; see docs/troubleshooting.md)";
-
-/// An error and its causes on one line.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
 
 /// The wait a server asks for: `Retry-After` in seconds or as an HTTP date, or else the number
 /// in PostHog's throttle text "Expected available in N seconds" (older versions send no

@@ -3,8 +3,8 @@
 //! CA, a self-signed server). A file is checked whole when it is loaded, so that a bad one is
 //! a usage error before the first request rather than a connection error after retries.
 
+use crate::error::chain;
 use crate::error::usage;
-use crate::net::http::chain;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 

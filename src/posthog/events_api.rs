@@ -9,7 +9,9 @@
 //! known to hold everything only when it is shorter than a page the server has already
 //! returned: the requested `limit` proves nothing (PostHog caps it silently).
 
-use super::source::{Cursor, Reader, TieSet, short};
+use super::source::{Reader, short};
+use crate::domain::Cursor;
+use crate::domain::cursor::TieSet;
 use crate::event::{Event, format_ts, parse_ts, team_id};
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
@@ -462,9 +464,7 @@ impl Reader {
                 timestamp: ts,
                 uuids: tie.set.push(row.id.clone()),
             };
-            if !self.filters.include.is_empty() && !self.filters.include.contains(&row.event)
-                || self.filters.exclude.contains(&row.event)
-            {
+            if !self.filters.keeps(&row.event) {
                 // Filtered here (the Events API filters one name at most): done, not sent.
                 Stats::add(&progress.stats.filtered, 1);
                 filtered_to = Some(pos);

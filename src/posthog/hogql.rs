@@ -5,10 +5,10 @@
 //! (../shared/posthog-api.md, "Query API" and "What a query costs PostHog").
 
 use super::query::key::{Key, Lower, Point, Upper, day_of, day_start};
-use super::source::{Filters, Range};
+use crate::domain::cursor::Tie;
+use crate::domain::{Filters, Range};
 use crate::event::format_ts_value;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 /// The columns of a page, in this order: the event (docs/event-format.md), then its sort key's
@@ -39,14 +39,6 @@ pub(crate) struct Ingested {
     /// `until` lies far enough in the past (`sync`'s `--lag`) for every event ingested by then
     /// to be queryable: a stretch counted empty then is, and need not be read.
     pub(crate) settled: bool,
-}
-
-/// A checkpoint of an older version stopped at `(timestamp, uuid)` in time order: of the
-/// events at exactly `timestamp`, those up to `uuid` (in ClickHouse's uuid order) are done.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Tie {
-    pub(crate) timestamp: DateTime<Utc>,
-    pub(crate) uuid: String,
 }
 
 /// What every query of a read carries besides its stretch.

@@ -3,11 +3,16 @@
 
 pub(crate) mod file;
 
+mod connection;
+pub(crate) use connection::Connection;
+
 use crate::cli::When;
 use crate::cli::{
     Compress, ConnectionArgs, FilterArgs, ReadArgs, RequestLimits, RetryArgs, StateArgs, TlsArgs,
     WebhookArgs,
 };
+use crate::domain::SourceKind;
+use crate::domain::{Filters, Range};
 use crate::error::usage;
 use crate::event::format_ts;
 use crate::net::ratelimit::Budget;
@@ -15,9 +20,6 @@ use crate::net::retry::RetryPolicy;
 use crate::net::tls::CaCerts;
 use crate::pipeline::Posting;
 use crate::pipeline::batcher::Limits;
-use crate::posthog::Connection;
-use crate::posthog::source::SourceKind;
-use crate::posthog::source::{Filters, Range};
 use crate::secret::{Secret, WebhookUrl};
 use anyhow::Context;
 use chrono::{DateTime, Utc};

@@ -3,11 +3,11 @@
 //! rename, mode 0600) and guarded by an exclusive lock so that two runs never share it.
 //! Format: docs/checkpoints.md.
 
+use crate::domain::JobId;
 use crate::error::Stop;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -16,14 +16,6 @@ use std::path::{Path, PathBuf};
 /// The format written. Version 2 (storage-order positions of the Query API, `ingested_until`)
 /// also reads version 1: see docs/checkpoints.md.
 pub(crate) const VERSION: u32 = 2;
-
-/// What identifies a job: the same job resumes from the same state, any other is refused.
-pub(crate) type JobId = BTreeMap<String, String>;
-
-/// A job identity from its parts.
-pub(crate) fn job<'a>(parts: impl IntoIterator<Item = (&'a str, String)>) -> JobId {
-    parts.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
-}
 
 /// Totals over all runs of a job.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +52,7 @@ pub(crate) struct State<P> {
     /// `backfill` and `export` given `--start`/`--end` relative to now (`-7d`, `now`): the
     /// range they stood for by PostHog's clock when the job started, kept for its later runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) range: Option<crate::posthog::source::Range>,
+    pub(crate) range: Option<crate::domain::Range>,
 }
 
 impl<P> State<P> {

@@ -1,19 +1,20 @@
 //! What makes two runs the same job (its identity: never a secret, the webhook only as a
 //! fingerprint), and opening a reading job's state: lock, load, choose the API, check.
 
-use crate::posthog::Connection;
+use crate::domain::JobId;
+use crate::domain::SourceKind;
 use crate::posthog::source::Connect;
-use crate::posthog::source::SourceKind;
+use crate::settings::Connection;
 use crate::settings::Resume;
-use crate::state::checkpoint::{self, JobId, State, Store};
+use crate::state::checkpoint::{self, State, Store};
 
 /// The identity every reading job starts from: where it reads and which events.
 pub(crate) fn identity(
     command: &str,
     connection: &Connection,
-    filters: &crate::posthog::source::Filters,
+    filters: &crate::domain::Filters,
 ) -> JobId {
-    checkpoint::job([
+    crate::domain::job([
         ("command", command.to_string()),
         ("host", connection.host.as_str().to_string()),
         ("project", connection.project.clone()),
@@ -93,7 +94,7 @@ pub(crate) async fn resolve_range<P>(
     spec: &crate::settings::RangeSpec,
     state: &mut State<P>,
     progress: &crate::progress::Progress,
-) -> anyhow::Result<crate::posthog::source::Range> {
+) -> anyhow::Result<crate::domain::Range> {
     for (flag, when) in [("--start", &spec.start), ("--end", &spec.end)] {
         if let Some(text) = when.naive() {
             progress.info(&format!(

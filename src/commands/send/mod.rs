@@ -11,17 +11,18 @@ pub(crate) mod lines;
 use crate::cli::{OnInvalid, SendArgs};
 use crate::commands::Report;
 use crate::commands::runner;
+use crate::domain::Filters;
+use crate::domain::JobId;
 use crate::error::{EXIT_OK, EXIT_REJECTED};
 use crate::net::tls::CaCerts;
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
-use crate::posthog::source::Filters;
 use crate::progress::Progress;
 use crate::progress::count;
 use crate::settings::{self, Retries};
 use crate::sinks::dead_letter::DeadLetter;
 use crate::sinks::webhook::Sink;
-use crate::state::checkpoint::{self, JobId, State};
+use crate::state::checkpoint::{self, State};
 use anyhow::Context;
 use files::{Found, SendState};
 use indicatif::HumanCount;
@@ -80,7 +81,7 @@ impl SendConfig {
 
     fn job_id(&self, files: &[PathBuf]) -> JobId {
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-        checkpoint::job([
+        crate::domain::job([
             ("command", "send".to_string()),
             ("files", names.join("\n")),
             ("events", self.filters.include.join(",")),
@@ -121,7 +122,7 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
             acked.store(pos.line, Relaxed);
             Ok(())
         });
-        let result = crate::error::interruptible(work, cfg.retries.max_run_time, resume_hint).await;
+        let result = runner::interruptible(work, cfg.retries.max_run_time, resume_hint).await;
         if let Err(e) = result {
             return Err(
                 if crate::error::exit_code_of(&e) == crate::error::EXIT_INTERRUPTED {
@@ -203,8 +204,8 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
             store.commit(&mut state, sent, done)
         },
     );
-    let result = crate::error::interruptible(work, cfg.retries.max_run_time, || {
-        crate::error::RESUME_HINT.to_string()
+    let result = runner::interruptible(work, cfg.retries.max_run_time, || {
+        runner::RESUME_HINT.to_string()
     })
     .await;
     result?;
@@ -492,9 +493,7 @@ impl Reading {
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             let json = json.trim().to_string();
             if let Some(event) = event.as_deref()
-                && (!self.filters.include.is_empty()
-                    && !self.filters.include.iter().any(|n| n == event)
-                    || self.filters.exclude.iter().any(|n| n == event))
+                && !self.filters.keeps(event)
             {
                 Stats::add(&stats.filtered, 1);
                 quiet_to = Some(pos);

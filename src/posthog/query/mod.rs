@@ -10,12 +10,14 @@ pub(crate) mod key;
 mod page;
 mod plan;
 
+use crate::domain::Cursor;
+use crate::domain::cursor::Tie;
 use crate::error::Stop;
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::PostHog;
-use crate::posthog::hogql::{Ingested, Scope, Stretch, Tie};
-use crate::posthog::source::{Cursor, Reader};
+use crate::posthog::hogql::{Ingested, Scope, Stretch};
+use crate::posthog::source::Reader;
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use key::{Key, Lower, Point, Upper, day_of, day_start};
@@ -24,9 +26,6 @@ use plan::{Planner, Window};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-
-/// PostHog caps an explicit LIMIT at this many rows (../shared/posthog-api.md).
-pub(crate) const MAX_PAGE_SIZE: u64 = 50_000;
 
 /// Queries in a row PostHog may find too costly, each for half of what the one before asked,
 /// before the run stops: a factor of 2^24 below a window, far past what a query's cost can

@@ -6,16 +6,17 @@
 
 use super::Read;
 use super::key::{Key, Lower, Point, Upper, day_of};
+use crate::domain::Cursor;
+use crate::domain::cursor::Tie;
 use crate::event::{Event, format_ts, parse_ts, properties_object};
 use crate::net::http::SendError;
 use crate::net::retry::GaveUp;
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::ApiError;
-use crate::posthog::hogql::{self, Tie};
+use crate::posthog::hogql;
 use crate::posthog::repair::Properties;
 use crate::posthog::rows::{Broken, Rows, Step};
-use crate::posthog::source::Cursor;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -602,11 +603,7 @@ impl Read {
         event: Option<&str>,
         created_at: Option<DateTime<Utc>>,
     ) -> Result<Option<&'static str>, &'static str> {
-        let name = event.unwrap_or("");
-        let f = &self.reader.filters;
-        if !f.include.is_empty() && !f.include.iter().any(|n| n == name)
-            || f.exclude.iter().any(|n| n == name)
-        {
+        if !self.reader.filters.keeps(event.unwrap_or("")) {
             return Ok(Some(
                 "PostHog returned events that the --event/--exclude-event filters leave out; they are filtered here",
             ));
