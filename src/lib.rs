@@ -12,6 +12,7 @@ mod domain;
 mod error;
 mod event;
 mod metrics;
+mod ndjson;
 mod net;
 mod pipeline;
 mod posthog;

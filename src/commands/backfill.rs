@@ -2,16 +2,18 @@
 //! checkpoint after any interruption, with a summary that accounts for every event read.
 
 use crate::cli::BackfillArgs;
-use crate::commands::{Report, runner};
-use crate::domain::JobId;
-use crate::domain::{Cursor, Range};
-use crate::error::{EXIT_OK, EXIT_REJECTED};
+use crate::commands::report::{self, Report};
+use crate::commands::runner::{self, Job, Pass, Run};
+use crate::domain::{Cursor, JobId, Range, SourceKind};
+use crate::error::usage;
 use crate::event::format_ts;
 use crate::net::tls::CaCerts;
+use crate::pipeline::Deliver;
 use crate::pipeline::ledger::Stats;
+use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
 use crate::progress::{Progress, count};
-use crate::settings::{self, Retries};
+use crate::settings::{self, Resume, Retries};
 use crate::sinks::webhook::Sink;
 use crate::state::job;
 use indicatif::HumanCount;
@@ -63,131 +65,171 @@ impl BackfillConfig {
     }
 }
 
-pub(crate) async fn run(
-    cfg: &mut BackfillConfig,
-    progress: &Arc<Progress>,
-) -> anyhow::Result<Report> {
+/// Describes a backfill to the runner and returns how it ended.
+pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
     let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
-    let job::Resumed {
-        store,
-        mut state,
-        source,
-        ..
-    } = job::resume::<Cursor>(
-        &connect,
-        cfg.read.source,
-        "backfill",
-        cfg.job_id(),
-        &cfg.resume,
-    )
-    .await?;
-    cfg.range = job::resolve_range(&connect, source, &cfg.spec, &mut state, progress).await?;
-    // Before anything is marked: a range still open by PostHog's clock cannot be complete.
-    let now = connect
-        .refuse_future_end(source, &cfg.range, "backfill")
-        .await?;
-    state.position = state
-        .position
-        .take()
-        .map(|p| p.upgrade(state.version, |m| progress.warn(m)));
-    let ingested = job::ingested_until(&mut state, source, now);
-    let path = store.path().to_path_buf();
-    if state.complete {
-        return Ok(Report::ok(format!(
-            "backfill already complete: {} posted ({} dead-lettered) over {}; nothing to do. Pass --restart to export the range again. Checkpoint: {}",
-            count(state.counters.posted, "event", "events"),
-            HumanCount(state.counters.dead_lettered),
-            count(state.counters.runs, "run", "runs"),
-            path.display()
-        )));
-    }
-    if let Some(pos) = &state.position
-        && (pos.timestamp() < cfg.range.start || pos.timestamp() > cfg.range.end)
-    {
-        return Err(crate::error::usage(format!(
-            "the checkpoint {} holds a position ({}) outside the job's range {} → {}: it was edited, or belongs to another job; pass --restart to start the range again",
-            path.display(),
-            format_ts(&pos.timestamp()),
-            format_ts(&cfg.range.start),
-            format_ts(&cfg.range.end)
-        )));
-    }
-    match &state.position {
-        Some(pos) => progress.info(&format!(
-            "resuming from {} ({} posted before); checkpoint {}",
-            format_ts(&pos.timestamp()),
-            count(state.counters.posted, "event", "events"),
-            path.display()
-        )),
-        None => progress.info(&format!(
-            "exporting {} → {} of project {} ({} API) to {}; checkpoint {}",
-            format_ts(&cfg.range.start),
-            format_ts(&cfg.range.end),
-            cfg.read.connection.project,
-            source.name(),
-            cfg.webhook.url.redacted(),
-            path.display()
-        )),
-    }
-    state.counters.runs += 1;
-
-    let sink = Sink::open(
-        connect.http.clone(),
-        &cfg.webhook,
-        &cfg.retries.policy,
-        progress,
-    )?;
-    let reader = connect
-        .reader(source, cfg.range, &cfg.read, ingested)
-        .dead_letter(sink.dead_letter());
-
-    let whole_range = state.position.is_none();
-    runner::read_posthog(
-        reader,
-        state.position.clone(),
-        cfg.range,
-        cfg.webhook.posting,
-        &sink,
-        progress,
-        |pos, done| store.commit(&mut state, pos.clone(), done),
-    )
-    .await?;
-    if whole_range {
-        runner::warn_unseen_names(progress, &cfg.read.filters);
-    }
-    state.complete = true;
-    state.position = Some(Cursor::Before {
-        timestamp: cfg.range.end,
-    });
-    store.save(&mut state)?;
-
-    let mut summary = format!(
-        "backfill complete: {} → {}{}, project {}\n{}\n  in all   {} posted over {}; checkpoint {}",
-        format_ts(&cfg.range.start),
-        format_ts(&cfg.range.end),
-        if cfg.spec.start.naive().is_some() || cfg.spec.end.naive().is_some() {
-            " (a time given without an offset was read as UTC)"
-        } else {
-            ""
-        },
-        cfg.read.connection.project,
-        runner::figures(progress, "posted"),
-        count(state.counters.posted, "event", "events"),
-        count(state.counters.runs, "run", "runs"),
-        path.display(),
-    );
-    let dead = Stats::get(&progress.stats.dead_lettered);
-    let exit = if dead > 0 {
-        let file = cfg
-            .webhook
-            .dead_letter
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        summary.push_str(&format!("\n  rejected events are in {file} (exit 3)"));
-        EXIT_REJECTED
-    } else {
-        EXIT_OK
+    let mut job = Backfill {
+        cfg,
+        connect,
+        range: cfg.range,
+        ingested: None,
+        sink: None,
+        read: false,
     };
-    Ok(Report { exit, summary })
+    runner::run(&mut job, progress).await
+}
+
+/// A backfill: the events of its range, read from PostHog after the checkpoint's position,
+/// posted to the webhook; complete once the range is read to its end.
+struct Backfill<'a> {
+    cfg: &'a BackfillConfig,
+    connect: Connect<'a>,
+    /// Resolved by PostHog's clock when the run starts.
+    range: Range,
+    ingested: Option<Ingested>,
+    sink: Option<Sink>,
+    /// The one pass has been handed out.
+    read: bool,
+}
+
+impl Job for Backfill<'_> {
+    type Saved = Cursor;
+    type Place = Cursor;
+
+    fn state(&self) -> Option<(&'static str, JobId, &Resume)> {
+        Some(("backfill", self.cfg.job_id(), &self.cfg.resume))
+    }
+
+    fn posthog(&self) -> Option<(&Connect<'_>, SourceKind)> {
+        Some((&self.connect, self.cfg.read.source))
+    }
+
+    fn deadline(&self) -> Option<std::time::Duration> {
+        self.cfg.retries.max_run_time
+    }
+
+    async fn prepare(&mut self, run: &mut Run<Cursor>) -> anyhow::Result<Option<String>> {
+        (self.range, self.ingested) =
+            runner::posthog_range(&self.connect, run, &self.cfg.spec, "backfill").await?;
+        let (progress, path) = (&run.progress, run.shown_path());
+        let (version, range) = (run.state.version, self.range);
+        run.state.position = run
+            .state
+            .position
+            .take()
+            .map(|p| p.upgrade(version, |m| progress.warn(m)));
+        match &run.state.position {
+            Some(pos) if pos.timestamp() < range.start || pos.timestamp() > range.end => {
+                return Err(usage(format!(
+                    "the checkpoint {path} holds a position ({}) outside the job's range {} → {}: it was edited, or belongs to another job; pass --restart to start the range again",
+                    format_ts(&pos.timestamp()),
+                    format_ts(&range.start),
+                    format_ts(&range.end)
+                )));
+            }
+            _ if run.state.complete => {}
+            Some(pos) => progress.info(&format!(
+                "resuming from {} ({} posted before); checkpoint {path}",
+                format_ts(&pos.timestamp()),
+                count(run.state.counters.posted, "event", "events"),
+            )),
+            None => progress.info(&format!(
+                "exporting {} → {} of project {} ({} API) to {}; checkpoint {path}",
+                format_ts(&range.start),
+                format_ts(&range.end),
+                self.cfg.read.connection.project,
+                run.source.name(),
+                self.cfg.webhook.url.redacted(),
+            )),
+        }
+        Ok(None)
+    }
+
+    fn already_complete(&self, run: &Run<Cursor>) -> String {
+        let c = &run.state.counters;
+        format!(
+            "backfill already complete: {} posted ({} dead-lettered) over {}; nothing to do. Pass --restart to export the range again. Checkpoint: {}",
+            count(c.posted, "event", "events"),
+            HumanCount(c.dead_lettered),
+            count(c.runs, "run", "runs"),
+            run.shown_path()
+        )
+    }
+
+    fn open_sink(&mut self, run: &mut Run<Cursor>) -> anyhow::Result<()> {
+        let http = self.connect.http.clone();
+        self.sink = Some(Sink::open(
+            http,
+            &self.cfg.webhook,
+            &self.cfg.retries.policy,
+            &run.progress,
+        )?);
+        Ok(())
+    }
+
+    fn sink(&self) -> &dyn Deliver {
+        self.sink.as_ref().expect("opened before the first pass")
+    }
+
+    async fn next_pass(&mut self, run: &mut Run<Cursor>) -> anyhow::Result<Option<Pass<Cursor>>> {
+        // One pass: from where the checkpoint stands to the end of the range.
+        if std::mem::replace(&mut self.read, true) {
+            return Ok(None);
+        }
+        let sink = self.sink.as_ref().expect("opened before the first pass");
+        let reader = self
+            .connect
+            .reader(run.source, self.range, &self.cfg.read, self.ingested)
+            .dead_letter(sink.dead_letter());
+        Ok(Some(Pass::posthog(
+            reader,
+            run.state.position.clone(),
+            self.range,
+            self.cfg.webhook.posting,
+            &self.cfg.read.filters.include,
+            &run.progress,
+        )))
+    }
+
+    fn position(&self, _: Option<&Cursor>, place: &Cursor) -> anyhow::Result<Cursor> {
+        Ok(place.clone())
+    }
+
+    fn finish(&self, saved: &mut Option<Cursor>) -> anyhow::Result<bool> {
+        *saved = Some(Cursor::Before {
+            timestamp: self.range.end,
+        });
+        Ok(true)
+    }
+
+    fn summary(&self, run: &Run<Cursor>) -> String {
+        let (cfg, progress) = (self.cfg, &run.progress);
+        let mut summary = format!(
+            "backfill complete: {} → {}{}, project {}\n{}\n  in all   {} posted over {}; checkpoint {}",
+            format_ts(&self.range.start),
+            format_ts(&self.range.end),
+            if cfg.spec.start.naive().is_some() || cfg.spec.end.naive().is_some() {
+                " (a time given without an offset was read as UTC)"
+            } else {
+                ""
+            },
+            cfg.read.connection.project,
+            report::figures(progress, "posted"),
+            count(run.state.counters.posted, "event", "events"),
+            count(run.state.counters.runs, "run", "runs"),
+            run.shown_path(),
+        );
+        if Stats::get(&progress.stats.dead_lettered) > 0 {
+            let file = cfg
+                .webhook
+                .dead_letter
+                .as_ref()
+                .map(|p| p.display().to_string());
+            summary.push_str(&format!(
+                "\n  rejected events are in {} (exit 3)",
+                file.unwrap_or_default()
+            ));
+        }
+        summary
+    }
 }

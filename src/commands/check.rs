@@ -7,7 +7,9 @@
 
 use crate::cli::CheckedCommand;
 use crate::commands::backfill::BackfillConfig;
-use crate::domain::{Filters, Range, SourceKind};
+use crate::commands::runner;
+use crate::commands::sync::SyncState;
+use crate::domain::{Cursor, Filters, Range, SourceKind};
 use crate::error::EXIT_OK;
 use crate::event::format_ts;
 use crate::net::retry::GaveUp;
@@ -16,7 +18,6 @@ use crate::posthog::hogql;
 use crate::posthog::source::Connect;
 use crate::progress::{Progress, count, human_duration};
 use crate::settings::Connection;
-use crate::state::checkpoint::{self, State};
 use anyhow::Context;
 use chrono::Duration;
 use indicatif::HumanCount;
@@ -101,19 +102,13 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
                 say!("page size         {}", cfg.read.page_size);
                 say!("trusted roots     {}", cfg.ca_certs.describe());
                 print_batches(&cfg.webhook);
-                let path = cfg
-                    .resume
-                    .checkpoint
-                    .clone()
-                    .unwrap_or_else(|| checkpoint::default_path("backfill", &cfg.job_id()));
+                let (path, state) = runner::peek::<Cursor>("backfill", &cfg.job_id(), &cfg.resume)?;
                 say!("checkpoint        {}", path.display());
-                if let Ok(text) = std::fs::read_to_string(&path) {
-                    let state: State<serde_json::Value> = serde_json::from_str(&text)
-                        .with_context(|| format!("the checkpoint {} is corrupt", path.display()))?;
+                if let Some(state) = state {
                     say!(
                         "                  complete: {}, position: {}",
                         state.complete,
-                        state.position.unwrap_or_default()
+                        serde_json::to_value(&state.position)?
                     );
                 }
                 let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
@@ -152,23 +147,15 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
                     human(cfg.lookback),
                     human(cfg.lag)
                 );
-                let path = cfg
-                    .resume
-                    .checkpoint
-                    .clone()
-                    .unwrap_or_else(|| checkpoint::default_path("sync", &cfg.job_id()));
+                let (path, state) = runner::peek::<SyncState>("sync", &cfg.job_id(), &cfg.resume)?;
                 say!("state             {}", path.display());
                 let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
                 reach_webhook(&connect.http, &cfg.webhook).await?;
                 // The run's own plan, by PostHog's clock as a run plans.
                 let kind = ask_api(&connect, cfg.read.source).await?;
                 let now = connect.now(kind).await?;
-                let sync = match std::fs::read_to_string(&path) {
-                    Ok(text) => {
-                        let state: State<crate::commands::sync::SyncState> =
-                            serde_json::from_str(&text).with_context(|| {
-                                format!("the state file {} is corrupt", path.display())
-                            })?;
+                let sync = match state {
+                    Some(state) => {
                         let sync = state.position.context("a sync state has a position")?;
                         say!(
                             "                  started {}, watermark {}{}",
@@ -182,7 +169,7 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
                         );
                         sync
                     }
-                    Err(_) => {
+                    None => {
                         let start = cfg
                             .start
                             .as_ref()
@@ -192,7 +179,7 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
                             "                  none yet: the first run starts at {}",
                             format_ts(&start)
                         );
-                        crate::commands::sync::SyncState {
+                        SyncState {
                             start,
                             watermark: None,
                             pending: None,

@@ -3,8 +3,8 @@
 //! webhook with some faults), then a check that every event arrived exactly once.
 
 use crate::cli::{Cli, Command, DemoArgs};
-use crate::commands::Report;
 use crate::commands::backfill::{self, BackfillConfig};
+use crate::commands::report::Report;
 use crate::error::EXIT_OK;
 use crate::event::format_ts;
 use crate::progress::Progress;
@@ -100,8 +100,8 @@ pub(crate) async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Re
     let Command::Backfill(args) = Cli::try_parse_from(argv)?.command else {
         bail!("the demo's command line is a backfill");
     };
-    let mut cfg = BackfillConfig::from_args(&args)?;
-    let report = backfill::run(&mut cfg, progress).await?;
+    let cfg = BackfillConfig::from_args(&args)?;
+    let report = backfill::run(&cfg, progress).await?;
 
     // Every event of [start, end) exactly once, nothing else.
     let expected: HashMap<&str, ()> = events

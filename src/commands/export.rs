@@ -4,19 +4,18 @@
 //! them, and starts again from the beginning of the range if the file no longer holds them.
 
 use crate::cli::ExportArgs;
-use crate::commands::Report;
-use crate::commands::runner;
-use crate::domain::JobId;
-use crate::domain::{Cursor, Range, SourceKind};
-use crate::error::{EXIT_OK, usage};
+use crate::commands::report::{self, Report};
+use crate::commands::runner::{self, Job, Pass, Run};
+use crate::domain::{Cursor, JobId, Range, SourceKind};
+use crate::error::usage;
 use crate::event::format_ts;
 use crate::net::tls::CaCerts;
-use crate::pipeline;
 use crate::pipeline::batcher::Limits;
+use crate::pipeline::{self, Deliver};
 use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
-use crate::progress::Progress;
-use crate::settings::{self, Retries};
+use crate::progress::{Progress, count};
+use crate::settings::{self, Resume, Retries};
 use crate::sinks::ndjson::{NdjsonWriter, OutputClosed};
 use crate::state::checkpoint::Counters;
 use crate::state::{fingerprint, job};
@@ -126,173 +125,190 @@ fn output_changed(output: &Path, position: &ExportPosition) -> anyhow::Result<Op
     }))
 }
 
-pub(crate) async fn run(
-    cfg: &mut ExportConfig,
-    progress: &Arc<Progress>,
-) -> anyhow::Result<Report> {
+/// Describes an export to the runner and returns how it ended.
+pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
     progress.set_verb("written");
     let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
-    let Some(output) = cfg.output.clone() else {
-        let source = connect.choose(cfg.read.source, None).await?;
-        if cfg.spec.is_relative() {
-            cfg.range = cfg.spec.resolve(connect.now(source).await?)?;
-        }
-        let now = connect
-            .refuse_future_end(source, &cfg.range, "export")
-            .await?;
-        let writer = NdjsonWriter::stdout(progress.clone());
-        let ingested = (source != SourceKind::Events).then_some(Ingested {
-            after: None,
-            until: now,
-            settled: false,
-        });
-        return match read_into(
-            cfg,
-            &connect,
-            (source, ingested),
-            None,
-            &writer,
-            progress,
-            |_, _| Ok(()),
-        )
-        .await
-        {
-            Err(e) if e.chain().any(|c| c.is::<OutputClosed>()) => Ok(Report {
-                exit: EXIT_OK,
-                summary: String::new(),
-            }),
-            Err(e) => Err(e),
-            Ok(()) => Ok(Report {
-                exit: EXIT_OK,
-                summary: format!(
-                    "export complete: {} → {} to stdout\n{}",
-                    format_ts(&cfg.range.start),
-                    format_ts(&cfg.range.end),
-                    runner::figures(progress, "written")
-                ),
-            }),
-        };
-    };
-
-    let output = std::path::absolute(&output).unwrap_or_else(|_| output.clone());
-    let job::Resumed {
-        store,
-        mut state,
-        source,
-        fresh,
-    } = job::resume::<ExportPosition>(
-        &connect,
-        cfg.read.source,
-        "export",
-        cfg.job_id(&output),
-        &cfg.resume,
-    )
-    .await?;
-    cfg.range = job::resolve_range(&connect, source, &cfg.spec, &mut state, progress).await?;
-    let now = connect
-        .refuse_future_end(source, &cfg.range, "export")
-        .await?;
-    if let Some(position) = state.position.as_mut() {
-        position.cursor = position
-            .cursor
-            .clone()
-            .upgrade(state.version, |m| progress.warn(m));
-    }
-    let path = store.path().to_path_buf();
-    let existing = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-    if fresh && existing > 0 && !cfg.resume.restart {
-        return Err(usage(format!(
-            "{} exists and no checkpoint says how much of it is complete; move it aside, or pass --restart to overwrite it",
-            output.display()
-        )));
-    }
-    // Never extend a file that lost what was written to it (padding it, or keeping another
-    // file's bytes): the export starts again from the beginning of the range.
-    if let Some(position) = &state.position
-        && let Some(problem) = output_changed(&output, position)?
-    {
-        progress.warn(&format!(
-            "{} {problem}; starting the export again from the beginning of the range",
-            output.display()
-        ));
-        state.position = None;
-        state.complete = false;
-        state.counters = Counters {
-            runs: state.counters.runs,
-            ..Counters::default()
-        };
-    }
-    if state.complete {
-        return Ok(Report::ok(format!(
-            "export already complete: {} events in {}; pass --restart to export again",
-            HumanCount(state.counters.posted),
-            output.display()
-        )));
-    }
-    let keep = state.position.as_ref().map_or(0, |p| p.bytes);
-    if keep > 0 {
-        progress.info(&format!(
-            "resuming {} after its first {} bytes",
-            output.display(),
-            keep
-        ));
-    }
-    state.counters.runs += 1;
-    // The state exists before the file is first written: a run that fails before its first
-    // checkpoint (a full disk) leaves a file the next run knows to be this job's, to start
-    // again, instead of one it must refuse to overwrite.
-    store.save(&mut state)?;
-    let writer = NdjsonWriter::file(&output, keep, progress.clone())?;
-    let from = state.position.as_ref().map(|p| p.cursor.clone());
-    let ingested = job::ingested_until(&mut state, source, now);
-    read_into(
+    let mut job = Export {
         cfg,
-        &connect,
-        (source, ingested),
-        from,
-        &writer,
-        progress,
-        |cursor, done| {
-            let position = ExportPosition {
-                cursor: cursor.clone(),
-                bytes: writer.len(),
-                fingerprint: writer.fingerprint()?,
-            };
-            store.commit(&mut state, position, done)
-        },
-    )
-    .await?;
-    state.complete = true;
-    store.save(&mut state)?;
-    Ok(Report {
-        exit: EXIT_OK,
-        summary: format!(
-            "export complete: {} → {} into {}\n{}\n  in all   {} events over {}; checkpoint {}",
-            format_ts(&cfg.range.start),
-            format_ts(&cfg.range.end),
-            output.display(),
-            runner::figures(progress, "written"),
-            HumanCount(state.counters.posted),
-            crate::progress::count(state.counters.runs, "run", "runs"),
-            path.display()
-        ),
-    })
+        output: cfg
+            .output
+            .as_ref()
+            .map(|o| std::path::absolute(o).unwrap_or_else(|_| o.clone())),
+        connect,
+        range: cfg.range,
+        ingested: None,
+        writer: None,
+        read: false,
+    };
+    match runner::run(&mut job, progress).await {
+        // The reader closed our stdout (`| head`): the run ends quietly.
+        Err(e) if e.chain().any(|c| c.is::<OutputClosed>()) => Ok(Report::ok(String::new())),
+        result => result,
+    }
 }
 
-async fn read_into(
-    cfg: &ExportConfig,
-    connect: &Connect<'_>,
-    (source, ingested): (SourceKind, Option<Ingested>),
-    from: Option<Cursor>,
-    writer: &NdjsonWriter,
-    progress: &Arc<Progress>,
-    commit: impl FnMut(&Cursor, crate::pipeline::Delivered) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let reader = connect.reader(source, cfg.range, &cfg.read, ingested);
-    let whole_range = from.is_none();
-    runner::read_posthog(reader, from, cfg.range, POSTING, writer, progress, commit).await?;
-    if whole_range {
-        runner::warn_unseen_names(progress, &cfg.read.filters);
+/// An export: the events of its range, read from PostHog, written as NDJSON to stdout (no
+/// checkpoint) or to a file (resumable: the checkpoint holds how much of it is complete).
+struct Export<'a> {
+    cfg: &'a ExportConfig,
+    /// `None`: stdout.
+    output: Option<PathBuf>,
+    connect: Connect<'a>,
+    /// Resolved by PostHog's clock when the run starts.
+    range: Range,
+    ingested: Option<Ingested>,
+    writer: Option<NdjsonWriter>,
+    /// The one pass has been handed out.
+    read: bool,
+}
+
+impl Job for Export<'_> {
+    type Saved = ExportPosition;
+    type Place = Cursor;
+
+    fn state(&self) -> Option<(&'static str, JobId, &Resume)> {
+        let output = self.output.as_ref()?;
+        Some(("export", self.cfg.job_id(output), &self.cfg.resume))
     }
-    Ok(())
+
+    fn posthog(&self) -> Option<(&Connect<'_>, SourceKind)> {
+        Some((&self.connect, self.cfg.read.source))
+    }
+
+    fn deadline(&self) -> Option<std::time::Duration> {
+        self.cfg.retries.max_run_time
+    }
+
+    async fn prepare(&mut self, run: &mut Run<ExportPosition>) -> anyhow::Result<Option<String>> {
+        (self.range, self.ingested) =
+            runner::posthog_range(&self.connect, run, &self.cfg.spec, "export").await?;
+        let Some(output) = &self.output else {
+            return Ok(None);
+        };
+        let (progress, version) = (&run.progress, run.state.version);
+        if let Some(position) = run.state.position.as_mut() {
+            position.cursor = position
+                .cursor
+                .clone()
+                .upgrade(version, |m| progress.warn(m));
+        }
+        let existing = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+        if run.fresh && existing > 0 && !self.cfg.resume.restart {
+            return Err(usage(format!(
+                "{} exists and no checkpoint says how much of it is complete; move it aside, or pass --restart to overwrite it",
+                output.display()
+            )));
+        }
+        // Never extend a file that lost what was written to it (padding it, or keeping another
+        // file's bytes): the export starts again from the beginning of the range.
+        if let Some(position) = &run.state.position
+            && let Some(problem) = output_changed(output, position)?
+        {
+            progress.warn(&format!(
+                "{} {problem}; starting the export again from the beginning of the range",
+                output.display()
+            ));
+            run.state.position = None;
+            run.state.complete = false;
+            run.state.counters = Counters {
+                runs: run.state.counters.runs,
+                ..Counters::default()
+            };
+        }
+        let keep = run.state.position.as_ref().map_or(0, |p| p.bytes);
+        if keep > 0 && !run.state.complete {
+            progress.info(&format!(
+                "resuming {} after its first {} bytes",
+                output.display(),
+                keep
+            ));
+        }
+        Ok(None)
+    }
+
+    fn already_complete(&self, run: &Run<ExportPosition>) -> String {
+        format!(
+            "export already complete: {} events in {}; pass --restart to export again",
+            HumanCount(run.state.counters.posted),
+            self.output.as_deref().unwrap_or(Path::new("-")).display()
+        )
+    }
+
+    fn open_sink(&mut self, run: &mut Run<ExportPosition>) -> anyhow::Result<()> {
+        let progress = run.progress.clone();
+        self.writer = Some(match &self.output {
+            None => NdjsonWriter::stdout(progress),
+            Some(output) => {
+                // The state exists before the file is first written: a run that fails before
+                // its first checkpoint (a full disk) leaves a file the next run knows to be
+                // this job's, to start again, instead of one it must refuse to overwrite.
+                run.save()?;
+                let keep = run.state.position.as_ref().map_or(0, |p| p.bytes);
+                NdjsonWriter::file(output, keep, progress)?
+            }
+        });
+        Ok(())
+    }
+
+    fn sink(&self) -> &dyn Deliver {
+        self.writer.as_ref().expect("opened before the first pass")
+    }
+
+    async fn next_pass(
+        &mut self,
+        run: &mut Run<ExportPosition>,
+    ) -> anyhow::Result<Option<Pass<Cursor>>> {
+        // One pass: from where the checkpoint stands to the end of the range.
+        if std::mem::replace(&mut self.read, true) {
+            return Ok(None);
+        }
+        let reader = self
+            .connect
+            .reader(run.source, self.range, &self.cfg.read, self.ingested);
+        Ok(Some(Pass::posthog(
+            reader,
+            run.state.position.as_ref().map(|p| p.cursor.clone()),
+            self.range,
+            POSTING,
+            &self.cfg.read.filters.include,
+            &run.progress,
+        )))
+    }
+
+    fn position(
+        &self,
+        _: Option<&ExportPosition>,
+        place: &Cursor,
+    ) -> anyhow::Result<ExportPosition> {
+        let writer = self.writer.as_ref().expect("opened before the first pass");
+        Ok(ExportPosition {
+            cursor: place.clone(),
+            bytes: writer.len(),
+            fingerprint: writer.fingerprint()?,
+        })
+    }
+
+    fn finish(&self, _: &mut Option<ExportPosition>) -> anyhow::Result<bool> {
+        Ok(true)
+    }
+
+    fn summary(&self, run: &Run<ExportPosition>) -> String {
+        let range = format!(
+            "{} → {}",
+            format_ts(&self.range.start),
+            format_ts(&self.range.end)
+        );
+        let figures = report::figures(&run.progress, "written");
+        match &self.output {
+            None => format!("export complete: {range} to stdout\n{figures}"),
+            Some(output) => format!(
+                "export complete: {range} into {}\n{figures}\n  in all   {} events over {}; checkpoint {}",
+                output.display(),
+                HumanCount(run.state.counters.posted),
+                count(run.state.counters.runs, "run", "runs"),
+                run.shown_path()
+            ),
+        }
+    }
 }

@@ -362,7 +362,7 @@ fn all_argument_ids(cmd: &Command) -> BTreeSet<String> {
 pub(crate) fn run(dir: Option<&Path>) -> anyhow::Result<()> {
     let all = pages();
     let Some(dir) = dir else {
-        return super::print_stdout(all[0].render(&all).as_bytes());
+        return print_stdout(all[0].render(&all).as_bytes());
     };
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the directory {}", dir.display()))?;
@@ -381,6 +381,16 @@ pub(crate) fn run(dir: Option<&Path>) -> anyhow::Result<()> {
             .join(", ")
     );
     Ok(())
+}
+
+/// Writes `text` to stdout; a reader that stops early (`| head`) is not an error.
+pub(crate) fn print_stdout(text: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }
 
 #[cfg(test)]

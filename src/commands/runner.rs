@@ -1,82 +1,415 @@
-//! What the commands share: the display, stopping on Ctrl-C or SIGTERM, running a source
-//! through the pipeline into a sink with the ledger check at the end, and the figures of a
-//! closing summary. A command is then only its job identity, its positions and its summary.
+//! The life of a job, in one place. A command describes its job ([`Job`]): its identity, what
+//! its checkpoint keeps, its source, its sink and what to say at the end. The runner carries
+//! it out: lock and resume, the identity check, the API it reads, "already complete?", the
+//! passes through the pipeline with each acknowledged position committed, completion, the
+//! ledger check, stopping on Ctrl-C, SIGTERM or `--max-run-time`, and the exit code.
 
-use super::Report;
-use crate::cli::OutputArgs;
-use crate::domain::{Cursor, Range};
-use crate::error::Stop;
+use super::report::Report;
+use crate::domain::{Cursor, JobId, Range, SourceKind};
+use crate::error::{EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED, Stop};
 use crate::pipeline::ledger::Stats;
 use crate::pipeline::{self, Deliver, Delivered, Item, Posting};
-use crate::posthog::source::Reader;
-use crate::progress::{Level, Options, Progress, count, human_duration};
-use indicatif::HumanCount;
+use crate::posthog::hogql::Ingested;
+use crate::posthog::source::{Connect, Reader};
+use crate::progress::Progress;
+use crate::settings::{RangeSpec, Resume};
+use crate::state::checkpoint::{self, State, Store};
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// The display for a command's `OutputArgs`.
-pub(crate) fn progress(args: &OutputArgs, default_level: Level) -> Arc<Progress> {
-    Arc::new(Progress::new(&Options {
-        mode: args.progress,
-        quiet: args.quiet,
-        verbose: args.verbose,
-        log_format: args.log_format,
-        default_level,
-    }))
-}
-
-/// Clears the display, prints the summary (with `--log-format json`, one summary object for
-/// every run, failed ones too), and gives the exit code.
-/// With `--metrics-file`, the run's metrics are written last (a failure to write them is a
-/// warning: the run's own outcome stands).
-pub(crate) fn finish(
-    progress: &Progress,
-    result: anyhow::Result<Report>,
-    metrics: Option<crate::metrics::Target>,
-) -> anyhow::Result<u8> {
-    progress.finish();
-    let exit = match &result {
-        Ok(report) => report.exit,
-        Err(e) => crate::error::exit_code_of(e),
-    };
-    // (`--if-locked skip` ends as an error with exit 0: no run took place.)
-    let ran = result.is_ok() || exit != crate::error::EXIT_OK;
-    if let Some(target) = metrics.filter(|_| ran)
-        && let Err(e) = crate::metrics::write(&target, progress, exit)
-    {
-        progress.warn(&format!("{e:#}"));
-    }
-    let report = match result {
-        Ok(report) => report,
-        Err(e) => {
-            progress.failed_summary(exit);
-            return Err(e);
-        }
-    };
-    progress.summary(Level::Info, &report.summary, report.exit);
-    Ok(report.exit)
-}
-
-/// The work of a command that keeps a checkpoint, stopped by Ctrl-C, SIGTERM or
-/// `--max-run-time` (`deadline`).
-pub(crate) async fn resumable<T>(
-    work: impl Future<Output = anyhow::Result<T>>,
-    deadline: Option<std::time::Duration>,
-) -> anyhow::Result<T> {
-    interruptible(work, deadline, || RESUME_HINT.to_string()).await
-}
-
-/// What to do after an interruption, for commands that keep a checkpoint.
+/// What to do after an interruption, for jobs that keep a checkpoint.
 pub(crate) const RESUME_HINT: &str =
     "the checkpoint holds every acknowledged batch, so running the same command again resumes";
+
+/// A job as its command describes it. The runner calls, in order: `prepare` once the state is
+/// open; `open_sink` if there is work to do; `next_pass` until it says there is no more, with
+/// `position` for every acknowledged batch and `pass_done` after each pass; `finish`; and
+/// `summary`.
+pub(crate) trait Job {
+    /// What the checkpoint keeps between runs.
+    type Saved: Clone + Serialize + DeserializeOwned;
+    /// Where a record stands in what the source reads (what an acknowledgement moves).
+    type Place: Send + 'static;
+
+    /// The job's identity and where its state is kept; `None`: a job that keeps no state
+    /// (`send` from stdin, `export` to stdout).
+    fn state(&self) -> Option<(&'static str, JobId, &Resume)>;
+
+    /// For a job that reads PostHog: the connection and the API asked for (`--source`), which
+    /// the runner resolves once (`auto`) and makes part of the job.
+    fn posthog(&self) -> Option<(&Connect<'_>, SourceKind)> {
+        None
+    }
+
+    /// `--max-run-time`.
+    fn deadline(&self) -> Option<std::time::Duration>;
+
+    /// Checks what the opened state holds against the job and readies the run; `Some(text)`:
+    /// nothing to do, and `text` says why. A state marked complete (after `prepare`) is told
+    /// by `already_complete`.
+    async fn prepare(&mut self, run: &mut Run<Self::Saved>) -> anyhow::Result<Option<String>>;
+
+    /// The summary of a run that found its job complete.
+    fn already_complete(&self, run: &Run<Self::Saved>) -> String;
+
+    /// Opens the sink, once there is work to do (under the state's lock).
+    fn open_sink(&mut self, run: &mut Run<Self::Saved>) -> anyhow::Result<()>;
+
+    /// The sink opened by `open_sink`.
+    fn sink(&self) -> &dyn Deliver;
+
+    /// The next read of this run; `None` once it has read all it should.
+    async fn next_pass(
+        &mut self,
+        run: &mut Run<Self::Saved>,
+    ) -> anyhow::Result<Option<Pass<Self::Place>>>;
+
+    /// The checkpoint's position once everything up to `place` is delivered.
+    fn position(
+        &self,
+        saved: Option<&Self::Saved>,
+        place: &Self::Place,
+    ) -> anyhow::Result<Self::Saved>;
+
+    /// After a pass has read to its end.
+    fn pass_done(&mut self, _run: &mut Run<Self::Saved>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// After the last pass: the position to keep, and whether the job is now complete (a
+    /// `sync` never is).
+    fn finish(&self, saved: &mut Option<Self::Saved>) -> anyhow::Result<bool>;
+
+    /// The closing summary of a run that read all it should (the figures and the exit code
+    /// are the runner's).
+    fn summary(&self, run: &Run<Self::Saved>) -> String;
+
+    /// For a job without a checkpoint: what to do after a failure or an interruption, as
+    /// things stand when it happens (for `send` from stdin, the lines to feed again).
+    fn recovery(&self) -> Option<Arc<dyn Fn() -> String + Send + Sync>> {
+        None
+    }
+}
+
+/// One run of a job: its state (opened and checked; for a job without a checkpoint, a state
+/// that is never written), the API it reads, and the display.
+pub(crate) struct Run<P> {
+    pub(crate) state: State<P>,
+    store: Option<Store>,
+    /// No state existed: this is the job's first run.
+    pub(crate) fresh: bool,
+    /// The API a PostHog job reads (resolved from `auto`).
+    pub(crate) source: SourceKind,
+    pub(crate) progress: Arc<Progress>,
+}
+
+impl<P: Serialize> Run<P> {
+    /// The state file, for a job that keeps one.
+    pub(crate) fn path(&self) -> Option<&Path> {
+        self.store.as_ref().map(Store::path)
+    }
+
+    /// Writes the state now (nothing for a job without a checkpoint).
+    pub(crate) fn save(&mut self) -> anyhow::Result<()> {
+        match &self.store {
+            Some(store) => store.save(&mut self.state),
+            None => Ok(()),
+        }
+    }
+
+    /// The checkpoint path, for messages.
+    pub(crate) fn shown_path(&self) -> String {
+        self.path()
+            .map_or_else(String::new, |p| p.display().to_string())
+    }
+}
+
+/// One read through the pipeline: a source, how its records are batched, and what the
+/// display shows as positions are committed.
+pub(crate) struct Pass<P> {
+    source: Source<P>,
+    posting: Posting,
+    shown: Option<Shown<P>>,
+    /// `--event` names to warn about if no event of the pass carried them.
+    names: Vec<String>,
+}
+
+/// A source: given the queue, the work that fills it.
+type Source<P> =
+    Box<dyn FnOnce(mpsc::Sender<Vec<Item<P>>>) -> BoxFuture<'static, anyhow::Result<()>> + Send>;
+/// What the display does with each committed position.
+type Shown<P> = Box<dyn Fn(&P) + Send + Sync>;
+
+impl<P: Send + 'static> Pass<P> {
+    pub(crate) fn new<Fut>(
+        source: impl FnOnce(mpsc::Sender<Vec<Item<P>>>) -> Fut + Send + 'static,
+        posting: Posting,
+    ) -> Self
+    where
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Pass {
+            source: Box::new(move |tx| Box::pin(source(tx))),
+            posting,
+            shown: None,
+            names: Vec::new(),
+        }
+    }
+}
+
+impl Pass<Cursor> {
+    /// Reads PostHog after `from` with `reader`. The share done shown is that of `span`
+    /// (event time) up to the last position delivered, not read: a slow webhook holds the bar
+    /// back, and a resumed run starts where it stands. A pass over the whole range (`from`
+    /// is `None`) warns about the `--event` names of `names` it never met.
+    pub(crate) fn posthog(
+        reader: Reader,
+        from: Option<Cursor>,
+        span: Range,
+        posting: Posting,
+        names: &[String],
+        progress: &Arc<Progress>,
+    ) -> Self {
+        let before = from
+            .as_ref()
+            .map_or(0.0, |pos| span.fraction(pos.timestamp()));
+        progress.set_done(before);
+        let names = if from.is_none() {
+            names.to_vec()
+        } else {
+            Vec::new()
+        };
+        let shown = progress.clone();
+        let mut pass = Pass::new(move |tx| reader.run(from, tx), posting);
+        pass.shown = Some(Box::new(move |pos: &Cursor| {
+            shown.set_done(share_done(&shown, span, pos, before))
+        }));
+        pass.names = names;
+        pass
+    }
+}
+
+/// Runs `job` to its end, or to Ctrl-C, SIGTERM or `--max-run-time`.
+pub(crate) async fn run<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+    let deadline = job.deadline();
+    match job.recovery() {
+        None => {
+            interruptible(lifecycle(job, progress), deadline, || {
+                RESUME_HINT.to_string()
+            })
+            .await
+        }
+        Some(recovery) => {
+            let result = interruptible(lifecycle(job, progress), deadline, || recovery()).await;
+            result.map_err(|e| match crate::error::exit_code_of(&e) {
+                EXIT_INTERRUPTED => e,
+                _ => crate::error::with_hint(e, &recovery()),
+            })
+        }
+    }
+}
+
+async fn lifecycle<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Result<Report> {
+    let mut run = open(job, progress).await?;
+    if let Some(nothing_to_do) = job.prepare(&mut run).await? {
+        return Ok(Report::ok(nothing_to_do));
+    }
+    if run.state.complete {
+        return Ok(Report::ok(job.already_complete(&run)));
+    }
+    run.state.counters.runs += 1;
+    job.open_sink(&mut run)?;
+    let ticker = progress.start();
+    let mut unseen = Vec::new();
+    while let Some(pass) = job.next_pass(&mut run).await? {
+        let Pass {
+            source,
+            posting,
+            shown,
+            names,
+        } = pass;
+        let Run { state, store, .. } = &mut run;
+        let described = &*job;
+        pipeline::run(
+            source,
+            posting,
+            described.sink(),
+            |place, done: Delivered| {
+                let position = described.position(state.position.as_ref(), place)?;
+                match store {
+                    Some(store) => store.commit(state, position, done)?,
+                    None => {
+                        state.position = Some(position);
+                        state.counters.record(done);
+                    }
+                }
+                if let Some(show) = &shown {
+                    show(place);
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        progress.tick();
+        progress.stats.check()?;
+        unseen.extend(
+            progress
+                .stats
+                .names_not_seen(&names)
+                .into_iter()
+                .map(str::to_owned),
+        );
+        job.pass_done(&mut run)?;
+    }
+    drop(ticker);
+    for name in unseen {
+        progress.warn(&format!(
+            "no event named {name:?} in the range: is the name right? (event names are case-sensitive, e.g. $pageview)"
+        ));
+    }
+    if job.finish(&mut run.state.position)? {
+        run.state.complete = true;
+    }
+    run.save()?;
+    let s = &progress.stats;
+    // Exit 3: some events (or input lines) were set aside rather than delivered.
+    let rejected = Stats::get(&s.dead_lettered) + Stats::get(&s.skipped) > 0;
+    Ok(Report {
+        exit: if rejected { EXIT_REJECTED } else { EXIT_OK },
+        summary: job.summary(&run),
+    })
+}
+
+/// Opens the state of `job` (locking it), chooses the API a PostHog job reads, and refuses a
+/// state written for another job. The API is part of the job but not of the default path, so
+/// that `--source` alone never silently starts a job afresh. A job without a checkpoint gets
+/// a state that is never written.
+async fn open<J: Job>(job: &J, progress: &Arc<Progress>) -> anyhow::Result<Run<J::Saved>> {
+    let (store, stored, mut id) = match job.state() {
+        Some((kind, id, resume)) => {
+            let (store, stored) = checkpoint::open_job::<J::Saved>(kind, &id, resume)?;
+            (Some(store), stored, id)
+        }
+        None => (None, None, JobId::new()),
+    };
+    let source = match job.posthog() {
+        Some((connect, requested)) => {
+            if stored.is_some() {
+                connect.trust_the_host();
+            }
+            let source = connect
+                .choose(requested, stored.as_ref().map(|s| &s.job))
+                .await?;
+            id.insert("source".into(), source.name().into());
+            source
+        }
+        None => SourceKind::Auto,
+    };
+    let fresh = stored.is_none();
+    let state = match (stored, &store) {
+        (Some(state), Some(store)) => {
+            checkpoint::check_job(store.path(), &state.job, &id)?;
+            state
+        }
+        _ => State::new(id),
+    };
+    Ok(Run {
+        state,
+        store,
+        fresh,
+        source,
+        progress: progress.clone(),
+    })
+}
+
+/// What a job's state holds, read through the same code as a run (its path, format version
+/// and command checked), without taking its lock: for `config check`. `None`: no state yet.
+pub(crate) fn peek<P: DeserializeOwned>(
+    kind: &str,
+    id: &JobId,
+    resume: &Resume,
+) -> anyhow::Result<(std::path::PathBuf, Option<State<P>>)> {
+    let path = checkpoint::path_of(kind, id, resume);
+    let state = checkpoint::read(&path, Some(kind))?;
+    Ok((path, state))
+}
+
+/// The range and `created_at` bound of a `backfill` or `export` through PostHog, decided once
+/// per job: `--start`/`--end` relative to now (`-7d`, `now`) by PostHog's clock on the job's
+/// first run, kept in its state (told once, when resolved); and the end refused while it is
+/// still in the future by PostHog's clock, before anything is marked.
+pub(crate) async fn posthog_range<P>(
+    connect: &Connect<'_>,
+    run: &mut Run<P>,
+    spec: &RangeSpec,
+    kind: &str,
+) -> anyhow::Result<(Range, Option<Ingested>)> {
+    let progress = &run.progress;
+    for (flag, when) in [("--start", &spec.start), ("--end", &spec.end)] {
+        if let Some(text) = when.naive() {
+            progress.info(&format!(
+                "{flag} {text} has no offset: read as UTC, {}",
+                crate::event::format_ts(&when.resolve(chrono::Utc::now()))
+            ));
+        }
+    }
+    let range = match (spec.is_relative(), run.state.range) {
+        (false, _) => spec.resolve(chrono::Utc::now())?,
+        (true, Some(range)) => range,
+        (true, None) => {
+            let range = spec.resolve(connect.now(run.source).await?)?;
+            progress.info(&format!(
+                "--start {} --end {}: {} → {} by PostHog's clock; later runs of this job keep it",
+                spec.start.identity(),
+                spec.end.identity(),
+                crate::event::format_ts(&range.start),
+                crate::event::format_ts(&range.end)
+            ));
+            // Only a job with a checkpoint keeps it.
+            if run.store.is_some() {
+                run.state.range = Some(range);
+            }
+            range
+        }
+    };
+    let now = connect.refuse_future_end(run.source, &range, kind).await?;
+    // The `created_at` bound: PostHog's time when the job started, kept in its state.
+    let ingested = (run.source != SourceKind::Events).then(|| Ingested {
+        after: None,
+        until: *run.state.ingested_until.get_or_insert(now),
+        settled: false,
+    });
+    Ok((range, ingested))
+}
+
+/// How much of the work is done at `pos`: once the Query reader's plan reaches the range's
+/// end, by the events it counted (what was done before this run, then this run's share of
+/// the planned events); until then, and for the Events API, by event time.
+fn share_done(progress: &Progress, span: Range, pos: &Cursor, before: f64) -> f64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &progress.stats;
+    let planned = Stats::get(&s.planned);
+    if !s.planned_complete.load(Relaxed) || planned == 0 {
+        return span.fraction(pos.timestamp());
+    }
+    let handled = Stats::get(&s.posted)
+        + Stats::get(&s.dead_lettered)
+        + Stats::get(&s.duplicates_dropped)
+        + Stats::get(&s.filtered);
+    before + (1.0 - before) * (handled as f64 / planned as f64).min(1.0)
+}
 
 /// Ends `work` on Ctrl-C or SIGTERM with [`Stop::Interrupted`] and the text `hint` gives then,
 /// and after `deadline` (`--max-run-time`) with [`Stop::Temporary`]. Checkpoints are written
 /// synchronously between awaits, so stopping never leaves one half-written; batches in flight
 /// are abandoned, and posted again by the next run.
-pub(crate) async fn interruptible<T>(
-    work: impl std::future::Future<Output = anyhow::Result<T>>,
+async fn interruptible<T>(
+    work: impl Future<Output = anyhow::Result<T>>,
     deadline: Option<std::time::Duration>,
     hint: impl FnOnce() -> String,
 ) -> anyhow::Result<T> {
@@ -102,144 +435,4 @@ pub(crate) async fn interruptible<T>(
     // What the run dropped may have left PostHog running queries (asynchronous ones).
     crate::posthog::cancel_abandoned().await;
     result
-}
-
-/// Runs `source` through the pipeline into `sink`, showing progress, and checks the ledger
-/// at the end: an event read but neither delivered nor accounted for fails the run.
-pub(crate) async fn pipe<P, S, Fut>(
-    source: S,
-    posting: Posting,
-    sink: &dyn Deliver,
-    progress: &Arc<Progress>,
-    commit: impl FnMut(&P, Delivered) -> anyhow::Result<()>,
-) -> anyhow::Result<()>
-where
-    P: Send + 'static,
-    S: FnOnce(mpsc::Sender<Vec<Item<P>>>) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let ticker = progress.start();
-    let result = pipeline::run(source, posting, sink, commit).await;
-    drop(ticker);
-    progress.tick();
-    result?;
-    progress.stats.check()
-}
-
-/// Warns about each `--event` name that no event of the range carried: usually a typo (names
-/// are case-sensitive), which would otherwise pass as "0 events, exit 0". Only after a run that
-/// read the whole range (a resumed run did not see what earlier runs read).
-pub(crate) fn warn_unseen_names(progress: &Progress, filters: &crate::domain::Filters) {
-    for name in progress.stats.names_not_seen(&filters.include) {
-        progress.warn(&format!(
-            "no event named {name:?} in the range: is the name right? (event names are case-sensitive, e.g. $pageview)"
-        ));
-    }
-}
-
-/// Reads PostHog after `from` with `reader` into `sink` (backfill, sync, export). The share
-/// done shown is that of `span` (event time) up to the last position delivered, not read: a
-/// slow webhook holds the bar back, and a resumed run starts where it stands.
-pub(crate) async fn read_posthog(
-    reader: Reader,
-    from: Option<Cursor>,
-    span: Range,
-    posting: Posting,
-    sink: &dyn Deliver,
-    progress: &Arc<Progress>,
-    mut commit: impl FnMut(&Cursor, Delivered) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let before = from
-        .as_ref()
-        .map_or(0.0, |pos| span.fraction(pos.timestamp()));
-    progress.set_done(before);
-    let shown = progress.clone();
-    pipe(
-        move |tx| reader.run(from, tx),
-        posting,
-        sink,
-        progress,
-        move |pos: &Cursor, done| {
-            commit(pos, done)?;
-            shown.set_done(share_done(&shown, span, pos, before));
-            Ok(())
-        },
-    )
-    .await
-}
-
-/// How much of the work is done at `pos`: once the Query reader's plan reaches the range's
-/// end, by the events it counted (what was done before this run, then this run's share of
-/// the planned events); until then, and for the Events API, by event time.
-fn share_done(progress: &Progress, span: Range, pos: &Cursor, before: f64) -> f64 {
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = &progress.stats;
-    let planned = Stats::get(&s.planned);
-    if !s.planned_complete.load(Relaxed) || planned == 0 {
-        return span.fraction(pos.timestamp());
-    }
-    let handled = Stats::get(&s.posted)
-        + Stats::get(&s.dead_lettered)
-        + Stats::get(&s.duplicates_dropped)
-        + Stats::get(&s.filtered);
-    before + (1.0 - before) * (handled as f64 / planned as f64).min(1.0)
-}
-
-/// `read … / posted … / retries … / took …` lines for a summary. `posted` names what the
-/// sink did (posted to the webhook, written to a file).
-pub(crate) fn figures(progress: &Progress, posted: &str) -> String {
-    let s = &progress.stats;
-    let (read, dups, filtered) = (
-        Stats::get(&s.read),
-        Stats::get(&s.duplicates_dropped),
-        Stats::get(&s.filtered),
-    );
-    let delivered = Stats::get(&s.posted);
-    let secs = progress.elapsed().as_secs_f64().max(0.001);
-    let notes: Vec<String> = [
-        (dups, "duplicate row dropped", "duplicate rows dropped"),
-        (filtered, "filtered out", "filtered out"),
-    ]
-    .into_iter()
-    .filter(|(n, _, _)| *n > 0)
-    .map(|(n, one, many)| count(n, one, many))
-    .collect();
-    let mut out = format!(
-        "  read     {}{}{}\n  {posted:<8} {} in {}{}\n  retries  {}, waited {}\n  took     {} ({} events/s)",
-        count(read, "event", "events"),
-        match Stats::get(&s.source_requests) {
-            0 => String::new(),
-            n => format!(" in {}", count(n, "PostHog request", "PostHog requests")),
-        },
-        if notes.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", notes.join(", "))
-        },
-        count(delivered, "event", "events"),
-        count(Stats::get(&s.batches), "batch", "batches"),
-        match Stats::get(&s.sink_requests) {
-            0 => String::new(),
-            n => format!(", {}", count(n, "webhook request", "webhook requests")),
-        },
-        Stats::get(&s.retries),
-        human_duration(std::time::Duration::from_millis(Stats::get(&s.waited_ms))),
-        human_duration(progress.elapsed()),
-        HumanCount((delivered as f64 / secs) as u64),
-    );
-    let repaired = Stats::get(&s.repaired);
-    if repaired > 0 {
-        out.push_str(&format!(
-            "\n  repaired {} (bytes that were not UTF-8 replaced by U+FFFD; the log names them)",
-            count(repaired, "event", "events")
-        ));
-    }
-    let dead = Stats::get(&s.dead_lettered);
-    if dead > 0 {
-        out.push_str(&format!(
-            "\n  dead-lettered {} the webhook rejected",
-            count(dead, "event", "events")
-        ));
-    }
-    out
 }

@@ -6,20 +6,19 @@
 //! bounds, by the next run before it moves on. With the Events API (no `created_at`) the
 //! watermark is event time minus `--lag`. Guarantees and limits: docs/sync.md.
 
-use crate::commands::Report;
-use crate::commands::runner;
-
-use crate::cli::SyncArgs;
-use crate::domain::JobId;
-use crate::domain::{Cursor, Range, SourceKind};
-use crate::error::{EXIT_OK, EXIT_REJECTED, usage};
+use crate::cli::{SyncArgs, When};
+use crate::commands::report::Report;
+use crate::commands::runner::{self, Job, Pass, Run};
+use crate::domain::{Cursor, JobId, Range, SourceKind};
+use crate::error::usage;
 use crate::event::format_ts;
 use crate::net::tls::CaCerts;
+use crate::pipeline::Deliver;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
 use crate::progress::{Progress, count};
-use crate::settings::{self, Retries};
+use crate::settings::{self, Resume, Retries};
 use crate::sinks::webhook::Sink;
 use crate::state::job;
 use anyhow::Context;
@@ -100,164 +99,242 @@ pub(crate) struct Pending {
     pub(crate) cursor: Option<Cursor>,
 }
 
+/// Describes a sync to the runner and returns how it ended.
 pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
     let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
-    let job::Resumed {
-        store,
-        mut state,
-        source,
-        fresh,
-    } = job::resume::<SyncState>(&connect, cfg.read.source, "sync", cfg.job_id(), &cfg.resume)
-        .await?;
-    if fresh {
-        let Some(start) = &cfg.start else {
+    let mut job = Sync {
+        cfg,
+        connect,
+        sink: None,
+        watermark_before: None,
+        passes: 0,
+        resumed: false,
+    };
+    runner::run(&mut job, progress).await
+}
+
+/// A sync: first finish a run that was interrupted (with its bounds), then take what PostHog
+/// ingested since the watermark; each pass moves the watermark once read to its end.
+struct Sync<'a> {
+    cfg: &'a SyncConfig,
+    connect: Connect<'a>,
+    sink: Option<Sink>,
+    watermark_before: Option<DateTime<Utc>>,
+    /// Passes handed out: at most two (an interrupted run's, then a new one).
+    passes: u8,
+    /// The first pass finished an interrupted run.
+    resumed: bool,
+}
+
+impl Job for Sync<'_> {
+    type Saved = SyncState;
+    type Place = Cursor;
+
+    fn state(&self) -> Option<(&'static str, JobId, &Resume)> {
+        Some(("sync", self.cfg.job_id(), &self.cfg.resume))
+    }
+
+    fn posthog(&self) -> Option<(&Connect<'_>, SourceKind)> {
+        Some((&self.connect, self.cfg.read.source))
+    }
+
+    fn deadline(&self) -> Option<std::time::Duration> {
+        self.cfg.retries.max_run_time
+    }
+
+    async fn prepare(&mut self, run: &mut Run<SyncState>) -> anyhow::Result<Option<String>> {
+        let progress = &run.progress;
+        if run.fresh {
+            let Some(start) = &self.cfg.start else {
+                return Err(usage(format!(
+                    "the first sync run needs --start DATE (where to begin, e.g. --start 2024-01-01); no state file at {}",
+                    run.shown_path()
+                )));
+            };
+            // `-7d`, `today`: by PostHog's clock, once; the state keeps the time.
+            let start = if start.is_relative() {
+                start.resolve(self.connect.now(run.source).await?)
+            } else {
+                start.resolve(chrono::Utc::now())
+            };
+            run.state.position = Some(SyncState {
+                start,
+                watermark: None,
+                pending: None,
+            });
+        }
+        let version = run.state.version;
+        if let Some(pending) = run.state.position.as_mut().and_then(|s| s.pending.as_mut()) {
+            pending.cursor = pending
+                .cursor
+                .take()
+                .map(|c| c.upgrade(version, |m| progress.warn(m)));
+        }
+        let Some(sync) = &run.state.position else {
             return Err(usage(format!(
-                "the first sync run needs --start DATE (where to begin, e.g. --start 2024-01-01); no state file at {}",
-                store.path().display()
+                "the sync state {} holds no position; pass --restart (with --start) to begin again",
+                run.shown_path()
             )));
         };
-        // `-7d`, `today`: by PostHog's clock, once; the state keeps the time.
-        let start = if start.is_relative() {
-            start.resolve(connect.now(source).await?)
-        } else {
-            start.resolve(chrono::Utc::now())
-        };
-        state.position = Some(SyncState {
-            start,
-            watermark: None,
-            pending: None,
-        });
+        // (A relative --start, such as -7d, moves with the clock: it changes nothing either.)
+        if let Some(When::At(start) | When::Naive(start, _)) = self.cfg.start
+            && start != sync.start
+            && sync.watermark.is_some()
+        {
+            progress.warn(&format!(
+                "--start {} is ignored: this sync started at {} and continues from where its last run stopped (use --restart to start over from --start)",
+                format_ts(&start),
+                format_ts(&sync.start)
+            ));
+        }
+        self.watermark_before = sync.watermark;
+        show_watermark(progress, sync.watermark);
+        // A sync is never complete: each run takes what arrived since the last.
+        run.state.complete = false;
+        Ok(None)
     }
-    if let Some(pending) = state.position.as_mut().and_then(|s| s.pending.as_mut()) {
-        pending.cursor = pending
-            .cursor
-            .take()
-            .map(|c| c.upgrade(state.version, |m| progress.warn(m)));
-    }
-    let mut sync = state.position.clone().with_context(|| {
-        format!(
-            "the sync state {} holds no position; pass --restart (with --start) to begin again",
-            store.path().display()
-        )
-    })?;
-    // (A relative --start, such as -7d, moves with the clock: it changes nothing either.)
-    if let Some(crate::cli::When::At(start) | crate::cli::When::Naive(start, _)) = cfg.start
-        && start != sync.start
-        && sync.watermark.is_some()
-    {
-        progress.warn(&format!(
-            "--start {} is ignored: this sync started at {} and continues from where its last run stopped (use --restart to start over from --start)",
-            format_ts(&start),
-            format_ts(&sync.start)
-        ));
-    }
-    let sink = Sink::open(
-        connect.http.clone(),
-        &cfg.webhook,
-        &cfg.retries.policy,
-        progress,
-    )?;
-    let watermark_before = sync.watermark;
-    *progress
-        .stats
-        .watermark
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = watermark_before;
-    state.counters.runs += 1;
 
-    // First finish an interrupted run, then take what arrived since.
-    for _ in 0..2 {
-        let resumed = sync.pending.is_some();
+    fn already_complete(&self, _: &Run<SyncState>) -> String {
+        // Not reached: `prepare` clears the flag, as a sync is never complete.
+        "sync: nothing to do".into()
+    }
+
+    fn open_sink(&mut self, run: &mut Run<SyncState>) -> anyhow::Result<()> {
+        let http = self.connect.http.clone();
+        self.sink = Some(Sink::open(
+            http,
+            &self.cfg.webhook,
+            &self.cfg.retries.policy,
+            &run.progress,
+        )?);
+        Ok(())
+    }
+
+    fn sink(&self) -> &dyn Deliver {
+        self.sink.as_ref().expect("opened before the first pass")
+    }
+
+    async fn next_pass(
+        &mut self,
+        run: &mut Run<SyncState>,
+    ) -> anyhow::Result<Option<Pass<Cursor>>> {
+        // First finish an interrupted run, then take what arrived since; after a new run,
+        // nothing more.
+        if self.passes == 2 || self.passes == 1 && !self.resumed {
+            return Ok(None);
+        }
+        let Some(sync) = run.state.position.as_mut() else {
+            return Ok(None);
+        };
         let pending = match sync.pending.clone() {
             Some(p) => {
-                progress.info(&format!(
+                run.progress.info(&format!(
                     "finishing the interrupted run up to {}",
                     format_ts(&p.until)
                 ));
+                self.resumed = self.passes == 0;
                 p
             }
             None => {
                 // PostHog's clock alone decides what "ingested up to now" means: `created_at`
                 // is PostHog's time, and a cron host's clock may drift.
-                let now = connect.now(source).await?;
-                let Some(p) = next_run(cfg, source, &sync, now) else {
-                    break;
+                let now = self.connect.now(run.source).await?;
+                let Some(p) = next_run(self.cfg, run.source, sync, now) else {
+                    return Ok(None);
                 };
                 sync.pending = Some(p.clone());
-                state.position = Some(sync.clone());
-                store.save(&mut state)?;
+                run.save()?;
                 p
             }
         };
-        let reader = connect
-            .reader(source, pending.range(), &cfg.read, pending.ingested(source))
+        self.passes += 1;
+        let sink = self.sink.as_ref().expect("opened before the first pass");
+        let reader = self
+            .connect
+            .reader(
+                run.source,
+                pending.range(),
+                &self.cfg.read,
+                pending.ingested(run.source),
+            )
             .dead_letter(sink.dead_letter());
-        let from = pending.cursor.clone();
         // The bar covers the event time read up to `until`, not the allowance for events
         // stamped in the future.
         let span = Range {
             start: pending.start,
             end: pending.until.max(pending.start),
         };
-        runner::read_posthog(
+        Ok(Some(Pass::posthog(
             reader,
-            from,
+            pending.cursor,
             span,
-            cfg.webhook.posting,
-            &sink,
-            progress,
-            |pos, done| {
-                if let Some(p) = sync.pending.as_mut() {
-                    p.cursor = Some(pos.clone());
-                }
-                store.commit(&mut state, sync.clone(), done)
-            },
-        )
-        .await?;
-        sync.watermark = Some(pending.until);
-        *progress
-            .stats
-            .watermark
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = sync.watermark;
-        sync.pending = None;
-        state.position = Some(sync.clone());
-        store.save(&mut state)?;
-        if !resumed {
-            break;
-        }
+            self.cfg.webhook.posting,
+            &[],
+            &run.progress,
+        )))
     }
 
-    let s = &progress.stats;
-    let posted = Stats::get(&s.posted);
-    let dead = Stats::get(&s.dead_lettered);
-    let summary = format!(
-        "sync: {} posted{} in {} (watermark {} → {}; {}, {}, {})",
-        count(posted, "event", "events"),
-        if dead > 0 {
-            format!(", {} dead-lettered", HumanCount(dead))
-        } else {
-            String::new()
-        },
-        crate::progress::human_duration(progress.elapsed()),
-        watermark_before.map_or("none".into(), |w| format_ts(&w)),
-        sync.watermark.map_or("none".into(), |w| format_ts(&w)),
-        count(
-            Stats::get(&s.source_requests),
-            "PostHog request",
-            "PostHog requests"
-        ),
-        count(
-            Stats::get(&s.sink_requests),
-            "webhook request",
-            "webhook requests"
-        ),
-        count(Stats::get(&s.retries), "retry", "retries"),
-    );
-    Ok(Report {
-        exit: if dead > 0 { EXIT_REJECTED } else { EXIT_OK },
-        summary,
-    })
+    fn position(&self, saved: Option<&SyncState>, place: &Cursor) -> anyhow::Result<SyncState> {
+        let mut sync = saved.cloned().context("a sync run has a state")?;
+        if let Some(p) = sync.pending.as_mut() {
+            p.cursor = Some(place.clone());
+        }
+        Ok(sync)
+    }
+
+    fn pass_done(&mut self, run: &mut Run<SyncState>) -> anyhow::Result<()> {
+        if let Some(sync) = run.state.position.as_mut()
+            && let Some(pending) = sync.pending.take()
+        {
+            sync.watermark = Some(pending.until);
+            show_watermark(&run.progress, sync.watermark);
+        }
+        run.save()
+    }
+
+    fn finish(&self, _: &mut Option<SyncState>) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+
+    fn summary(&self, run: &Run<SyncState>) -> String {
+        let progress = &run.progress;
+        let s = &progress.stats;
+        let dead = Stats::get(&s.dead_lettered);
+        let watermark = run.state.position.as_ref().and_then(|s| s.watermark);
+        format!(
+            "sync: {} posted{} in {} (watermark {} → {}; {}, {}, {})",
+            count(Stats::get(&s.posted), "event", "events"),
+            if dead > 0 {
+                format!(", {} dead-lettered", HumanCount(dead))
+            } else {
+                String::new()
+            },
+            crate::progress::human_duration(progress.elapsed()),
+            self.watermark_before
+                .map_or("none".into(), |w| format_ts(&w)),
+            watermark.map_or("none".into(), |w| format_ts(&w)),
+            count(
+                Stats::get(&s.source_requests),
+                "PostHog request",
+                "PostHog requests"
+            ),
+            count(
+                Stats::get(&s.sink_requests),
+                "webhook request",
+                "webhook requests"
+            ),
+            count(Stats::get(&s.retries), "retry", "retries"),
+        )
+    }
+}
+
+/// The watermark as it stands, for `--metrics-file`.
+fn show_watermark(progress: &Progress, watermark: Option<DateTime<Utc>>) {
+    *progress
+        .stats
+        .watermark
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = watermark;
 }
 
 impl Pending {

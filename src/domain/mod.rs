@@ -78,6 +78,11 @@ impl SourceKind {
     }
 }
 
+/// A file named `*.gz` is gzip, read (`send`) or written (`export`).
+pub(crate) fn is_gzip(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

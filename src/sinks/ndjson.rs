@@ -1,8 +1,8 @@
-//! NDJSON in and out: the writer `export` delivers batches to (stdout, a file, or a gzip file,
-//! synced before the checkpoint moves, so a resumed export never keeps a torn line), and the
-//! bounded line reader `send` reads with (a line longer than the limit is an error, not an
-//! out-of-memory).
+//! NDJSON out: the writer `export` delivers batches to (stdout, a file, or a gzip file, synced
+//! before the checkpoint moves, so a resumed export never keeps a torn line). NDJSON in is
+//! the source in `crate::ndjson`.
 
+use crate::domain::is_gzip;
 use crate::pipeline::ledger::Stats;
 use crate::pipeline::{Deliver, Delivered};
 use crate::progress::Progress;
@@ -16,10 +16,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-
-pub(crate) fn is_gzip(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "gz")
-}
 
 /// The reader closed our stdout (`| head`): the run ends quietly.
 #[derive(Debug, thiserror::Error)]

@@ -100,16 +100,21 @@ pub(crate) fn open_job<P: DeserializeOwned>(
     job: &JobId,
     resume: &crate::settings::Resume,
 ) -> anyhow::Result<(Store, Option<State<P>>)> {
-    let path = resume
-        .checkpoint
-        .clone()
-        .unwrap_or_else(|| default_path(kind, job));
+    let path = path_of(kind, job, resume);
     let store = Store::open_when(&path, resume.if_locked, resume.max_wait)?;
     if resume.restart {
         store.remove()?;
     }
     let stored = store.load(job.get("command").map(String::as_str))?;
     Ok((store, stored))
+}
+
+/// The state file of `job`: `--checkpoint`, or the default path of `kind` and `job`.
+pub(crate) fn path_of(kind: &str, job: &JobId, resume: &crate::settings::Resume) -> PathBuf {
+    resume
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| default_path(kind, job))
 }
 
 /// An open, locked state file.
@@ -227,48 +232,12 @@ impl Store {
         }
     }
 
-    /// Reads the state, if any, of a `command` job (`None`: whatever wrote it). A file that
-    /// does not parse is an error, never a fresh start.
+    /// Reads the state, if any, of a `command` job (`None`: whatever wrote it).
     pub(crate) fn load<P: DeserializeOwned>(
         &self,
         command: Option<&str>,
     ) -> anyhow::Result<Option<State<P>>> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot read the checkpoint {}", self.path.display())
-                });
-            }
-        };
-        let corrupt = |e: serde_json::Error| {
-            anyhow::anyhow!(
-                "the checkpoint {} is corrupt ({e}); nothing was sent. Inspect or move it aside, or pass --restart to start the job from the beginning",
-                self.path.display()
-            )
-        };
-        // First as any state: a state file of another command is another job, not corrupt.
-        let any: State<serde_json::Value> = serde_json::from_str(&text).map_err(corrupt)?;
-        if !(1..=VERSION).contains(&any.version) {
-            bail!(
-                "the checkpoint {} has format version {}, this posthog-patterns reads versions 1 to {VERSION}; use the version that wrote it, or --restart",
-                self.path.display(),
-                any.version
-            );
-        }
-        if let Some(command) = command
-            && any.job.get("command").map(String::as_str) != Some(command)
-        {
-            return Err(Stop::Usage(format!(
-                "the checkpoint {} belongs to a different job (a {} job, not {command}); pass --restart to discard it, or choose another --checkpoint",
-                self.path.display(),
-                any.job.get("command").map_or("unknown", String::as_str)
-            ))
-            .into());
-        }
-        let state: State<P> = serde_json::from_str(&text).map_err(corrupt)?;
-        Ok(Some(state))
+        read(&self.path, command)
     }
 
     /// Replaces the state atomically: a crash leaves either the old or the new file, whole.
@@ -316,6 +285,49 @@ impl Store {
             _ => Ok(()),
         }
     }
+}
+
+/// Reads the state at `path`, if any, of a `command` job (`None`: whatever wrote it), with
+/// or without its lock. A file that does not parse is an error, never a fresh start.
+pub(crate) fn read<P: DeserializeOwned>(
+    path: &Path,
+    command: Option<&str>,
+) -> anyhow::Result<Option<State<P>>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the checkpoint {}", path.display()));
+        }
+    };
+    let corrupt = |e: serde_json::Error| {
+        anyhow::anyhow!(
+            "the checkpoint {} is corrupt ({e}); nothing was sent. Inspect or move it aside, or pass --restart to start the job from the beginning",
+            path.display()
+        )
+    };
+    // First as any state: a state file of another command is another job, not corrupt.
+    let any: State<serde_json::Value> = serde_json::from_str(&text).map_err(corrupt)?;
+    if !(1..=VERSION).contains(&any.version) {
+        bail!(
+            "the checkpoint {} has format version {}, this posthog-patterns reads versions 1 to {VERSION}; use the version that wrote it, or --restart",
+            path.display(),
+            any.version
+        );
+    }
+    if let Some(command) = command
+        && any.job.get("command").map(String::as_str) != Some(command)
+    {
+        return Err(Stop::Usage(format!(
+            "the checkpoint {} belongs to a different job (a {} job, not {command}); pass --restart to discard it, or choose another --checkpoint",
+            path.display(),
+            any.job.get("command").map_or("unknown", String::as_str)
+        ))
+        .into());
+    }
+    let state: State<P> = serde_json::from_str(&text).map_err(corrupt)?;
+    Ok(Some(state))
 }
 
 fn is_locked(e: &anyhow::Error) -> bool {

@@ -8,6 +8,16 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// How far the input has been acknowledged: everything before `offset` (bytes of the
+/// decompressed stream) of file number `file`, which is `line` lines. What `send`'s state keeps
+/// per file is a `files::SendState`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub(crate) file: usize,
+    pub(crate) offset: u64,
+    pub(crate) line: u64,
+}
+
 /// Counts the bytes read from the underlying (possibly compressed) stream, for progress.
 pub(crate) struct Counting<R> {
     inner: R,

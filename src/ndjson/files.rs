@@ -5,8 +5,8 @@
 //! input. A run never says "complete" over lines it did not send, and never resumes inside a
 //! different file. Format and limits: docs/checkpoints.md, docs/piping.md.
 
-use super::SendPosition;
-use crate::sinks::ndjson::is_gzip;
+use super::lines::Position;
+use crate::domain::is_gzip;
 use crate::state::fingerprint;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,7 @@ pub(crate) struct Input {
     pub(crate) gzip: bool,
     pub(crate) found: Found,
     /// Where reading starts (line 0, offset 0 unless continued).
-    pub(crate) from: SendPosition,
+    pub(crate) from: Position,
     /// What the state held for it, if anything.
     pub(crate) before: Option<Sent>,
     /// The stream offset and line count at its end, once the reader got there.
@@ -103,12 +103,12 @@ impl Input {
                 .with_context(|| format!("cannot read {}", path.display()))?,
         };
         let from = match (&found, &before) {
-            (Found::Continued { .. } | Found::Unchanged, Some(sent)) => SendPosition {
+            (Found::Continued { .. } | Found::Unchanged, Some(sent)) => Position {
                 file: index,
                 offset: sent.offset,
                 line: sent.lines,
             },
-            _ => SendPosition {
+            _ => Position {
                 file: index,
                 offset: 0,
                 line: 0,
