@@ -13,7 +13,7 @@ use crate::domain::{Cursor, Filters, Range, SourceKind};
 use crate::error::EXIT_OK;
 use crate::event::format_ts;
 use crate::net::retry::GaveUp;
-use crate::posthog::ApiError;
+use crate::posthog::error::ApiError;
 use crate::posthog::hogql;
 use crate::posthog::source::Connect;
 use crate::progress::{Progress, count, human_duration};

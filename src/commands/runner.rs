@@ -433,6 +433,6 @@ async fn interruptible<T>(
         .into()),
     };
     // What the run dropped may have left PostHog running queries (asynchronous ones).
-    crate::posthog::cancel_abandoned().await;
+    crate::posthog::polled::cancel_abandoned().await;
     result
 }

@@ -5,9 +5,10 @@
 //! has not completed within `--http-timeout`, or whose run stops (Ctrl-C, SIGTERM,
 //! `--max-run-time`, an error), is cancelled (`DELETE`) so that it stops reading.
 
-use super::{ApiError, PostHog, Slow};
+use super::error::ApiError;
 use crate::net::http::{Reply, SendError};
 use crate::net::retry::{GaveUp, RetryPolicy};
+use crate::progress::Progress;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::Mutex;
@@ -147,98 +148,98 @@ impl Drop for Running {
     }
 }
 
-impl PostHog {
-    /// Polls the query PostHog answered with `accepted` (a 202) until it completes; its
-    /// result as a blocking answer's body.
-    pub(super) async fn polled(&self, accepted: Reply) -> Result<Reply, NoAnswer> {
-        let started = Instant::now();
-        let id = serde_json::from_slice::<Polled<'_>>(&accepted.body)
-            .ok()
-            .and_then(|p| p.query_status.id)
-            .filter(|id| {
-                !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            })
-            .ok_or_else(|| {
-                NoAnswer::Failed(GaveUp::Fatal(ApiError::Async {
-                    excerpt: accepted.excerpt(),
-                }))
-            })?;
-        let endpoint = format!("query/{id}/");
-        let url = self.url(&endpoint);
-        let mut running = Running::start(
-            self.http
-                .delete(url.clone())
-                .bearer_auth(self.conn.api_key.expose()),
-        );
-        let pace = RetryPolicy {
-            base: FIRST_POLL,
-            cap: LONGEST_POLL,
-            ..self.retry.clone()
-        };
-        let mut poll = 0u32;
-        loop {
-            let wait = pace.backoff(poll);
-            poll += 1;
-            if started.elapsed() + wait > self.timeout {
-                running.cancel().await;
-                return Err(NoAnswer::TooSlow(format!(
-                    "PostHog ran the query asynchronously and it had not completed within --http-timeout ({}); cancelled",
-                    crate::progress::human_duration(self.timeout)
-                )));
-            }
-            self.progress
-                .wait("PostHog is running the query asynchronously", wait)
-                .await;
-            let reply = self
-                .call(&endpoint, Slow::Retry, self.whole(), || {
-                    self.http.get(url.clone())
-                })
-                .await
-                .map_err(NoAnswer::Failed)?;
-            let status = serde_json::from_slice::<Polled<'_>>(&reply.body)
-                .map_err(|_| {
-                    NoAnswer::Failed(GaveUp::Fatal(ApiError::BadResponse {
-                        status: reply.status,
-                        excerpt: reply.excerpt(),
-                    }))
-                })?
-                .query_status;
-            if status.complete != Some(true) {
-                continue;
-            }
-            running.done();
-            if status.error == Some(true) {
-                let message = status.error_message.unwrap_or_default();
-                return Err(too_costly(&message).map_or_else(
-                    || {
-                        NoAnswer::Failed(GaveUp::Fatal(ApiError::Rejected {
-                            status: 200,
-                            detail: crate::secret::redact(&message),
-                        }))
-                    },
-                    NoAnswer::TooSlow,
-                ));
-            }
-            let results = status.results.map(RawValue::get).unwrap_or("null");
-            let body = match results.as_bytes().first() {
-                // The query's own answer, `{"columns":..,"results":[..],..}`, as it is.
-                Some(b'{') => reply.body.slice_ref(results.as_bytes()),
-                // Only its rows.
-                Some(b'[') => format!("{{\"results\":{results}}}").into_bytes().into(),
-                _ => {
-                    return Err(NoAnswer::Failed(GaveUp::Fatal(ApiError::BadResponse {
-                        status: reply.status,
-                        excerpt: reply.excerpt(),
-                    })));
-                }
-            };
-            return Ok(Reply {
-                status: 200,
-                headers: reply.headers,
-                body,
-                stream: None,
-            });
+/// The id of the query PostHog answered with `accepted` (a 202), to poll it by.
+pub(super) fn query_id(accepted: &Reply) -> Result<String, NoAnswer> {
+    serde_json::from_slice::<Polled<'_>>(&accepted.body)
+        .ok()
+        .and_then(|p| p.query_status.id)
+        .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .ok_or_else(|| {
+            NoAnswer::Failed(GaveUp::Fatal(ApiError::Async {
+                excerpt: accepted.excerpt(),
+            }))
+        })
+}
+
+/// Polls a query until it completes (`fetch` asks for its status; `cancel` is the request
+/// that cancels it, sent if it runs past `timeout` or the run drops it); its result as a
+/// blocking answer's body.
+pub(super) async fn poll<Fut>(
+    cancel: reqwest::RequestBuilder,
+    retry: &RetryPolicy,
+    timeout: Duration,
+    progress: &Progress,
+    mut fetch: impl FnMut() -> Fut,
+) -> Result<Reply, NoAnswer>
+where
+    Fut: std::future::Future<Output = Result<Reply, GaveUp<ApiError>>>,
+{
+    let started = Instant::now();
+    let mut running = Running::start(cancel);
+    let pace = RetryPolicy {
+        base: FIRST_POLL,
+        cap: LONGEST_POLL,
+        ..retry.clone()
+    };
+
+    let mut poll = 0u32;
+    loop {
+        let wait = pace.backoff(poll);
+        poll += 1;
+        if started.elapsed() + wait > timeout {
+            running.cancel().await;
+            return Err(NoAnswer::TooSlow(format!(
+                "PostHog ran the query asynchronously and it had not completed within --http-timeout ({}); cancelled",
+                crate::progress::human_duration(timeout)
+            )));
         }
+        progress
+            .wait("PostHog is running the query asynchronously", wait)
+            .await;
+        let reply = fetch().await.map_err(NoAnswer::Failed)?;
+        let status = serde_json::from_slice::<Polled<'_>>(&reply.body)
+            .map_err(|_| {
+                NoAnswer::Failed(GaveUp::Fatal(ApiError::BadResponse {
+                    status: reply.status,
+                    excerpt: reply.excerpt(),
+                }))
+            })?
+            .query_status;
+        if status.complete != Some(true) {
+            continue;
+        }
+        running.done();
+        if status.error == Some(true) {
+            let message = status.error_message.unwrap_or_default();
+            return Err(too_costly(&message).map_or_else(
+                || {
+                    NoAnswer::Failed(GaveUp::Fatal(ApiError::Rejected {
+                        status: 200,
+                        detail: crate::secret::redact(&message),
+                    }))
+                },
+                NoAnswer::TooSlow,
+            ));
+        }
+        let results = status.results.map(RawValue::get).unwrap_or("null");
+        let body = match results.as_bytes().first() {
+            // The query's own answer, `{"columns":..,"results":[..],..}`, as it is.
+            Some(b'{') => reply.body.slice_ref(results.as_bytes()),
+            // Only its rows.
+            Some(b'[') => format!("{{\"results\":{results}}}").into_bytes().into(),
+            _ => {
+                return Err(NoAnswer::Failed(GaveUp::Fatal(ApiError::BadResponse {
+                    status: reply.status,
+                    excerpt: reply.excerpt(),
+                })));
+            }
+        };
+        return Ok(Reply {
+            status: 200,
+            headers: reply.headers,
+            body,
+            stream: None,
+        });
     }
 }
 

@@ -3,7 +3,7 @@
 //! storage order; `events_api` the legacy Events API that some self-hosted instances only
 //! have, in timestamp order.
 
-use super::PostHog;
+use super::client::PostHog;
 use super::hogql::Ingested;
 use crate::domain::JobId;
 use crate::domain::{Cursor, Filters, Range, SourceKind};
@@ -19,10 +19,10 @@ use std::sync::Arc;
 /// to the Events API, saying so once, when the instance has no Query API (404 on `/query/`).
 pub(crate) async fn resolve(
     kind: SourceKind,
-    client: &crate::posthog::PostHog,
+    client: &crate::posthog::client::PostHog,
 ) -> anyhow::Result<SourceKind> {
     use crate::net::retry::GaveUp;
-    use crate::posthog::ApiError;
+    use crate::posthog::error::ApiError;
     if kind != SourceKind::Auto {
         return Ok(kind);
     }
@@ -64,10 +64,10 @@ pub(crate) struct Connect<'a> {
     /// counts of `config check` and every page draw on the same one.
     budgets: [Arc<crate::net::ratelimit::Budget>; 2],
     /// PostHog's time, as its last answer said.
-    clock: super::Clock,
+    clock: super::client::Clock,
     /// Whether PostHog has answered yet, and whether a first contact that fails for good
     /// (no such host name, a host that is not PostHog) ends the run.
-    first_contact: Arc<super::FirstContact>,
+    first_contact: Arc<super::client::FirstContact>,
 }
 
 impl<'a> Connect<'a> {
@@ -220,7 +220,7 @@ fn future_end(range: &Range, now: DateTime<Utc>, command: &str) -> Result<(), St
 /// Everything needed to read: which API, from where, what.
 pub(crate) struct Reader {
     pub(crate) kind: SourceKind,
-    pub(crate) client: Arc<crate::posthog::PostHog>,
+    pub(crate) client: Arc<crate::posthog::client::PostHog>,
     pub(crate) range: Range,
     pub(crate) filters: Filters,
     pub(crate) page_size: usize,

@@ -4,8 +4,8 @@
 //! the rows it handed on are skipped if the new answer begins with the same ones; records
 //! carry a [`Cursor::Within`] the page until the page has passed every check.
 
-use super::Read;
 use super::key::{Key, Lower, Point, Upper, day_of};
+use super::read::Read;
 use crate::domain::Cursor;
 use crate::domain::cursor::Tie;
 use crate::event::{Event, format_ts, parse_ts, properties_object};
@@ -13,7 +13,7 @@ use crate::net::http::SendError;
 use crate::net::retry::GaveUp;
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
-use crate::posthog::ApiError;
+use crate::posthog::error::ApiError;
 use crate::posthog::hogql;
 use crate::posthog::repair::Properties;
 use crate::posthog::rows::{Broken, Rows, Step};
@@ -350,7 +350,7 @@ impl Read {
     /// Reads an answer's body to its end, handing on each row as it is parsed.
     async fn read_answer(
         &self,
-        resp: &mut crate::posthog::Answer,
+        resp: &mut crate::posthog::polled::Answer,
         rows: &mut Rows,
         page: &mut Page<'_>,
         limit: usize,

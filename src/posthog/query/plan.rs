@@ -4,11 +4,11 @@
 //! storage order. Windows cover the order without a gap, whatever the counts say: the counts
 //! only place the cuts, and a window is read until PostHog's answer ends it.
 
-use super::Read;
 use super::key::{Key, Lower, Point, Upper, between, day_of, day_start, event_end};
+use super::read::Read;
 use crate::error::Stop;
 use crate::net::retry::GaveUp;
-use crate::posthog::ApiError;
+use crate::posthog::error::ApiError;
 use crate::posthog::hogql::{self, BUCKET_BITS};
 use crate::posthog::rows::{Broken, Rows, Step};
 use anyhow::bail;
