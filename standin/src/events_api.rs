@@ -9,12 +9,24 @@
 //! last row's timestamp, so ties at the boundary are skipped by whoever follows it.
 
 use super::data::StoredEvent;
-use super::posthog::{TieOrder, error};
 use super::storage::ByTime;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
+
+/// The Events API's order among events that share a timestamp (../shared/posthog-api.md):
+/// ClickHouse's, the same for the same request but another for a request that differs (another
+/// `offset`, `limit` or filter), so offset pages over ties overlap and miss rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TieOrder {
+    /// An order drawn from the request's parameters: repeating a request repeats it.
+    PerRequest,
+    /// The worst such order: whatever `limit` and `offset`, the rows a page takes from a run
+    /// of ties are that run's first ones (in uuid order), so offset paging never gets past
+    /// them.
+    SameFirst,
+}
 
 pub const LIMIT_CAP: usize = 1_000;
 pub const MAX_OFFSET: usize = 50_000;
@@ -54,22 +66,17 @@ pub(super) fn list(
     events: ByTime<'_>,
     path: &str,
     query: &str,
-) -> (Response, std::time::Duration) {
-    let offset_delay = config.offset_delay;
-    match page(events, path, query, config.tie_order) {
-        Ok((body, offset_used)) => (
-            ([("content-type", "application/json")], body).into_response(),
-            if offset_used {
-                offset_delay
-            } else {
-                std::time::Duration::ZERO
-            },
-        ),
-        Err((status, detail)) => (
-            error(status, "validation_error", &detail),
-            std::time::Duration::ZERO,
-        ),
-    }
+) -> Result<(Response, std::time::Duration), (u16, String)> {
+    let (body, offset_used) = page(events, path, query, config.tie_order)?;
+    let delay = if offset_used {
+        config.offset_delay
+    } else {
+        std::time::Duration::ZERO
+    };
+    Ok((
+        ([("content-type", "application/json")], body).into_response(),
+        delay,
+    ))
 }
 
 /// FNV-1a: a seed that is the same in every process.

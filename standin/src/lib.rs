@@ -19,9 +19,10 @@ pub use data::{
     HEAVY_EVENT_BYTES, StoredEvent, TYPICAL_EVENT_BYTES, realistic_events, synthetic_events,
 };
 pub use engine::ShardRead;
+pub use events_api::TieOrder;
 pub use posthog::{
     AsyncAnswers, CostTotals, PageFault, PostHogConfig, PostHogStandIn, QueryCost, QueryReads,
-    ReadBudget, Spoil, TieOrder,
+    ReadBudget, Spoil,
 };
 pub use storage::{BLOCK_ROWS, Storage, city_hash64, stored_size};
 pub use webhook::{WebhookConfig, WebhookStandIn};

@@ -6,6 +6,7 @@
 use super::answer::{Answer as AnswerWriter, format_time};
 use super::data::StoredEvent;
 use super::engine::{self, Outcome, Rows, ShardRead, Stray};
+use super::events_api::TieOrder;
 use super::hogql::{self, Statement};
 use super::storage::{Storage, Table};
 use super::{Fault, Faults, Server, serve};
@@ -75,19 +76,6 @@ pub struct PostHogConfig {
     /// Query API: answer queries asynchronously, HTTP 202 with a `query_status` to poll, as
     /// PostHog does for `refresh: "async"` and may do under load (None: blocking answers).
     pub async_answers: Option<AsyncAnswers>,
-}
-
-/// The Events API's order among events that share a timestamp (../shared/posthog-api.md):
-/// ClickHouse's, the same for the same request but another for a request that differs (another
-/// `offset`, `limit` or filter), so offset pages over ties overlap and miss rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TieOrder {
-    /// An order drawn from the request's parameters: repeating a request repeats it.
-    PerRequest,
-    /// The worst such order: whatever `limit` and `offset`, the rows a page takes from a run
-    /// of ties are that run's first ones (in uuid order), so offset paging never gets past
-    /// them.
-    SameFirst,
 }
 
 /// How queries answered asynchronously complete: `GET .../query/{id}/` answers "not complete"
@@ -827,9 +815,10 @@ fn route(
         ("GET", ["api", "projects" | "environments", id, "events"])
             if *id == s.config.project_id =>
         {
-            let (response, delay) =
-                super::events_api::list(&s.config, s.table.by_time(), path, query);
-            Route::Now(response, delay)
+            match super::events_api::list(&s.config, s.table.by_time(), path, query) {
+                Ok((response, delay)) => Route::Now(response, delay),
+                Err((status, detail)) => now(error(status, "validation_error", &detail)),
+            }
         }
         _ => now(error(404, "invalid_request", "Not found.")),
     }
