@@ -91,8 +91,87 @@ impl<E: std::fmt::Display> GaveUp<E> {
     }
 }
 
-/// Runs `attempt` until it is done, fails for good, or the policy's bounds are reached:
-/// `max_retries` failures, a wait longer than `max_wait`, or `MAX_THROTTLED` rate limits.
+/// The count of one request's tries, and the one rule for how long to wait before the next
+/// and when to give up: `max_retries` failures (a success that moved on starts the count
+/// again: [`Tries::moved_on`]), `MAX_THROTTLED` rate limits, or a wait longer than
+/// `max_wait`. [`retry`] drives it for a request made in one call; loops that try again on
+/// their own (an answer cut short while it streamed, a query PostHog finds too costly) use it
+/// directly, so that every request waits, counts and gives up the same way.
+pub(crate) struct Tries<'a> {
+    policy: &'a RetryPolicy,
+    failures: u32,
+    throttled: u32,
+}
+
+/// Why a request waits before its next try.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// It failed (a warning, whatever the wait: a failure is news).
+    Failed,
+    /// A rate limit (shown as a wait, not as a fault).
+    Throttled,
+}
+
+impl<'a> Tries<'a> {
+    pub(crate) fn new(policy: &'a RetryPolicy) -> Self {
+        Tries {
+            policy,
+            failures: 0,
+            throttled: 0,
+        }
+    }
+
+    /// The wait before trying again after `error`, or why not to: past the bounds. `after` is
+    /// the wait the server named, if it did.
+    pub(crate) fn next<E>(
+        &mut self,
+        why: Why,
+        error: E,
+        after: Option<Duration>,
+    ) -> Result<(E, Duration), GaveUp<E>> {
+        let (tries, limit) = match why {
+            Why::Failed => (&mut self.failures, self.policy.max_retries),
+            Why::Throttled => (&mut self.throttled, MAX_THROTTLED),
+        };
+        if *tries >= limit {
+            return Err(GaveUp::Exhausted {
+                retries: *tries,
+                last: error,
+            });
+        }
+        *tries += 1;
+        // Full jitter below the back-off's ceiling, unless the server named its wait.
+        let wait = after.unwrap_or_else(|| self.policy.backoff(*tries - 1));
+        if wait > self.policy.max_wait {
+            return Err(GaveUp::WaitTooLong { wait, last: error });
+        }
+        // A server's own wait gets a little jitter on top, so that parallel clients do not
+        // return together.
+        let wait = match after {
+            Some(_) => wait.saturating_add(Duration::from_millis(fastrand::u64(0..250))),
+            None => wait,
+        };
+        Ok((error, wait))
+    }
+
+    /// The request moved on since its last failure (an answer cut short handed on new rows):
+    /// its failures count from zero again.
+    pub(crate) fn moved_on(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Waits `wait` before the next try (`message`: what is tried and what went wrong), counted
+/// as a retry and shown as `why` says.
+pub(crate) async fn pause(progress: &Progress, why: Why, message: &str, wait: Duration) {
+    Stats::add(&progress.stats.retries, 1);
+    match why {
+        Why::Failed => progress.wait_after_failure(message, wait).await,
+        Why::Throttled => progress.wait(message, wait).await,
+    }
+}
+
+/// Runs `attempt` until it is done, fails for good, or the bounds of [`Tries`] are reached.
 pub(crate) async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
     progress: &Progress,
@@ -104,51 +183,16 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Attempt<T, E>>,
 {
-    let mut failures = 0u32;
-    let mut throttled = 0u32;
+    let mut tries = Tries::new(policy);
     loop {
-        let failed_before = failures;
-        let (error, wait) = match attempt().await {
+        let (why, error, after) = match attempt().await {
             Attempt::Done(v) => return Ok(v),
             Attempt::Fail(e) => return Err(GaveUp::Fatal(e)),
-            Attempt::Retry { error, after } => {
-                if failures >= policy.max_retries {
-                    return Err(GaveUp::Exhausted {
-                        retries: failures,
-                        last: error,
-                    });
-                }
-                failures += 1;
-                let wait = after.unwrap_or_else(|| policy.backoff(failures - 1));
-                (error, wait)
-            }
-            Attempt::Throttled { error, after } => {
-                throttled += 1;
-                if throttled > MAX_THROTTLED {
-                    return Err(GaveUp::Exhausted {
-                        retries: throttled,
-                        last: error,
-                    });
-                }
-                (
-                    error,
-                    after.unwrap_or_else(|| policy.backoff(throttled - 1)),
-                )
-            }
+            Attempt::Retry { error, after } => (Why::Failed, error, after),
+            Attempt::Throttled { error, after } => (Why::Throttled, error, after),
         };
-        if wait > policy.max_wait {
-            return Err(GaveUp::WaitTooLong { wait, last: error });
-        }
-        // A little jitter on top so that parallel clients do not return together.
-        let wait = wait.saturating_add(Duration::from_millis(fastrand::u64(0..250)));
-        Stats::add(&progress.stats.retries, 1);
-        if failures > failed_before {
-            progress
-                .wait_after_failure(&format!("{what}: {error}"), wait)
-                .await;
-        } else {
-            progress.wait(&format!("{what}: {error}"), wait).await;
-        }
+        let (error, wait) = tries.next(why, error, after)?;
+        pause(progress, why, &format!("{what}: {error}"), wait).await;
     }
 }
 
@@ -239,5 +283,36 @@ mod tests {
         })
         .await;
         assert_eq!(out.unwrap(), 3);
+    }
+
+    #[test]
+    fn every_loop_waits_the_same_first_back_off_and_starts_again_once_it_moved_on() {
+        let policy = RetryPolicy {
+            max_retries: 2,
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+            max_wait: Duration::from_secs(3600),
+        };
+        for _ in 0..50 {
+            let mut tries = Tries::new(&policy);
+            let (_, first) = tries.next(Why::Failed, "cut", None).unwrap();
+            assert!(first <= Duration::from_secs(1), "{first:?}");
+            let (_, second) = tries.next(Why::Failed, "cut", None).unwrap();
+            assert!(second <= Duration::from_secs(2), "{second:?}");
+            assert!(matches!(
+                tries.next(Why::Failed, "cut", None),
+                Err(GaveUp::Exhausted { retries: 2, .. })
+            ));
+            // A try that moved on: the failures count from zero, the first wait again.
+            tries.moved_on();
+            let (_, again) = tries.next(Why::Failed, "cut", None).unwrap();
+            assert!(again <= Duration::from_secs(1), "{again:?}");
+            // Rate limits are counted apart, and a wait the server names is kept (plus at
+            // most 250 ms of jitter).
+            let (_, named) = tries
+                .next(Why::Throttled, "429", Some(Duration::from_secs(7)))
+                .unwrap();
+            assert!(named >= Duration::from_secs(7) && named < Duration::from_millis(7_250));
+        }
     }
 }

@@ -14,8 +14,8 @@ mod read;
 use crate::domain::Cursor;
 use crate::domain::cursor::Tie;
 use crate::error::Stop;
+use crate::net::retry::{self, Tries, Why};
 use crate::pipeline::Item;
-use crate::pipeline::ledger::Stats;
 use crate::posthog::source::Reader;
 use anyhow::bail;
 use chrono::{DateTime, Utc};
@@ -198,7 +198,8 @@ impl Read {
         let mut left = Some(window.planned);
         // Queries found too costly since the last page that held events (parts found empty
         // are no sign that the splitting helps), and tries of a single key.
-        let (mut splits, mut too_costly) = (0u32, 0u32);
+        let mut splits = 0u32;
+        let mut tries = Tries::new(self.client().retry_policy());
         // A page shorter than asked after which the window went on: if the next page holds
         // events, PostHog caps its pages there.
         let mut suspect: Option<usize> = None;
@@ -232,22 +233,15 @@ impl Read {
                     }
                     // Nothing smaller to ask (a single key, or no planned place to cut). PostHog
                     // may be busy: a few tries.
-                    too_costly += 1;
-                    let policy = self.client().retry_policy();
-                    if too_costly > policy.max_retries {
-                        return Err(Stop::Temporary(format!(
+                    let what = format!("PostHog query too costly (HTTP {status})");
+                    let (_, wait) = tries.next(Why::Failed, &what, None).map_err(|_| {
+                        Stop::Temporary(format!(
                             "PostHog finds even the smallest query this reader can ask for too costly (HTTP {status}): {}; try again later",
                             describe(&lo)
                         ))
-                        .into());
-                    }
-                    Stats::add(&progress.stats.retries, 1);
-                    progress
-                        .wait(
-                            &format!("PostHog query too costly (HTTP {status})"),
-                            policy.backoff(too_costly),
-                        )
-                        .await;
+                    })?;
+                    let message = format!("reading from PostHog's Query API: {what}");
+                    retry::pause(&progress, Why::Failed, &message, wait).await;
                     continue;
                 }
                 PageEnd::Read {
@@ -261,7 +255,7 @@ impl Read {
                     (rows, last)
                 }
             };
-            too_costly = 0;
+            tries.moved_on();
             if rows > 0 {
                 splits = 0;
             }

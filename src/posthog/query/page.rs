@@ -10,7 +10,7 @@ use crate::domain::Cursor;
 use crate::domain::cursor::Tie;
 use crate::event::{Event, format_ts, parse_ts, properties_object};
 use crate::net::http::SendError;
-use crate::net::retry::GaveUp;
+use crate::net::retry::{self, GaveUp, Tries, Why};
 use crate::pipeline::Item;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::error::ApiError;
@@ -259,7 +259,7 @@ impl Read {
         let start = self.position(lo);
         let stretch = self.stretch(lo, hi);
         let (from, end) = stretch.times();
-        let mut failures = 0u32;
+        let mut tries = Tries::new(self.client().retry_policy());
         loop {
             // Ask for at least the rows to skip, so that the answer can show they are the same.
             let asked = skip.map_or(limit, |s| {
@@ -328,22 +328,14 @@ impl Read {
             // and proxies close idle ones): each such try moves on, so this ends.
             let handed = page.handed_on();
             if handed.map_or(0, |s| s.rows) > skip.map_or(0, |s| s.rows) {
-                failures = 0;
+                tries.moved_on();
             }
             skip = handed;
-            let policy = self.client().retry_policy();
-            if failures >= policy.max_retries {
-                return Err(GaveUp::Exhausted {
-                    retries: failures,
-                    last: error,
-                }
-                .into_error("reading from PostHog's Query API"));
-            }
-            failures += 1;
-            Stats::add(&progress.stats.retries, 1);
-            progress
-                .wait(&error.to_string(), policy.backoff(failures))
-                .await;
+            let what = "reading from PostHog's Query API";
+            let (error, wait) = tries
+                .next(Why::Failed, error, None)
+                .map_err(|gave_up| gave_up.into_error(what))?;
+            retry::pause(progress, Why::Failed, &format!("{what}: {error}"), wait).await;
         }
     }
 
