@@ -37,6 +37,40 @@ pub(crate) fn redact(text: &str) -> String {
     out
 }
 
+/// `scheme://host[:port]` of `url`: all of a URL that is safe to print (its path, query and
+/// user part may hold a secret).
+pub(crate) fn origin(url: &url::Url) -> String {
+    match url.origin() {
+        origin @ url::Origin::Tuple(..) => origin.ascii_serialization(),
+        url::Origin::Opaque(_) => format!("{}://{}", url.scheme(), url.host_str().unwrap_or("?")),
+    }
+}
+
+/// `text` with every known secret redacted ([`redact`]), and with anything that looks like a
+/// credential cut out too: PostHog keys (`phx_…`, `phs_…`, `phc_…`) and URLs (all but their
+/// [`origin`]). For messages about input whose secrets are not known yet (a config file that
+/// fails to parse).
+pub(crate) fn redact_unknown(text: &str) -> String {
+    redact(text)
+        .split_inclusive(|c: char| c.is_whitespace() || "\"'`,".contains(c))
+        .map(|word| {
+            let core = word.trim_end_matches(|c: char| c.is_whitespace() || "\"'`,".contains(c));
+            let tail = &word[core.len()..];
+            let lead = core.trim_start_matches(|c: char| "\"'`(".contains(c));
+            let head = &core[..core.len() - lead.len()];
+            if ["phx_", "phs_", "phc_"].iter().any(|p| lead.starts_with(p)) {
+                format!("{head}<redacted>{tail}")
+            } else if let Ok(url) = url::Url::parse(lead)
+                && url.has_host()
+            {
+                format!("{head}{}/…{tail}", origin(&url))
+            } else {
+                word.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A string that must never be printed. Use [`Secret::expose`] only where it is sent.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Secret(String);
@@ -117,13 +151,7 @@ impl WebhookUrl {
 
     /// `https://host[:port]/…`: safe to print.
     pub(crate) fn redacted(&self) -> String {
-        let port = self.url.port().map(|p| format!(":{p}")).unwrap_or_default();
-        format!(
-            "{}://{}{}/…",
-            self.url.scheme(),
-            self.url.host_str().unwrap_or("?"),
-            port
-        )
+        format!("{}/…", origin(&self.url))
     }
 
     pub(crate) fn fingerprint(&self) -> String {

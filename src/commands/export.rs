@@ -236,16 +236,15 @@ impl Job for Export<'_> {
     }
 
     fn open_sink(&mut self, run: &mut Run<ExportPosition>) -> anyhow::Result<()> {
-        let progress = run.progress.clone();
         self.writer = Some(match &self.output {
-            None => NdjsonWriter::stdout(progress),
+            None => NdjsonWriter::stdout(),
             Some(output) => {
                 // The state exists before the file is first written: a run that fails before
                 // its first checkpoint (a full disk) leaves a file the next run knows to be
                 // this job's, to start again, instead of one it must refuse to overwrite.
                 run.save()?;
                 let keep = run.state.position.as_ref().map_or(0, |p| p.bytes);
-                NdjsonWriter::file(output, keep, progress)?
+                NdjsonWriter::file(output, keep)?
             }
         });
         Ok(())

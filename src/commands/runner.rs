@@ -239,6 +239,7 @@ async fn lifecycle<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Res
             source,
             posting,
             described.sink(),
+            &progress.stats,
             |place, done: Delivered| {
                 let position = described.position(state.position.as_ref(), place)?;
                 match store {

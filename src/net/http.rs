@@ -105,10 +105,7 @@ impl Reply {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| base.join(v).ok());
         match target {
-            Some(url) => {
-                let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-                format!("{}://{}{port}", url.scheme(), url.host_str().unwrap_or("?"))
-            }
+            Some(url) => crate::secret::origin(&url),
             None => "an unnamed place".into(),
         }
     }

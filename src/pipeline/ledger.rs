@@ -41,6 +41,13 @@ impl Stats {
         counter.load(Relaxed)
     }
 
+    /// Counts a delivered batch: what the sink posted and set aside.
+    pub(crate) fn delivered(&self, done: crate::pipeline::Delivered) {
+        Stats::add(&self.posted, done.posted as u64);
+        Stats::add(&self.dead_lettered, done.dead_lettered as u64);
+        Stats::add(&self.batches, 1);
+    }
+
     /// Notes an event name read.
     pub(crate) fn saw_name(&self, name: &str) {
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());

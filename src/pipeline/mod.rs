@@ -8,6 +8,7 @@ pub(crate) mod batcher;
 pub(crate) mod ledger;
 
 use crate::pipeline::batcher::{Batch, Batcher, Limits};
+use crate::pipeline::ledger::Stats;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -57,13 +58,15 @@ pub(crate) struct Posting {
 }
 
 /// Runs `source` (which sends to the queue) and delivers what it sends, with at most
-/// `concurrency` batches in flight. `commit` is called in source order with the position after
+/// `concurrency` batches in flight, counting what each delivery did in `ledger` (sinks report
+/// it, and count nothing themselves). `commit` is called in source order with the position after
 /// each acknowledged batch, or after a stretch with no events. A source error still lets what
 /// it already sent be delivered and committed first.
 pub(crate) async fn run<P, S, Fut>(
     source: S,
     posting: Posting,
     sink: &dyn Deliver,
+    ledger: &Stats,
     mut commit: impl FnMut(&P, Delivered) -> anyhow::Result<()>,
 ) -> anyhow::Result<()>
 where
@@ -80,6 +83,9 @@ where
     let post = |batch: Batch<P>| -> InFlight<'_, P> {
         Box::pin(async move {
             let done = sink.deliver(&batch.events).await;
+            if let Ok(done) = &done {
+                ledger.delivered(*done);
+            }
             (batch.end, done)
         })
     };

@@ -195,7 +195,7 @@ fn file_args(path: &Path, matches: &ArgMatches) -> anyhow::Result<Vec<OsString>>
         usage(format!(
             "the config file {} is not valid{at}: {}",
             path.display(),
-            without_secrets(e.message())
+            crate::secret::redact_unknown(e.message())
         ))
     })?;
     let values = serde_json::to_value(&file).context("config values serialize")?;
@@ -245,7 +245,7 @@ fn file_args(path: &Path, matches: &ArgMatches) -> anyhow::Result<Vec<OsString>>
                 .no_binary_name(true)
                 .try_get_matches_from([flag.as_str(), text.as_str()])
                 .map_err(|e| {
-                    usage(without_secrets(&format!(
+                    usage(crate::secret::redact_unknown(&format!(
                         "config file {}, `{key}` = {text:?}: {}",
                         path.display(),
                         clap_reason(&e)
@@ -256,33 +256,6 @@ fn file_args(path: &Path, matches: &ArgMatches) -> anyhow::Result<Vec<OsString>>
         }
     }
     Ok(out)
-}
-
-/// `text` with anything that looks like a credential cut out: PostHog keys (`phx_…`, `phs_…`,
-/// `phc_…`) and URLs (all but their scheme and host). For messages about a config file, whose
-/// secrets are not known yet when it fails to parse.
-fn without_secrets(text: &str) -> String {
-    text.split_inclusive(|c: char| c.is_whitespace() || "\"'`,".contains(c))
-        .map(|word| {
-            let core = word.trim_end_matches(|c: char| c.is_whitespace() || "\"'`,".contains(c));
-            let tail = &word[core.len()..];
-            let lead = core.trim_start_matches(|c: char| "\"'`(".contains(c));
-            let head = &core[..core.len() - lead.len()];
-            if ["phx_", "phs_", "phc_"].iter().any(|p| lead.starts_with(p)) {
-                format!("{head}<redacted>{tail}")
-            } else if let Ok(url) = reqwest::Url::parse(lead)
-                && url.has_host()
-            {
-                format!(
-                    "{head}{}://{}/…{tail}",
-                    url.scheme(),
-                    url.host_str().unwrap_or("?")
-                )
-            } else {
-                word.to_string()
-            }
-        })
-        .collect()
 }
 
 /// The reason in a clap error, without its `error:` prefix and usage lines.
@@ -314,7 +287,7 @@ fn exit(argv: &[OsString], e: clap::Error) -> ! {
         "{}",
         crate::progress::json_line(
             crate::progress::Level::Error,
-            &without_secrets(&clap_reason(&e)),
+            &crate::secret::redact_unknown(&clap_reason(&e)),
             fields
         )
     );
@@ -365,7 +338,7 @@ mod tests {
 
     #[test]
     fn messages_about_a_config_file_never_carry_a_key_or_a_url_path() {
-        let text = without_secrets(
+        let text = crate::secret::redact_unknown(
             "invalid value \"phx_abcdef123456\" near 'https://api.patterns.app/api/app/webhooks/wh-123?x=1', ok",
         );
         assert!(

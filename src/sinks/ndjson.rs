@@ -3,9 +3,7 @@
 //! the source in `crate::ndjson`.
 
 use crate::domain::is_gzip;
-use crate::pipeline::ledger::Stats;
 use crate::pipeline::{Deliver, Delivered};
-use crate::progress::Progress;
 use crate::state::fingerprint;
 use anyhow::Context;
 use flate2::Compression;
@@ -14,8 +12,8 @@ use futures_util::future::BoxFuture;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 
 /// The reader closed our stdout (`| head`): the run ends quietly.
 #[derive(Debug, thiserror::Error)]
@@ -37,21 +35,19 @@ pub(crate) struct NdjsonWriter {
     target: Mutex<Target>,
     /// Bytes in the file after the last complete batch: what a checkpoint records.
     len: AtomicU64,
-    progress: Arc<Progress>,
 }
 
 impl NdjsonWriter {
-    pub(crate) fn stdout(progress: Arc<Progress>) -> Self {
+    pub(crate) fn stdout() -> Self {
         NdjsonWriter {
             target: Mutex::new(Target::Stdout(io::stdout())),
             len: AtomicU64::new(0),
-            progress,
         }
     }
 
     /// Opens `path` for appending after its first `keep` bytes (a checkpoint's length; 0 to
     /// start afresh): anything after them, such as a torn last line, is cut off.
-    pub(crate) fn file(path: &Path, keep: u64, progress: Arc<Progress>) -> anyhow::Result<Self> {
+    pub(crate) fn file(path: &Path, keep: u64) -> anyhow::Result<Self> {
         // Readable too: each checkpoint records a fingerprint of what the file holds.
         let file = super::open_private(path)
             .with_context(|| format!("cannot open {} for writing", path.display()))?;
@@ -68,7 +64,6 @@ impl NdjsonWriter {
                 gzip: is_gzip(path),
             }),
             len: AtomicU64::new(keep),
-            progress,
         })
     }
 
@@ -121,8 +116,6 @@ impl Deliver for NdjsonWriter {
     fn deliver<'a>(&'a self, events: &'a [String]) -> BoxFuture<'a, anyhow::Result<Delivered>> {
         Box::pin(async move {
             self.write(events)?;
-            Stats::add(&self.progress.stats.posted, events.len() as u64);
-            Stats::add(&self.progress.stats.batches, 1);
             Ok(Delivered {
                 posted: events.len(),
                 dead_lettered: 0,
