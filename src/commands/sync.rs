@@ -6,9 +6,10 @@
 //! bounds, by the next run before it moves on. With the Events API (no `created_at`) the
 //! watermark is event time minus `--lag`. Guarantees and limits: docs/sync.md.
 
-use crate::cli::{SyncArgs, When};
+use crate::cli::SyncArgs;
 use crate::commands::report::Report;
 use crate::commands::runner::{self, Job, Pass, Run};
+use crate::domain::when::When;
 use crate::domain::{Cursor, JobId, Range, SourceKind};
 use crate::error::usage;
 use crate::event::format_ts;
@@ -34,7 +35,7 @@ const FUTURE_SLACK: Duration = Duration::days(1);
 pub(crate) struct SyncConfig {
     pub(crate) read: settings::Read,
     pub(crate) webhook: settings::Webhook,
-    pub(crate) start: Option<crate::cli::When>,
+    pub(crate) start: Option<crate::domain::when::When>,
     pub(crate) lookback: Duration,
     pub(crate) lag: Duration,
     pub(crate) resume: settings::Resume,

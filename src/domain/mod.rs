@@ -4,6 +4,7 @@
 //! sinks and the commands all use these; this module uses none of them.
 
 pub(crate) mod cursor;
+pub(crate) mod when;
 
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;

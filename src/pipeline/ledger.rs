@@ -41,10 +41,10 @@ impl Stats {
         counter.load(Relaxed)
     }
 
-    /// Counts a delivered batch: what the sink posted and set aside.
-    pub(crate) fn delivered(&self, done: crate::pipeline::Delivered) {
-        Stats::add(&self.posted, done.posted as u64);
-        Stats::add(&self.dead_lettered, done.dead_lettered as u64);
+    /// Counts a delivered batch: the events the sink posted and set aside.
+    pub(crate) fn delivered(&self, posted: usize, dead_lettered: usize) {
+        Stats::add(&self.posted, posted as u64);
+        Stats::add(&self.dead_lettered, dead_lettered as u64);
         Stats::add(&self.batches, 1);
     }
 

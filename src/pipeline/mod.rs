@@ -84,7 +84,7 @@ where
         Box::pin(async move {
             let done = sink.deliver(&batch.events).await;
             if let Ok(done) = &done {
-                ledger.delivered(*done);
+                ledger.delivered(done.posted, done.dead_lettered);
             }
             (batch.end, done)
         })

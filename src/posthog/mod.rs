@@ -8,6 +8,7 @@ pub(crate) mod client;
 pub(crate) mod error;
 pub(crate) mod events_api;
 pub(crate) mod hogql;
+mod oversize;
 pub(crate) mod polled;
 pub(crate) mod query;
 pub(crate) mod repair;

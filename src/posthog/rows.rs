@@ -5,6 +5,7 @@
 //! serde_json. Bytes that are not UTF-8 are replaced by U+FFFD as they come in, and the rows
 //! they were in are named, so that one such event is delivered (and reported), not fatal.
 
+use super::oversize::Oversize;
 use serde::Deserialize;
 use std::collections::VecDeque;
 
@@ -15,7 +16,7 @@ pub(super) enum Step<T> {
     /// Nothing more until more bytes come ([`Rows::feed`]) or the answer ends ([`Rows::end`]).
     More,
     /// A row larger than [`MAX_VALUE_BYTES`], read as it came without being held: its
-    /// elements as they were, but those over [`KEPT_ELEMENT_BYTES`] as `null`; and its size.
+    /// elements as they were, but large ones as `null` (`oversize`); and its size.
     Oversized { row: T, bytes: u64 },
     /// The answer is complete, and had a `results` array.
     Done,
@@ -62,129 +63,6 @@ const PARSE_AHEAD: usize = 64 * 1024;
 /// The largest single value (a row, or a value around the rows) read: events weigh kilobytes
 /// (../shared/posthog-api.md), so a larger row is a fault, and refusing it bounds memory.
 pub(super) const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
-
-/// A row's elements up to this size are kept when the row is too large to hold (its uuid,
-/// timestamp, event name, distinct_id and hashes: what checks it and names it).
-const KEPT_ELEMENT_BYTES: usize = 64 * 1024;
-
-/// What is kept of such a row, at most (a row of many small elements is no event).
-const KEPT_ROW_BYTES: usize = 1024 * 1024;
-
-/// A row too large to hold, followed byte by byte as it arrives: where its strings and
-/// nesting are, and what of it is kept.
-struct Oversize {
-    bytes: u64,
-    /// Nesting, the row's own `[` included.
-    depth: u32,
-    in_string: bool,
-    escaped: bool,
-    /// The row as it is kept: `[`, then its elements so far (large ones as `null`).
-    kept: Vec<u8>,
-    /// The element being read, unless it grew too large to keep.
-    element: Option<Vec<u8>>,
-    /// What makes it no row of events, if anything.
-    broken: Option<&'static str>,
-}
-
-impl Oversize {
-    fn new() -> Self {
-        Oversize {
-            bytes: 0,
-            depth: 0,
-            in_string: false,
-            escaped: false,
-            kept: Vec::new(),
-            element: Some(Vec::new()),
-            broken: None,
-        }
-    }
-
-    /// Follows `bytes`; how many of them belong to the row, once it has ended.
-    fn follow(&mut self, bytes: &[u8]) -> Option<usize> {
-        let mut i = 0;
-        while i < bytes.len() {
-            if self.in_string {
-                // To the next quote or backslash at once: strings are what is large.
-                let run = bytes[i..]
-                    .iter()
-                    .position(|b| self.escaped || *b == b'"' || *b == b'\\')
-                    .unwrap_or(bytes.len() - i);
-                self.keep(&bytes[i..i + run]);
-                i += run;
-                let Some(&b) = bytes.get(i) else { break };
-                if self.escaped {
-                    self.escaped = false;
-                } else if b == b'\\' {
-                    self.escaped = true;
-                } else {
-                    self.in_string = false;
-                }
-                self.keep(&[b]);
-                i += 1;
-                continue;
-            }
-            let b = bytes[i];
-            i += 1;
-            match b {
-                _ if b.is_ascii_whitespace() && self.depth <= 1 => {}
-                b'[' if self.depth == 0 => {
-                    self.depth = 1;
-                    self.kept.push(b'[');
-                }
-                _ if self.depth == 0 => {
-                    self.broken = Some("a row that is not an array");
-                    return None;
-                }
-                b'"' => {
-                    self.in_string = true;
-                    self.keep(&[b]);
-                }
-                b'[' | b'{' => {
-                    self.depth += 1;
-                    self.keep(&[b]);
-                }
-                b']' | b'}' if self.depth == 1 => {
-                    self.end_element();
-                    self.kept.push(b']');
-                    self.bytes += i as u64;
-                    return Some(i);
-                }
-                b']' | b'}' => {
-                    self.depth = self.depth.saturating_sub(1);
-                    self.keep(&[b]);
-                }
-                b',' if self.depth == 1 => {
-                    self.end_element();
-                    self.kept.push(b',');
-                    if self.kept.len() > KEPT_ROW_BYTES {
-                        self.broken = Some("a row of more small elements than a row of events has");
-                        return None;
-                    }
-                }
-                _ => self.keep(&[b]),
-            }
-        }
-        self.bytes += bytes.len() as u64;
-        None
-    }
-
-    fn keep(&mut self, bytes: &[u8]) {
-        if let Some(element) = &mut self.element {
-            if element.len() + bytes.len() > KEPT_ELEMENT_BYTES {
-                self.element = None;
-            } else {
-                element.extend_from_slice(bytes);
-            }
-        }
-    }
-
-    fn end_element(&mut self) {
-        match self.element.replace(Vec::new()) {
-            Some(element) => self.kept.extend_from_slice(&element),
-            None => self.kept.extend_from_slice(b"null"),
-        }
-    }
-}
 
 pub(super) struct Rows {
     buf: Vec<u8>,

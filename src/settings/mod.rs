@@ -6,12 +6,12 @@ pub(crate) mod file;
 mod connection;
 pub(crate) use connection::Connection;
 
-use crate::cli::When;
 use crate::cli::{
     Compress, ConnectionArgs, FilterArgs, ReadArgs, RequestLimits, RetryArgs, StateArgs, TlsArgs,
     WebhookArgs,
 };
 use crate::domain::SourceKind;
+use crate::domain::when::When;
 use crate::domain::{Filters, Range};
 use crate::error::usage;
 use crate::event::format_ts;

@@ -10,6 +10,7 @@ pub(crate) mod key;
 mod page;
 mod plan;
 mod read;
+mod rules;
 
 use crate::domain::Cursor;
 use crate::domain::cursor::Tie;
