@@ -4,7 +4,8 @@
 use crate::domain::MAX_PAGE_SIZE;
 use crate::domain::SourceKind;
 use crate::domain::when::{When, parse_when};
-use crate::progress::{LogFormat, ProgressMode};
+use crate::log::LogFormat;
+use crate::progress::ProgressMode;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 

@@ -11,6 +11,7 @@ mod commands;
 mod domain;
 mod error;
 mod event;
+mod log;
 mod metrics;
 mod ndjson;
 mod net;
@@ -30,10 +31,10 @@ use std::process::ExitCode;
 /// The whole program: parse the command line (and `--config` file), run the command, and turn
 /// the outcome into an exit code (docs/exit-codes.md).
 pub fn main() -> ExitCode {
-    let mut format = progress::LogFormat::Text;
+    let mut format = log::LogFormat::Text;
     let result =
         settings::file::parse(std::env::args_os().collect(), &mut format).and_then(commands::run);
-    let json = format == progress::LogFormat::Json;
+    let json = format == log::LogFormat::Json;
     match result {
         Ok(code) => ExitCode::from(code),
         // `--if-locked skip`: another run is at work, and cron wants no mail about it.
@@ -46,10 +47,7 @@ pub fn main() -> ExitCode {
                 let fields = [("exit_code".to_string(), code.into())]
                     .into_iter()
                     .collect();
-                eprintln!(
-                    "{}",
-                    progress::json_line(progress::Level::Error, &msg, fields)
-                );
+                eprintln!("{}", log::json_line(log::Level::Error, &msg, fields));
             } else {
                 eprintln!("error: {msg}");
             }

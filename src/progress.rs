@@ -2,13 +2,38 @@
 //! log line every few seconds otherwise (cron), nothing but errors with `--quiet`.
 //! All log output goes through here so that it never tears the bars. Nothing goes to stdout.
 
+use crate::log::{Level, LogFormat};
 use crate::pipeline::ledger::Stats;
-use chrono::{SecondsFormat, Utc};
 use indicatif::{HumanCount, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+/// A log event that carries every count of the ledger (and the time taken) as fields, for
+/// JSON lines: the summary and the periodic progress lines.
+macro_rules! figures {
+    ($progress:expr, $level:expr, $target:expr, $($rest:tt)*) => {{
+        let s = &$progress.stats;
+        tracing::event!(
+            target: $target,
+            $level,
+            read = Stats::get(&s.read),
+            posted = Stats::get(&s.posted),
+            batches = Stats::get(&s.batches),
+            duplicates = Stats::get(&s.duplicates_dropped),
+            filtered = Stats::get(&s.filtered),
+            skipped = Stats::get(&s.skipped),
+            dead_lettered = Stats::get(&s.dead_lettered),
+            repaired = Stats::get(&s.repaired),
+            posthog_requests = Stats::get(&s.source_requests),
+            webhook_requests = Stats::get(&s.sink_requests),
+            retries = Stats::get(&s.retries),
+            seconds = $progress.elapsed().as_secs_f64(),
+            $($rest)*
+        )
+    }};
+}
 
 /// How progress is shown (`--progress`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -16,32 +41,6 @@ pub(crate) enum ProgressMode {
     Auto,
     Always,
     Never,
-}
-
-/// Log line format (`--log-format`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Level {
-    Error,
-    Warn,
-    Info,
-    Debug,
-}
-
-impl Level {
-    fn name(self) -> &'static str {
-        match self {
-            Level::Error => "error",
-            Level::Warn => "warning",
-            Level::Info => "info",
-            Level::Debug => "debug",
-        }
-    }
 }
 
 enum Display {
@@ -169,48 +168,17 @@ impl Progress {
         self.started.elapsed()
     }
 
-    pub(crate) fn log(&self, level: Level, msg: &str) {
-        self.log_with(level, msg, serde_json::Map::new());
+    /// The most verbose level shown.
+    pub(crate) fn level(&self) -> Level {
+        self.level
     }
 
-    /// A log line; with `--log-format json`, `fields` become members of its object.
-    fn log_with(
-        &self,
-        level: Level,
-        msg: &str,
-        fields: serde_json::Map<String, serde_json::Value>,
-    ) {
-        if level > self.level {
-            return;
-        }
-        let msg = &crate::secret::redact(msg);
-        let line = match self.format {
-            LogFormat::Json => json_line(level, msg, fields),
-            LogFormat::Text => match &self.display {
-                Display::Bars { .. } => format!("{}: {msg}", coloured(level)),
-                _ => format!(
-                    "{} {}: {msg}",
-                    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
-                    level.name()
-                ),
-            },
-        };
+    /// The bars, if they are drawn (log lines are printed above them).
+    pub(crate) fn bars(&self) -> Option<MultiProgress> {
         match &self.display {
-            Display::Bars { multi, .. } => {
-                let _ = multi.println(line);
-            }
-            _ => eprintln!("{line}"),
+            Display::Bars { multi, .. } => Some(multi.clone()),
+            _ => None,
         }
-    }
-
-    pub(crate) fn warn(&self, msg: &str) {
-        self.log(Level::Warn, msg)
-    }
-    pub(crate) fn info(&self, msg: &str) {
-        self.log(Level::Info, msg)
-    }
-    pub(crate) fn debug(&self, msg: &str) {
-        self.log(Level::Debug, msg)
     }
 
     /// For input of unknown size (stdin): a spinner instead of a share-done bar.
@@ -241,9 +209,9 @@ impl Progress {
     /// Sleeps for `wait`, showing why on the bar and, when it is long, in the log.
     pub(crate) async fn wait(&self, why: &str, wait: Duration) {
         if wait >= Duration::from_secs(5) {
-            self.info(&format!("{why}: waiting {}", human_duration(wait)));
+            tracing::info!("{why}: waiting {}", human_duration(wait));
         } else if !wait.is_zero() {
-            self.debug(&format!("{why}: waiting {}", human_duration(wait)));
+            tracing::debug!("{why}: waiting {}", human_duration(wait));
         }
         self.sleep(why, wait).await;
     }
@@ -251,7 +219,7 @@ impl Progress {
     /// Waits before trying again what failed: a warning, whatever the wait (a failure is
     /// news, unlike a rate limit's wait).
     pub(crate) async fn wait_after_failure(&self, why: &str, wait: Duration) {
-        self.warn(&format!("{why}; retrying in {}", human_duration(wait)));
+        tracing::warn!("{why}; retrying in {}", human_duration(wait));
         self.sleep(why, wait).await;
     }
 
@@ -329,22 +297,23 @@ impl Progress {
                     let status = self.status.lock().unwrap().clone();
                     // As JSON, the figures are fields too (the text stays for people). Input
                     // of unknown size has counts and rates, no share done.
-                    let unbounded = self.unbounded.load(Relaxed);
-                    let mut fields = self.summary_fields();
-                    fields.insert("progress".into(), true.into());
-                    if !unbounded {
-                        fields.insert("percent".into(), (done as f64 / 100.0).into());
-                    }
-                    fields.insert("position".into(), status.clone().into());
-                    let share = if unbounded {
-                        String::new()
-                    } else {
-                        format!("{:.1}% ", done as f64 / 100.0)
+                    let msg = match self.unbounded.load(Relaxed) {
+                        true => format!("progress {status} · {}", self.counts_line()),
+                        false => format!(
+                            "progress {:.1}% {status} · {}",
+                            done as f64 / 100.0,
+                            self.counts_line()
+                        ),
                     };
-                    self.log_with(
-                        Level::Info,
-                        &format!("progress {share}{status} · {}", self.counts_line()),
-                        fields,
+                    let percent = (!self.unbounded.load(Relaxed)).then_some(done as f64 / 100.0);
+                    figures!(
+                        self,
+                        tracing::Level::INFO,
+                        "posthog_patterns::progress",
+                        progress = true,
+                        percent,
+                        position = status.as_str(),
+                        "{msg}"
                     );
                 }
             }
@@ -407,34 +376,25 @@ impl Progress {
     }
 
     fn summary_line(&self, level: Level, msg: &str, exit: u8) {
-        let mut fields = serde_json::Map::new();
-        fields.insert("summary".into(), true.into());
-        fields.insert("exit_code".into(), exit.into());
-        fields.extend(self.summary_fields());
-        eprintln!("{}", json_line(level, &crate::secret::redact(msg), fields));
-    }
-
-    /// The run's figures, for a JSON summary.
-    fn summary_fields(&self) -> serde_json::Map<String, serde_json::Value> {
-        let s = &self.stats;
-        let n = |c: &AtomicU64| serde_json::Value::from(Stats::get(c));
-        [
-            ("read", n(&s.read)),
-            ("posted", n(&s.posted)),
-            ("batches", n(&s.batches)),
-            ("duplicates", n(&s.duplicates_dropped)),
-            ("filtered", n(&s.filtered)),
-            ("skipped", n(&s.skipped)),
-            ("dead_lettered", n(&s.dead_lettered)),
-            ("repaired", n(&s.repaired)),
-            ("posthog_requests", n(&s.source_requests)),
-            ("webhook_requests", n(&s.sink_requests)),
-            ("retries", n(&s.retries)),
-            ("seconds", self.elapsed().as_secs_f64().into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        use crate::log::SUMMARY;
+        match level {
+            Level::Error => figures!(
+                self,
+                tracing::Level::ERROR,
+                SUMMARY,
+                summary = true,
+                exit_code = exit,
+                "{msg}"
+            ),
+            _ => figures!(
+                self,
+                tracing::Level::INFO,
+                SUMMARY,
+                summary = true,
+                exit_code = exit,
+                "{msg}"
+            ),
+        }
     }
 }
 
@@ -448,37 +408,6 @@ fn bar_style(eta: bool) -> ProgressStyle {
     ProgressStyle::with_template(template)
         .expect("static template")
         .progress_chars("=> ")
-}
-
-/// A level's name as a terminal shows it: warnings yellow, errors red, unless `NO_COLOR` is
-/// set (to anything; <https://no-color.org>).
-fn coloured(level: Level) -> String {
-    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
-        return level.name().to_string();
-    }
-    let style = match level {
-        Level::Error => console::Style::new().red().bold(),
-        Level::Warn => console::Style::new().yellow(),
-        Level::Info | Level::Debug => console::Style::new(),
-    };
-    style.force_styling(true).apply_to(level.name()).to_string()
-}
-
-/// One JSON log line: `ts`, `level`, `msg`, then `fields`.
-pub(crate) fn json_line(
-    level: Level,
-    msg: &str,
-    fields: serde_json::Map<String, serde_json::Value>,
-) -> String {
-    let mut line = serde_json::Map::new();
-    line.insert(
-        "ts".into(),
-        Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true).into(),
-    );
-    line.insert("level".into(), level.name().into());
-    line.insert("msg".into(), msg.into());
-    line.extend(fields);
-    serde_json::Value::Object(line).to_string()
 }
 
 /// `n` with thousands separators and the noun that agrees with it: "1 batch", "2,000 batches".

@@ -111,13 +111,13 @@ impl Job for Backfill<'_> {
     async fn prepare(&mut self, run: &mut Run<Cursor>) -> anyhow::Result<Option<String>> {
         (self.range, self.ingested) =
             runner::posthog_range(&self.connect, run, &self.cfg.spec, "backfill").await?;
-        let (progress, path) = (&run.progress, run.shown_path());
+        let path = run.shown_path();
         let (version, range) = (run.state.version, self.range);
         run.state.position = run
             .state
             .position
             .take()
-            .map(|p| p.upgrade(version, |m| progress.warn(m)));
+            .map(|p| p.upgrade(version, |m| tracing::warn!("{}", m)));
         match &run.state.position {
             Some(pos) if pos.timestamp() < range.start || pos.timestamp() > range.end => {
                 return Err(usage(format!(
@@ -128,19 +128,19 @@ impl Job for Backfill<'_> {
                 )));
             }
             _ if run.state.complete => {}
-            Some(pos) => progress.info(&format!(
+            Some(pos) => tracing::info!(
                 "resuming from {} ({} posted before); checkpoint {path}",
                 format_ts(&pos.timestamp()),
-                count(run.state.counters.posted, "event", "events"),
-            )),
-            None => progress.info(&format!(
+                count(run.state.counters.posted, "event", "events")
+            ),
+            None => tracing::info!(
                 "exporting {} → {} of project {} ({} API) to {}; checkpoint {path}",
                 format_ts(&range.start),
                 format_ts(&range.end),
                 self.cfg.read.connection.project,
                 run.source.name(),
-                self.cfg.webhook.url.redacted(),
-            )),
+                self.cfg.webhook.url.redacted()
+            ),
         }
         Ok(None)
     }

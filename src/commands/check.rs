@@ -68,11 +68,11 @@ fn json_report(lines: Vec<String>) -> String {
     let fields = [("check".to_string(), serde_json::Value::Object(check))]
         .into_iter()
         .collect();
-    crate::progress::json_line(crate::progress::Level::Info, "settings OK", fields)
+    crate::log::json_line(crate::log::Level::Info, "settings OK", fields)
 }
 
 pub(crate) fn run(command: &CheckedCommand) -> anyhow::Result<u8> {
-    let json = command.log_format() == crate::progress::LogFormat::Json;
+    let json = command.log_format() == crate::log::LogFormat::Json;
     *JSON.lock().unwrap_or_else(|e| e.into_inner()) = json.then(Vec::new);
     let code = check(command)?;
     if let Some(lines) = JSON.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -251,8 +251,7 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
                 print_batches(&cfg.webhook);
                 say!("invalid lines     {:?}", cfg.on_invalid);
                 say!("trusted roots     {}", cfg.ca_certs.describe());
-                let http =
-                    crate::net::http::client(cfg.retries.http_timeout, &cfg.ca_certs, &silent)?;
+                let http = crate::net::http::client(cfg.retries.http_timeout, &cfg.ca_certs)?;
                 reach_webhook(&http, &cfg.webhook).await?;
             }
         }

@@ -53,13 +53,13 @@ pub(crate) async fn run(args: &DemoArgs, progress: &Arc<Progress>) -> anyhow::Re
     webhook.fault_at(3, Fault::status(502));
     webhook.fault_at(8, Fault::throttled(1, true));
 
-    progress.info(&format!(
+    tracing::info!(
         "demo: PostHog stand-in at {} holding {} rows ({} duplicate rows, a microsecond with 6,000 events); webhook stand-in at {}",
         posthog.url(),
         HumanCount(events.len() as u64),
         duplicates.len(),
         webhook.server.addr
-    ));
+    );
     let state = tempfile::tempdir().context("cannot create a temporary directory")?;
     // The same settings route as a user's command line: nothing here is demo-only.
     let ph = posthog.config();

@@ -186,12 +186,12 @@ impl Job for Export<'_> {
         let Some(output) = &self.output else {
             return Ok(None);
         };
-        let (progress, version) = (&run.progress, run.state.version);
+        let version = run.state.version;
         if let Some(position) = run.state.position.as_mut() {
             position.cursor = position
                 .cursor
                 .clone()
-                .upgrade(version, |m| progress.warn(m));
+                .upgrade(version, |m| tracing::warn!("{}", m));
         }
         let existing = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         if run.fresh && existing > 0 && !self.cfg.resume.restart {
@@ -205,10 +205,10 @@ impl Job for Export<'_> {
         if let Some(position) = &run.state.position
             && let Some(problem) = output_changed(output, position)?
         {
-            progress.warn(&format!(
+            tracing::warn!(
                 "{} {problem}; starting the export again from the beginning of the range",
                 output.display()
-            ));
+            );
             run.state.position = None;
             run.state.complete = false;
             run.state.counters = Counters {
@@ -218,11 +218,11 @@ impl Job for Export<'_> {
         }
         let keep = run.state.position.as_ref().map_or(0, |p| p.bytes);
         if keep > 0 && !run.state.complete {
-            progress.info(&format!(
+            tracing::info!(
                 "resuming {} after its first {} bytes",
                 output.display(),
                 keep
-            ));
+            );
         }
         Ok(None)
     }

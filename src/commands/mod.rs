@@ -17,7 +17,7 @@ pub(crate) mod sync;
 
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::error::EXIT_OK;
-use crate::progress::Level;
+use crate::log::Level;
 
 /// Runs a parsed command line; returns the exit code, or the error that ended the run.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {

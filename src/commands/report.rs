@@ -2,8 +2,9 @@
 //! figures of a closing summary, and `--metrics-file`.
 
 use crate::cli::OutputArgs;
+use crate::log::Level;
 use crate::pipeline::ledger::Stats;
-use crate::progress::{Level, Options, Progress, count, human_duration};
+use crate::progress::{Options, Progress, count, human_duration};
 use indicatif::HumanCount;
 use std::sync::Arc;
 
@@ -25,13 +26,16 @@ impl Report {
 
 /// The display for a command's `OutputArgs`.
 pub(crate) fn progress(args: &OutputArgs, default_level: Level) -> Arc<Progress> {
-    Arc::new(Progress::new(&Options {
+    let progress = Arc::new(Progress::new(&Options {
         mode: args.progress,
         quiet: args.quiet,
         verbose: args.verbose,
         log_format: args.log_format,
         default_level,
-    }))
+    }));
+    // The run's words go to the logger, shown above the bars if there are any.
+    crate::log::init(progress.level(), args.log_format, progress.bars());
+    progress
 }
 
 /// Clears the display, prints the summary (with `--log-format json`, one summary object for
@@ -53,7 +57,7 @@ pub(crate) fn finish(
     if let Some(target) = metrics.filter(|_| ran)
         && let Err(e) = crate::metrics::write(&target, progress, exit)
     {
-        progress.warn(&format!("{e:#}"));
+        tracing::warn!("{e:#}");
     }
     let report = match result {
         Ok(report) => report,

@@ -269,9 +269,9 @@ async fn lifecycle<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Res
     }
     drop(ticker);
     for name in unseen {
-        progress.warn(&format!(
+        tracing::warn!(
             "no event named {name:?} in the range: is the name right? (event names are case-sensitive, e.g. $pageview)"
-        ));
+        );
     }
     if job.finish(&mut run.state.position)? {
         run.state.complete = true;
@@ -350,13 +350,12 @@ pub(crate) async fn posthog_range<P>(
     spec: &RangeSpec,
     kind: &str,
 ) -> anyhow::Result<(Range, Option<Ingested>)> {
-    let progress = &run.progress;
     for (flag, when) in [("--start", &spec.start), ("--end", &spec.end)] {
         if let Some(text) = when.naive() {
-            progress.info(&format!(
+            tracing::info!(
                 "{flag} {text} has no offset: read as UTC, {}",
                 crate::event::format_ts(&when.resolve(chrono::Utc::now()))
-            ));
+            );
         }
     }
     let range = match (spec.is_relative(), run.state.range) {
@@ -364,13 +363,13 @@ pub(crate) async fn posthog_range<P>(
         (true, Some(range)) => range,
         (true, None) => {
             let range = spec.resolve(connect.now(run.source).await?)?;
-            progress.info(&format!(
+            tracing::info!(
                 "--start {} --end {}: {} → {} by PostHog's clock; later runs of this job keep it",
                 spec.start.identity(),
                 spec.end.identity(),
                 crate::event::format_ts(&range.start),
                 crate::event::format_ts(&range.end)
-            ));
+            );
             // Only a job with a checkpoint keeps it.
             if run.store.is_some() {
                 run.state.range = Some(range);

@@ -95,7 +95,7 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
     }
     let mut job = Sending {
         cfg,
-        http: crate::net::http::client(cfg.retries.http_timeout, &cfg.ca_certs, progress)?,
+        http: crate::net::http::client(cfg.retries.http_timeout, &cfg.ca_certs)?,
         files,
         inputs: Arc::new(Vec::new()),
         sealed: AtomicUsize::new(0),
@@ -172,7 +172,7 @@ impl Job for Sending<'_> {
             )));
         }
         for input in &inputs {
-            tell_found(input, progress);
+            tell_found(input);
         }
         self.inputs = Arc::new(inputs);
         // Something changed since the run that completed: this run sends it.
@@ -283,16 +283,16 @@ impl Job for Sending<'_> {
 }
 
 /// Says what was found of a file read before, as the run starts.
-fn tell_found(input: &Input, progress: &Progress) {
+fn tell_found(input: &Input) {
     let name = input.path.display();
     let line = input.from.line;
     match &input.found {
         Found::New | Found::Unchanged => {}
-        Found::Continued { grew: true } => progress.info(&format!(
+        Found::Continued { grew: true } => tracing::info!(
             "{name} was appended to since the last run: sending the lines after line {line}"
-        )),
+        ),
         Found::Continued { grew: false } => {
-            progress.info(&format!("resuming {name} after line {line}"))
+            tracing::info!("resuming {name} after line {line}")
         }
         Found::Replaced { why } => {
             let unsent = match &input.before {
@@ -302,9 +302,9 @@ fn tell_found(input: &Input, progress: &Progress) {
                 ),
                 _ => String::new(),
             };
-            progress.warn(&format!(
+            tracing::warn!(
                 "{name} was replaced since the last run ({why}): sending it from line 1 as a new input{unsent}"
-            ));
+            );
         }
     }
 }

@@ -169,7 +169,7 @@ impl Job for Sync<'_> {
             pending.cursor = pending
                 .cursor
                 .take()
-                .map(|c| c.upgrade(version, |m| progress.warn(m)));
+                .map(|c| c.upgrade(version, |m| tracing::warn!("{}", m)));
         }
         let Some(sync) = &run.state.position else {
             return Err(usage(format!(
@@ -182,11 +182,11 @@ impl Job for Sync<'_> {
             && start != sync.start
             && sync.watermark.is_some()
         {
-            progress.warn(&format!(
+            tracing::warn!(
                 "--start {} is ignored: this sync started at {} and continues from where its last run stopped (use --restart to start over from --start)",
                 format_ts(&start),
                 format_ts(&sync.start)
-            ));
+            );
         }
         self.watermark_before = sync.watermark;
         show_watermark(progress, sync.watermark);
@@ -229,10 +229,10 @@ impl Job for Sync<'_> {
         };
         let pending = match sync.pending.clone() {
             Some(p) => {
-                run.progress.info(&format!(
+                tracing::info!(
                     "finishing the interrupted run up to {}",
                     format_ts(&p.until)
-                ));
+                );
                 self.resumed = self.passes == 0;
                 p
             }

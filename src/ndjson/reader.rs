@@ -183,8 +183,7 @@ impl Reading {
                         };
                         dl.write_invalid(name, lines.line, &problem, &text)?;
                     }
-                    self.progress
-                        .warn(&format!("{name}, line {}: {problem}; skipped", lines.line));
+                    tracing::warn!("{name}, line {}: {problem}; skipped", lines.line);
                     quiet_to = Some(pos);
                     continue;
                 }

@@ -3,17 +3,12 @@
 
 use crate::error::chain;
 use crate::net::tls::CaCerts;
-use crate::progress::Progress;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::time::Duration;
 
 /// The one client of a run, for PostHog and the webhook alike. It trusts the built-in web
 /// roots, the operating system's store and `ca_certs`.
-pub(crate) fn client(
-    timeout: Duration,
-    ca_certs: &CaCerts,
-    progress: &Progress,
-) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client(timeout: Duration, ca_certs: &CaCerts) -> anyhow::Result<reqwest::Client> {
     match builder(timeout, ca_certs).build() {
         Ok(client) => Ok(client),
         // A missing or empty system store is no error (a container without CA certificates);
@@ -24,7 +19,7 @@ pub(crate) fn client(
             let client = builder(timeout, ca_certs)
                 .tls_built_in_native_certs(false)
                 .build()?;
-            progress.warn(&format!(
+            tracing::warn!(
                 "the system's certificate store is unusable ({}); trusting the built-in web roots{} only",
                 chain(&e),
                 if ca_certs.certificates().is_empty() {
@@ -32,7 +27,7 @@ pub(crate) fn client(
                 } else {
                     " and --ca-cert"
                 }
-            ));
+            );
             Ok(client)
         }
     }

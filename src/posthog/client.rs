@@ -214,7 +214,7 @@ impl PostHog {
             Err(polled::NoAnswer::Failed(gave_up)) => Err(gave_up),
             // As PostHog's 504 for a query too costly.
             Err(polled::NoAnswer::TooSlow(why)) => {
-                self.progress.warn(&why);
+                tracing::warn!("{}", why);
                 Err(match slow {
                     Slow::Fail => GaveUp::Fatal(ApiError::TooSlow { status: 504 }),
                     Slow::Retry => GaveUp::Exhausted {
@@ -282,8 +282,7 @@ impl PostHog {
             }
         };
         Ok(reply.date().unwrap_or_else(|| {
-            self.progress
-                .warn("PostHog sent no Date header: using the local clock as PostHog's");
+            tracing::warn!("PostHog sent no Date header: using the local clock as PostHog's");
             Utc::now()
         }))
     }
@@ -341,10 +340,8 @@ impl PostHog {
                 }
                 Err(SendError::Transport(message)) => {
                     if message.contains("Connection refused") && self.first_contact.warn_refused() {
-                        self.progress.warn(&format!(
-                            "nothing listens at {} (connection refused): is --host right? Retrying, as for an outage",
-                            host()
-                        ));
+                        tracing::warn!("nothing listens at {} (connection refused): is --host right? Retrying, as for an outage",
+                            host());
                     }
                     Attempt::Retry {
                         error: ApiError::Transport {

@@ -213,11 +213,10 @@ impl Reader {
     /// the Events API: exit 1, naming it. Returns false if the receiver is gone.
     async fn drain_microsecond(&self, crowd: &mut Crowd<'_>) -> anyhow::Result<bool> {
         let ts = crowd.ts;
-        let progress = self.client.progress();
-        progress.debug(&format!(
+        tracing::debug!(
             "more events share {} than a page holds; reading that microsecond with offset",
             format_ts(&ts)
-        ));
+        );
         // The user's single event name is a filter of every request already.
         let only_name = match self.filters.include.as_slice() {
             [one] => Some(one.clone()),
@@ -236,11 +235,11 @@ impl Reader {
         if counted.first == rows || counted.distinct == rows {
             return Ok(true);
         }
-        progress.debug(&format!(
+        tracing::debug!(
             "offset paging showed {} distinct events of the {rows} rows at {}; reading it by event name",
             crowd.tie.seen.len(),
             format_ts(&ts)
-        ));
+        );
         // Names (and, within a name, distinct_ids) come to light as rows are read.
         let mut covered = 0usize;
         let mut done = BTreeSet::new();

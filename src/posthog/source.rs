@@ -38,8 +38,8 @@ pub(crate) async fn resolve(
         Err(GaveUp::Fatal(ApiError::NotFound { .. })) => match client.now(SourceKind::Events).await
         {
             Ok(_) => {
-                client.progress().info(
-                    "this PostHog has no Query API (404 on /query/); reading from the legacy Events API instead",
+                tracing::info!(
+                    "this PostHog has no Query API (404 on /query/); reading from the legacy Events API instead"
                 );
                 Ok(SourceKind::Events)
             }
@@ -78,7 +78,7 @@ impl<'a> Connect<'a> {
         progress: &'a Arc<Progress>,
     ) -> anyhow::Result<Self> {
         Ok(Connect {
-            http: crate::net::http::client(retries.http_timeout, ca_certs, progress)?,
+            http: crate::net::http::client(retries.http_timeout, ca_certs)?,
             read,
             retries,
             progress,
@@ -149,7 +149,7 @@ impl<'a> Connect<'a> {
         };
         let drift = Utc::now() - now;
         if drift.abs() > chrono::Duration::minutes(1) {
-            self.progress.warn(&format!(
+            tracing::warn!(
                 "this machine's clock is {} {} PostHog's; posthog-patterns uses PostHog's time, but check the clock (NTP)",
                 crate::progress::human_duration(drift.abs().to_std().unwrap_or_default()),
                 if drift > chrono::Duration::zero() {
@@ -157,7 +157,7 @@ impl<'a> Connect<'a> {
                 } else {
                     "behind"
                 }
-            ));
+            );
         }
         Ok(crate::event::to_micros(now))
     }

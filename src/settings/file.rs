@@ -7,7 +7,7 @@
 
 use crate::cli::Cli;
 use crate::error::usage;
-use crate::progress::LogFormat;
+use crate::log::LogFormat;
 use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
@@ -120,7 +120,7 @@ pub(crate) fn parse(argv: Vec<OsString>, format: &mut LogFormat) -> anyhow::Resu
         match *format {
             LogFormat::Json => eprintln!(
                 "{}",
-                crate::progress::json_line(crate::progress::Level::Info, &msg, Default::default())
+                crate::log::json_line(crate::log::Level::Info, &msg, Default::default())
             ),
             LogFormat::Text => eprintln!("info: {msg}"),
         }
@@ -285,8 +285,8 @@ fn exit(argv: &[OsString], e: clap::Error) -> ! {
     let fields = [("exit_code".to_string(), 2.into())].into_iter().collect();
     eprintln!(
         "{}",
-        crate::progress::json_line(
-            crate::progress::Level::Error,
+        crate::log::json_line(
+            crate::log::Level::Error,
             &crate::secret::redact_unknown(&clap_reason(&e)),
             fields
         )

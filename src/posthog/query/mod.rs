@@ -224,10 +224,10 @@ impl Read {
                         .into());
                     }
                     if let Some(first_half) = window.split(&lo, &hi) {
-                        progress.debug(&format!(
+                        tracing::debug!(
                             "PostHog found a query too costly (HTTP {status}); reading {} in smaller parts",
                             describe(&lo)
-                        ));
+                        );
                         hi = first_half;
                         left = None;
                         continue;

@@ -196,10 +196,10 @@ impl Read {
                 Err(Cut::Stopped) => return Ok(PageEnd::Stopped),
                 Err(Cut::Fatal(e)) => return Err(e),
                 Err(Cut::Mismatch) => {
-                    progress.warn(&format!(
+                    tracing::warn!(
                         "PostHog's answer for the page from {} no longer begins with the events already handed on from it; handing it on whole (those events arrive twice)",
                         describe(&start)
-                    ));
+                    );
                     skip = None;
                     continue;
                 }
@@ -389,9 +389,9 @@ impl Read {
         let Row(uuid, event, distinct_id, properties, elements_chain, _, created_at, _, _) = row;
         if repaired {
             Stats::add(&progress.stats.repaired, 1);
-            progress.warn(&format!(
+            tracing::warn!(
                 "event {uuid} held bytes that are not UTF-8, which JSON cannot carry: they were replaced by U+FFFD and the event delivered"
-            ));
+            );
         }
         let Some(created_at) = self.kept(&uuid, event.as_deref(), created_at.as_deref())? else {
             return Ok(None);
@@ -462,11 +462,11 @@ impl Read {
         );
         dead_letter.write_oversized(uuid, &format_ts(&ts), bytes, &reason)?;
         Stats::add(&progress.stats.dead_lettered, 1);
-        progress.warn(&format!(
+        tracing::warn!(
             "event {uuid} at {} is {size}, {reason}: set aside in {}",
             format_ts(&ts),
             dead_letter.path().display()
-        ));
+        );
         Ok(())
     }
 

@@ -264,7 +264,7 @@ impl Planner {
                         ))
                         .into());
                     }
-                    read.client().progress().debug(&format!(
+                    tracing::debug!(
                         "PostHog found a plan too costly (HTTP {status}); counting {} at a time{}",
                         crate::progress::count(self.days as u64, "day", "days"),
                         if self.names_only {
@@ -272,7 +272,7 @@ impl Planner {
                         } else {
                             ""
                         }
-                    ));
+                    );
                     continue;
                 }
                 Err(e) => return Err(e.into_error("planning the reads with PostHog's Query API")),
@@ -280,13 +280,13 @@ impl Planner {
             let took = started.elapsed();
             let (groups, whole) = parse(&answer, buckets, &from, &hi, last_day)?;
             let groups_len = groups.len();
-            read.client().progress().debug(&format!(
+            tracing::debug!(
                 "planned {} from {}: {} groups in {}",
                 crate::progress::count(self.days as u64, "day", "days"),
                 day_start(from.point().day).format("%Y-%m-%d"),
                 groups.len(),
                 crate::progress::human_duration(took)
-            ));
+            );
             let (groups, rest) = if !whole {
                 match cut_answer(groups) {
                     Some((groups, next)) => (groups, Some(next)),

@@ -80,7 +80,7 @@ impl Read {
             .unwrap_or_else(|e| e.into_inner())
             .insert(msg)
         {
-            self.client().progress().warn(msg);
+            tracing::warn!("{}", msg);
         }
     }
 

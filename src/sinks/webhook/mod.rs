@@ -108,10 +108,10 @@ impl Sink {
             };
             if let Some((status, bisecting)) = split {
                 let mid = part.start + slice.len() / 2;
-                self.poster.progress.debug(&format!(
+                tracing::debug!(
                     "webhook answered {status} for {} events; splitting the batch",
                     slice.len()
-                ));
+                );
                 todo.push((mid..part.end, bisecting));
                 todo.push((part.start..mid, bisecting));
                 continue;
@@ -125,21 +125,23 @@ impl Sink {
                     stream: None,
                 },
             };
-            let progress = &self.poster.progress;
             let dead_letter = self.dead_letter.as_deref();
-            done.dead_lettered += reject(dead_letter, &self.poster.url, progress, slice, &reply)?;
+            done.dead_lettered += reject(dead_letter, &self.poster.url, slice, &reply)?;
             bisection.alone += slice.len();
             self.check_rejects_everything(slice.len())?;
         }
         if let (Some((n, status, excerpt)), 0) = (bisection.first, bisection.alone) {
-            self.poster.progress.warn(&format!(
+            tracing::warn!(
                 "the webhook rejected a batch of {n} events (HTTP {status}: {excerpt}) but accepted each part of it when split: delivered{}",
                 if bisection.rejected_parts > 0 {
-                    format!(" (it rejected {} of the parts too: if it limits what one request may hold, lower --batch-size or --batch-bytes)", bisection.rejected_parts)
+                    format!(
+                        " (it rejected {} of the parts too: if it limits what one request may hold, lower --batch-size or --batch-bytes)",
+                        bisection.rejected_parts
+                    )
                 } else {
                     String::new()
                 }
-            ));
+            );
         }
         Ok(done)
     }

@@ -2,7 +2,6 @@
 //! with `--dead-letter`, or the run stops naming them.
 
 use crate::net::http::Reply;
-use crate::progress::Progress;
 use crate::secret::WebhookUrl;
 use crate::sinks::dead_letter::DeadLetter;
 use anyhow::bail;
@@ -11,7 +10,6 @@ use anyhow::bail;
 pub(super) fn reject(
     dead_letter: Option<&DeadLetter>,
     url: &WebhookUrl,
-    progress: &Progress,
     events: &[String],
     reply: &Reply,
 ) -> anyhow::Result<usize> {
@@ -19,7 +17,7 @@ pub(super) fn reject(
     match dead_letter {
         Some(dl) => {
             dl.write(events, reply.status, &excerpt)?;
-            progress.warn(&format!(
+            tracing::warn!(
                 "the webhook rejected {} (HTTP {}: {excerpt}); appended to {}",
                 if events.len() == 1 {
                     format!("event {}", uuid_of(&events[0]))
@@ -28,7 +26,7 @@ pub(super) fn reject(
                 },
                 reply.status,
                 dl.path().display()
-            ));
+            );
             Ok(events.len())
         }
         None => bail!(
