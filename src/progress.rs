@@ -6,8 +6,8 @@ use crate::log::{Level, LogFormat};
 use crate::pipeline::ledger::Stats;
 use indicatif::{HumanCount, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A log event that carries every count of the ledger (and the time taken) as fields, for
@@ -65,8 +65,9 @@ pub(crate) struct Options {
 }
 
 pub(crate) struct Progress {
-    /// The ledger every stage counts into; shown here, checked by the commands.
-    pub(crate) stats: Stats,
+    /// The run's ledger (`pipeline::ledger`): the pipeline counts deliveries into it, sources
+    /// and sinks what they read and asked; shown here, checked by the runner.
+    pub(crate) stats: Arc<Stats>,
     /// Share of the work done, in 1/10000.
     done_ratio: AtomicU64,
     display: Display,
@@ -97,7 +98,7 @@ impl Drop for Ticker {
 }
 
 impl Progress {
-    pub(crate) fn new(opts: &Options) -> Self {
+    pub(crate) fn new(opts: &Options, ledger: Arc<Stats>) -> Self {
         let level = if opts.quiet {
             Level::Error
         } else if opts.verbose > 0 {
@@ -137,7 +138,7 @@ impl Progress {
             Display::Quiet
         };
         Progress {
-            stats: Stats::default(),
+            stats: ledger,
             done_ratio: AtomicU64::new(0),
             display,
             level,
@@ -155,13 +156,16 @@ impl Progress {
 
     /// A display for tests and embedding: logs errors only.
     pub(crate) fn silent() -> Self {
-        Progress::new(&Options {
-            mode: ProgressMode::Never,
-            quiet: true,
-            verbose: 0,
-            log_format: LogFormat::Text,
-            default_level: Level::Error,
-        })
+        Progress::new(
+            &Options {
+                mode: ProgressMode::Never,
+                quiet: true,
+                verbose: 0,
+                log_format: LogFormat::Text,
+                default_level: Level::Error,
+            },
+            Arc::default(),
+        )
     }
 
     pub(crate) fn elapsed(&self) -> Duration {
@@ -206,28 +210,10 @@ impl Progress {
         self.done_ratio.store(v, Relaxed);
     }
 
-    /// Sleeps for `wait`, showing why on the bar and, when it is long, in the log.
-    pub(crate) async fn wait(&self, why: &str, wait: Duration) {
-        if wait >= Duration::from_secs(5) {
-            tracing::info!("{why}: waiting {}", human_duration(wait));
-        } else if !wait.is_zero() {
-            tracing::debug!("{why}: waiting {}", human_duration(wait));
-        }
-        self.sleep(why, wait).await;
-    }
-
-    /// Waits before trying again what failed: a warning, whatever the wait (a failure is
-    /// news, unlike a rate limit's wait).
-    pub(crate) async fn wait_after_failure(&self, why: &str, wait: Duration) {
-        tracing::warn!("{why}; retrying in {}", human_duration(wait));
-        self.sleep(why, wait).await;
-    }
-
-    async fn sleep(&self, why: &str, wait: Duration) {
-        *self.waiting.lock().unwrap() = Some((why.to_string(), Instant::now() + wait));
-        tokio::time::sleep(wait).await;
-        *self.waiting.lock().unwrap() = None;
-        Stats::add(&self.stats.waited_ms, wait.as_millis() as u64);
+    /// Shows that the run waits (why, and until when) on the bar and the progress lines, or
+    /// no longer (`None`).
+    pub(crate) fn show_wait(&self, wait: Option<(String, Instant)>) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = wait;
     }
 
     /// One line describing the counters, used by the bars and the periodic log line.
@@ -439,13 +425,13 @@ mod tests {
             log_format: LogFormat::Text,
             default_level: Level::Info,
         };
-        let p = Progress::new(&opts);
+        let p = Progress::new(&opts, Arc::default());
         p.tick();
         assert!(!p.eta_shown.load(Relaxed), "no eta at 0%");
         p.set_done(0.1);
         p.tick();
         assert!(p.eta_shown.load(Relaxed));
-        let stdin = Progress::new(&opts);
+        let stdin = Progress::new(&opts, Arc::default());
         stdin.set_unbounded();
         stdin.set_done(0.1);
         stdin.tick();

@@ -26,13 +26,18 @@ impl Report {
 
 /// The display for a command's `OutputArgs`.
 pub(crate) fn progress(args: &OutputArgs, default_level: Level) -> Arc<Progress> {
-    let progress = Arc::new(Progress::new(&Options {
-        mode: args.progress,
-        quiet: args.quiet,
-        verbose: args.verbose,
-        log_format: args.log_format,
-        default_level,
-    }));
+    // The run's ledger, which the display shows.
+    let ledger = Arc::default();
+    let progress = Arc::new(Progress::new(
+        &Options {
+            mode: args.progress,
+            quiet: args.quiet,
+            verbose: args.verbose,
+            log_format: args.log_format,
+            default_level,
+        },
+        ledger,
+    ));
     // The run's words go to the logger, shown above the bars if there are any.
     crate::log::init(progress.level(), args.log_format, progress.bars());
     progress

@@ -42,7 +42,7 @@ impl Budget {
         for (name, limiter) in &self.limits {
             while let Err(not_until) = limiter.check() {
                 let wait = not_until.wait_time_from(self.clock.now());
-                progress.wait(name, wait).await;
+                crate::net::retry::wait(progress, name, wait).await;
             }
         }
     }

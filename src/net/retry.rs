@@ -162,13 +162,37 @@ impl<'a> Tries<'a> {
 }
 
 /// Waits `wait` before the next try (`message`: what is tried and what went wrong), counted
-/// as a retry and shown as `why` says.
+/// as a retry. A failure is news, whatever the wait: a warning; a rate limit's wait is told
+/// as [`wait`] tells it.
 pub(crate) async fn pause(progress: &Progress, why: Why, message: &str, wait: Duration) {
     Stats::add(&progress.stats.retries, 1);
     match why {
-        Why::Failed => progress.wait_after_failure(message, wait).await,
-        Why::Throttled => progress.wait(message, wait).await,
+        Why::Failed => {
+            tracing::warn!("{message}; retrying in {}", human_duration(wait));
+            sleep(progress, message, wait).await;
+        }
+        Why::Throttled => self::wait(progress, message, wait).await,
     }
+}
+
+/// Sleeps `wait` before a request may go (a rate limit, a back-off, the pace of polling),
+/// saying why in the log when the wait is long (at `-v`, whatever its length).
+pub(crate) async fn wait(progress: &Progress, why: &str, wait: Duration) {
+    if wait >= Duration::from_secs(5) {
+        tracing::info!("{why}: waiting {}", human_duration(wait));
+    } else if !wait.is_zero() {
+        tracing::debug!("{why}: waiting {}", human_duration(wait));
+    }
+    sleep(progress, why, wait).await;
+}
+
+/// Sleeps, shown on the display while it lasts, and counted in the ledger's time waited.
+async fn sleep(progress: &Progress, why: &str, wait: Duration) {
+    let until = std::time::Instant::now() + wait;
+    progress.show_wait(Some((why.to_string(), until)));
+    tokio::time::sleep(wait).await;
+    progress.show_wait(None);
+    Stats::add(&progress.stats.waited_ms, wait.as_millis() as u64);
 }
 
 /// Runs `attempt` until it is done, fails for good, or the bounds of [`Tries`] are reached.

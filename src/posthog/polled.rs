@@ -193,9 +193,12 @@ where
                 crate::progress::human_duration(timeout)
             )));
         }
-        progress
-            .wait("PostHog is running the query asynchronously", wait)
-            .await;
+        crate::net::retry::wait(
+            progress,
+            "PostHog is running the query asynchronously",
+            wait,
+        )
+        .await;
         let reply = fetch().await.map_err(NoAnswer::Failed)?;
         let status = serde_json::from_slice::<Polled<'_>>(&reply.body)
             .map_err(|_| {
