@@ -159,10 +159,16 @@ fn imports(me: &Module, code: &str, all: &BTreeMap<Module, PathBuf>) -> BTreeSet
     out
 }
 
-/// The product's import graph.
+/// The product's import graph (modules compiled only for tests, such as the property tests
+/// that `lib.rs` declares under `#[cfg(test)]`, are no part of it).
 fn graph() -> BTreeMap<Module, BTreeSet<Module>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let all = modules(&src);
+    let mut all = modules(&src);
+    let root = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    for test_only in root.split("#[cfg(test)]\nmod ").skip(1) {
+        let name = test_only.split(';').next().unwrap_or("").trim().to_string();
+        all.remove(&vec![name]);
+    }
     all.iter()
         .map(|(m, file)| (m.clone(), imports(m, &product_code(file), &all)))
         .collect()
@@ -306,6 +312,35 @@ fn the_domain_and_the_state_stay_below_the_layers_that_use_them() {
             assert!(bad.is_empty(), "{} uses {bad:?}", name(m));
         }
     }
+}
+
+/// The layers of docs/architecture.md, from the top: a module may use its own layer's
+/// modules and those of the layers below.
+fn layer(m: &Module) -> usize {
+    match m.first().map(String::as_str) {
+        None | Some("main") => 7,
+        Some("commands") => 6,
+        Some("posthog" | "ndjson") => 5,
+        Some("sinks") => 4,
+        Some("state") => 3,
+        Some("settings") => 2,
+        Some("cli") => 1,
+        _ => 0,
+    }
+}
+
+#[test]
+fn imports_go_down_the_layers() {
+    let g = graph();
+    let mut up = Vec::new();
+    for (m, uses) in &g {
+        for u in uses {
+            if layer(u) > layer(m) {
+                up.push(format!("{} -> {}", name(m), name(u)));
+            }
+        }
+    }
+    assert!(up.is_empty(), "imports that go up a layer: {up:#?}");
 }
 
 #[test]
