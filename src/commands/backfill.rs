@@ -8,7 +8,6 @@ use crate::domain::{Cursor, JobId, Range, SourceKind};
 use crate::error::usage;
 use crate::event::format_ts;
 use crate::net::tls::CaCerts;
-use crate::pipeline::Deliver;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
@@ -73,8 +72,6 @@ pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyho
         connect,
         range: cfg.range,
         ingested: None,
-        sink: None,
-        read: false,
     };
     runner::run(&mut job, progress).await
 }
@@ -87,14 +84,12 @@ struct Backfill<'a> {
     /// Resolved by PostHog's clock when the run starts.
     range: Range,
     ingested: Option<Ingested>,
-    sink: Option<Sink>,
-    /// The one pass has been handed out.
-    read: bool,
 }
 
 impl Job for Backfill<'_> {
     type Saved = Cursor;
     type Place = Cursor;
+    type Sink = Sink;
 
     fn state(&self) -> Option<(&'static str, JobId, &Resume)> {
         Some(("backfill", self.cfg.job_id(), &self.cfg.resume))
@@ -156,27 +151,21 @@ impl Job for Backfill<'_> {
         )
     }
 
-    fn open_sink(&mut self, run: &mut Run<Cursor>) -> anyhow::Result<()> {
-        let http = self.connect.http.clone();
-        self.sink = Some(Sink::open(
-            http,
-            &self.cfg.webhook,
-            &self.cfg.retries.policy,
-            &run.progress,
-        )?);
-        Ok(())
+    fn open_sink(&mut self, run: &mut Run<Cursor>) -> anyhow::Result<Sink> {
+        let (webhook, retry) = (&self.cfg.webhook, &self.cfg.retries.policy);
+        Sink::open(self.connect.http.clone(), webhook, retry, &run.progress)
     }
 
-    fn sink(&self) -> &dyn Deliver {
-        self.sink.as_ref().expect("opened before the first pass")
-    }
-
-    async fn next_pass(&mut self, run: &mut Run<Cursor>) -> anyhow::Result<Option<Pass<Cursor>>> {
+    async fn next_pass(
+        &mut self,
+        run: &mut Run<Cursor>,
+        sink: &Sink,
+        pass: usize,
+    ) -> anyhow::Result<Option<Pass<Cursor>>> {
         // One pass: from where the checkpoint stands to the end of the range.
-        if std::mem::replace(&mut self.read, true) {
+        if pass > 0 {
             return Ok(None);
         }
-        let sink = self.sink.as_ref().expect("opened before the first pass");
         let reader = self
             .connect
             .reader(run.source, self.range, &self.cfg.read, self.ingested)
@@ -191,7 +180,7 @@ impl Job for Backfill<'_> {
         )))
     }
 
-    fn position(&self, _: Option<&Cursor>, place: &Cursor) -> anyhow::Result<Cursor> {
+    fn position(&self, _: &Sink, _: Option<&Cursor>, place: &Cursor) -> anyhow::Result<Cursor> {
         Ok(place.clone())
     }
 

@@ -10,8 +10,8 @@ use crate::domain::{Cursor, JobId, Range, SourceKind};
 use crate::error::usage;
 use crate::event::format_ts;
 use crate::net::tls::CaCerts;
+use crate::pipeline;
 use crate::pipeline::batcher::Limits;
-use crate::pipeline::{self, Deliver};
 use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
 use crate::progress::{Progress, count};
@@ -138,8 +138,6 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
         connect,
         range: cfg.range,
         ingested: None,
-        writer: None,
-        read: false,
     };
     match runner::run(&mut job, progress).await {
         // The reader closed our stdout (`| head`): the run ends quietly.
@@ -158,14 +156,12 @@ struct Export<'a> {
     /// Resolved by PostHog's clock when the run starts.
     range: Range,
     ingested: Option<Ingested>,
-    writer: Option<NdjsonWriter>,
-    /// The one pass has been handed out.
-    read: bool,
 }
 
 impl Job for Export<'_> {
     type Saved = ExportPosition;
     type Place = Cursor;
+    type Sink = NdjsonWriter;
 
     fn state(&self) -> Option<(&'static str, JobId, &Resume)> {
         let output = self.output.as_ref()?;
@@ -235,8 +231,8 @@ impl Job for Export<'_> {
         )
     }
 
-    fn open_sink(&mut self, run: &mut Run<ExportPosition>) -> anyhow::Result<()> {
-        self.writer = Some(match &self.output {
+    fn open_sink(&mut self, run: &mut Run<ExportPosition>) -> anyhow::Result<NdjsonWriter> {
+        Ok(match &self.output {
             None => NdjsonWriter::stdout(),
             Some(output) => {
                 // The state exists before the file is first written: a run that fails before
@@ -246,20 +242,17 @@ impl Job for Export<'_> {
                 let keep = run.state.position.as_ref().map_or(0, |p| p.bytes);
                 NdjsonWriter::file(output, keep)?
             }
-        });
-        Ok(())
-    }
-
-    fn sink(&self) -> &dyn Deliver {
-        self.writer.as_ref().expect("opened before the first pass")
+        })
     }
 
     async fn next_pass(
         &mut self,
         run: &mut Run<ExportPosition>,
+        _: &NdjsonWriter,
+        pass: usize,
     ) -> anyhow::Result<Option<Pass<Cursor>>> {
         // One pass: from where the checkpoint stands to the end of the range.
-        if std::mem::replace(&mut self.read, true) {
+        if pass > 0 {
             return Ok(None);
         }
         let reader = self
@@ -277,10 +270,10 @@ impl Job for Export<'_> {
 
     fn position(
         &self,
+        writer: &NdjsonWriter,
         _: Option<&ExportPosition>,
         place: &Cursor,
     ) -> anyhow::Result<ExportPosition> {
-        let writer = self.writer.as_ref().expect("opened before the first pass");
         Ok(ExportPosition {
             cursor: place.clone(),
             bytes: writer.len(),

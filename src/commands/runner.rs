@@ -29,12 +29,14 @@ pub(crate) const RESUME_HINT: &str =
 /// A job as its command describes it. The runner calls, in order: `prepare` once the state is
 /// open; `open_sink` if there is work to do; `next_pass` until it says there is no more, with
 /// `position` for every acknowledged batch and `pass_done` after each pass; `finish`; and
-/// `summary`.
+/// `summary`. A job that reads once returns a pass for `pass == 0` only.
 pub(crate) trait Job {
     /// What the checkpoint keeps between runs.
     type Saved: Clone + Serialize + DeserializeOwned;
     /// Where a record stands in what the source reads (what an acknowledgement moves).
     type Place: Send + 'static;
+    /// Where the job delivers.
+    type Sink: Deliver;
 
     /// The job's identity and where its state is kept; `None`: a job that keeps no state
     /// (`send` from stdin, `export` to stdout).
@@ -58,20 +60,20 @@ pub(crate) trait Job {
     fn already_complete(&self, run: &Run<Self::Saved>) -> String;
 
     /// Opens the sink, once there is work to do (under the state's lock).
-    fn open_sink(&mut self, run: &mut Run<Self::Saved>) -> anyhow::Result<()>;
+    fn open_sink(&mut self, run: &mut Run<Self::Saved>) -> anyhow::Result<Self::Sink>;
 
-    /// The sink opened by `open_sink`.
-    fn sink(&self) -> &dyn Deliver;
-
-    /// The next read of this run; `None` once it has read all it should.
+    /// Read number `pass` (from 0) of this run; `None` once it has read all it should.
     async fn next_pass(
         &mut self,
         run: &mut Run<Self::Saved>,
+        sink: &Self::Sink,
+        pass: usize,
     ) -> anyhow::Result<Option<Pass<Self::Place>>>;
 
-    /// The checkpoint's position once everything up to `place` is delivered.
+    /// The checkpoint's position once everything up to `place` is delivered into `sink`.
     fn position(
         &self,
+        sink: &Self::Sink,
         saved: Option<&Self::Saved>,
         place: &Self::Place,
     ) -> anyhow::Result<Self::Saved>;
@@ -223,10 +225,12 @@ async fn lifecycle<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Res
         return Ok(Report::ok(job.already_complete(&run)));
     }
     run.state.counters.runs += 1;
-    job.open_sink(&mut run)?;
+    let sink = job.open_sink(&mut run)?;
     let ticker = progress.start();
     let mut unseen = Vec::new();
-    while let Some(pass) = job.next_pass(&mut run).await? {
+    let mut passes = 0;
+    while let Some(pass) = job.next_pass(&mut run, &sink, passes).await? {
+        passes += 1;
         let Pass {
             source,
             posting,
@@ -238,10 +242,10 @@ async fn lifecycle<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Res
         pipeline::run(
             source,
             posting,
-            described.sink(),
+            &sink,
             &progress.stats,
             |place, done: Delivered| {
-                let position = described.position(state.position.as_ref(), place)?;
+                let position = described.position(&sink, state.position.as_ref(), place)?;
                 match store {
                     Some(store) => store.commit(state, position, done)?,
                     None => {

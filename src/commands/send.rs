@@ -13,7 +13,6 @@ use crate::ndjson::files::{Found, Input, SendState};
 use crate::ndjson::lines::Position;
 use crate::ndjson::reader::{Reading, Source};
 use crate::net::tls::CaCerts;
-use crate::pipeline::Deliver;
 use crate::pipeline::ledger::Stats;
 use crate::progress::{Progress, count};
 use crate::settings::{self, Resume, Retries};
@@ -100,8 +99,6 @@ pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::R
         inputs: Arc::new(Vec::new()),
         sealed: AtomicUsize::new(0),
         acked: Arc::new(AtomicU64::new(0)),
-        sink: None,
-        read: false,
     };
     runner::run(&mut job, progress).await
 }
@@ -120,14 +117,12 @@ struct Sending<'a> {
     sealed: AtomicUsize,
     /// Lines of stdin acknowledged.
     acked: Arc<AtomicU64>,
-    sink: Option<Sink>,
-    /// The one pass has been handed out.
-    read: bool,
 }
 
 impl Job for Sending<'_> {
     type Saved = SendState;
     type Place = Position;
+    type Sink = Sink;
 
     fn state(&self) -> Option<(&'static str, JobId, &Resume)> {
         (!self.files.is_empty()).then(|| ("send", self.cfg.job_id(&self.files), &self.cfg.resume))
@@ -185,29 +180,21 @@ impl Job for Sending<'_> {
         "send already complete".into()
     }
 
-    fn open_sink(&mut self, run: &mut Run<SendState>) -> anyhow::Result<()> {
+    fn open_sink(&mut self, run: &mut Run<SendState>) -> anyhow::Result<Sink> {
         // Under the job's lock: opening the dead-letter file may cut a torn last line.
-        self.sink = Some(Sink::open(
-            self.http.clone(),
-            &self.cfg.webhook,
-            &self.cfg.retries.policy,
-            &run.progress,
-        )?);
-        Ok(())
-    }
-
-    fn sink(&self) -> &dyn Deliver {
-        self.sink.as_ref().expect("opened before the first pass")
+        let (webhook, retry) = (&self.cfg.webhook, &self.cfg.retries.policy);
+        Sink::open(self.http.clone(), webhook, retry, &run.progress)
     }
 
     async fn next_pass(
         &mut self,
         run: &mut Run<SendState>,
+        sink: &Sink,
+        pass: usize,
     ) -> anyhow::Result<Option<Pass<Position>>> {
-        if std::mem::replace(&mut self.read, true) {
+        if pass > 0 {
             return Ok(None);
         }
-        let sink = self.sink.as_ref().expect("opened before the first pass");
         let reading = Reading {
             filters: self.cfg.filters.clone(),
             on_invalid: self.cfg.on_invalid,
@@ -230,7 +217,12 @@ impl Job for Sending<'_> {
         )))
     }
 
-    fn position(&self, saved: Option<&SendState>, place: &Position) -> anyhow::Result<SendState> {
+    fn position(
+        &self,
+        _: &Sink,
+        saved: Option<&SendState>,
+        place: &Position,
+    ) -> anyhow::Result<SendState> {
         if self.files.is_empty() {
             self.acked.store(place.line, Relaxed);
             return Ok(SendState::default());

@@ -14,7 +14,6 @@ use crate::domain::{Cursor, JobId, Range, SourceKind};
 use crate::error::usage;
 use crate::event::format_ts;
 use crate::net::tls::CaCerts;
-use crate::pipeline::Deliver;
 use crate::pipeline::ledger::Stats;
 use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
@@ -106,9 +105,7 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
     let mut job = Sync {
         cfg,
         connect,
-        sink: None,
         watermark_before: None,
-        passes: 0,
         resumed: false,
     };
     runner::run(&mut job, progress).await
@@ -119,17 +116,15 @@ pub(crate) async fn run(cfg: &SyncConfig, progress: &Arc<Progress>) -> anyhow::R
 struct Sync<'a> {
     cfg: &'a SyncConfig,
     connect: Connect<'a>,
-    sink: Option<Sink>,
     watermark_before: Option<DateTime<Utc>>,
-    /// Passes handed out: at most two (an interrupted run's, then a new one).
-    passes: u8,
-    /// The first pass finished an interrupted run.
+    /// The first pass finished an interrupted run (a second one then takes what is new).
     resumed: bool,
 }
 
 impl Job for Sync<'_> {
     type Saved = SyncState;
     type Place = Cursor;
+    type Sink = Sink;
 
     fn state(&self) -> Option<(&'static str, JobId, &Resume)> {
         Some(("sync", self.cfg.job_id(), &self.cfg.resume))
@@ -200,28 +195,20 @@ impl Job for Sync<'_> {
         "sync: nothing to do".into()
     }
 
-    fn open_sink(&mut self, run: &mut Run<SyncState>) -> anyhow::Result<()> {
-        let http = self.connect.http.clone();
-        self.sink = Some(Sink::open(
-            http,
-            &self.cfg.webhook,
-            &self.cfg.retries.policy,
-            &run.progress,
-        )?);
-        Ok(())
-    }
-
-    fn sink(&self) -> &dyn Deliver {
-        self.sink.as_ref().expect("opened before the first pass")
+    fn open_sink(&mut self, run: &mut Run<SyncState>) -> anyhow::Result<Sink> {
+        let (webhook, retry) = (&self.cfg.webhook, &self.cfg.retries.policy);
+        Sink::open(self.connect.http.clone(), webhook, retry, &run.progress)
     }
 
     async fn next_pass(
         &mut self,
         run: &mut Run<SyncState>,
+        sink: &Sink,
+        pass: usize,
     ) -> anyhow::Result<Option<Pass<Cursor>>> {
         // First finish an interrupted run, then take what arrived since; after a new run,
         // nothing more.
-        if self.passes == 2 || self.passes == 1 && !self.resumed {
+        if pass == 2 || pass == 1 && !self.resumed {
             return Ok(None);
         }
         let Some(sync) = run.state.position.as_mut() else {
@@ -233,7 +220,7 @@ impl Job for Sync<'_> {
                     "finishing the interrupted run up to {}",
                     format_ts(&p.until)
                 );
-                self.resumed = self.passes == 0;
+                self.resumed = pass == 0;
                 p
             }
             None => {
@@ -248,8 +235,6 @@ impl Job for Sync<'_> {
                 p
             }
         };
-        self.passes += 1;
-        let sink = self.sink.as_ref().expect("opened before the first pass");
         let reader = self
             .connect
             .reader(
@@ -275,7 +260,12 @@ impl Job for Sync<'_> {
         )))
     }
 
-    fn position(&self, saved: Option<&SyncState>, place: &Cursor) -> anyhow::Result<SyncState> {
+    fn position(
+        &self,
+        _: &Sink,
+        saved: Option<&SyncState>,
+        place: &Cursor,
+    ) -> anyhow::Result<SyncState> {
         let mut sync = saved.cloned().context("a sync run has a state")?;
         if let Some(p) = sync.pending.as_mut() {
             p.cursor = Some(place.clone());
