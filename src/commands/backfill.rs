@@ -2,6 +2,7 @@
 //! checkpoint after any interruption, with a summary that accounts for every event read.
 
 use crate::cli::BackfillArgs;
+use crate::commands::reading::RangeRead;
 use crate::commands::report::{self, Report};
 use crate::commands::runner::{self, Job, Pass, Run};
 use crate::domain::{Cursor, JobId, Range, SourceKind};
@@ -9,7 +10,6 @@ use crate::error::usage;
 use crate::event::format_ts;
 use crate::net::tls::CaCerts;
 use crate::pipeline::ledger::Stats;
-use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
 use crate::progress::{Progress, count};
 use crate::settings::{self, Resume, Retries};
@@ -67,23 +67,15 @@ impl BackfillConfig {
 /// Describes a backfill to the runner and returns how it ended.
 pub(crate) async fn run(cfg: &BackfillConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
     let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, progress)?;
-    let mut job = Backfill {
-        cfg,
-        connect,
-        range: cfg.range,
-        ingested: None,
-    };
-    runner::run(&mut job, progress).await
+    let reading = RangeRead::new(connect, &cfg.read, &cfg.spec, cfg.range, "backfill");
+    runner::run(&mut Backfill { cfg, reading }, progress).await
 }
 
 /// A backfill: the events of its range, read from PostHog after the checkpoint's position,
 /// posted to the webhook; complete once the range is read to its end.
 struct Backfill<'a> {
     cfg: &'a BackfillConfig,
-    connect: Connect<'a>,
-    /// Resolved by PostHog's clock when the run starts.
-    range: Range,
-    ingested: Option<Ingested>,
+    reading: RangeRead<'a>,
 }
 
 impl Job for Backfill<'_> {
@@ -96,7 +88,7 @@ impl Job for Backfill<'_> {
     }
 
     fn posthog(&self) -> Option<(&Connect<'_>, SourceKind)> {
-        Some((&self.connect, self.cfg.read.source))
+        self.reading.posthog()
     }
 
     fn deadline(&self) -> Option<std::time::Duration> {
@@ -104,10 +96,9 @@ impl Job for Backfill<'_> {
     }
 
     async fn prepare(&mut self, run: &mut Run<Cursor>) -> anyhow::Result<Option<String>> {
-        (self.range, self.ingested) =
-            runner::posthog_range(&self.connect, run, &self.cfg.spec, "backfill").await?;
+        self.reading.resolve(run).await?;
         let path = run.shown_path();
-        let (version, range) = (run.state.version, self.range);
+        let (version, range) = (run.state.version, self.reading.range);
         run.state.position = run
             .state
             .position
@@ -153,7 +144,12 @@ impl Job for Backfill<'_> {
 
     fn open_sink(&mut self, run: &mut Run<Cursor>) -> anyhow::Result<Sink> {
         let (webhook, retry) = (&self.cfg.webhook, &self.cfg.retries.policy);
-        Sink::open(self.connect.http.clone(), webhook, retry, &run.progress)
+        Sink::open(
+            self.reading.connect.http.clone(),
+            webhook,
+            retry,
+            &run.progress,
+        )
     }
 
     async fn next_pass(
@@ -163,21 +159,11 @@ impl Job for Backfill<'_> {
         pass: usize,
     ) -> anyhow::Result<Option<Pass<Cursor>>> {
         // One pass: from where the checkpoint stands to the end of the range.
-        if pass > 0 {
-            return Ok(None);
-        }
-        let reader = self
-            .connect
-            .reader(run.source, self.range, &self.cfg.read, self.ingested)
-            .dead_letter(sink.dead_letter());
-        Ok(Some(Pass::posthog(
-            reader,
-            run.state.position.clone(),
-            self.range,
-            self.cfg.webhook.posting,
-            &self.cfg.read.filters.include,
-            &run.progress,
-        )))
+        let from = run.state.position.clone();
+        let posting = self.cfg.webhook.posting;
+        Ok(self
+            .reading
+            .pass(run, pass, from, posting, sink.dead_letter()))
     }
 
     fn position(&self, _: &Sink, _: Option<&Cursor>, place: &Cursor) -> anyhow::Result<Cursor> {
@@ -186,7 +172,7 @@ impl Job for Backfill<'_> {
 
     fn finish(&self, saved: &mut Option<Cursor>) -> anyhow::Result<bool> {
         *saved = Some(Cursor::Before {
-            timestamp: self.range.end,
+            timestamp: self.reading.range.end,
         });
         Ok(true)
     }
@@ -195,8 +181,8 @@ impl Job for Backfill<'_> {
         let (cfg, progress) = (self.cfg, &run.progress);
         let mut summary = format!(
             "backfill complete: {} → {}{}, project {}\n{}\n  in all   {} posted over {}; checkpoint {}",
-            format_ts(&self.range.start),
-            format_ts(&self.range.end),
+            format_ts(&self.reading.range.start),
+            format_ts(&self.reading.range.end),
             if cfg.spec.start.naive().is_some() || cfg.spec.end.naive().is_some() {
                 " (a time given without an offset was read as UTC)"
             } else {

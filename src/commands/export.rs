@@ -4,6 +4,7 @@
 //! them, and starts again from the beginning of the range if the file no longer holds them.
 
 use crate::cli::ExportArgs;
+use crate::commands::reading::RangeRead;
 use crate::commands::report::{self, Report};
 use crate::commands::runner::{self, Job, Pass, Run};
 use crate::domain::{Cursor, JobId, Range, SourceKind};
@@ -12,7 +13,6 @@ use crate::event::format_ts;
 use crate::net::tls::CaCerts;
 use crate::pipeline;
 use crate::pipeline::batcher::Limits;
-use crate::posthog::hogql::Ingested;
 use crate::posthog::source::Connect;
 use crate::progress::{Progress, count};
 use crate::settings::{self, Resume, Retries};
@@ -135,9 +135,7 @@ pub(crate) async fn run(cfg: &ExportConfig, progress: &Arc<Progress>) -> anyhow:
             .output
             .as_ref()
             .map(|o| std::path::absolute(o).unwrap_or_else(|_| o.clone())),
-        connect,
-        range: cfg.range,
-        ingested: None,
+        reading: RangeRead::new(connect, &cfg.read, &cfg.spec, cfg.range, "export"),
     };
     match runner::run(&mut job, progress).await {
         // The reader closed our stdout (`| head`): the run ends quietly.
@@ -152,10 +150,7 @@ struct Export<'a> {
     cfg: &'a ExportConfig,
     /// `None`: stdout.
     output: Option<PathBuf>,
-    connect: Connect<'a>,
-    /// Resolved by PostHog's clock when the run starts.
-    range: Range,
-    ingested: Option<Ingested>,
+    reading: RangeRead<'a>,
 }
 
 impl Job for Export<'_> {
@@ -169,7 +164,7 @@ impl Job for Export<'_> {
     }
 
     fn posthog(&self) -> Option<(&Connect<'_>, SourceKind)> {
-        Some((&self.connect, self.cfg.read.source))
+        self.reading.posthog()
     }
 
     fn deadline(&self) -> Option<std::time::Duration> {
@@ -177,8 +172,7 @@ impl Job for Export<'_> {
     }
 
     async fn prepare(&mut self, run: &mut Run<ExportPosition>) -> anyhow::Result<Option<String>> {
-        (self.range, self.ingested) =
-            runner::posthog_range(&self.connect, run, &self.cfg.spec, "export").await?;
+        self.reading.resolve(run).await?;
         let Some(output) = &self.output else {
             return Ok(None);
         };
@@ -252,20 +246,8 @@ impl Job for Export<'_> {
         pass: usize,
     ) -> anyhow::Result<Option<Pass<Cursor>>> {
         // One pass: from where the checkpoint stands to the end of the range.
-        if pass > 0 {
-            return Ok(None);
-        }
-        let reader = self
-            .connect
-            .reader(run.source, self.range, &self.cfg.read, self.ingested);
-        Ok(Some(Pass::posthog(
-            reader,
-            run.state.position.as_ref().map(|p| p.cursor.clone()),
-            self.range,
-            POSTING,
-            &self.cfg.read.filters.include,
-            &run.progress,
-        )))
+        let from = run.state.position.as_ref().map(|p| p.cursor.clone());
+        Ok(self.reading.pass(run, pass, from, POSTING, None))
     }
 
     fn position(
@@ -288,8 +270,8 @@ impl Job for Export<'_> {
     fn summary(&self, run: &Run<ExportPosition>) -> String {
         let range = format!(
             "{} → {}",
-            format_ts(&self.range.start),
-            format_ts(&self.range.end)
+            format_ts(&self.reading.range.start),
+            format_ts(&self.reading.range.end)
         );
         let figures = report::figures(&run.progress, "written");
         match &self.output {

@@ -10,6 +10,7 @@ pub(crate) mod completions;
 pub(crate) mod demo;
 pub(crate) mod export;
 pub(crate) mod man;
+pub(crate) mod reading;
 pub(crate) mod report;
 pub(crate) mod runner;
 pub(crate) mod send;

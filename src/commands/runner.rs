@@ -5,14 +5,13 @@
 //! ledger check, stopping on Ctrl-C, SIGTERM or `--max-run-time`, and the exit code.
 
 use super::report::Report;
-use crate::domain::{Cursor, JobId, Range, SourceKind};
+use crate::domain::{JobId, SourceKind};
 use crate::error::{EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED, Stop};
 use crate::pipeline::ledger::Stats;
 use crate::pipeline::{self, Deliver, Delivered, Item, Posting};
-use crate::posthog::hogql::Ingested;
-use crate::posthog::source::{Connect, Reader};
+use crate::posthog::source::Connect;
 use crate::progress::Progress;
-use crate::settings::{RangeSpec, Resume};
+use crate::settings::Resume;
 use crate::state::checkpoint::{self, State, Store};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -110,6 +109,13 @@ pub(crate) struct Run<P> {
     pub(crate) progress: Arc<Progress>,
 }
 
+impl<P> Run<P> {
+    /// Whether the job keeps a checkpoint.
+    pub(crate) fn keeps_state(&self) -> bool {
+        self.store.is_some()
+    }
+}
+
 impl<P: Serialize> Run<P> {
     /// The state file, for a job that keeps one.
     pub(crate) fn path(&self) -> Option<&Path> {
@@ -162,37 +168,17 @@ impl<P: Send + 'static> Pass<P> {
             names: Vec::new(),
         }
     }
-}
 
-impl Pass<Cursor> {
-    /// Reads PostHog after `from` with `reader`. The share done shown is that of `span`
-    /// (event time) up to the last position delivered, not read: a slow webhook holds the bar
-    /// back, and a resumed run starts where it stands. A pass over the whole range (`from`
-    /// is `None`) warns about the `--event` names of `names` it never met.
-    pub(crate) fn posthog(
-        reader: Reader,
-        from: Option<Cursor>,
-        span: Range,
-        posting: Posting,
-        names: &[String],
-        progress: &Arc<Progress>,
-    ) -> Self {
-        let before = from
-            .as_ref()
-            .map_or(0.0, |pos| span.fraction(pos.timestamp()));
-        progress.set_done(before);
-        let names = if from.is_none() {
-            names.to_vec()
-        } else {
-            Vec::new()
-        };
-        let shown = progress.clone();
-        let mut pass = Pass::new(move |tx| reader.run(from, tx), posting);
-        pass.shown = Some(Box::new(move |pos: &Cursor| {
-            shown.set_done(share_done(&shown, span, pos, before))
-        }));
-        pass.names = names;
-        pass
+    /// Shows each committed position on the display as `show` says.
+    pub(crate) fn showing(mut self, show: impl Fn(&P) + Send + Sync + 'static) -> Self {
+        self.shown = Some(Box::new(show));
+        self
+    }
+
+    /// Warns, after the pass, about each of these `--event` names that no event carried.
+    pub(crate) fn warning_unseen(mut self, names: Vec<String>) -> Self {
+        self.names = names;
+        self
     }
 }
 
@@ -277,10 +263,13 @@ async fn lifecycle<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Res
             "no event named {name:?} in the range: is the name right? (event names are case-sensitive, e.g. $pageview)"
         );
     }
-    if job.finish(&mut run.state.position)? {
-        run.state.complete = true;
+    // A run that found nothing to read (a sync with nothing new) leaves its state as it was.
+    if passes > 0 {
+        if job.finish(&mut run.state.position)? {
+            run.state.complete = true;
+        }
+        run.save()?;
     }
-    run.save()?;
     let s = &progress.stats;
     // Exit 3: some events (or input lines) were set aside rather than delivered.
     let rejected = Stats::get(&s.dead_lettered) + Stats::get(&s.skipped) > 0;
@@ -342,70 +331,6 @@ pub(crate) fn peek<P: DeserializeOwned>(
     let path = checkpoint::path_of(kind, id, resume);
     let state = checkpoint::read(&path, Some(kind))?;
     Ok((path, state))
-}
-
-/// The range and `created_at` bound of a `backfill` or `export` through PostHog, decided once
-/// per job: `--start`/`--end` relative to now (`-7d`, `now`) by PostHog's clock on the job's
-/// first run, kept in its state (told once, when resolved); and the end refused while it is
-/// still in the future by PostHog's clock, before anything is marked.
-pub(crate) async fn posthog_range<P>(
-    connect: &Connect<'_>,
-    run: &mut Run<P>,
-    spec: &RangeSpec,
-    kind: &str,
-) -> anyhow::Result<(Range, Option<Ingested>)> {
-    for (flag, when) in [("--start", &spec.start), ("--end", &spec.end)] {
-        if let Some(text) = when.naive() {
-            tracing::info!(
-                "{flag} {text} has no offset: read as UTC, {}",
-                crate::event::format_ts(&when.resolve(chrono::Utc::now()))
-            );
-        }
-    }
-    let range = match (spec.is_relative(), run.state.range) {
-        (false, _) => spec.resolve(chrono::Utc::now())?,
-        (true, Some(range)) => range,
-        (true, None) => {
-            let range = spec.resolve(connect.now(run.source).await?)?;
-            tracing::info!(
-                "--start {} --end {}: {} → {} by PostHog's clock; later runs of this job keep it",
-                spec.start.identity(),
-                spec.end.identity(),
-                crate::event::format_ts(&range.start),
-                crate::event::format_ts(&range.end)
-            );
-            // Only a job with a checkpoint keeps it.
-            if run.store.is_some() {
-                run.state.range = Some(range);
-            }
-            range
-        }
-    };
-    let now = connect.refuse_future_end(run.source, &range, kind).await?;
-    // The `created_at` bound: PostHog's time when the job started, kept in its state.
-    let ingested = (run.source != SourceKind::Events).then(|| Ingested {
-        after: None,
-        until: *run.state.ingested_until.get_or_insert(now),
-        settled: false,
-    });
-    Ok((range, ingested))
-}
-
-/// How much of the work is done at `pos`: once the Query reader's plan reaches the range's
-/// end, by the events it counted (what was done before this run, then this run's share of
-/// the planned events); until then, and for the Events API, by event time.
-fn share_done(progress: &Progress, span: Range, pos: &Cursor, before: f64) -> f64 {
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = &progress.stats;
-    let planned = Stats::get(&s.planned);
-    if !s.planned_complete.load(Relaxed) || planned == 0 {
-        return span.fraction(pos.timestamp());
-    }
-    let handled = Stats::get(&s.posted)
-        + Stats::get(&s.dead_lettered)
-        + Stats::get(&s.duplicates_dropped)
-        + Stats::get(&s.filtered);
-    before + (1.0 - before) * (handled as f64 / planned as f64).min(1.0)
 }
 
 /// Ends `work` on Ctrl-C or SIGTERM with [`Stop::Interrupted`] and the text `hint` gives then,

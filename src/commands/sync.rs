@@ -7,6 +7,7 @@
 //! watermark is event time minus `--lag`. Guarantees and limits: docs/sync.md.
 
 use crate::cli::SyncArgs;
+use crate::commands::reading;
 use crate::commands::report::Report;
 use crate::commands::runner::{self, Job, Pass, Run};
 use crate::domain::when::When;
@@ -167,10 +168,10 @@ impl Job for Sync<'_> {
                 .map(|c| c.upgrade(version, |m| tracing::warn!("{}", m)));
         }
         let Some(sync) = &run.state.position else {
-            return Err(usage(format!(
+            anyhow::bail!(
                 "the sync state {} holds no position; pass --restart (with --start) to begin again",
                 run.shown_path()
-            )));
+            );
         };
         // (A relative --start, such as -7d, moves with the clock: it changes nothing either.)
         if let Some(When::At(start) | When::Naive(start, _)) = self.cfg.start
@@ -250,7 +251,7 @@ impl Job for Sync<'_> {
             start: pending.start,
             end: pending.until.max(pending.start),
         };
-        Ok(Some(Pass::posthog(
+        Ok(Some(reading::posthog_pass(
             reader,
             pending.cursor,
             span,

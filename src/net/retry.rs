@@ -108,6 +108,10 @@ pub(crate) struct Tries<'a> {
 pub(crate) enum Why {
     /// It failed (a warning, whatever the wait: a failure is news).
     Failed,
+    /// It failed the way a long read often does (an answer cut short by a proxy that closed an
+    /// idle connection, a query PostHog was too busy to run): counted as a failure, but shown
+    /// as a wait, not as a fault.
+    Expected,
     /// A rate limit (shown as a wait, not as a fault).
     Throttled,
 }
@@ -130,7 +134,7 @@ impl<'a> Tries<'a> {
         after: Option<Duration>,
     ) -> Result<(E, Duration), GaveUp<E>> {
         let (tries, limit) = match why {
-            Why::Failed => (&mut self.failures, self.policy.max_retries),
+            Why::Failed | Why::Expected => (&mut self.failures, self.policy.max_retries),
             Why::Throttled => (&mut self.throttled, MAX_THROTTLED),
         };
         if *tries >= limit {
@@ -140,16 +144,19 @@ impl<'a> Tries<'a> {
             });
         }
         *tries += 1;
-        // Full jitter below the back-off's ceiling, unless the server named its wait.
-        let wait = after.unwrap_or_else(|| self.policy.backoff(*tries - 1));
-        if wait > self.policy.max_wait {
-            return Err(GaveUp::WaitTooLong { wait, last: error });
-        }
-        // A server's own wait gets a little jitter on top, so that parallel clients do not
-        // return together.
         let wait = match after {
-            Some(_) => wait.saturating_add(Duration::from_millis(fastrand::u64(0..250))),
-            None => wait,
+            // Full jitter below the back-off's ceiling.
+            None => self.policy.backoff(*tries - 1),
+            // A server may ask for at most `--max-wait`.
+            Some(after) if after > self.policy.max_wait => {
+                return Err(GaveUp::WaitTooLong {
+                    wait: after,
+                    last: error,
+                });
+            }
+            // The server's own wait, with a little jitter on top, so that parallel clients do
+            // not return together.
+            Some(after) => after.saturating_add(Duration::from_millis(fastrand::u64(0..250))),
         };
         Ok((error, wait))
     }
@@ -162,8 +169,8 @@ impl<'a> Tries<'a> {
 }
 
 /// Waits `wait` before the next try (`message`: what is tried and what went wrong), counted
-/// as a retry. A failure is news, whatever the wait: a warning; a rate limit's wait is told
-/// as [`wait`] tells it.
+/// as a retry. A failure is news, whatever the wait: a warning; an expected failure's and a
+/// rate limit's wait are told as [`wait`] tells them.
 pub(crate) async fn pause(progress: &Progress, why: Why, message: &str, wait: Duration) {
     Stats::add(&progress.stats.retries, 1);
     match why {
@@ -171,7 +178,7 @@ pub(crate) async fn pause(progress: &Progress, why: Why, message: &str, wait: Du
             tracing::warn!("{message}; retrying in {}", human_duration(wait));
             sleep(progress, message, wait).await;
         }
-        Why::Throttled => self::wait(progress, message, wait).await,
+        Why::Expected | Why::Throttled => self::wait(progress, message, wait).await,
     }
 }
 

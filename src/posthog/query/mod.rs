@@ -235,14 +235,14 @@ impl Read {
                     // Nothing smaller to ask (a single key, or no planned place to cut). PostHog
                     // may be busy: a few tries.
                     let what = format!("PostHog query too costly (HTTP {status})");
-                    let (_, wait) = tries.next(Why::Failed, &what, None).map_err(|_| {
+                    let (_, wait) = tries.next(Why::Expected, &what, None).map_err(|_| {
                         Stop::Temporary(format!(
                             "PostHog finds even the smallest query this reader can ask for too costly (HTTP {status}): {}; try again later",
                             describe(&lo)
                         ))
                     })?;
                     let message = format!("reading from PostHog's Query API: {what}");
-                    retry::pause(&progress, Why::Failed, &message, wait).await;
+                    retry::pause(&progress, Why::Expected, &message, wait).await;
                     continue;
                 }
                 PageEnd::Read {

@@ -215,9 +215,9 @@ impl Read {
             skip = handed;
             let what = "reading from PostHog's Query API";
             let (error, wait) = tries
-                .next(Why::Failed, error, None)
+                .next(Why::Expected, error, None)
                 .map_err(|gave_up| gave_up.into_error(what))?;
-            retry::pause(progress, Why::Failed, &format!("{what}: {error}"), wait).await;
+            retry::pause(progress, Why::Expected, &format!("{what}: {error}"), wait).await;
         }
     }
 
