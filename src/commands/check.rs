@@ -89,175 +89,193 @@ fn check(command: &CheckedCommand) -> anyhow::Result<u8> {
     let silent = Arc::new(Progress::silent());
     runtime.block_on(async {
         match command {
-            CheckedCommand::Backfill(args) => {
-                let mut cfg = BackfillConfig::from_args(args)?;
-                print_connection(&cfg.read.connection, cfg.read.source);
-                say!("webhook           {}", cfg.webhook.url.redacted());
-                say!(
-                    "range             {} → {}",
-                    format_ts(&cfg.range.start),
-                    format_ts(&cfg.range.end)
-                );
-                print_filters(&cfg.read.filters);
-                say!("page size         {}", cfg.read.page_size);
-                say!("trusted roots     {}", cfg.ca_certs.describe());
-                print_batches(&cfg.webhook);
-                let (path, state) = runner::peek::<Cursor>("backfill", &cfg.job_id(), &cfg.resume)?;
-                say!("checkpoint        {}", path.display());
-                if let Some(state) = state {
-                    say!(
-                        "                  complete: {}, position: {}",
-                        state.complete,
-                        serde_json::to_value(&state.position)?
-                    );
-                }
-                let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
-                reach_webhook(&connect.http, &cfg.webhook).await?;
-                let kind = ask_api(&connect, cfg.read.source).await?;
-                if cfg.spec.is_relative() {
-                    cfg.range = cfg.spec.resolve(connect.now(kind).await?)?;
-                    say!(
-                        "                  by PostHog's clock now: {} → {}",
-                        format_ts(&cfg.range.start),
-                        format_ts(&cfg.range.end)
-                    );
-                }
-                connect
-                    .refuse_future_end(kind, &cfg.range, "backfill")
-                    .await?;
-                estimate(
-                    &connect,
-                    kind,
-                    cfg.range,
-                    &cfg.read.filters,
-                    None,
-                    cfg.read.page_size,
-                    cfg.webhook.posting.limits.max_events,
-                )
-                .await?;
-            }
-            CheckedCommand::Sync(args) => {
-                let cfg = crate::commands::sync::SyncConfig::from_args(args)?;
-                print_connection(&cfg.read.connection, cfg.read.source);
-                say!("webhook           {}", cfg.webhook.url.redacted());
-                print_filters(&cfg.read.filters);
-                say!("trusted roots     {}", cfg.ca_certs.describe());
-                say!(
-                    "lookback, lag     {}, {}",
-                    human(cfg.lookback),
-                    human(cfg.lag)
-                );
-                let (path, state) = runner::peek::<SyncState>("sync", &cfg.job_id(), &cfg.resume)?;
-                say!("state             {}", path.display());
-                let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
-                reach_webhook(&connect.http, &cfg.webhook).await?;
-                // The run's own plan, by PostHog's clock as a run plans.
-                let kind = ask_api(&connect, cfg.read.source).await?;
-                let now = connect.now(kind).await?;
-                let sync = match state {
-                    Some(state) => {
-                        let sync = state.position.context("a sync state has a position")?;
-                        say!(
-                            "                  started {}, watermark {}{}",
-                            format_ts(&sync.start),
-                            sync.watermark.map_or("none yet".into(), |w| format_ts(&w)),
-                            if sync.pending.is_some() {
-                                ", a run to finish"
-                            } else {
-                                ""
-                            }
-                        );
-                        sync
-                    }
-                    None => {
-                        let start = cfg
-                            .start
-                            .as_ref()
-                            .context("the first sync run needs --start DATE")?
-                            .resolve(now);
-                        say!(
-                            "                  none yet: the first run starts at {}",
-                            format_ts(&start)
-                        );
-                        SyncState {
-                            start,
-                            watermark: None,
-                            pending: None,
-                        }
-                    }
-                };
-                // A run to finish first, else the next one.
-                let Some(next) = sync
-                    .pending
-                    .clone()
-                    .or_else(|| crate::commands::sync::next_run(&cfg, kind, &sync, now))
-                else {
-                    say!("next run          nothing new can have been ingested yet");
-                    say!("settings OK");
-                    return Ok(EXIT_OK);
-                };
-                say!(
-                    "next run          ingested up to {}",
-                    format_ts(&next.until)
-                );
-                estimate(
-                    &connect,
-                    kind,
-                    next.range(),
-                    &cfg.read.filters,
-                    next.ingested(kind),
-                    cfg.read.page_size,
-                    cfg.webhook.posting.limits.max_events,
-                )
-                .await?;
-            }
-            CheckedCommand::Export(args) => {
-                let mut cfg = crate::commands::export::ExportConfig::from_args(args)?;
-                print_connection(&cfg.read.connection, cfg.read.source);
-                say!(
-                    "range             {} → {}",
-                    format_ts(&cfg.range.start),
-                    format_ts(&cfg.range.end)
-                );
-                print_filters(&cfg.read.filters);
-                say!("trusted roots     {}", cfg.ca_certs.describe());
-                say!(
-                    "output            {}",
-                    cfg.output
-                        .as_ref()
-                        .map_or("stdout".into(), |p| p.display().to_string())
-                );
-                let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, &silent)?;
-                let kind = ask_api(&connect, cfg.read.source).await?;
-                if cfg.spec.is_relative() {
-                    cfg.range = cfg.spec.resolve(connect.now(kind).await?)?;
-                }
-                connect
-                    .refuse_future_end(kind, &cfg.range, "export")
-                    .await?;
-            }
-            CheckedCommand::Send(args) => {
-                let cfg = crate::commands::send::SendConfig::from_args(args)?;
-                say!("webhook           {}", cfg.webhook.url.redacted());
-                say!(
-                    "input             {}",
-                    if cfg.files.is_empty() {
-                        "stdin".into()
-                    } else {
-                        count(cfg.files.len() as u64, "file", "files")
-                    }
-                );
-                print_filters(&cfg.filters);
-                print_batches(&cfg.webhook);
-                say!("invalid lines     {:?}", cfg.on_invalid);
-                say!("trusted roots     {}", cfg.ca_certs.describe());
-                let http = crate::net::http::client(cfg.retries.http_timeout, &cfg.ca_certs)?;
-                reach_webhook(&http, &cfg.webhook).await?;
-            }
+            CheckedCommand::Backfill(args) => check_backfill(args, &silent).await?,
+            CheckedCommand::Sync(args) => check_sync(args, &silent).await?,
+            CheckedCommand::Export(args) => check_export(args, &silent).await?,
+            CheckedCommand::Send(args) => check_send(args).await?,
         }
         say!("settings OK");
         Ok(EXIT_OK)
     })
+}
+
+/// `config check backfill`: the settings, the checkpoint, the webhook reached, the range by PostHog's clock and what reading it would take.
+async fn check_backfill(
+    args: &crate::cli::BackfillArgs,
+    silent: &Arc<Progress>,
+) -> anyhow::Result<()> {
+    let mut cfg = BackfillConfig::from_args(args)?;
+    print_connection(&cfg.read.connection, cfg.read.source);
+    say!("webhook           {}", cfg.webhook.url.redacted());
+    say!(
+        "range             {} → {}",
+        format_ts(&cfg.range.start),
+        format_ts(&cfg.range.end)
+    );
+    print_filters(&cfg.read.filters);
+    say!("page size         {}", cfg.read.page_size);
+    say!("trusted roots     {}", cfg.ca_certs.describe());
+    print_batches(&cfg.webhook);
+    let (path, state) = runner::peek::<Cursor>("backfill", &cfg.job_id(), &cfg.resume)?;
+    say!("checkpoint        {}", path.display());
+    if let Some(state) = state {
+        say!(
+            "                  complete: {}, position: {}",
+            state.complete,
+            serde_json::to_value(&state.position)?
+        );
+    }
+    let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, silent)?;
+    reach_webhook(&connect.http, &cfg.webhook).await?;
+    let kind = ask_api(&connect, cfg.read.source).await?;
+    if cfg.spec.is_relative() {
+        cfg.range = cfg.spec.resolve(connect.now(kind).await?)?;
+        say!(
+            "                  by PostHog's clock now: {} → {}",
+            format_ts(&cfg.range.start),
+            format_ts(&cfg.range.end)
+        );
+    }
+    connect
+        .refuse_future_end(kind, &cfg.range, "backfill")
+        .await?;
+    estimate(
+        &connect,
+        kind,
+        cfg.range,
+        &cfg.read.filters,
+        None,
+        cfg.read.page_size,
+        cfg.webhook.posting.limits.max_events,
+    )
+    .await?;
+    Ok(())
+}
+
+/// `config check sync`: the settings, the state, the webhook reached, and what the next run would read.
+async fn check_sync(args: &crate::cli::SyncArgs, silent: &Arc<Progress>) -> anyhow::Result<()> {
+    let cfg = crate::commands::sync::SyncConfig::from_args(args)?;
+    print_connection(&cfg.read.connection, cfg.read.source);
+    say!("webhook           {}", cfg.webhook.url.redacted());
+    print_filters(&cfg.read.filters);
+    say!("trusted roots     {}", cfg.ca_certs.describe());
+    say!(
+        "lookback, lag     {}, {}",
+        human(cfg.lookback),
+        human(cfg.lag)
+    );
+    let (path, state) = runner::peek::<SyncState>("sync", &cfg.job_id(), &cfg.resume)?;
+    say!("state             {}", path.display());
+    let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, silent)?;
+    reach_webhook(&connect.http, &cfg.webhook).await?;
+    // The run's own plan, by PostHog's clock as a run plans.
+    let kind = ask_api(&connect, cfg.read.source).await?;
+    let now = connect.now(kind).await?;
+    let sync = match state {
+        Some(state) => {
+            let sync = state.position.context("a sync state has a position")?;
+            say!(
+                "                  started {}, watermark {}{}",
+                format_ts(&sync.start),
+                sync.watermark.map_or("none yet".into(), |w| format_ts(&w)),
+                if sync.pending.is_some() {
+                    ", a run to finish"
+                } else {
+                    ""
+                }
+            );
+            sync
+        }
+        None => {
+            let start = cfg
+                .start
+                .as_ref()
+                .context("the first sync run needs --start DATE")?
+                .resolve(now);
+            say!(
+                "                  none yet: the first run starts at {}",
+                format_ts(&start)
+            );
+            SyncState {
+                start,
+                watermark: None,
+                pending: None,
+            }
+        }
+    };
+    // A run to finish first, else the next one.
+    let Some(next) = sync
+        .pending
+        .clone()
+        .or_else(|| crate::commands::sync::next_run(&cfg, kind, &sync, now))
+    else {
+        say!("next run          nothing new can have been ingested yet");
+        return Ok(());
+    };
+    say!(
+        "next run          ingested up to {}",
+        format_ts(&next.until)
+    );
+    estimate(
+        &connect,
+        kind,
+        next.range(),
+        &cfg.read.filters,
+        next.ingested(kind),
+        cfg.read.page_size,
+        cfg.webhook.posting.limits.max_events,
+    )
+    .await?;
+    Ok(())
+}
+
+/// `config check export`: the settings, the output, and the range by PostHog's clock.
+async fn check_export(args: &crate::cli::ExportArgs, silent: &Arc<Progress>) -> anyhow::Result<()> {
+    let mut cfg = crate::commands::export::ExportConfig::from_args(args)?;
+    print_connection(&cfg.read.connection, cfg.read.source);
+    say!(
+        "range             {} → {}",
+        format_ts(&cfg.range.start),
+        format_ts(&cfg.range.end)
+    );
+    print_filters(&cfg.read.filters);
+    say!("trusted roots     {}", cfg.ca_certs.describe());
+    say!(
+        "output            {}",
+        cfg.output
+            .as_ref()
+            .map_or("stdout".into(), |p| p.display().to_string())
+    );
+    let connect = Connect::new(&cfg.read, &cfg.retries, &cfg.ca_certs, silent)?;
+    let kind = ask_api(&connect, cfg.read.source).await?;
+    if cfg.spec.is_relative() {
+        cfg.range = cfg.spec.resolve(connect.now(kind).await?)?;
+    }
+    connect
+        .refuse_future_end(kind, &cfg.range, "export")
+        .await?;
+    Ok(())
+}
+
+/// `config check send`: the settings and the webhook reached.
+async fn check_send(args: &crate::cli::SendArgs) -> anyhow::Result<()> {
+    let cfg = crate::commands::send::SendConfig::from_args(args)?;
+    say!("webhook           {}", cfg.webhook.url.redacted());
+    say!(
+        "input             {}",
+        if cfg.files.is_empty() {
+            "stdin".into()
+        } else {
+            count(cfg.files.len() as u64, "file", "files")
+        }
+    );
+    print_filters(&cfg.filters);
+    print_batches(&cfg.webhook);
+    say!("invalid lines     {:?}", cfg.on_invalid);
+    say!("trusted roots     {}", cfg.ca_certs.describe());
+    let http = crate::net::http::client(cfg.retries.http_timeout, &cfg.ca_certs)?;
+    reach_webhook(&http, &cfg.webhook).await?;
+    Ok(())
 }
 
 fn print_connection(c: &Connection, source: SourceKind) {
