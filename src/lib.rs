@@ -47,9 +47,9 @@ pub fn main() -> ExitCode {
                 let fields = [("exit_code".to_string(), code.into())]
                     .into_iter()
                     .collect();
-                eprintln!("{}", log::json_line(log::Level::Error, &msg, fields));
+                log::to_stderr(&log::json_line(log::Level::Error, &msg, fields));
             } else {
-                eprintln!("error: {msg}");
+                log::to_stderr(&format!("error: {msg}"));
             }
             ExitCode::from(code)
         }

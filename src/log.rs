@@ -94,7 +94,7 @@ impl<S: Subscriber> Layer<S> for Lines {
             Some(bars) if !bars.is_hidden() => {
                 let _ = bars.println(line);
             }
-            _ => eprintln!("{line}"),
+            _ => to_stderr(&line),
         }
     }
 }
@@ -118,6 +118,13 @@ impl Lines {
             ),
         }
     }
+}
+
+/// Writes `line` to stderr. A reader that went away (`2>&1 | head`) is no reason to stop,
+/// nor to crash: the run goes on, and its exit code says how it ended.
+pub(crate) fn to_stderr(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 fn level_of(level: &tracing::Level) -> Level {

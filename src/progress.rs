@@ -347,7 +347,7 @@ impl Progress {
             }
             LogFormat::Text if text.is_empty() => {}
             LogFormat::Text if level <= self.level || in_terminal => {
-                eprintln!("{}", crate::secret::redact(text))
+                crate::log::to_stderr(&crate::secret::redact(text))
             }
             LogFormat::Text => {}
         }

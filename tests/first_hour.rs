@@ -796,3 +796,117 @@ fn relative_dates_resolve_by_posthogs_clock_once_and_the_job_keeps_them() {
         bad.stderr
     );
 }
+
+#[test]
+fn a_reader_of_stderr_that_goes_away_ends_no_run_in_a_crash() {
+    let env = Env::new(events(10, 301), WebhookConfig::default());
+    // Lines of which some are no JSON objects: each skipped one is a warning on stderr.
+    let mut text = String::new();
+    for i in 0..300 {
+        if i % 50 == 7 {
+            text.push_str("not json\n");
+        } else {
+            text.push_str(&format!("{{\"uuid\":\"u{i}\",\"event\":\"e\"}}\n"));
+        }
+    }
+    let input = env.path("mixed.ndjson");
+    std::fs::write(&input, text).unwrap();
+    let mut child = env
+        .command(&[
+            "send",
+            input.to_str().unwrap(),
+            "--on-invalid",
+            "skip",
+            "-v",
+            "--progress",
+            "never",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader of stderr is gone at once, as with `2>&1 | head -0`.
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    // Lines were skipped: exit 3, the run's own outcome, not a crash (101).
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(env.webhook.uuids().len(), 294);
+}
+
+#[test]
+fn config_check_send_reads_the_checkpoint_as_a_run_does() {
+    let env = Env::new(events(10, 302), WebhookConfig::default());
+    let input = env.path("in.ndjson");
+    std::fs::write(&input, "{\"uuid\":\"a\"}\n").unwrap();
+    let checkpoint = env.path("send.json");
+    let check = |checkpoint: &std::path::Path| {
+        env.run(&[
+            "config",
+            "check",
+            "send",
+            input.to_str().unwrap(),
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+        ])
+    };
+    // None yet: named, and fine.
+    let run = check(&checkpoint);
+    run.assert_code(0);
+    assert!(run.stdout.contains("checkpoint"), "{}", run.stdout);
+    // After a run: what it holds.
+    env.run(&[
+        "send",
+        input.to_str().unwrap(),
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+    ])
+    .assert_code(0);
+    let run = check(&checkpoint);
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("complete: true, 1 file recorded, 1 posted"),
+        "{}",
+        run.stdout
+    );
+    // A corrupt one, or another command's, is refused as a run refuses it.
+    std::fs::write(&checkpoint, "{not json").unwrap();
+    let run = check(&checkpoint);
+    run.assert_code(1);
+    assert!(run.stderr.contains("is corrupt"), "{}", run.stderr);
+    let backfill = env.path("backfill.json");
+    env.run(&backfill_args(&[
+        "--checkpoint",
+        backfill.to_str().unwrap(),
+    ]))
+    .assert_code(0);
+    let run = check(&backfill);
+    run.assert_code(2);
+    assert!(run.stderr.contains("different job"), "{}", run.stderr);
+}
+
+#[test]
+fn a_job_up_to_now_run_again_at_once_is_complete_not_in_the_future() {
+    let env = Env::new(events(100, 303), WebhookConfig::default());
+    let args = [
+        "backfill",
+        "--start",
+        "-1d",
+        "--end",
+        "now",
+        "--progress",
+        "never",
+    ];
+    env.run(&args).assert_code(0);
+    // At once, within the same second of PostHog's clock (whole seconds, while the job's end
+    // has microseconds): the job is complete; its end is not checked against the clock again.
+    for _ in 0..3 {
+        let again = env.run(&args);
+        again.assert_code(0);
+        assert!(
+            again.stderr.contains("already complete"),
+            "{}",
+            again.stderr
+        );
+    }
+}

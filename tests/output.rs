@@ -303,6 +303,14 @@ fn an_overlapping_run_can_fail_skip_quietly_or_wait() {
         "without a word: {}",
         run.stderr
     );
+    // Not a word in JSON either: no run took place, so there is no summary of one.
+    let run = env.run(&args(&["--if-locked", "skip", "--log-format", "json"]));
+    run.assert_code(0);
+    assert!(
+        run.stderr.is_empty() && run.stdout.is_empty(),
+        "without a word: {}",
+        run.stderr
+    );
     // Waiting is bounded by --max-wait.
     let run = env.run(&args(&["--if-locked", "wait", "--max-wait", "1s"]));
     run.assert_code(75);

@@ -12,6 +12,7 @@ use crate::commands::sync::SyncState;
 use crate::domain::{Cursor, Filters, Range, SourceKind};
 use crate::error::EXIT_OK;
 use crate::event::format_ts;
+use crate::ndjson::files::SendState;
 use crate::net::retry::GaveUp;
 use crate::posthog::error::ApiError;
 use crate::posthog::hogql;
@@ -273,6 +274,23 @@ async fn check_send(args: &crate::cli::SendArgs) -> anyhow::Result<()> {
     print_batches(&cfg.webhook);
     say!("invalid lines     {:?}", cfg.on_invalid);
     say!("trusted roots     {}", cfg.ca_certs.describe());
+    // From files, the checkpoint as a run would read it (from stdin there is none).
+    if !cfg.files.is_empty() {
+        let job = cfg.job_id(&cfg.inputs());
+        let (path, state) = runner::peek::<SendState>("send", &job, &cfg.resume)?;
+        say!("checkpoint        {}", path.display());
+        if let Some(state) = state {
+            let recorded = state
+                .position
+                .map_or(0, |p| p.files.iter().flatten().count());
+            say!(
+                "                  complete: {}, {} recorded, {} posted",
+                state.complete,
+                count(recorded as u64, "file", "files"),
+                HumanCount(state.counters.posted)
+            );
+        }
+    }
     let http = crate::net::http::client(cfg.retries.http_timeout, &cfg.ca_certs)?;
     reach_webhook(&http, &cfg.webhook).await?;
     Ok(())

@@ -152,6 +152,11 @@ pub(crate) async fn posthog_range<P>(
             range
         }
     };
+    // A job already complete reads nothing: its end was checked when it ran (and a range
+    // resolved to the microsecond may still lie past PostHog's clock, which has whole seconds).
+    if run.state.complete {
+        return Ok((range, None));
+    }
     let now = connect.refuse_future_end(run.source, &range, kind).await?;
     // The `created_at` bound: PostHog's time when the job started, kept in its state.
     let ingested = (run.source != SourceKind::Events).then(|| Ingested {

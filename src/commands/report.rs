@@ -66,6 +66,8 @@ pub(crate) fn finish(
     }
     let report = match result {
         Ok(report) => report,
+        // `--if-locked skip`: no run took place, and cron wants no word about it.
+        Err(e) if !ran => return Err(e),
         Err(e) => {
             progress.failed_summary(exit);
             return Err(e);

@@ -68,7 +68,15 @@ impl SendConfig {
         })
     }
 
-    fn job_id(&self, files: &[PathBuf]) -> JobId {
+    /// The input files as the job knows them (absolute: the same job from any directory).
+    pub(crate) fn inputs(&self) -> Vec<PathBuf> {
+        self.files
+            .iter()
+            .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+            .collect()
+    }
+
+    pub(crate) fn job_id(&self, files: &[PathBuf]) -> JobId {
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         crate::domain::job([
             ("command", "send".to_string()),
@@ -82,11 +90,7 @@ impl SendConfig {
 
 /// Describes a send to the runner and returns how it ended.
 pub(crate) async fn run(cfg: &SendConfig, progress: &Arc<Progress>) -> anyhow::Result<Report> {
-    let files: Vec<PathBuf> = cfg
-        .files
-        .iter()
-        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
-        .collect();
+    let files = cfg.inputs();
     // A file that is not there is a mistake in the command line (exit 2), before anything.
     for f in &files {
         std::fs::metadata(f)

@@ -118,11 +118,12 @@ pub(crate) fn parse(argv: Vec<OsString>, format: &mut LogFormat) -> anyhow::Resu
             path.display()
         );
         match *format {
-            LogFormat::Json => eprintln!(
-                "{}",
-                crate::log::json_line(crate::log::Level::Info, &msg, Default::default())
-            ),
-            LogFormat::Text => eprintln!("info: {msg}"),
+            LogFormat::Json => crate::log::to_stderr(&crate::log::json_line(
+                crate::log::Level::Info,
+                &msg,
+                Default::default(),
+            )),
+            LogFormat::Text => crate::log::to_stderr(&format!("info: {msg}")),
         }
     }
     let extra = file_args(&path, &matches)?;
@@ -283,14 +284,11 @@ fn exit(argv: &[OsString], e: clap::Error) -> ! {
         e.exit()
     }
     let fields = [("exit_code".to_string(), 2.into())].into_iter().collect();
-    eprintln!(
-        "{}",
-        crate::log::json_line(
-            crate::log::Level::Error,
-            &crate::secret::redact_unknown(&clap_reason(&e)),
-            fields
-        )
-    );
+    crate::log::to_stderr(&crate::log::json_line(
+        crate::log::Level::Error,
+        &crate::secret::redact_unknown(&clap_reason(&e)),
+        fields,
+    ));
     std::process::exit(2)
 }
 
