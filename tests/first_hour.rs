@@ -910,3 +910,49 @@ fn a_job_up_to_now_run_again_at_once_is_complete_not_in_the_future() {
         );
     }
 }
+
+#[test]
+fn the_run_that_finishes_a_job_exits_3_for_events_an_earlier_run_set_aside() {
+    let env = Env::new(
+        events(10, 304),
+        WebhookConfig {
+            reject_containing: vec!["poison".into()],
+            stall_after: Some(10),
+            ..WebhookConfig::default()
+        },
+    );
+    let mut text = String::new();
+    for i in 0..1_000 {
+        let name = if i == 4 { "poison" } else { "e" };
+        text.push_str(&format!("{{\"uuid\":\"u{i}\",\"event\":\"{name}\"}}\n"));
+    }
+    let input = env.path("in.ndjson");
+    std::fs::write(&input, text).unwrap();
+    let dead = env.path("dead.ndjson");
+    let args = [
+        "send",
+        input.to_str().unwrap(),
+        "--dead-letter",
+        dead.to_str().unwrap(),
+        "--batch-size",
+        "50",
+        "--concurrency",
+        "1",
+        "--progress",
+        "never",
+    ];
+    // The first run sets the poisoned event aside, then is killed while a batch hangs.
+    env.kill_while_in_flight(&args);
+    assert_eq!(std::fs::read_to_string(&dead).unwrap().lines().count(), 1);
+    // The run that finishes the job set nothing aside itself, but the job did: exit 3.
+    let run = env.run(&args);
+    run.assert_code(3);
+    assert!(
+        run.stderr
+            .contains("earlier runs of this job set 1 event aside (exit 3)"),
+        "{}",
+        run.stderr
+    );
+    // Run again, the job is complete: nothing to do, exit 0.
+    env.run(&args).assert_code(0);
+}

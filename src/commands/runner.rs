@@ -264,18 +264,38 @@ async fn lifecycle<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Res
         );
     }
     // A run that found nothing to read (a sync with nothing new) leaves its state as it was.
+    let mut completed = false;
     if passes > 0 {
-        if job.finish(&mut run.state.position)? {
-            run.state.complete = true;
-        }
+        completed = job.finish(&mut run.state.position)?;
+        run.state.complete |= completed;
         run.save()?;
     }
     let s = &progress.stats;
-    // Exit 3: some events (or input lines) were set aside rather than delivered.
-    let rejected = Stats::get(&s.dead_lettered) + Stats::get(&s.skipped) > 0;
+    let mut summary = job.summary(&run);
+    // Exit 3: some events (or input lines) were set aside rather than delivered, by this run,
+    // or, for the run that completes a job, by an earlier run of it (one that was interrupted
+    // and resumed), so that whoever waits for the job's end hears of them.
+    let this_run = Stats::get(&s.dead_lettered) + Stats::get(&s.skipped);
+    let earlier = match completed {
+        true => {
+            run.state.counters.dead_lettered
+                - Stats::get(&s.dead_lettered).min(run.state.counters.dead_lettered)
+        }
+        false => 0,
+    };
+    if earlier > 0 {
+        summary.push_str(&format!(
+            "\n  earlier runs of this job set {} aside (exit 3)",
+            crate::progress::count(earlier, "event", "events")
+        ));
+    }
     Ok(Report {
-        exit: if rejected { EXIT_REJECTED } else { EXIT_OK },
-        summary: job.summary(&run),
+        exit: if this_run + earlier > 0 {
+            EXIT_REJECTED
+        } else {
+            EXIT_OK
+        },
+        summary,
     })
 }
 
