@@ -98,12 +98,7 @@ impl Job for Backfill<'_> {
     async fn prepare(&mut self, run: &mut Run<Cursor>) -> anyhow::Result<Option<String>> {
         self.reading.resolve(run).await?;
         let path = run.shown_path();
-        let (version, range) = (run.state.version, self.reading.range);
-        run.state.position = run
-            .state
-            .position
-            .take()
-            .map(|p| p.upgrade(version, |m| tracing::warn!("{}", m)));
+        let range = self.reading.range;
         match &run.state.position {
             Some(pos) if pos.timestamp() < range.start || pos.timestamp() > range.end => {
                 return Err(usage(format!(

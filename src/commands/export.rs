@@ -6,7 +6,7 @@
 use crate::cli::ExportArgs;
 use crate::commands::reading::RangeRead;
 use crate::commands::report::{self, Report};
-use crate::commands::runner::{self, Job, Pass, Run};
+use crate::commands::runner::{self, Job, Pass, Run, Saved};
 use crate::domain::{Cursor, JobId, Range, SourceKind};
 use crate::error::usage;
 use crate::event::format_ts;
@@ -96,6 +96,15 @@ pub(crate) struct ExportPosition {
     pub(crate) fingerprint: Option<String>,
 }
 
+impl Saved for ExportPosition {
+    fn upgraded(self, version: u32) -> Self {
+        ExportPosition {
+            cursor: self.cursor.upgraded(version),
+            ..self
+        }
+    }
+}
+
 /// Why the output file no longer holds what the checkpoint says was written to it, if so.
 fn output_changed(output: &Path, position: &ExportPosition) -> anyhow::Result<Option<String>> {
     let file = match File::open(output) {
@@ -176,13 +185,6 @@ impl Job for Export<'_> {
         let Some(output) = &self.output else {
             return Ok(None);
         };
-        let version = run.state.version;
-        if let Some(position) = run.state.position.as_mut() {
-            position.cursor = position
-                .cursor
-                .clone()
-                .upgrade(version, |m| tracing::warn!("{}", m));
-        }
         let existing = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         if run.fresh && existing > 0 && !self.cfg.resume.restart {
             return Err(usage(format!(

@@ -114,7 +114,7 @@ pub(crate) fn posthog_pass(
 /// per job: `--start`/`--end` relative to now (`-7d`, `now`) by PostHog's clock on the job's
 /// first run, kept in its state (told once, when resolved); and the end refused while it is
 /// still in the future by PostHog's clock, before anything is marked.
-pub(crate) async fn posthog_range<P>(
+async fn posthog_range<P>(
     connect: &Connect<'_>,
     run: &mut Run<P>,
     spec: &RangeSpec,

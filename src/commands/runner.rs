@@ -5,7 +5,7 @@
 //! ledger check, stopping on Ctrl-C, SIGTERM or `--max-run-time`, and the exit code.
 
 use super::report::Report;
-use crate::domain::{JobId, SourceKind};
+use crate::domain::{Cursor, JobId, SourceKind};
 use crate::error::{EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED, Stop};
 use crate::pipeline::ledger::Stats;
 use crate::pipeline::{self, Deliver, Delivered, Item, Posting};
@@ -17,7 +17,6 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -25,13 +24,28 @@ use tokio::sync::mpsc;
 pub(crate) const RESUME_HINT: &str =
     "the checkpoint holds every acknowledged batch, so running the same command again resumes";
 
+/// A position as a job's checkpoint keeps it: read back from any format version this build
+/// reads ([`Saved::upgraded`], applied by the runner when it opens the state).
+pub(crate) trait Saved: Clone + Serialize + DeserializeOwned {
+    /// The same position, read from a checkpoint of format version `version`.
+    fn upgraded(self, _version: u32) -> Self {
+        self
+    }
+}
+
+impl Saved for Cursor {
+    fn upgraded(self, version: u32) -> Self {
+        self.upgrade(version, |m| tracing::warn!("{m}"))
+    }
+}
+
 /// A job as its command describes it. The runner calls, in order: `prepare` once the state is
 /// open; `open_sink` if there is work to do; `next_pass` until it says there is no more, with
 /// `position` for every acknowledged batch and `pass_done` after each pass; `finish`; and
 /// `summary`. A job that reads once returns a pass for `pass == 0` only.
 pub(crate) trait Job {
     /// What the checkpoint keeps between runs.
-    type Saved: Clone + Serialize + DeserializeOwned;
+    type Saved: Saved;
     /// Where a record stands in what the source reads (what an acknowledgement moves).
     type Place: Send + 'static;
     /// Where the job delivers.
@@ -56,7 +70,9 @@ pub(crate) trait Job {
     async fn prepare(&mut self, run: &mut Run<Self::Saved>) -> anyhow::Result<Option<String>>;
 
     /// The summary of a run that found its job complete.
-    fn already_complete(&self, run: &Run<Self::Saved>) -> String;
+    fn already_complete(&self, _run: &Run<Self::Saved>) -> String {
+        "already complete: nothing to do".into()
+    }
 
     /// Opens the sink, once there is work to do (under the state's lock).
     fn open_sink(&mut self, run: &mut Run<Self::Saved>) -> anyhow::Result<Self::Sink>;
@@ -114,14 +130,16 @@ impl<P> Run<P> {
     pub(crate) fn keeps_state(&self) -> bool {
         self.store.is_some()
     }
+
+    /// The checkpoint path, for messages.
+    pub(crate) fn shown_path(&self) -> String {
+        self.store
+            .as_ref()
+            .map_or_else(String::new, |s| s.path().display().to_string())
+    }
 }
 
 impl<P: Serialize> Run<P> {
-    /// The state file, for a job that keeps one.
-    pub(crate) fn path(&self) -> Option<&Path> {
-        self.store.as_ref().map(Store::path)
-    }
-
     /// Writes the state now (nothing for a job without a checkpoint).
     pub(crate) fn save(&mut self) -> anyhow::Result<()> {
         match &self.store {
@@ -130,10 +148,17 @@ impl<P: Serialize> Run<P> {
         }
     }
 
-    /// The checkpoint path, for messages.
-    pub(crate) fn shown_path(&self) -> String {
-        self.path()
-            .map_or_else(String::new, |p| p.display().to_string())
+    /// Records an acknowledged batch: the position after it and its counts, saved at once
+    /// (kept in memory only, for a job without a checkpoint).
+    fn commit(&mut self, position: P, done: Delivered) -> anyhow::Result<()> {
+        match &self.store {
+            Some(store) => store.commit(&mut self.state, position, done),
+            None => {
+                self.state.position = Some(position);
+                self.state.counters.record(done);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -185,20 +210,20 @@ impl<P: Send + 'static> Pass<P> {
 /// Runs `job` to its end, or to Ctrl-C, SIGTERM or `--max-run-time`.
 pub(crate) async fn run<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Result<Report> {
     let deadline = job.deadline();
-    match job.recovery() {
-        None => {
-            interruptible(lifecycle(job, progress), deadline, || {
-                RESUME_HINT.to_string()
-            })
-            .await
-        }
-        Some(recovery) => {
-            let result = interruptible(lifecycle(job, progress), deadline, || recovery()).await;
-            result.map_err(|e| match crate::error::exit_code_of(&e) {
-                EXIT_INTERRUPTED => e,
-                _ => crate::error::with_hint(e, &recovery()),
-            })
-        }
+    let recovery = job.recovery();
+    let hint = || {
+        recovery
+            .as_ref()
+            .map_or_else(|| RESUME_HINT.to_string(), |r| r())
+    };
+    let result = interruptible(lifecycle(job, progress), deadline, hint).await;
+    // Without a checkpoint, a failure says how to carry on, too.
+    match &recovery {
+        Some(recovery) => result.map_err(|e| match crate::error::exit_code_of(&e) {
+            EXIT_INTERRUPTED => e,
+            _ => crate::error::with_hint(e, &recovery()),
+        }),
+        None => result,
     }
 }
 
@@ -223,7 +248,6 @@ async fn lifecycle<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Res
             shown,
             names,
         } = pass;
-        let Run { state, store, .. } = &mut run;
         let described = &*job;
         pipeline::run(
             source,
@@ -231,14 +255,8 @@ async fn lifecycle<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Res
             &sink,
             &progress.stats,
             |place, done: Delivered| {
-                let position = described.position(&sink, state.position.as_ref(), place)?;
-                match store {
-                    Some(store) => store.commit(state, position, done)?,
-                    None => {
-                        state.position = Some(position);
-                        state.counters.record(done);
-                    }
-                }
+                let position = described.position(&sink, run.state.position.as_ref(), place)?;
+                run.commit(position, done)?;
                 if let Some(show) = &shown {
                     show(place);
                 }
@@ -277,10 +295,7 @@ async fn lifecycle<J: Job>(job: &mut J, progress: &Arc<Progress>) -> anyhow::Res
     // and resumed), so that whoever waits for the job's end hears of them.
     let this_run = Stats::get(&s.dead_lettered) + Stats::get(&s.skipped);
     let earlier = match completed {
-        true => {
-            run.state.counters.dead_lettered
-                - Stats::get(&s.dead_lettered).min(run.state.counters.dead_lettered)
-        }
+        true => (run.state.counters.dead_lettered).saturating_sub(Stats::get(&s.dead_lettered)),
         false => 0,
     };
     if earlier > 0 {
@@ -325,13 +340,16 @@ async fn open<J: Job>(job: &J, progress: &Arc<Progress>) -> anyhow::Result<Run<J
         None => SourceKind::Auto,
     };
     let fresh = stored.is_none();
-    let state = match (stored, &store) {
+    let mut state = match (stored, &store) {
         (Some(state), Some(store)) => {
             checkpoint::check_job(store.path(), &state.job, &id)?;
             state
         }
         _ => State::new(id),
     };
+    // A position written by an earlier format, as this build reads it.
+    let version = state.version;
+    state.position = state.position.take().map(|p| p.upgraded(version));
     Ok(Run {
         state,
         store,

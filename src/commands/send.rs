@@ -7,7 +7,7 @@
 
 use crate::cli::{OnInvalid, SendArgs};
 use crate::commands::report::{self, Report};
-use crate::commands::runner::{self, Job, Pass, Run};
+use crate::commands::runner::{self, Job, Pass, Run, Saved};
 use crate::domain::{Filters, JobId};
 use crate::ndjson::files::{Found, Input, SendState};
 use crate::ndjson::lines::Position;
@@ -179,11 +179,6 @@ impl Job for Sending<'_> {
         Ok(None)
     }
 
-    fn already_complete(&self, _: &Run<SendState>) -> String {
-        // Not reached: `prepare` tells a send with nothing new.
-        "send already complete".into()
-    }
-
     fn open_sink(&mut self, run: &mut Run<SendState>) -> anyhow::Result<Sink> {
         // Under the job's lock: opening the dead-letter file may cut a torn last line.
         let (webhook, retry) = (&self.cfg.webhook, &self.cfg.retries.policy);
@@ -277,6 +272,9 @@ impl Job for Sending<'_> {
         }))
     }
 }
+
+/// Files keep no position of an older format.
+impl Saved for SendState {}
 
 /// Says what was found of a file read before, as the run starts.
 fn tell_found(input: &Input) {

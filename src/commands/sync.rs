@@ -9,7 +9,7 @@
 use crate::cli::SyncArgs;
 use crate::commands::reading;
 use crate::commands::report::Report;
-use crate::commands::runner::{self, Job, Pass, Run};
+use crate::commands::runner::{self, Job, Pass, Run, Saved};
 use crate::domain::when::When;
 use crate::domain::{Cursor, JobId, Range, SourceKind};
 use crate::error::usage;
@@ -160,13 +160,6 @@ impl Job for Sync<'_> {
                 pending: None,
             });
         }
-        let version = run.state.version;
-        if let Some(pending) = run.state.position.as_mut().and_then(|s| s.pending.as_mut()) {
-            pending.cursor = pending
-                .cursor
-                .take()
-                .map(|c| c.upgrade(version, |m| tracing::warn!("{}", m)));
-        }
         let Some(sync) = &run.state.position else {
             anyhow::bail!(
                 "the sync state {} holds no position; pass --restart (with --start) to begin again",
@@ -189,11 +182,6 @@ impl Job for Sync<'_> {
         // A sync is never complete: each run takes what arrived since the last.
         run.state.complete = false;
         Ok(None)
-    }
-
-    fn already_complete(&self, _: &Run<SyncState>) -> String {
-        // Not reached: `prepare` clears the flag, as a sync is never complete.
-        "sync: nothing to do".into()
     }
 
     fn open_sink(&mut self, run: &mut Run<SyncState>) -> anyhow::Result<Sink> {
@@ -327,6 +315,15 @@ fn show_watermark(progress: &Progress, watermark: Option<DateTime<Utc>>) {
         .watermark
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = watermark;
+}
+
+impl Saved for SyncState {
+    fn upgraded(mut self, version: u32) -> Self {
+        if let Some(pending) = self.pending.as_mut() {
+            pending.cursor = pending.cursor.take().map(|c| c.upgraded(version));
+        }
+        self
+    }
 }
 
 impl Pending {
